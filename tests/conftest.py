@@ -1,0 +1,131 @@
+"""Hermetic test set-up: no credentials from the environment, no network, cassettes from `cassettes/`.
+
+Cassettes were recorded against `tests/azure_server.py`, the project's Azure-protocol test server on
+loopback (127.0.0.1:8765), with `pytest --record-mode=rewrite`. In the default mode (`none`) they are
+only replayed: a request that is not in the cassette fails the test instead of reaching a network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from azure_server import AzureTestServer
+
+from cpo import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CASSETTES = ROOT / "cassettes"
+RECORD_PORT = 8765
+RECORD_ENDPOINT = f"http://127.0.0.1:{RECORD_PORT}"
+TEST_KEY = "test-key"
+
+
+@pytest.fixture(autouse=True)
+def hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Drop the developer's Azure/OpenAI/cpo variables and run in an empty directory (no stray `.env`)."""
+    for var in list(os.environ):
+        if var.startswith(("AZURE_OPENAI_", "OPENAI_", "CPO_")):
+            monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+
+
+def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
+    headers = response.get("headers", {})
+    for name in list(headers):
+        if name.lower() in ("set-cookie", "api-key", "authorization"):
+            headers[name] = ["REDACTED"]
+    return response
+
+
+@pytest.fixture(scope="module")
+def vcr_config() -> dict[str, Any]:
+    return {
+        "filter_headers": [("api-key", "REDACTED"), ("authorization", "REDACTED")],
+        "decode_compressed_response": True,
+        "match_on": ["method", "uri", "body"],
+        "before_record_response": _scrub_response,
+        "allow_playback_repeats": False,
+    }
+
+
+@pytest.fixture(scope="module")
+def vcr_cassette_dir(request: pytest.FixtureRequest) -> str:
+    return str(CASSETTES / request.module.__name__)
+
+
+def recording(request: pytest.FixtureRequest) -> bool:
+    return request.config.getoption("--record-mode") not in (None, "none")
+
+
+class _ReplayServer:
+    """Stands in for the test server when cassettes are replayed: scripts are already in the cassette."""
+
+    endpoint = RECORD_ENDPOINT
+    live = False
+
+    def script(self, deployment: str, *replies: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def azure_server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The Azure-protocol server on the cassette port while recording; a no-op stand-in on replay."""
+    if recording(request):
+        with AzureTestServer(port=RECORD_PORT, api_key=TEST_KEY) as server:
+            server.live = True
+            yield server
+    else:
+        yield _ReplayServer()
+
+
+@pytest.fixture
+def live_server() -> Iterator[AzureTestServer]:
+    """A live loopback server on a free port, for what a cassette cannot hold (hangs, timing)."""
+    with AzureTestServer(port=0, api_key=TEST_KEY) as server:
+        yield server
+
+
+def azure_settings(endpoint: str = RECORD_ENDPOINT, deployment: str = "gpt-4o-mini", **extra: Any) -> Settings:
+    return Settings(azure_endpoint=endpoint, azure_deployment=deployment, azure_api_key=TEST_KEY, **extra)
+
+
+@pytest.fixture
+def cassette_billed(request: pytest.FixtureRequest, azure_server: Any, vcr: Any) -> Any:
+    """What the server billed in this test: from the live server, or summed from the cassette on replay."""
+
+    def billed() -> list[dict[str, Any]]:
+        if getattr(azure_server, "live", False):
+            return list(azure_server.billed)
+        out = []
+        for interaction in vcr.data:
+            response = interaction[1]
+            status = response["status"]["code"]
+            body = response["body"]["string"]
+            usage = (json.loads(body).get("usage") or {}) if status == 200 and body else {}
+            out.append(
+                {
+                    "status": status,
+                    "prompt_tokens": usage.get("prompt_tokens", 0),
+                    "completion_tokens": usage.get("completion_tokens", 0),
+                    "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+                    "model": json.loads(body).get("model") if status == 200 and body else None,
+                }
+            )
+        return out
+
+    return billed
+
+
+def http_requests(azure_server: Any, vcr: Any) -> int:
+    """HTTP requests the client sent: counted by the live server, or played from the cassette."""
+    return len(azure_server.requests) if getattr(azure_server, "live", False) else vcr.play_count
+
+
+def load_cassette(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())

@@ -1,0 +1,78 @@
+"""Settings: environment names, aliases, and one-line errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cpo import ConfigError, Settings
+
+
+def test_reads_azure_variables_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com/")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "secret-value")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "mini")
+    settings = Settings()
+    assert settings.provider == "azure"
+    assert settings.azure_endpoint == "https://res.openai.azure.com"
+    assert settings.azure_api_version == "2024-10-21"
+    assert (settings.timeout, settings.max_retries) == (10.0, 3)
+    assert "secret-value" not in repr(settings) and "secret-value" not in settings.describe()
+
+
+def test_deployment_alias_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", "mini")
+    assert Settings().azure_deployment == "mini"
+
+
+def test_reads_dotenv_in_working_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "OPENAI_BASE_URL=http://127.0.0.1:8080/v1\nCPO_MODEL_NAME=qwen2.5\nCPO_LLM_TIMEOUT=4\n"
+    )
+    settings = Settings()
+    assert settings.provider == "openai-compatible"
+    assert settings.timeout == 4.0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"}, "AZURE_OPENAI_DEPLOYMENT_NAME is not set"),
+        ({"AZURE_OPENAI_API_KEY": "k"}, "AZURE_OPENAI_ENDPOINT is not set but AZURE_OPENAI_API_KEY is"),
+        (
+            {"AZURE_OPENAI_ENDPOINT": "r.openai.azure.com", "AZURE_OPENAI_DEPLOYMENT": "d"},
+            "AZURE_OPENAI_ENDPOINT: not an http",
+        ),
+        ({"CPO_LLM_TIMEOUT": "soon"}, "CPO_LLM_TIMEOUT: Input should be a valid number"),
+        ({"CPO_LLM_TIMEOUT": "0"}, "CPO_LLM_TIMEOUT: Input should be greater than 0"),
+        ({"CPO_LLM_MAX_RETRIES": "-1"}, "CPO_LLM_MAX_RETRIES: Input should be greater than or equal to 0"),
+        ({"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1"}, "CPO_MODEL_NAME is not set"),
+        ({"CPO_PROVIDER": "azure"}, "CPO_PROVIDER=azure but AZURE_OPENAI_ENDPOINT is not set"),
+        ({"CPO_PROVIDER": "bedrock"}, "CPO_PROVIDER: Input should be"),
+    ],
+)
+def test_bad_configuration_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        Settings()
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_api_key_is_never_echoed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sk-very-secret")
+    with pytest.raises(ConfigError) as caught:
+        Settings()
+    assert "sk-very-secret" not in str(caught.value)
+
+
+def test_ledger_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPO_LEDGER", "off")
+    assert Settings().ledger_file is None
+    monkeypatch.setenv("CPO_LEDGER", "/tmp/x/ledger.sqlite")
+    assert Settings().ledger_file == Path("/tmp/x/ledger.sqlite")
