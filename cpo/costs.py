@@ -182,7 +182,7 @@ class CostTracker(BaseCallbackHandler):
             "prices",
             PriceBook(
                 settings.price_file,
-                provider_id="azure" if provider == "azure" else None,
+                provider_id=None if provider == "openai-compatible" else "azure",
                 provider_api_url=settings.openai_base_url if provider == "openai-compatible" else None,
             ),
         )

@@ -21,6 +21,8 @@ from cpo import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CASSETTES = ROOT / "cassettes"
+pytest_plugins = ["pytester"]
+
 RECORD_PORT = 8765
 RECORD_ENDPOINT = f"http://127.0.0.1:{RECORD_PORT}"
 TEST_KEY = "test-key"

@@ -20,6 +20,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import patch_config
+from openai.lib._pydantic import to_strict_json_schema
 from pydantic import ValidationError
 
 from cpo.costs import CostTracker
@@ -32,6 +33,7 @@ from cpo.prompts import PromptSet
 from cpo.settings import Settings
 from cpo.validation import ValidationLimits, validate_draft
 
+EMAIL_DRAFT_JSON_SCHEMA = {"name": "EmailDraft", "schema": to_strict_json_schema(EmailDraft), "strict": True}
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
 
 
@@ -76,7 +78,10 @@ class EmailChain:
         key = (id(model), method)
         with self._lock:
             if key not in self._structured:
-                self._structured[key] = model.with_structured_output(EmailDraft, method=method, include_raw=True)
+                # json_schema gets the schema as a dict: with the pydantic class the openai SDK parses the
+                # reply itself and raises on bad JSON, losing the billed usage and the chance to repair.
+                schema = EMAIL_DRAFT_JSON_SCHEMA if method == "json_schema" else EmailDraft
+                self._structured[key] = model.with_structured_output(schema, method=method, include_raw=True)
             return self._structured[key]
 
     def _refused(self, exc: Exception) -> bool:

@@ -1,0 +1,1 @@
+"""Compatibility layer for scripts written against the earlier implementation."""
