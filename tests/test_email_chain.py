@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure_server import ok, server_error
 from conftest import RECORD_ENDPOINT, azure_settings
 
-from azure_server import ok, server_error
 from cpo import (
     ContentBundle,
     CostTracker,
@@ -215,11 +215,8 @@ def test_openai_compatible_server_refusing_json_schema_falls_back_to_function_ca
 def test_json_with_raw_newlines_is_parsed_leniently(azure_server: Any) -> None:
     request = BUNDLE.request(SEGMENT, "friendly")
     good = good_draft(request)
-    raw = '{"subject": %s, "body": "%s", "citations": %s}' % (
-        json.dumps(good["subject"]),
-        good["body"].replace('"', '\\"'),
-        json.dumps(good["citations"]),
-    )
+    subject, body, cites = json.dumps(good["subject"]), good["body"].replace('"', '\\"'), json.dumps(good["citations"])
+    raw = f'{{"subject": {subject}, "body": "{body}", "citations": {cites}}}'
     assert "\n" in raw  # literal newlines inside a JSON string: invalid for a strict parser
     azure_server.script("qwen2.5", ok(raw, model="qwen2.5"))
     settings = Settings(

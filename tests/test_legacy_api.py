@@ -9,9 +9,9 @@ from typing import Any
 
 import openai
 import pytest
+from azure_server import ok
 from conftest import RECORD_ENDPOINT, TEST_KEY, azure_settings, http_requests
 
-from azure_server import ok, server_error
 from cpo.integrations import azure_openai
 from cpo.integrations.azure_openai import AzureOpenAIClient, generate_completion, get_openai_client
 from cpo.integrations.azure_openai import test_connection as legacy_test_connection

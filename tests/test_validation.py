@@ -114,5 +114,5 @@ def test_limits_are_configurable_from_yaml(tmp_path: Path) -> None:
         draft(body="Customers who upgrade pay $4.99 a month for 3 months."), limits=limits
     )
     path.write_text("body_min_word: 10\n")
-    with pytest.raises(ConfigError, match="limits.yaml: body_min_word"):
+    with pytest.raises(ConfigError, match=r"limits\.yaml: body_min_word"):
         ValidationLimits.from_file(path)
