@@ -17,7 +17,7 @@ from rich.table import Table
 
 from cpo.chains import build_email_chain
 from cpo.content import ContentBundle
-from cpo.costs import CostTracker, Usage, format_usd
+from cpo.costs import CostTracker, Usage, format_usd, price_book_for
 from cpo.errors import CpoError, InputError
 from cpo.llm import build_chat_model, model_source
 from cpo.models import TONES, EmailVariant
@@ -32,8 +32,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped output is not squeezed into 80 columns: wide tables stay readable in logs and CI.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 
 SegmentsOpt = Annotated[
     Path | None, typer.Option("--segments", help="Segments file (JSON/YAML); default: shipped sample")
@@ -54,15 +55,16 @@ class _Context:
         self.settings = Settings()
         self.model = build_chat_model(self.settings)
         self.source = model_source(self.model)
-        self.tracker = CostTracker.from_settings(self.settings, max_usd=max_usd)
+        prices = price_book_for(self.settings)
         self.chain = build_email_chain(
             self.model,
             prompts_dir=str(prompts) if prompts else None,
             max_repairs=max_repairs,
             limits=ValidationLimits.from_file(limits) if limits else None,
             settings=self.settings,
-            prices=self.tracker.prices,
+            prices=prices,
         )
+        self.tracker = CostTracker.from_settings(self.settings, max_usd=max_usd, prices=prices)
 
     def announce(self) -> None:
         err.print(f"[dim]model:[/] {self.settings.describe()}")
@@ -84,7 +86,8 @@ def _totals_line(label: str, usage: Usage) -> str:
 def _variants_table(variants: list[EmailVariant], title: str) -> Table:
     table = Table(title=title, show_lines=False)
     for col in ("segment", "tone", "valid", "subject", "tokens", "cost", "attempts"):
-        table.add_column(col, justify="right" if col in ("tokens", "cost", "attempts") else "left")
+        numeric = col in ("tokens", "cost", "attempts")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "subject")
     for v in variants:
         table.add_row(
             v.segment,
@@ -157,11 +160,11 @@ def run(
     try:
         with progress:
             task = progress.add_task("generating", total=len(requests))
-            for index, result in ctx.chain.batch_as_completed(
-                requests,
-                config={"callbacks": [ctx.tracker], "max_concurrency": concurrency, "run_name": "email"},
-                return_exceptions=True,
-            ):
+            configs = [
+                {"callbacks": [ctx.tracker], "max_concurrency": concurrency, "run_name": f"{r.segment.name}/{r.tone}"}
+                for r in requests
+            ]
+            for index, result in ctx.chain.batch_as_completed(requests, config=configs, return_exceptions=True):
                 req = requests[index]
                 if isinstance(result, Exception):
                     failures.append(f"{req.segment.name} / {req.tone}: {_one_line(result)}")
@@ -325,7 +328,7 @@ def costs(
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["id"][:12],
+            r["id"],
             r["started"],
             str(r["name"] if session else r["runs"]),
             str(r["calls"]),

@@ -123,6 +123,17 @@ class Usage(UsageCounts):
         )
 
 
+def price_book_for(settings: Settings) -> PriceBook:
+    """Prices for the configured provider: Azure's table (also for offline what-ifs); a self-hosted
+    OpenAI-compatible server is priced only if genai-prices knows its URL or the price file names the model."""
+    provider = settings.provider
+    return PriceBook(
+        settings.price_file,
+        provider_id=None if provider == "openai-compatible" else "azure",
+        provider_api_url=settings.openai_base_url if provider == "openai-compatible" else None,
+    )
+
+
 def format_usd(cost: Decimal | None) -> str:
     """$0.000123 style; never rounds a real cost to $0.00."""
     if cost is None:
@@ -177,15 +188,7 @@ class CostTracker(BaseCallbackHandler):
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> CostTracker:
         """A tracker priced for the configured provider, with the configured price file and ledger."""
         settings = settings or Settings()
-        provider = settings.provider
-        kwargs.setdefault(
-            "prices",
-            PriceBook(
-                settings.price_file,
-                provider_id=None if provider == "openai-compatible" else "azure",
-                provider_api_url=settings.openai_base_url if provider == "openai-compatible" else None,
-            ),
-        )
+        kwargs.setdefault("prices", price_book_for(settings))
         kwargs.setdefault("default_model", settings.model_name)
         if "ledger" not in kwargs and settings.ledger_file is not None:
             kwargs["ledger"] = settings.ledger_file

@@ -135,5 +135,8 @@ def _describe(exc: ValidationError) -> str:
     var = _ENV_NAMES.get(field, field.upper() or "configuration")
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     value = err.get("input")
-    shown = f" (got {value!r})" if isinstance(value, str | int | float) and "KEY" not in var else ""
+    secret = "KEY" in var
+    shown = (
+        f" (got {value!r})" if isinstance(value, str | int | float) and not secret and repr(value) not in msg else ""
+    )
     return f"{var}: {msg}{shown}"

@@ -23,7 +23,7 @@ from langchain_core.runnables.config import patch_config
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import ValidationError
 
-from cpo.costs import CostTracker
+from cpo.costs import CostTracker, price_book_for
 from cpo.errors import CpoError
 from cpo.llm import build_chat_model, model_source
 from cpo.models import Citation, EmailDraft, EmailRequest, EmailVariant, ValidationIssue, ValidationReport
@@ -292,7 +292,7 @@ def build_email_chain(
         limits=limits or ValidationLimits(),
         max_repairs=max_repairs,
         method=method,
-        prices=prices or CostTracker.from_settings(settings, ledger=None).prices,
+        prices=prices or price_book_for(settings),
         fallback=OfflineChatModel() if use_fallback and source != "offline" else None,
     )
     return RunnableLambda(chain.invoke, afunc=chain.ainvoke, name="email")

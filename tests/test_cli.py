@@ -1,0 +1,170 @@
+"""The `cpo` command line: what users run, with one-line errors and honest exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure_server import error, ok
+from conftest import TEST_KEY
+
+from cpo import ContentBundle, ValidationLimits
+from cpo.cli import main
+from cpo.models import TONES
+from cpo.offline import draft_email, read_brief
+from cpo.prompts import PromptSet
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def only_run_dir(root: Path = Path("runs")) -> Path:
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    for command in ("run", "generate", "try-prompts", "costs", "check"):
+        assert f" {command} " in out
+
+
+def test_console_script_is_installed() -> None:
+    done = subprocess.run([sys.executable, "-m", "cpo.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "try-prompts" in done.stdout
+
+
+def test_run_offline_writes_variants_costs_and_ledger(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "run")
+    assert code == 0, err
+    assert "No LLM endpoint is configured" in err
+    run_dir = only_run_dir()
+    variants = json.loads((run_dir / "variants.json").read_text())
+    segments = ContentBundle.load().segments
+    assert len(variants) == len(segments) * len(TONES)
+    assert all(v["validation"]["valid"] and v["source"] == "offline" for v in variants)
+    costs = json.loads((run_dir / "costs.json").read_text())
+    assert costs["session"]["calls"] == len(variants)
+    assert sum(r["total_tokens"] for r in costs["runs"].values()) == costs["session"]["total_tokens"]
+    assert {r["name"] for r in costs["runs"].values()} == {f"{s.name}/{t}" for s in segments for t in TONES}
+    assert "session: 20 calls" in out and "High-Value Recent" in out
+    code, out, _ = run_cli(capsys, "costs", "--json")
+    (session,) = json.loads(out)
+    assert code == 0 and session["calls"] == 20 and session["runs"] == 20
+
+
+def test_costs_without_a_ledger_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run_cli(capsys, "costs")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and err.startswith("error: no cost ledger at runs/ledger.sqlite")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "--segment", "Nobody"], "error: no segment named 'Nobody'"),
+        (["generate", "--segment", "New Customer", "--tone", "shouty"], "error: --tone must be one of"),
+        (["run", "--segments", "missing.json"], "error: segments file missing.json: No such file"),
+        (["run", "--content", "nowhere"], "error: content directory nowhere does not exist"),
+        (["run", "--prompts", "nowhere"], "error: prompts directory nowhere does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert err.startswith(message)
+    assert err.strip().count("\n") == 0
+    assert not Path("runs").exists()  # nothing half-made
+
+
+def test_invalid_segments_file_names_the_segment(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("segments.json").write_text(json.dumps([{"name": "Empty", "features": {}, "offer": "x"}]))
+    code, _, err = run_cli(capsys, "run", "--segments", "segments.json")
+    assert code == 2
+    assert "segments.json: segment 1: features" in err
+
+
+def test_bad_configuration_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CPO_LLM_TIMEOUT", "-3")
+    code, _, err = run_cli(capsys, "run")
+    assert code == 2
+    assert err.strip() == "error: CPO_LLM_TIMEOUT: Input should be greater than 0 (got '-3')"
+
+
+def test_generate_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "generate", "--segment", "high-value recent", "--tone", "urgent", "--json")
+    variant = json.loads(out)
+    assert code == 0
+    assert variant["tone"] == "urgent" and variant["validation"]["valid"]
+    assert len(variant["citations"]) >= 2 and variant["citations"][0]["quote"]
+
+
+def test_try_prompts_passes_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "try-prompts")
+    assert code == 0
+    assert out.count("subject length:") == 3 and "✗" not in out
+    assert "all 3 tones passed" in out
+
+
+def test_try_prompts_fails_when_a_check_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("limits.yaml").write_text("body_max_words: 120\n")
+    code, out, _ = run_cli(capsys, "try-prompts", "--limits", "limits.yaml")
+    assert code == 1
+    assert "body word count:" in out and "✗" in out
+    assert "3 of 3 tones failed" in out
+
+
+def test_manual_prompt_test_script_wraps_try_prompts() -> None:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "manual_prompt_test.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "all 3 tones passed" in done.stdout
+
+
+def test_check_offline_says_no_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "check")
+    assert code == 1 and out.startswith("❌ no LLM endpoint is configured")
+
+
+def test_check_against_a_live_endpoint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, live_server: Any
+) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", live_server.endpoint)
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-4o-mini")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", TEST_KEY)
+    code, out, _ = run_cli(capsys, "check")
+    assert code == 0 and out.startswith("✅ Azure OpenAI") and "Connection successful" in out
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "wrong-key")
+    code, out, _ = run_cli(capsys, "check")
+    assert code == 1 and out.startswith("❌") and "401" in out
+
+
+def test_a_run_that_fails_midway_keeps_what_it_produced(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, live_server: Any
+) -> None:
+    """The endpoint starts refusing after two emails: those two are saved, the errors are listed, exit 1."""
+    bundle = ContentBundle.load()
+    first = [bundle.request(bundle.segments[0].name, tone) for tone in TONES[:2]]
+    drafts = [draft_email(read_brief(PromptSet.load().render(r, ValidationLimits()))) for r in first]  # type: ignore[arg-type]
+    live_server.script("gpt-4o-mini", *[ok(tool_args=d) for d in drafts], *[error(400)] * 30)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", live_server.endpoint)
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-4o-mini")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", TEST_KEY)
+    code, _, err = run_cli(capsys, "run", "--concurrency", "1")
+    assert code == 1
+    run_dir = only_run_dir()
+    saved = json.loads((run_dir / "variants.json").read_text())
+    assert [(v["segment"], v["tone"]) for v in saved] == [(bundle.segments[0].name, t) for t in TONES[:2]]
+    costs = json.loads((run_dir / "costs.json").read_text())
+    assert len(costs["errors"]) == len(bundle.segments) * len(TONES) - 2
+    assert "Error code: 400" in err
