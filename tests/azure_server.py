@@ -506,6 +506,8 @@ class _Handler(BaseHTTPRequestHandler):
     """Routes one connection's requests to its AzureTestServer; HTTP/1.1 keep-alive throughout."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes; with Nagle on, the body waits ~40 ms for a delayed ACK.
+    disable_nagle_algorithm = True
     server_version = "AzureTestServer/1.0"
     sys_version = ""
     server: _Server
@@ -560,15 +562,26 @@ class AzureTestServer:
     before the response is written so a client that has its result can already see it; a request
     whose client hung up while the server waited (a timeout) is not answered and so not billed.
     Scenario attempts are counted only when no scripted reply was queued.
+
+    `responder`, when given, is called with the parsed request JSON whenever no scripted reply is
+    queued for the deployment; a Reply it returns is used (latency still applies), None falls
+    through to the scenario behaviour. It runs on the handler thread, so it must be thread-safe.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, latency: float = 0.0, api_key: str = "test-key"
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency: float = 0.0,
+        api_key: str = "test-key",
+        responder: Callable[[dict[str, Any]], Reply | None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.latency = latency
         self.api_key = api_key
+        self.responder = responder
         self.endpoint = ""
         self.billed: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
@@ -677,11 +690,17 @@ class AzureTestServer:
             return ok(model="o3-mini-2025-01-31", reasoning_tokens=7)
         return ok()
 
-    def _next_reply(self, deployment: str, body_key: str, prompt_tokens: int) -> Reply:
+    def _next_reply(
+        self, deployment: str, body_key: str, prompt_tokens: int, request: dict[str, Any] | None = None
+    ) -> Reply:
         with self._lock:
             queue = self._queues.get(deployment)
             if queue:
                 return queue.popleft()
+        if self.responder is not None and request is not None:
+            reply = self.responder(request)
+            if reply is not None:
+                return reply
         return self._scenario(deployment, body_key, prompt_tokens)
 
     def _wait(self, handler: _Handler, seconds: float) -> bool:
@@ -821,7 +840,7 @@ class AzureTestServer:
             assert isinstance(request, dict)
             prompt_tokens = prompt_tokens_of(request)
             body_key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-            reply = self._next_reply(deployment, body_key, prompt_tokens)
+            reply = self._next_reply(deployment, body_key, prompt_tokens, request)
         if not self._wait(handler, self.latency + reply.delay):
             handler.close_connection = True
             return
@@ -845,6 +864,17 @@ class AzureTestServer:
         self._send(handler, 200, body, headers_out)
 
 
+def email_drafter(request: dict[str, Any]) -> Reply | None:
+    """A responder that answers cpo's email prompts like a well-behaved model: a valid JSON draft from
+    cpo's offline drafter. Other requests fall through (None)."""
+    from langchain_core.messages import convert_to_messages
+
+    from cpo.offline import draft_email, read_brief
+
+    brief = read_brief(convert_to_messages(request.get("messages") or []))
+    return None if brief is None else ok(content=json.dumps(draft_email(brief)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve in the foreground for manual runs and benchmarks until Ctrl-C."""
     parser = argparse.ArgumentParser(description="Loopback Azure OpenAI chat-completions test server.")
@@ -852,8 +882,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds slept before every answer")
     parser.add_argument("--api-key", default="test-key")
+    parser.add_argument("--draft-emails", action="store_true", help="answer cpo email prompts with valid drafts")
     args = parser.parse_args(argv)
-    server = AzureTestServer(args.host, args.port, latency=args.latency, api_key=args.api_key).start()
+    responder = email_drafter if args.draft_emails else None
+    server = AzureTestServer(args.host, args.port, latency=args.latency, api_key=args.api_key, responder=responder)
+    server.start()
     print(f"Azure test server listening on {server.endpoint} (api key {args.api_key!r})", flush=True)
     try:
         while True:

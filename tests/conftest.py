@@ -3,6 +3,7 @@
 Cassettes were recorded against `tests/azure_server.py`, the project's Azure-protocol test server on
 loopback (127.0.0.1:8765), with `pytest --record-mode=rewrite`. In the default mode (`none`) they are
 only replayed: a request that is not in the cassette fails the test instead of reaching a network.
+See cassettes/README.md for re-recording, including against a real Azure OpenAI resource.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ pytest_plugins = ["pytester"]
 
 RECORD_PORT = 8765
 RECORD_ENDPOINT = f"http://127.0.0.1:{RECORD_PORT}"
+RECORD_DEPLOYMENT = "gpt-4o-mini"
 TEST_KEY = "test-key"
+# Re-recording against a real Azure resource (read before hermetic_env clears CPO_* variables).
+REAL_AZURE = {key: os.environ.get(f"CPO_RECORD_AZURE_{key.upper()}") for key in ("endpoint", "key", "deployment")}
+REAL_AZURE_ON = False  # set in pytest_configure: only while recording, and only with all three variables
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global REAL_AZURE_ON
+    REAL_AZURE_ON = all(REAL_AZURE.values()) and config.getoption("--record-mode") not in (None, "none")
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +45,16 @@ def hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if var.startswith(("AZURE_OPENAI_", "OPENAI_", "CPO_")):
             monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)
+
+
+def _as_test_server(request: Any) -> Any:
+    """Recorded real-Azure requests are stored under the test server's address, so replay is uniform."""
+    if REAL_AZURE_ON:
+        real = str(REAL_AZURE["endpoint"]).rstrip("/")
+        request.uri = request.uri.replace(real, RECORD_ENDPOINT).replace(
+            f"/deployments/{REAL_AZURE['deployment']}/", f"/deployments/{RECORD_DEPLOYMENT}/"
+        )
+    return request
 
 
 def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +71,7 @@ def vcr_config() -> dict[str, Any]:
         "filter_headers": [("api-key", "REDACTED"), ("authorization", "REDACTED")],
         "decode_compressed_response": True,
         "match_on": ["method", "uri", "body"],
+        "before_record_request": _as_test_server,
         "before_record_response": _scrub_response,
         "allow_playback_repeats": False,
     }
@@ -75,10 +96,22 @@ class _ReplayServer:
         return None
 
 
+class _RealAzure:
+    """Stands in for the test server while recording against a real resource: it cannot be scripted."""
+
+    endpoint = RECORD_ENDPOINT
+    live = False
+
+    def script(self, deployment: str, *replies: Any) -> None:
+        pytest.skip("needs scripted replies: recorded against the test server only")
+
+
 @pytest.fixture
 def azure_server(request: pytest.FixtureRequest) -> Iterator[Any]:
     """The Azure-protocol server on the cassette port while recording; a no-op stand-in on replay."""
-    if recording(request):
+    if recording(request) and REAL_AZURE_ON:
+        yield _RealAzure()
+    elif recording(request):
         with AzureTestServer(port=RECORD_PORT, api_key=TEST_KEY) as server:
             server.live = True
             yield server
@@ -93,7 +126,13 @@ def live_server() -> Iterator[AzureTestServer]:
         yield server
 
 
-def azure_settings(endpoint: str = RECORD_ENDPOINT, deployment: str = "gpt-4o-mini", **extra: Any) -> Settings:
+def azure_settings(endpoint: str = RECORD_ENDPOINT, deployment: str = RECORD_DEPLOYMENT, **extra: Any) -> Settings:
+    """Settings for the cassette endpoint (or, when re-recording against real Azure, for that resource)."""
+    if REAL_AZURE_ON and endpoint == RECORD_ENDPOINT:
+        if deployment != RECORD_DEPLOYMENT:
+            pytest.skip(f"scenario deployment {deployment!r} exists only on the test server")
+        endpoint, deployment, key = REAL_AZURE["endpoint"], REAL_AZURE["deployment"], REAL_AZURE["key"]
+        return Settings(azure_endpoint=endpoint, azure_deployment=deployment, azure_api_key=key, **extra)
     return Settings(azure_endpoint=endpoint, azure_deployment=deployment, azure_api_key=TEST_KEY, **extra)
 
 

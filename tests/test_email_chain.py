@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from azure_server import ok, server_error
-from conftest import RECORD_ENDPOINT, azure_settings
+from conftest import RECORD_ENDPOINT, azure_settings, http_requests
 
 from cpo import (
     ContentBundle,
@@ -229,9 +229,10 @@ def test_json_with_raw_newlines_is_parsed_leniently(azure_server: Any) -> None:
 
 
 @pytest.mark.vcr
-def test_offline_fallback_is_used_and_marked_when_the_endpoint_keeps_failing(azure_server: Any) -> None:
+def test_offline_fallback_is_used_and_marked_when_the_endpoint_keeps_failing(azure_server: Any, vcr: Any) -> None:
     settings = azure_settings(deployment="always-503", max_retries=1, offline_fallback=True)
     variant = build_email_chain(build_chat_model(settings), settings=settings).invoke(BUNDLE.request(SEGMENT, "urgent"))
+    assert http_requests(azure_server, vcr) == 2  # the endpoint really was tried (and retried) first
     assert variant.valid
     assert variant.fallback_used and variant.source == "offline" and variant.model == "cpo-offline"
 

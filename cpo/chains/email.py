@@ -37,10 +37,6 @@ EMAIL_DRAFT_JSON_SCHEMA = {"name": "EmailDraft", "schema": to_strict_json_schema
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
 
 
-class _MethodRefused(Exception):
-    """The server rejected this structured-output method (e.g. llama.cpp answers 500 to json_schema)."""
-
-
 def lenient_json(text: str) -> dict[str, Any] | None:
     """Parse a JSON object out of model text: tolerates code fences, prose around it, raw newlines."""
     match = re.search(r"\{.*\}", text, re.DOTALL)
@@ -74,14 +70,25 @@ class EmailChain:
         self._lock = threading.Lock()
         self._structured: dict[tuple[int, str], Runnable] = {}
 
-    def _structured_for(self, model: BaseChatModel, method: str) -> Runnable:
+    def _bound(self, model: BaseChatModel, method: str) -> Runnable:
+        """The model bound to ask for an EmailDraft; the reply is parsed here, leniently, not by a parser.
+
+        No `with_structured_output(include_raw=True)`: it runs a parallel map per call (two threads),
+        and with a pydantic schema the openai SDK itself raises on bad JSON, losing the usage and the
+        chance to repair.
+        """
+        if model_source(model) == "offline":
+            method = "function_calling"
         key = (id(model), method)
         with self._lock:
             if key not in self._structured:
-                # json_schema gets the schema as a dict: with the pydantic class the openai SDK parses the
-                # reply itself and raises on bad JSON, losing the billed usage and the chance to repair.
-                schema = EMAIL_DRAFT_JSON_SCHEMA if method == "json_schema" else EmailDraft
-                self._structured[key] = model.with_structured_output(schema, method=method, include_raw=True)
+                if method == "json_schema":
+                    bound = model.bind(response_format={"type": "json_schema", "json_schema": EMAIL_DRAFT_JSON_SCHEMA})
+                elif method == "function_calling":
+                    bound = model.bind_tools([EmailDraft], tool_choice="EmailDraft")
+                else:
+                    bound = model.bind(response_format={"type": "json_object"})
+                self._structured[key] = bound
             return self._structured[key]
 
     def _refused(self, exc: Exception) -> bool:
@@ -98,23 +105,22 @@ class EmailChain:
                 self.method = METHODS_AFTER[failed]
 
     @staticmethod
-    def _draft(output: dict[str, Any]) -> tuple[EmailDraft | None, str | None]:
-        if output.get("parsed") is not None:
-            parsed = output["parsed"]
-            return (parsed if isinstance(parsed, EmailDraft) else EmailDraft.model_validate(parsed)), None
-        raw: AIMessage | None = output.get("raw")
-        candidates = [str(raw.content)] if raw is not None else []
-        if raw is not None:
-            candidates += [str(c.get("args", "")) for c in raw.invalid_tool_calls]
-            candidates += [json.dumps(c["args"]) for c in raw.tool_calls]
-        for text in candidates:
-            data = lenient_json(text)
+    def _draft(reply: AIMessage) -> tuple[EmailDraft | None, str | None]:
+        """The EmailDraft in a reply: tool-call arguments or JSON content, tolerating raw newlines."""
+        candidates: list[Any] = [c["args"] for c in reply.tool_calls]
+        candidates += [str(c.get("args") or "") for c in reply.invalid_tool_calls]
+        candidates.append(str(reply.content or ""))
+        preview = " ".join(str(reply.content or "").split())[:80]
+        error = f"the reply was not a JSON email object: {preview!r}"
+        for candidate in candidates:
+            data = candidate if isinstance(candidate, dict) else lenient_json(candidate)
             if data is not None:
                 try:
                     return EmailDraft.model_validate(data), None
-                except ValidationError:
+                except ValidationError as exc:
+                    error = f"the reply's JSON is not an email object: {exc.errors()[0]['msg']}"
                     continue
-        return None, f"the reply was not a JSON email object ({output.get('parsing_error')})"
+        return None, error
 
     def _report(self, request: EmailRequest, draft: EmailDraft | None, error: str | None) -> ValidationReport:
         if draft is None:
@@ -172,7 +178,7 @@ class EmailChain:
 
     def _steps(
         self, request: EmailRequest, messages: list[BaseMessage], local: CostTracker
-    ) -> Generator[tuple[BaseChatModel, list[BaseMessage]], dict[str, Any], EmailVariant]:
+    ) -> Generator[tuple[BaseChatModel, list[BaseMessage]], AIMessage, EmailVariant]:
         """The generate-validate-repair loop, written once for sync and async drivers.
 
         Yields (model, messages) to call; receives the structured output, or the call's exception
@@ -194,7 +200,7 @@ class EmailChain:
             report = self._report(request, draft, error)
             if report.valid:
                 break
-            previous = draft.model_dump_json() if draft else str(output["raw"].content)
+            previous = draft.model_dump_json() if draft else str(output.content)
             messages = [*messages, AIMessage(previous), self.prompts.repair(report.reasons)]
         return self._variant(
             request,
@@ -245,21 +251,21 @@ class EmailChain:
             except StopIteration as done:
                 return done.value
 
-    def _call(self, model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> dict[str, Any]:
+    def _call(self, model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
         while True:
             method = self.method
             try:
-                return self._structured_for(model, method).invoke(messages, config)
+                return self._bound(model, method).invoke(messages, config)
             except Exception as exc:
                 if model is not self.model or not self._refused(exc):
                     raise
                 self._next_method(method)
 
-    async def _acall(self, model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> dict[str, Any]:
+    async def _acall(self, model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
         while True:
             method = self.method
             try:
-                return await self._structured_for(model, method).ainvoke(messages, config)
+                return await self._bound(model, method).ainvoke(messages, config)
             except Exception as exc:
                 if model is not self.model or not self._refused(exc):
                     raise
