@@ -19,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, Field
 
@@ -250,8 +250,6 @@ class CostTracker(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        from langchain_core.messages import HumanMessage
-
         prompt = [HumanMessage(p) for p in prompts[:1]]
         self._start(run_id, parent_run_id, prompt, metadata, kwargs.get("invocation_params"))
 

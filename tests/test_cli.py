@@ -38,7 +38,8 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_console_script_is_installed() -> None:
-    done = subprocess.run([sys.executable, "-m", "cpo.cli", "--help"], capture_output=True, text=True, timeout=60)
+    script = Path(sys.executable).parent / "cpo"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "try-prompts" in done.stdout
 
 

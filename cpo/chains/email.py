@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -275,7 +276,7 @@ class EmailChain:
 def build_email_chain(
     model: BaseChatModel | None = None,
     *,
-    prompts_dir: str | None = None,
+    prompts_dir: str | Path | None = None,
     max_repairs: int = 2,
     limits: ValidationLimits | None = None,
     settings: Settings | None = None,
