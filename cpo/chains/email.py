@@ -35,6 +35,7 @@ from cpo.settings import Settings
 from cpo.validation import ValidationLimits, validate_draft
 
 EMAIL_DRAFT_JSON_SCHEMA = {"name": "EmailDraft", "schema": to_strict_json_schema(EmailDraft), "strict": True}
+JSON_SCHEMA_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": EMAIL_DRAFT_JSON_SCHEMA}
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
 
 
@@ -75,8 +76,8 @@ class EmailChain:
         """The model bound to ask for an EmailDraft; the reply is parsed here, leniently, not by a parser.
 
         No `with_structured_output(include_raw=True)`: it runs a parallel map per call (two threads),
-        and with a pydantic schema the openai SDK itself raises on bad JSON, losing the usage and the
-        chance to repair.
+        and with a pydantic schema the openai SDK itself raises on bad JSON or a `length` finish,
+        losing the usage and the chance to repair.
         """
         if model_source(model) == "offline":
             method = "function_calling"
@@ -84,7 +85,9 @@ class EmailChain:
         with self._lock:
             if key not in self._structured:
                 if method == "json_schema":
-                    bound = model.bind(response_format={"type": "json_schema", "json_schema": EMAIL_DRAFT_JSON_SCHEMA})
+                    # Sent as extra_body: the same JSON on the wire, but the openai SDK skips its per-call
+                    # type-driven transform of the nested schema (about 1 ms of client CPU per email).
+                    bound = model.bind(extra_body={"response_format": JSON_SCHEMA_RESPONSE_FORMAT})
                 elif method == "function_calling":
                     bound = model.bind_tools([EmailDraft], tool_choice="EmailDraft")
                 else:
