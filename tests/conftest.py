@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from azure_server import AzureTestServer
 
 from cpo import Settings
@@ -168,5 +167,8 @@ def http_requests(azure_server: Any, vcr: Any) -> int:
     return len(azure_server.requests) if getattr(azure_server, "live", False) else vcr.play_count
 
 
-def load_cassette(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+def sent_bodies(azure_server: Any, vcr: Any) -> list[dict[str, Any]]:
+    """JSON bodies of the requests the client sent, from the live server or the cassette."""
+    if getattr(azure_server, "live", False):
+        return list(azure_server.requests)
+    return [json.loads(request.body) for request in vcr.requests]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from azure_server import ok, server_error
-from conftest import RECORD_ENDPOINT, azure_settings, http_requests
+from conftest import RECORD_ENDPOINT, azure_settings, http_requests, sent_bodies
 
 from cpo import (
     ContentBundle,
@@ -101,6 +101,21 @@ def test_a_flawed_first_answer_is_repaired_and_both_calls_are_billed(
     assert billed[1]["prompt_tokens"] > billed[0]["prompt_tokens"]  # the repair request carries the violations
     (run,) = tracker.runs.values()
     assert run.calls == 2 and run.total_tokens == variant.usage.total_tokens
+
+
+@pytest.mark.vcr
+def test_a_truncated_answer_is_billed_and_retried(azure_server: Any, cassette_billed: Any, vcr: Any) -> None:
+    request = BUNDLE.request(SEGMENT, "informational")
+    good = good_draft(request)
+    azure_server.script("gpt-4o-mini", ok(tool_args=good, finish_reason="length"), ok(tool_args=good))
+    tracker = CostTracker()
+    variant = azure_chain().invoke(request, config={"callbacks": [tracker]})
+    billed = cassette_billed()
+    assert variant.valid and variant.attempts == 2
+    assert tracker.session.output_tokens == sum(b["completion_tokens"] for b in billed)
+    assert billed[0]["completion_tokens"] > 0  # the cut-off answer was billed, and is counted
+    repair = sent_bodies(azure_server, vcr)[1]["messages"][-1]["content"]
+    assert "cut off at the output token limit" in repair
 
 
 @pytest.mark.vcr

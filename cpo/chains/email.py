@@ -116,6 +116,8 @@ class EmailChain:
         candidates.append(str(reply.content or ""))
         preview = " ".join(str(reply.content or "").split())[:80]
         error = f"the reply was not a JSON email object: {preview!r}"
+        if reply.response_metadata.get("finish_reason") == "length":
+            error = "the reply was cut off at the output token limit (finish_reason=length); write a shorter email"
         for candidate in candidates:
             data = candidate if isinstance(candidate, dict) else lenient_json(candidate)
             if data is not None:
