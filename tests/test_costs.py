@@ -252,3 +252,17 @@ def test_summary_is_json_with_exact_costs() -> None:
     assert summary["session"]["cost_usd"] == "0.0000045"
     assert summary["session"]["by_model"]["gpt-4o-mini"]["calls"] == 1
     assert '"cost_usd": "0.0000045"' in tracker.summary_json()
+
+
+def test_to_dataframe_has_one_row_per_run() -> None:
+    from cpo import ContentBundle, build_email_chain
+
+    bundle = ContentBundle.load()
+    tracker = CostTracker()
+    requests = [bundle.request(bundle.segments[0].name, t) for t in ("urgent", "friendly")]
+    build_email_chain().batch(requests, config={"callbacks": [tracker]})
+    frame = tracker.to_dataframe()
+    assert len(frame) == 2
+    assert frame["total_tokens"].sum() == tracker.session.total_tokens
+    assert frame["cost_usd"].tolist() == [0.0, 0.0]
+    assert set(frame["models"]) == {"cpo-offline"}

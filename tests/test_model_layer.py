@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import time
+import types
 from typing import Any
 
 import openai
@@ -132,3 +134,20 @@ def test_content_filter_400_names_the_filter(azure_server: Any, vcr: Any) -> Non
     with pytest.raises(openai.BadRequestError) as caught:
         model.invoke("Write one word.")
     assert caught.value.code == "content_filter"
+
+
+def test_endpoint_without_key_needs_azure_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "azure.identity", None)  # as if the `azure` extra were not installed
+    settings = Settings(azure_endpoint="https://r.openai.azure.com", azure_deployment="mini")
+    with pytest.raises(ConfigError, match=r"AZURE_OPENAI_API_KEY is not set.*pip install 'cpo\[azure\]'"):
+        build_chat_model(settings)
+
+
+def test_endpoint_without_key_uses_an_entra_token_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("azure.identity")
+    fake.DefaultAzureCredential = lambda: "credential"  # type: ignore[attr-defined]
+    fake.get_bearer_token_provider = lambda cred, scope: lambda: f"token for {scope} via {cred}"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "azure.identity", fake)
+    model = build_chat_model(Settings(azure_endpoint="https://r.openai.azure.com", azure_deployment="mini"))
+    assert model.azure_ad_token_provider() == "token for https://cognitiveservices.azure.com/.default via credential"
+    assert model.openai_api_key is None
