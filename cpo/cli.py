@@ -56,11 +56,12 @@ class _Context:
         self.model = build_chat_model(self.settings)
         self.source = model_source(self.model)
         prices = price_book_for(self.settings)
+        self.limits = ValidationLimits.from_file(limits) if limits else ValidationLimits()
         self.chain = build_email_chain(
             self.model,
-            prompts_dir=str(prompts) if prompts else None,
+            prompts_dir=prompts,
             max_repairs=max_repairs,
-            limits=ValidationLimits.from_file(limits) if limits else None,
+            limits=self.limits,
             settings=self.settings,
             prices=prices,
         )
@@ -259,7 +260,7 @@ def try_prompts(
     name = segment or bundle.segments[0].name
     ctx = _Context(prompts, limits, max_repairs)
     ctx.announce()
-    checks = ValidationLimits.from_file(limits) if limits else ValidationLimits()
+    checks = ctx.limits
     failed = 0
     for tone in ("urgent", "informational", "friendly"):
         v: EmailVariant = ctx.chain.invoke(bundle.request(name, tone), config={"callbacks": [ctx.tracker]})  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ class EmailChain:
         self.source = model_source(model)
         self.method = method
         self._lock = threading.Lock()
-        self._structured: dict[tuple[int, str], Runnable] = {}
+        self._bound_models: dict[tuple[int, str], Runnable] = {}
 
     def _bound(self, model: BaseChatModel, method: str) -> Runnable:
         """The model bound to ask for an EmailDraft; the reply is parsed here, leniently, not by a parser.
@@ -83,7 +83,7 @@ class EmailChain:
             method = "function_calling"
         key = (id(model), method)
         with self._lock:
-            if key not in self._structured:
+            if key not in self._bound_models:
                 if method == "json_schema":
                     # Sent as extra_body: the same JSON on the wire, but the openai SDK skips its per-call
                     # type-driven transform of the nested schema (about 1 ms of client CPU per email).
@@ -92,8 +92,8 @@ class EmailChain:
                     bound = model.bind_tools([EmailDraft], tool_choice="EmailDraft")
                 else:
                     bound = model.bind(response_format={"type": "json_object"})
-                self._structured[key] = bound
-            return self._structured[key]
+                self._bound_models[key] = bound
+            return self._bound_models[key]
 
     def _refused(self, exc: Exception) -> bool:
         """A refusal of the method, as opposed to a fault: only for OpenAI-compatible servers."""
