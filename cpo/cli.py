@@ -1,80 +1,196 @@
-"""The `cpo` command line: a thin shell over the library. Errors become one line and an exit code."""
+"""The `cpo` command line: a thin shell over the library. Errors become one line and an exit code.
+
+Only the standard library is imported here at start-up, so `cpo --help`, `cpo --version` and
+argument errors answer at once; each command imports what it uses. Every string that comes from
+the user or a model is printed as data, never as Rich markup.
+
+Exit codes: 0 done; 1 some emails failed (or, with --strict, are invalid), or the endpoint failed;
+2 bad input, configuration or credentials; 3 the budget was reached; 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
-import json
+import argparse
+import logging
+import shlex
 import sys
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import openai
-import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from cpo.chains import build_email_chain
-from cpo.content import ContentBundle
-from cpo.costs import CostTracker, Usage, format_usd, price_book_for
-from cpo.errors import CpoError, InputError
-from cpo.llm import build_chat_model, model_source
-from cpo.models import TONES, EmailVariant
-from cpo.offline import NOT_CONFIGURED
-from cpo.settings import Settings
-from cpo.validation import ValidationLimits
+    from cpo.costs import CostTracker, Usage
+    from cpo.models import EmailVariant
+    from cpo.settings import Settings
 
-app = typer.Typer(
-    name="cpo",
-    help="Customer Personalization Orchestrator: personalized, citation-grounded upgrade emails.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-# Piped output is not squeezed into 80 columns: wide tables stay readable in logs and CI.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
-
-SegmentsOpt = Annotated[
-    Path | None, typer.Option("--segments", help="Segments file (JSON/YAML); default: shipped sample")
-]
-ContentOpt = Annotated[Path | None, typer.Option("--content", help="Directory of approved snippets (*.md)")]
-PromptsOpt = Annotated[Path | None, typer.Option("--prompts", help="Directory overriding prompt files")]
-LimitsOpt = Annotated[Path | None, typer.Option("--limits", help="YAML file overriding validation limits")]
-RepairsOpt = Annotated[int, typer.Option("--max-repairs", min=0, max=5, help="Extra model calls to fix a draft")]
-SnippetsOpt = Annotated[int, typer.Option("--snippets", min=1, max=10, help="Snippets given to the model per email")]
+TONES = ("urgent", "informational", "friendly", "control")
+LIMITS_HELP = """\
+--limits FILE is YAML with any of these keys (defaults in brackets):
+  subject_min_chars [1], subject_max_chars [60]      subject length in characters
+  body_min_words [150], body_max_words [200]         body length in words
+  min_citations [2]                                  supplied snippets the email must cite
+  urgency_phrases [act now, last chance, ...]         phrases counted in the subject
+  max_urgency_phrases [1]                            more than this many in a subject is a violation
+  allowed_caps [USD, FAQ, NOTE]                      all-caps words the subject may contain"""
+EXIT_CODES = "exit codes: 0 done, 1 failures, 2 bad input/configuration/credentials, 3 budget reached, 130 Ctrl-C"
 
 
-class _Context:
-    """What every generating command sets up the same way."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34)
 
-    def __init__(
-        self, prompts: Path | None, limits: Path | None, max_repairs: int, max_usd: float | None = None
-    ) -> None:
-        self.settings = Settings()
-        self.model = build_chat_model(self.settings)
-        self.source = model_source(self.model)
-        prices = price_book_for(self.settings)
-        self.limits = ValidationLimits.from_file(limits) if limits else ValidationLimits()
-        self.chain = build_email_chain(
-            self.model,
-            prompts_dir=prompts,
-            max_repairs=max_repairs,
-            limits=self.limits,
-            settings=self.settings,
-            prices=prices,
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line and exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from cpo import __version__
+
+    return f"cpo {__version__}"
+
+
+def _positive_int(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high} (got {value})")
+        return value
+
+    return parse
+
+
+def _usd(text: str) -> str:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative amount (got {text})")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cpo",
+        description="Customer Personalization Orchestrator: personalized, citation-grounded upgrade emails.",
+        epilog=EXIT_CODES,
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def inputs(p: argparse.ArgumentParser, repairs: int) -> None:
+        p.add_argument("--segments", type=Path, metavar="FILE", help="segments file (JSON/YAML); default: the sample")
+        p.add_argument("--content", type=Path, metavar="DIR", help="directory of approved snippets (*.md)")
+        p.add_argument("--prompts", type=Path, metavar="DIR", help="directory overriding prompt files")
+        p.add_argument("--limits", type=Path, metavar="FILE", help="YAML file overriding validation limits (below)")
+        p.add_argument(
+            "--max-repairs",
+            type=_positive_int(0, 5),
+            default=repairs,
+            metavar="N",
+            help=f"extra model calls to fix a failing draft, 0-5 [{repairs}]",
         )
-        self.tracker = CostTracker.from_settings(self.settings, max_usd=max_usd, prices=prices)
+        p.add_argument(
+            "--snippets", type=_positive_int(1, 10), default=3, metavar="N", help="snippets per email, 1-10 [3]"
+        )
 
-    def announce(self) -> None:
-        err.print(f"[dim]model:[/] {self.settings.describe()}")
-        if self.source == "offline":
-            err.print(f"[yellow]{NOT_CONFIGURED}[/]")
+    run = commands.add_parser(
+        "run",
+        help="generate the three tones plus a control for every segment",
+        description="Generate the three tones plus a control for every segment; write <runs dir>/<timestamp>/ "
+        "(variants.json, costs.json) and append every call to <runs dir>/ledger.sqlite.",
+        epilog=f"{LIMITS_HELP}\n\n{EXIT_CODES}",
+    )
+    inputs(run, 2)
+    run.add_argument("--out", type=Path, metavar="DIR", help="runs directory [CPO_RUNS_DIR or ./runs]")
+    run.add_argument(
+        "--concurrency", type=_positive_int(1, 64), default=4, metavar="N", help="emails in flight, 1-64 [4]"
+    )
+    run.add_argument(
+        "--max-usd",
+        type=_usd,
+        metavar="USD",
+        help="hard budget: a call is sent only if its worst case fits; at the cap the run stops (exit 3)",
+    )
+    run.add_argument("--strict", action="store_true", help="exit 1 if any email is invalid")
+
+    generate = commands.add_parser(
+        "generate", help="generate one email and print it", epilog=LIMITS_HELP
+    )
+    generate.add_argument("--segment", required=True, help="segment name, e.g. 'High-Value Recent'")
+    generate.add_argument("--tone", choices=TONES, default="friendly", help="[friendly]")
+    inputs(generate, 2)
+    generate.add_argument("--json", action="store_true", dest="as_json", help="print the EmailVariant as JSON")
+
+    tries = commands.add_parser(
+        "try-prompts",
+        help="try the three tone prompts on one segment; exit 1 if a check fails",
+        epilog=LIMITS_HELP,
+    )
+    tries.add_argument("--segment", help="segment name [the first one]")
+    inputs(tries, 0)
+
+    costs = commands.add_parser("costs", help="spend per session, or per run of one session, from the ledger")
+    costs.add_argument("--session", metavar="ID", help="show the runs of one session (an unambiguous id prefix will do)")
+    costs.add_argument("--limit", type=_positive_int(1, 100_000), default=20, metavar="N", help="rows to show [20]")
+    costs.add_argument(
+        "--ledger", type=Path, metavar="FILE", help="ledger file [CPO_LEDGER, else <CPO_RUNS_DIR or ./runs>/ledger.sqlite]"
+    )
+    costs.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+
+    commands.add_parser("check", help="check the connection to the configured model (prints ✅ or ❌)")
+    return parser
+
+
+# -- output -------------------------------------------------------------------------------------------
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output is not squeezed into 80 columns: wide tables stay readable in logs and CI.
+    return Console(
+        file=stream, soft_wrap=True, width=None if stream.isatty() else 160, highlight=False, emoji=False
+    )
+
+
+def say(text: str, *, stderr: bool = False) -> None:
+    """One plain line: never markup, never highlighted."""
+    print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
+
+
+class _StderrLines(logging.Handler):
+    """cpo's log records (warnings and up) as `warning: ...` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        say(f"{record.levelname.lower()}: {record.getMessage()}", stderr=True)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("cpo")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines(logging.WARNING))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _tick(ok: bool) -> str:
-    return "[green]✓[/]" if ok else "[red]✗[/]"
+    return "✓" if ok else "✗"
 
 
 def _totals_line(label: str, usage: Usage) -> str:
@@ -84,294 +200,345 @@ def _totals_line(label: str, usage: Usage) -> str:
     )
 
 
-def _variants_table(variants: list[EmailVariant], title: str) -> Table:
-    table = Table(title=title, show_lines=False)
+def _variants_table(variants: list[EmailVariant], title: str) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title))
     for col in ("segment", "tone", "valid", "subject", "tokens", "cost", "attempts"):
         numeric = col in ("tokens", "cost", "attempts")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "subject")
     for v in variants:
         table.add_row(
-            v.segment,
-            v.tone,
-            _tick(v.valid),
-            v.subject,
-            str(v.usage.total_tokens),
-            v.usage.cost_display,
-            str(v.attempts),
+            Text(v.segment),
+            Text(v.tone),
+            Text(_tick(v.valid), style="green" if v.valid else "red"),
+            Text(v.subject),
+            Text(str(v.usage.total_tokens)),
+            Text(v.usage.cost_display),
+            Text(str(v.attempts)),
         )
     return table
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write atomically so an interrupted run never leaves a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
+# -- shared set-up ------------------------------------------------------------------------------------
 
 
-@app.command()
-def run(
-    segments: SegmentsOpt = None,
-    content: ContentOpt = None,
-    prompts: PromptsOpt = None,
-    limits: LimitsOpt = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Runs directory (default: CPO_RUNS_DIR or ./runs)")
-    ] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Emails in flight")] = 4,
-    max_usd: Annotated[float | None, typer.Option("--max-usd", min=0, help="Stop before spending more")] = None,
-    max_repairs: RepairsOpt = 2,
-    snippets: SnippetsOpt = 3,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any email is invalid")] = False,
-) -> None:
-    """Generate the three tones plus a control for every segment; write runs/<timestamp>/."""
-    bundle = ContentBundle.load(segments, content)
-    ctx = _Context(prompts, limits, max_repairs, max_usd)
-    requests = [bundle.request(s.name, tone, max_snippets=snippets) for s in bundle.segments for tone in TONES]
-    run_dir = (out_dir or ctx.settings.runs_dir) / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    run_dir.mkdir(parents=True, exist_ok=False)
-    ctx.announce()
-    err.print(f"[dim]writing to[/] {run_dir}")
+class _Context:
+    """What every generating command sets up the same way, in an order that fails before side effects."""
 
-    results: list[EmailVariant | None] = [None] * len(requests)
-    failures: list[str] = []
+    def __init__(self, args: argparse.Namespace, *, max_usd: str | None = None) -> None:
+        from cpo.chains import build_email_chain
+        from cpo.costs import CostTracker, price_book_for
+        from cpo.llm import build_chat_model, model_source
+        from cpo.settings import Settings
+        from cpo.validation import ValidationLimits
 
-    def save() -> None:
-        done = [v.model_dump(mode="json") for v in results if v is not None]
-        _write_json(run_dir / "variants.json", done)
-        _write_json(
-            run_dir / "costs.json",
-            {
-                **ctx.tracker.summary(),
-                "model": ctx.settings.describe(),
-                "source": ctx.source,
-                "variants": {v.variant_id: v.run_id for v in results if v is not None},
-                "errors": failures,
-            },
+        self.settings = Settings()
+        self.limits = ValidationLimits.from_file(args.limits) if args.limits else ValidationLimits()
+        self.model = build_chat_model(self.settings)
+        self.source = model_source(self.model)
+        prices = price_book_for(self.settings)
+        self.chain = build_email_chain(
+            self.model,
+            prompts_dir=args.prompts,
+            max_repairs=args.max_repairs,
+            limits=self.limits,
+            settings=self.settings,
+            prices=prices,
         )
+        self.tracker: CostTracker = CostTracker(prices=prices, default_model=self.settings.model_name, max_usd=max_usd)
+        hint = "cpo-offline" if self.source == "offline" else self.settings.model_name
+        self.tracker.check_budget_pricing(hint, self.settings.azure_deployment)
+
+    def announce(self) -> None:
+        from cpo.offline import NOT_CONFIGURED
+
+        say(f"model: {self.settings.describe()}", stderr=True)
+        if self.source == "offline":
+            say(NOT_CONFIGURED, stderr=True)
+
+
+def _bundle(args: argparse.Namespace) -> Any:
+    from cpo.content import ContentBundle
+
+    return ContentBundle.load(args.segments, args.content)
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from cpo.errors import InputError
+    from cpo.ledger import Ledger
+
+    bundle = _bundle(args)
+    requests = [bundle.request(s.name, tone, max_snippets=args.snippets) for s in bundle.segments for tone in TONES]
+    ctx = _Context(args, max_usd=args.max_usd)  # limits, prompts, model and budget are checked before any file
+    runs_dir: Path = args.out or ctx.settings.runs_dir
+    ledger_path = ctx.settings.ledger_file(args.out)
+    run_dir = runs_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise InputError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+    if ledger_path is not None:
+        ctx.tracker.use_ledger(Ledger(ledger_path), session_name=args.session_name)
+    ctx.announce()
+    say(f"writing to {run_dir}" + (f"; ledger {ledger_path}" if ledger_path else ""), stderr=True)
+    extra = {"model": ctx.settings.describe(), "source": ctx.source, "ledger": str(ledger_path) if ledger_path else None}
+    try:
+        result = asyncio.run(_run_with_progress(requests, ctx, run_dir, args.concurrency, extra))
+    finally:
+        ctx.tracker.close()
+    return _report_run(result, ctx.tracker, args.strict)
+
+
+async def _run_with_progress(requests: list[Any], ctx: _Context, run_dir: Path, concurrency: int, extra: dict) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cpo.runner import CampaignRun
 
     progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
+        TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_console(True)
     )
-    try:
-        with progress:
-            task = progress.add_task("generating", total=len(requests))
-            configs = [
-                {"callbacks": [ctx.tracker], "max_concurrency": concurrency, "run_name": f"{r.segment.name}/{r.tone}"}
-                for r in requests
-            ]
-            for index, result in ctx.chain.batch_as_completed(requests, config=configs, return_exceptions=True):
-                req = requests[index]
-                if isinstance(result, Exception):
-                    failures.append(f"{req.segment.name} / {req.tone}: {_one_line(result)}")
-                else:
-                    results[index] = result
-                progress.advance(task)
-                save()
-    finally:
-        save()
-    variants = [v for v in results if v is not None]
-    out.print(_variants_table(variants, f"cpo run {run_dir.name}"))
+    with progress:
+        task = progress.add_task("generating", total=len(requests))
+        runner = CampaignRun(
+            requests,
+            ctx.chain,
+            ctx.tracker,
+            run_dir,
+            concurrency=concurrency,
+            extra=extra,
+            on_progress=lambda done, total: progress.update(task, completed=done),
+            say=lambda line: progress.console.print(line, markup=False, highlight=False),
+        )
+        try:
+            runner.save()
+        except OSError as exc:
+            from cpo.errors import InputError
+
+            raise InputError(f"cannot write to {run_dir}: {exc.strerror or exc}") from None
+        return await runner.run()
+
+
+def _report_run(result: Any, tracker: CostTracker, strict: bool) -> int:
+    from cpo.costs import format_usd
+
+    out = _console()
+    variants = result.variants
+    out.print(_variants_table(variants, f"cpo run {result.run_dir.name}"))
     invalid = [v for v in variants if not v.valid]
     for v in invalid:
-        out.print(f"[red]invalid[/] {v.segment} / {v.tone}: {'; '.join(v.validation.reasons)}")
-    runs = list(ctx.tracker.runs.values())
+        say(f"invalid {v.segment} / {v.tone}: {'; '.join(v.validation.reasons)}")
+    fallback = sum(v.fallback_used for v in variants)
+    if fallback:
+        say(f"offline fallback: {fallback} of {len(variants)} emails were drafted offline (marked fallback_used)")
+    runs = list(tracker.runs.values())
     if runs:
         per_run = sum(r.total_tokens for r in runs) / len(runs)
-        out.print(f"per run: {len(runs)} runs, mean {per_run:.0f} tokens, mean {format_usd(_mean_cost(runs))}")
-    out.print(_totals_line("session", ctx.tracker.session))
-    out.print(f"wrote {run_dir / 'variants.json'} and {run_dir / 'costs.json'}")
-    for failure in failures:
-        err.print(f"[red]error:[/] {failure}")
-    if failures:
-        raise typer.Exit(1)
-    if strict and invalid:
-        raise typer.Exit(1)
+        costs = [r.cost_usd for r in runs]
+        mean = None if any(c is None for c in costs) else sum(costs) / len(costs)  # type: ignore[arg-type, misc]
+        say(f"per run: {len(runs)} runs, mean {per_run:.0f} tokens, mean {format_usd(mean)}")
+    say(_totals_line("session", tracker.session))
+    if tracker.accounting_errors or tracker.ledger_errors:
+        say(f"cost ledger: {tracker.ledger_errors} write failure(s) (see the log line above); costs.json is complete")
+    say(f"wrote {result.run_dir / 'variants.json'} and {result.run_dir / 'costs.json'}")
+    for failure in result.failures:
+        say(f"error: {failure}", stderr=True)
+    produced = f"{len(variants)} of {result.total} emails, {tracker.session.cost_display} spent"
+    if result.stopped_by == "interrupted":
+        say(f"interrupted: {produced}", stderr=True)
+    elif result.stopped_by == "budget":
+        say(f"budget reached: {produced}; {result.not_run} not generated ({result.stop_message})", stderr=True)
+    elif result.stopped_by in ("auth", "config"):
+        say(f"error: {result.stop_message}; stopped after {produced}", stderr=True)
+    code = int(result.exit_code)
+    if code == 0 and strict and invalid:
+        return 1
+    return code
 
 
-def _mean_cost(runs: list[Usage]) -> Decimal | None:
-    costs = [r.cost_usd for r in runs]
-    if any(c is None for c in costs):
-        return None
-    return sum(costs, Decimal(0)) / len(costs)  # type: ignore[arg-type]
-
-
-@app.command()
-def generate(
-    segment: Annotated[str, typer.Option("--segment", help="Segment name, e.g. 'High-Value Recent'")],
-    tone: Annotated[str, typer.Option("--tone", help="urgent | informational | friendly | control")] = "friendly",
-    segments: SegmentsOpt = None,
-    content: ContentOpt = None,
-    prompts: PromptsOpt = None,
-    limits: LimitsOpt = None,
-    max_repairs: RepairsOpt = 2,
-    snippets: SnippetsOpt = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the EmailVariant as JSON")] = False,
-) -> None:
-    """Generate one email and print it."""
-    if tone not in TONES:
-        raise InputError(f"--tone must be one of {', '.join(TONES)} (got {tone!r})")
-    bundle = ContentBundle.load(segments, content)
-    request = bundle.request(segment, tone, max_snippets=snippets)  # type: ignore[arg-type]
-    ctx = _Context(prompts, limits, max_repairs)
-    if not as_json:
+def cmd_generate(args: argparse.Namespace) -> int:
+    bundle = _bundle(args)
+    request = bundle.request(args.segment, args.tone, max_snippets=args.snippets)
+    ctx = _Context(args)
+    if not args.as_json:
         ctx.announce()
     variant: EmailVariant = ctx.chain.invoke(request, config={"callbacks": [ctx.tracker]})
-    if as_json:
-        out.print_json(variant.model_dump_json())
+    if args.as_json:
+        say(variant.model_dump_json(indent=2))
     else:
         _print_variant(variant)
-    if not variant.valid:
-        raise typer.Exit(1)
+    return 0 if variant.valid else 1
 
 
 def _print_variant(v: EmailVariant) -> None:
-    out.rule(f"{v.segment} / {v.tone}  {_tick(v.valid)}")
-    out.print(f"[bold]{v.subject}[/]\n")
-    out.print(v.body, highlight=False)
-    out.print()
+    from rich.text import Text
+
+    out = _console()
+    out.rule(Text(f"{v.segment} / {v.tone}  {_tick(v.valid)}"))
+    say(f"{v.subject}\n")
+    say(v.body)
+    say("")
     for c in v.citations:
-        out.print(f"[dim][{c.id}] {c.title} ({c.section})[/]")
+        say(f"[{c.id}] {c.title} ({c.section})")
     for reason in v.validation.reasons:
-        out.print(f"[red]✗ {reason}[/]")
-    out.print(
-        f"[dim]{v.model} ({v.source}{', offline fallback' if v.fallback_used else ''}), "
+        say(f"✗ {reason}")
+    say(
+        f"{v.model} ({v.source}{', offline fallback' if v.fallback_used else ''}), "
         f"{v.usage.total_tokens} tokens, {v.usage.cost_display}, {v.attempts} attempt(s), "
-        f"prompt {v.prompt_version}[/]"
+        f"prompt {v.prompt_version}"
     )
 
 
-@app.command("try-prompts")
-def try_prompts(
-    segment: Annotated[str | None, typer.Option("--segment", help="Segment name; default: the first sample")] = None,
-    segments: SegmentsOpt = None,
-    content: ContentOpt = None,
-    prompts: PromptsOpt = None,
-    limits: LimitsOpt = None,
-    max_repairs: RepairsOpt = 0,
-) -> None:
-    """Try the three tone prompts on one segment and check them; exits 1 if any check fails."""
-    bundle = ContentBundle.load(segments, content)
-    name = segment or bundle.segments[0].name
-    ctx = _Context(prompts, limits, max_repairs)
+def cmd_try_prompts(args: argparse.Namespace) -> int:
+    bundle = _bundle(args)
+    name = args.segment or bundle.segments[0].name
+    ctx = _Context(args)
     ctx.announce()
     checks = ctx.limits
     failed = 0
+    out = _console()
+    from rich.text import Text
+
     for tone in ("urgent", "informational", "friendly"):
-        v: EmailVariant = ctx.chain.invoke(bundle.request(name, tone), config={"callbacks": [ctx.tracker]})  # type: ignore[arg-type]
+        request = bundle.request(name, tone, max_snippets=args.snippets)
+        v: EmailVariant = ctx.chain.invoke(request, config={"callbacks": [ctx.tracker]})
         codes = {i.code for i in v.validation.issues}
-        out.rule(f"{name} / {tone}")
-        out.print(f"subject: {v.subject!r}")
-        out.print(
+        out.rule(Text(f"{v.segment} / {tone}"))
+        say(f"subject: {v.subject!r}")
+        say(
             f"  subject length: {v.validation.subject_chars} chars "
             f"(limit {checks.subject_min_chars}-{checks.subject_max_chars}) {_tick('subject_length' not in codes)}"
         )
-        out.print(
+        say(
             f"  body word count: {v.validation.body_words} words "
             f"(limit {checks.body_min_words}-{checks.body_max_words}) {_tick('body_length' not in codes)}"
         )
         cites_ok = not codes & {"too_few_citations", "unknown_citation"}
-        out.print(f"  citations found: {v.validation.citations} (need {checks.min_citations}) {_tick(cites_ok)}")
+        say(f"  citations found: {v.validation.citations} (need {checks.min_citations}) {_tick(cites_ok)}")
         other = [
             i.message
             for i in v.validation.issues
             if i.code not in ("subject_length", "body_length", "too_few_citations", "unknown_citation")
         ]
-        out.print(f"  other checks: {'; '.join(other) or 'none failed'} {_tick(not other)}")
-        out.print(f"  tokens: {v.usage.input_tokens} in + {v.usage.output_tokens} out, cost {v.usage.cost_display}")
+        say(f"  other checks: {'; '.join(other) or 'none failed'} {_tick(not other)}")
+        say(f"  tokens: {v.usage.input_tokens} in + {v.usage.output_tokens} out, cost {v.usage.cost_display}")
         failed += not v.valid
     out.rule("totals")
-    out.print(_totals_line("session", ctx.tracker.session))
+    say(_totals_line("session", ctx.tracker.session))
     if failed:
-        out.print(f"[red]{failed} of 3 tones failed their checks[/]")
-        raise typer.Exit(1)
-    out.print("[green]all 3 tones passed their checks[/]")
+        say(f"{failed} of 3 tones failed their checks")
+        return 1
+    say("all 3 tones passed their checks")
+    return 0
 
 
-@app.command()
-def costs(
-    session: Annotated[str | None, typer.Option("--session", help="Show the runs of one session")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show")] = 20,
-    ledger: Annotated[Path | None, typer.Option("--ledger", help="Ledger file (default: CPO_LEDGER)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-) -> None:
-    """Show recorded spend per session, or per run of one session, from the SQLite ledger."""
+def cmd_costs(args: argparse.Namespace) -> int:
+    import json
+
+    from cpo.costs import format_usd
+    from cpo.errors import InputError
     from cpo.ledger import Ledger
+    from cpo.settings import Settings
 
-    path = ledger or Settings().ledger_file
+    path = args.ledger or Settings().ledger_file()
     if path is None:
         raise InputError("the cost ledger is turned off (CPO_LEDGER=off); pass --ledger FILE")
-    if not path.exists():
-        raise InputError(f"no cost ledger at {path} yet: run `cpo run` first, or pass --ledger FILE")
-    book = Ledger(path)
-    rows = book.runs(session, limit) if session else book.sessions(limit)
-    if as_json:
-        out.print_json(json.dumps(rows, default=str))
-        return
-    table = Table(title=f"{'runs of session ' + session if session else 'sessions'} in {path}")
-    for col in (
-        "id",
-        "started",
-        "name" if session else "runs",
-        "calls",
-        "failed",
-        "input",
-        "cached",
-        "output",
-        "cost",
-        "models",
-    ):
+    book = Ledger(path, readonly=True)
+    try:
+        session = book.resolve_session(args.session) if args.session else None
+        rows = book.runs(session, args.limit) if session else book.sessions(args.limit)
+    finally:
+        book.close()
+    if args.as_json:
+        say(json.dumps(rows, default=str, indent=2))
+        return 0
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"{'runs of session ' + session if session else 'sessions'} in {path}"))
+    columns = ("id", "started", "name", "runs", "calls", "failed", "unknown cost", "input", "output", "cost", "models")
+    for col in columns:
         table.add_column(col)
     for r in rows:
-        table.add_row(
+        cells = (
             r["id"],
             r["started"],
-            str(r["name"] if session else r["runs"]),
-            str(r["calls"]),
-            str(r["failed_calls"]),
-            str(r["input_tokens"]),
-            str(r["cached_input_tokens"]),
-            str(r["output_tokens"]),
+            r["name"] or "",
+            r["runs"],
+            r["calls"],
+            r["failed_calls"],
+            r["unknown_cost_calls"],
+            r["input_tokens"],
+            r["output_tokens"],
             format_usd(r["cost_usd"]),
             r["models"] or "",
         )
-    out.print(table)
+        table.add_row(*(Text(str(c)) for c in cells))
+    _console().print(table)
+    return 0
 
 
-@app.command()
-def check() -> None:
-    """Check the connection to the configured model; prints ✅ or ❌ with the reason."""
+def cmd_check(args: argparse.Namespace) -> int:
     from cpo.integrations.azure_openai import check_connection
 
-    raise typer.Exit(check_connection(out))
+    return check_connection(say)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if isinstance(exc, openai.OpenAIError) else text
+COMMANDS = {
+    "run": cmd_run,
+    "generate": cmd_generate,
+    "try-prompts": cmd_try_prompts,
+    "costs": cmd_costs,
+    "check": cmd_check,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and turn expected errors into one line on stderr and an exit code."""
+    """Entry point: run a command and turn expected errors into one line on stderr and an exit code."""
+    parser = build_parser()
     try:
-        app(args=argv, prog_name="cpo")
+        args = parser.parse_args(argv)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _setup_logging()
+    args.session_name = shlex.join(["cpo", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        say("interrupted", stderr=True)
         return 130
-    except CpoError as exc:
-        err.print(f"error: {exc}", highlight=False)
+    except Exception as exc:
+        return _fail(exc)
+
+
+def _fail(exc: Exception) -> int:
+    """The one place an error becomes a line and an exit code; anything unexpected keeps its traceback."""
+    from cpo.errors import CpoError
+
+    if isinstance(exc, CpoError):
+        say(f"error: {exc}", stderr=True)
         return exc.exit_code
-    except openai.OpenAIError as exc:
-        err.print(f"error: the model endpoint failed: {_one_line(exc)}", highlight=False)
+    import openai
+
+    from cpo.runner import one_line
+
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        say(f"error: the endpoint refused the credentials: {one_line(exc)}", stderr=True)
+        return 2
+    if isinstance(exc, openai.OpenAIError):
+        say(f"error: the model endpoint failed: {one_line(exc)}", stderr=True)
         return 1
-    return 0
+    raise exc
 
 
 if __name__ == "__main__":

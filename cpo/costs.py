@@ -1,21 +1,26 @@
 """Token and USD accounting: per LLM call, per run (one top-level invocation), per session.
 
 `CostTracker` is a LangChain callback handler and the one source of truth for usage. Pass it in
-`config={"callbacks": [tracker]}` so it sees chain starts too and can attribute each LLM call to its
-root run, also under `batch`/`abatch` concurrency.
+`config={"callbacks": [tracker]}` so it sees chain, tool and retriever starts too and can attribute
+each LLM call to its root run, also under `batch`/`abatch` concurrency and inside LangGraph graphs.
+
+Only a budget refusal may stop a call: every other failure inside the tracker (a ledger write, a
+malformed usage block) is logged once and counted, and the paid answer is kept.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -23,20 +28,34 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, Field
 
-from cpo.errors import BudgetExceeded
-from cpo.ledger import Ledger
+from cpo.budget import Budget
+from cpo.errors import BudgetExceeded, UnpricedBudget
+from cpo.ledger import UNKNOWN_COST, CallRow, Ledger
 from cpo.pricing import PriceBook, TokenCounts
+from cpo.retries import may_have_been_billed
 from cpo.settings import Settings
 from cpo.tokens import count_text_tokens, count_tokens
 
 log = logging.getLogger(__name__)
 
+# The worst case of a call that sets no max_tokens: the largest output of current OpenAI chat models.
+DEFAULT_WORST_OUTPUT_TOKENS = 16_384
+UNREPORTED = "<unreported>"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 class UsageCounts(BaseModel):
-    """Additive usage figures. cost_usd is exact (Decimal) and None once any unpriced call is included."""
+    """Additive usage figures. cost_usd is exact (Decimal) and None once any unpriced call is included.
+
+    A call of unknown cost (it timed out or was cancelled after it was sent, so the provider may have
+    billed it without telling us) adds to `unknown_cost_calls`, not to the tokens, and leaves
+    `cost_usd` a number: the known sum.
+    """
 
     calls: int = 0
     failed_calls: int = 0
+    unknown_cost_calls: int = 0
     input_tokens: int = 0
     cached_input_tokens: int = 0
     output_tokens: int = 0
@@ -46,15 +65,26 @@ class UsageCounts(BaseModel):
     estimated_calls: int = Field(0, description="calls whose tokens were counted locally: provider sent no usage")
     latency_s: float = 0.0
 
-    def _add(self, counts: TokenCounts, cost: Decimal | None, *, failed: bool, estimated: bool, latency: float) -> None:
+    def _add(
+        self,
+        counts: TokenCounts,
+        cost: Decimal | None,
+        *,
+        failed: bool,
+        estimated: bool,
+        latency: float,
+        unknown: bool,
+    ) -> None:
         self.calls += 1
         self.failed_calls += int(failed)
+        self.unknown_cost_calls += int(unknown)
         self.input_tokens += counts.input_tokens
         self.cached_input_tokens += counts.cached_input_tokens
         self.output_tokens += counts.output_tokens
         self.reasoning_tokens += counts.reasoning_tokens
         self.total_tokens += counts.input_tokens + counts.output_tokens
-        self.cost_usd = None if cost is None or self.cost_usd is None else self.cost_usd + cost
+        if not unknown:
+            self.cost_usd = None if cost is None or self.cost_usd is None else self.cost_usd + cost
         self.estimated_calls += int(estimated)
         self.latency_s += latency
 
@@ -63,6 +93,7 @@ class UsageCounts(BaseModel):
         for name in (
             "calls",
             "failed_calls",
+            "unknown_cost_calls",
             "input_tokens",
             "cached_input_tokens",
             "output_tokens",
@@ -89,11 +120,11 @@ class Usage(UsageCounts):
         failed: bool = False,
         estimated: bool = False,
         latency: float = 0.0,
+        unknown: bool = False,
     ) -> None:
-        self._add(counts, cost, failed=failed, estimated=estimated, latency=latency)
-        self.by_model.setdefault(model, UsageCounts())._add(
-            counts, cost, failed=failed, estimated=estimated, latency=latency
-        )
+        flags = {"failed": failed, "estimated": estimated, "latency": latency, "unknown": unknown}
+        self._add(counts, cost, **flags)  # type: ignore[arg-type]
+        self.by_model.setdefault(model, UsageCounts())._add(counts, cost, **flags)  # type: ignore[arg-type]
 
     def merge(self, other: UsageCounts) -> None:
         super().merge(other)
@@ -103,21 +134,26 @@ class Usage(UsageCounts):
     @property
     def cost_display(self) -> str:
         """Cost for humans: enough digits to see sub-cent runs, 'unknown' rather than $0 for unpriced."""
-        return format_usd(self.cost_usd)
+        shown = format_usd(self.cost_usd)
+        if self.unknown_cost_calls and self.cost_usd is not None:
+            shown += f" + {self.unknown_cost_calls} call(s) of unknown cost"
+        return shown
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-safe dict; Decimal costs become exact strings."""
-        return json.loads(self.model_dump_json())
+        return dict(json.loads(self.model_dump_json()))
 
     def _repr_html_(self) -> str:
+        from html import escape
+
         rows = "".join(
-            f"<tr><td>{m}</td><td>{u.calls}</td><td>{u.input_tokens}</td><td>{u.cached_input_tokens}</td>"
+            f"<tr><td>{escape(m)}</td><td>{u.calls}</td><td>{u.input_tokens}</td><td>{u.cached_input_tokens}</td>"
             f"<td>{u.output_tokens}</td><td>{format_usd(u.cost_usd)}</td></tr>"
             for m, u in self.by_model.items()
         )
         return (
             f"<b>Usage</b>: {self.calls} calls ({self.failed_calls} failed), {self.total_tokens} tokens, "
-            f"{self.cost_display}, {self.latency_s:.2f} s"
+            f"{escape(self.cost_display)}, {self.latency_s:.2f} s"
             "<table><tr><th>model</th><th>calls</th><th>input</th><th>cached</th><th>output</th>"
             f"<th>cost</th></tr>{rows}</table>"
         )
@@ -145,19 +181,52 @@ def format_usd(cost: Decimal | None) -> str:
     return f"${cost:.8f}".rstrip("0")
 
 
-class _Call:
-    __slots__ = ("messages", "model_hint", "root", "started")
+def schema_tokens(params: dict[str, Any], model: str | None) -> int:
+    """Tokens of the tools / response_format schema a request carries (billed as input)."""
+    parts = [params.get(key) for key in ("tools", "functions", "response_format")]
+    extra = params.get("extra_body")
+    if isinstance(extra, dict):
+        parts.append(extra.get("response_format"))
+    return sum(count_text_tokens(json.dumps(part, default=str), model) for part in parts if part)
 
-    def __init__(self, root: UUID, model_hint: str | None, messages: Sequence[BaseMessage] | None) -> None:
-        self.root, self.model_hint, self.messages = root, model_hint, messages
+
+def _never_raises(method: F) -> F:
+    """Accounting must not break a call: log (once per kind) and count instead of raising."""
+
+    @functools.wraps(method)
+    def wrapper(self: CostTracker, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._accounting_failed(method.__name__, exc)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Call:
+    """An LLM call between its start callback and its end."""
+
+    __slots__ = ("deployment", "messages", "model_hint", "reserved", "root", "started")
+
+    def __init__(
+        self,
+        root: UUID,
+        model_hint: str | None,
+        deployment: str | None,
+        messages: Sequence[BaseMessage] | None,
+        reserved: bool,
+    ) -> None:
+        self.root, self.model_hint, self.deployment, self.messages = root, model_hint, deployment, messages
+        self.reserved = reserved
         self.started = time.perf_counter()
 
 
 class CostTracker(BaseCallbackHandler):
     """Accumulates tokens and USD per call, per run (root run id) and per session; thread-safe.
 
-    A sync handler with `run_inline` works for both sync and async invocations; `raise_error` lets
-    the budget guard stop a call before it is sent.
+    A sync handler with `run_inline` works for both sync and async invocations. `raise_error` is on
+    so that a budget refusal stops the call; every other method catches its own failures.
     """
 
     raise_error = True
@@ -171,28 +240,57 @@ class CostTracker(BaseCallbackHandler):
         max_usd: Decimal | float | str | None = None,
         ledger: Ledger | Path | str | None = None,
         session_id: str | None = None,
+        session_name: str | None = None,
     ) -> None:
         self.prices = prices or PriceBook()
         self.default_model = default_model
-        self.max_usd = None if max_usd is None else Decimal(str(max_usd))
+        self.budget = None if max_usd is None else Budget(Decimal(str(max_usd)))
         self.ledger = Ledger(ledger) if isinstance(ledger, Path | str) else ledger
         self.session_id = session_id or uuid.uuid4().hex
+        self.session_name = session_name
         self.session = Usage()
         self.runs: dict[UUID, Usage] = {}
         self.run_names: dict[UUID, str] = {}
+        self.accounting_errors = 0
+        self._error_kinds: set[str] = set()
         self._parents: dict[UUID, UUID | None] = {}
         self._calls: dict[UUID, _Call] = {}
+        self._reserved: set[UUID] = set()
+        self._learned: dict[str, str] = {}
         self._lock = threading.RLock()
+        if self.ledger is not None:
+            self.ledger.start_session(self.session_id, session_name)
+
+    def use_ledger(self, ledger: Ledger, *, session_name: str | None = None) -> None:
+        """Record every later call in `ledger` (the CLI opens it only once its input has been checked)."""
+        self.ledger = ledger
+        self.session_name = session_name or self.session_name
+        ledger.start_session(self.session_id, self.session_name)
+
+    @property
+    def max_usd(self) -> Decimal | None:
+        return None if self.budget is None else self.budget.max_usd
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> CostTracker:
-        """A tracker priced for the configured provider, with the configured price file and ledger."""
+        """A tracker priced for the configured provider; a ledger only if CPO_LEDGER names one."""
         settings = settings or Settings()
         kwargs.setdefault("prices", price_book_for(settings))
         kwargs.setdefault("default_model", settings.model_name)
-        if "ledger" not in kwargs and settings.ledger_file is not None:
-            kwargs["ledger"] = settings.ledger_file
+        if "ledger" not in kwargs and settings.ledger_requested is not None:
+            kwargs["ledger"] = settings.ledger_requested
         return cls(**kwargs)
+
+    def _accounting_failed(self, where: str, exc: BaseException) -> None:
+        with self._lock:
+            self.accounting_errors += 1
+            kind = f"{where}: {type(exc).__name__}"
+            first = kind not in self._error_kinds
+            self._error_kinds.add(kind)
+        if first:
+            log.error("cost tracking failed in %s (%s: %s); the call itself is unaffected", where, type(exc).__name__, exc)
+
+    # -- attribution -------------------------------------------------------------------------------
 
     def _root(self, run_id: UUID, parent_run_id: UUID | None) -> UUID:
         node, seen = parent_run_id, 0
@@ -203,6 +301,17 @@ class CostTracker(BaseCallbackHandler):
             seen += 1
         return root
 
+    def _enter(self, run_id: UUID, parent_run_id: UUID | None, name: str | None) -> None:
+        with self._lock:
+            self._parents[run_id] = parent_run_id
+            if parent_run_id is None:
+                self.run_names[run_id] = name or "run"
+
+    def _forget(self, run_id: UUID) -> None:
+        with self._lock:
+            self._parents.pop(run_id, None)
+
+    @_never_raises
     def on_chain_start(
         self,
         serialized: dict[str, Any] | None,
@@ -212,20 +321,131 @@ class CostTracker(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        with self._lock:
-            self._parents[run_id] = parent_run_id
-            if parent_run_id is None:
-                self.run_names[run_id] = kwargs.get("name") or (serialized or {}).get("name") or "run"
+        self._enter(run_id, parent_run_id, kwargs.get("name") or (serialized or {}).get("name"))
 
+    @_never_raises
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._enter(run_id, parent_run_id, kwargs.get("name") or (serialized or {}).get("name"))
+
+    @_never_raises
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any] | None,
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._enter(run_id, parent_run_id, kwargs.get("name") or (serialized or {}).get("name"))
+
+    @_never_raises
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._forget(run_id)
 
+    @_never_raises
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._forget(run_id)
 
-    def _forget(self, run_id: UUID) -> None:
+    @_never_raises
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
+
+    @_never_raises
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
+
+    @_never_raises
+    def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
+
+    @_never_raises
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
+
+    # -- the budget: reserve before a call is sent --------------------------------------------------
+
+    def model_hint(self, params: dict[str, Any]) -> str | None:
+        """The model a call will be priced as before it answers; never an Azure deployment name."""
+        deployment = params.get("azure_deployment")
+        if "azure" in str(params.get("_type", "")) or deployment:
+            return (
+                self.prices.deployment_model(deployment)
+                or self.default_model
+                or (self._learned.get(deployment) if deployment else None)
+            )
+        return self.default_model or params.get("model") or params.get("model_name")
+
+    def worst_case(
+        self, messages: Sequence[Any], params: dict[str, Any], max_output_tokens: int | None = None
+    ) -> Decimal | None:
+        """The most this call can cost: its input counted locally (schemas included) plus max_tokens of output.
+
+        None when the model is not known yet (the first call to an Azure deployment with no
+        CPO_MODEL_NAME); UnpricedBudget when the model is known but has no price.
+        """
+        model = self.model_hint(params)
+        deployment = params.get("azure_deployment")
+        price = self.prices.price(model, deployment)
+        if price is None:
+            if model is None:
+                return None
+            raise UnpricedBudget(model, self.max_usd or Decimal(0))
+        output = (
+            params.get("max_tokens")
+            or params.get("max_completion_tokens")
+            or max_output_tokens
+            or DEFAULT_WORST_OUTPUT_TOKENS
+        )
+        input_tokens = count_tokens(messages, model) + schema_tokens(params, model)
+        return price.cost(TokenCounts(input_tokens=input_tokens, output_tokens=int(output)))
+
+    def check_budget_pricing(self, model: str | None, deployment: str | None = None) -> None:
+        """At start: a budget with a model that has no price is an error (unless a price file prices it)."""
+        if self.budget is None:
+            return
+        hint = self.prices.deployment_model(deployment) or model
+        if hint is not None and self.prices.price(hint, deployment) is None:
+            raise UnpricedBudget(hint, self.budget.max_usd)
+
+    def reserve(
+        self, run_id: UUID, messages: Sequence[Any], params: dict[str, Any], max_output_tokens: int | None = None
+    ) -> None:
+        """Hold this call's worst case before it is sent (blocks while calls in flight may make room)."""
+        if self.budget is not None:
+            self.budget.reserve(run_id, self.worst_case(messages, params, max_output_tokens))
         with self._lock:
-            self._parents.pop(run_id, None)
+            self._reserved.add(run_id)
+
+    async def areserve(
+        self, run_id: UUID, messages: Sequence[Any], params: dict[str, Any], max_output_tokens: int | None = None
+    ) -> None:
+        """`reserve` for coroutines."""
+        if self.budget is not None:
+            await self.budget.areserve(run_id, self.worst_case(messages, params, max_output_tokens))
+        with self._lock:
+            self._reserved.add(run_id)
+
+    def close_call(self, run_id: UUID, reason: str = "cancelled") -> None:
+        """The caller is done with this call. A reservation never used is given back; a call still in
+        flight (cancelled: it may have been billed) becomes a call of unknown cost."""
+        with self._lock:
+            self._reserved.discard(run_id)
+            call = self._calls.pop(run_id, None)
+        if call is not None:
+            self._record(run_id, call, call.model_hint or UNREPORTED, TokenCounts(), status=f"{UNKNOWN_COST}:{reason}")
+        elif self.budget is not None:
+            self.budget.release(run_id)
+
+    # -- callbacks ----------------------------------------------------------------------------------
 
     def on_chat_model_start(
         self,
@@ -238,7 +458,7 @@ class CostTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         prompt = messages[0] if messages else []
-        self._start(run_id, parent_run_id, prompt, metadata, kwargs.get("invocation_params"))
+        self._start(run_id, parent_run_id, prompt, kwargs.get("invocation_params") or {})
 
     def on_llm_start(
         self,
@@ -251,41 +471,28 @@ class CostTracker(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         prompt = [HumanMessage(p) for p in prompts[:1]]
-        self._start(run_id, parent_run_id, prompt, metadata, kwargs.get("invocation_params"))
+        self._start(run_id, parent_run_id, prompt, kwargs.get("invocation_params") or {})
 
     def _start(
-        self,
-        run_id: UUID,
-        parent_run_id: UUID | None,
-        prompt: Sequence[BaseMessage],
-        metadata: dict[str, Any] | None,
-        invocation: dict[str, Any] | None,
+        self, run_id: UUID, parent_run_id: UUID | None, prompt: Sequence[BaseMessage], params: dict[str, Any]
     ) -> None:
-        hint = self.default_model or _model_from_params(invocation or {})
-        self._check_budget(prompt, hint)
+        """Only a budget refusal may escape: it stops the call before it is sent."""
         with self._lock:
-            root = self._root(run_id, parent_run_id)
-            self._calls[run_id] = _Call(root, hint, prompt)
+            reserved = run_id in self._reserved
+            self._reserved.discard(run_id)
+        if not reserved and self.budget is not None:
+            # A model not built by cpo: reserve here. Waiting would block an event loop's thread,
+            # so on one the call is refused when it does not fit beside the calls in flight.
+            self.budget.reserve(run_id, self.worst_case(prompt, params), wait=not _on_event_loop())
+        try:
+            hint = self.model_hint(params)
+            with self._lock:
+                root = self._root(run_id, parent_run_id)
+                self._calls[run_id] = _Call(root, hint, params.get("azure_deployment"), prompt, self.budget is not None)
+        except Exception as exc:
+            self._accounting_failed("on_chat_model_start", exc)
 
-    def _check_budget(self, prompt: Sequence[BaseMessage], model_hint: str | None) -> None:
-        """Refuse the call if the session already spent max_usd, or this call's input alone would pass it."""
-        if self.max_usd is None:
-            return
-        spent = self.session.cost_usd
-        if spent is not None and spent >= self.max_usd:
-            raise BudgetExceeded(spent, self.max_usd)
-        if spent is not None and model_hint:
-            estimate = self.estimate_cost(prompt, model_hint, warn=False)
-            if estimate is not None and spent + estimate > self.max_usd:
-                raise BudgetExceeded(spent, self.max_usd, estimate)
-
-    def estimate_cost(
-        self, prompt: str | Sequence[Any], model: str, output_tokens: int = 0, *, warn: bool = True
-    ) -> Decimal | None:
-        """Pre-flight estimate from a local token count (input, plus an assumed output size)."""
-        counts = TokenCounts(input_tokens=count_tokens(prompt, model), output_tokens=output_tokens)
-        return self.prices.cost(model, counts, warn=warn)
-
+    @_never_raises
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             call = self._calls.pop(run_id, None)
@@ -297,7 +504,8 @@ class CostTracker(BaseCallbackHandler):
         reported = (getattr(message, "response_metadata", None) or {}).get("model_name") or (
             response.llm_output or {}
         ).get("model_name")
-        model = self.prices.resolve_model(reported) or call.model_hint or "<unreported>"
+        model = self.prices.resolve_model(reported, call.deployment) or call.model_hint or UNREPORTED
+        self._learn(call.deployment, reported)
         if usage:
             counts = _counts_from_metadata(usage)
             estimated = False
@@ -309,8 +517,9 @@ class CostTracker(BaseCallbackHandler):
             )
             estimated = True
             log.warning("provider returned no token usage for %s; counted locally with tiktoken", model)
-        self._record(call, model, counts, failed=False, estimated=estimated, status="ok")
+        self._record(run_id, call, model, counts, status="ok", estimated=estimated)
 
+    @_never_raises
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             call = self._calls.pop(run_id, None)
@@ -319,31 +528,63 @@ class CostTracker(BaseCallbackHandler):
         completion = getattr(error, "completion", None)
         usage = getattr(completion, "usage", None)
         reported = getattr(completion, "model", None)
-        model = self.prices.resolve_model(reported) or call.model_hint or "<unreported>"
-        counts = _counts_from_openai_usage(usage) if usage is not None else TokenCounts()
-        self._record(call, model, counts, failed=True, estimated=False, status=f"error:{type(error).__name__}")
+        model = self.prices.resolve_model(reported, call.deployment) or call.model_hint or UNREPORTED
+        self._learn(call.deployment, reported)
+        if usage is not None:
+            status = f"error:{type(error).__name__}"
+            self._record(run_id, call, model, _counts_from_openai_usage(usage), status=status)
+        elif may_have_been_billed(error) or isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
+            self._record(run_id, call, model, TokenCounts(), status=f"{UNKNOWN_COST}:{type(error).__name__}")
+        else:
+            self._record(run_id, call, model, TokenCounts(), status=f"error:{type(error).__name__}")
+
+    def _learn(self, deployment: str | None, reported: str | None) -> None:
+        """Remember which model an Azure deployment serves, to reserve for its later calls."""
+        if deployment and reported:
+            with self._lock:
+                self._learned.setdefault(deployment, reported)
 
     def _record(
-        self, call: _Call, model: str, counts: TokenCounts, *, failed: bool, estimated: bool, status: str
+        self, run_id: UUID, call: _Call, model: str, counts: TokenCounts, *, status: str, estimated: bool = False
     ) -> None:
         latency = time.perf_counter() - call.started
+        unknown = status.startswith(UNKNOWN_COST)
+        failed = status != "ok"
         has_tokens = counts.input_tokens or counts.output_tokens
-        cost = self.prices.cost(model, counts) if has_tokens else Decimal(0)
+        cost = self.prices.cost(model, counts, deployment=call.deployment) if has_tokens else Decimal(0)
         with self._lock:
             for usage in (self.session, self.runs.setdefault(call.root, Usage())):
-                usage.add_call(model, counts, cost, failed=failed, estimated=estimated, latency=latency)
+                usage.add_call(
+                    model, counts, cost, failed=failed, estimated=estimated, latency=latency, unknown=unknown
+                )
+        if self.budget is not None:
+            self.budget.settle(run_id, cost, unknown=unknown)
+            if cost is None and not unknown:
+                self.budget.break_with(UnpricedBudget(model, self.budget.max_usd))
         if self.ledger is not None:
             self.ledger.append(
-                session_id=self.session_id,
-                run_id=str(call.root),
-                run_name=self.run_names.get(call.root),
-                model=model,
-                counts=counts,
-                cost=cost,
-                latency_s=latency,
-                status=status,
-                estimated=estimated,
+                CallRow(
+                    session_id=self.session_id,
+                    run_id=str(call.root),
+                    run_name=self.run_names.get(call.root),
+                    model=model,
+                    counts=counts,
+                    cost=None if unknown else cost,
+                    latency_s=latency,
+                    status=status,
+                    estimated=estimated,
+                    deployment=call.deployment,
+                )
             )
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def estimate_cost(
+        self, prompt: str | Sequence[Any], model: str, output_tokens: int = 0, *, warn: bool = True
+    ) -> Decimal | None:
+        """Pre-flight estimate from a local token count (input, plus an assumed output size)."""
+        counts = TokenCounts(input_tokens=count_tokens(prompt, model), output_tokens=output_tokens)
+        return self.prices.cost(model, counts, warn=warn)
 
     def run_usage(self, run_id: UUID | str) -> Usage:
         """Usage of one run (empty if the run made no LLM call)."""
@@ -351,12 +592,19 @@ class CostTracker(BaseCallbackHandler):
         with self._lock:
             return self.runs.get(key, Usage()).model_copy(deep=True)
 
+    @property
+    def ledger_errors(self) -> int:
+        return 0 if self.ledger is None else self.ledger.errors
+
     def summary(self) -> dict[str, Any]:
         """Session and per-run usage as a JSON-safe dict (costs as exact decimal strings)."""
         with self._lock:
             return {
                 "session_id": self.session_id,
+                "session_name": self.session_name,
                 "session": self.session.to_json_dict(),
+                "budget": None if self.budget is None else self.budget.snapshot(),
+                "accounting_errors": self.accounting_errors + self.ledger_errors,
                 "runs": {
                     str(rid): {"name": self.run_names.get(rid), **u.to_json_dict()} for rid, u in self.runs.items()
                 },
@@ -386,12 +634,29 @@ class CostTracker(BaseCallbackHandler):
             frame["cost_usd"] = frame["cost_usd"].map(lambda c: None if c is None else float(c))
         return frame
 
+    def close(self) -> None:
+        """Commit and close the ledger, if any."""
+        if self.ledger is not None:
+            self.ledger.close()
 
-def _model_from_params(invocation: dict[str, Any]) -> str | None:
-    """The configured model name, except for Azure where it may be a deployment name (never price by that)."""
-    if "azure" in str(invocation.get("_type", "")):
-        return None
-    return invocation.get("model") or invocation.get("model_name")
+
+def trackers_in(*callback_sources: Any) -> list[CostTracker]:
+    """The CostTrackers among LangChain callbacks (a list of handlers or a callback manager)."""
+    found: list[CostTracker] = []
+    for source in callback_sources:
+        handlers = getattr(source, "handlers", source) or []
+        for handler in handlers:
+            if isinstance(handler, CostTracker) and handler not in found:
+                found.append(handler)
+    return found
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _counts_from_metadata(usage: dict[str, Any]) -> TokenCounts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 
 class CpoError(Exception):
     """Base class for errors cpo expects and reports without a traceback."""
@@ -21,14 +23,46 @@ class InputError(CpoError):
     exit_code = 2
 
 
+class LedgerError(CpoError):
+    """The cost ledger cannot be opened or read (corrupt, unwritable, from a newer cpo)."""
+
+    exit_code = 2
+
+
 class BudgetExceeded(CpoError):
-    """The session has spent its `max_usd`; raised before the next call is sent."""
+    """A call was refused before it was sent: the settled spend plus its worst case would pass `max_usd`."""
 
     exit_code = 3
 
-    def __init__(self, spent_usd: object, max_usd: object, estimate_usd: object | None = None) -> None:
+    def __init__(self, spent_usd: Decimal, max_usd: Decimal, reservation_usd: Decimal | None = None) -> None:
         self.spent_usd = spent_usd
         self.max_usd = max_usd
-        self.estimate_usd = estimate_usd
-        extra = f" (next call estimated at ${estimate_usd})" if estimate_usd is not None else ""
-        super().__init__(f"budget of ${max_usd} reached: ${spent_usd} spent this session{extra}")
+        self.reservation_usd = reservation_usd
+        extra = f" and the next call may cost up to ${reservation_usd}" if reservation_usd is not None else ""
+        super().__init__(f"budget of ${max_usd} reached: ${spent_usd} spent or held{extra}")
+
+
+class UnpricedBudget(ConfigError):
+    """A budget was set but the model that answers has no known price, so it cannot be enforced."""
+
+    def __init__(self, model: str, max_usd: Decimal) -> None:
+        self.model = model
+        super().__init__(
+            f"a budget of ${max_usd} needs a price for model {model!r}, and none is known: "
+            "add it to a price file (CPO_PRICE_FILE), or run without --max-usd"
+        )
+
+
+class DeadlineExceeded(CpoError):
+    """An email (all its attempts, repairs and fallbacks) ran past its wall-clock deadline."""
+
+    def __init__(self, deadline_s: float | None, doing: str) -> None:
+        self.deadline_s = deadline_s
+        limit = f" of {deadline_s:g} s" if deadline_s is not None else ""
+        super().__init__(f"deadline{limit} passed {doing} (CPO_EMAIL_DEADLINE)")
+
+
+class Interrupted(CpoError):
+    """The run was stopped (Ctrl-C) before this email produced anything."""
+
+    exit_code = 130

@@ -1,44 +1,131 @@
 """The one place a chat model is built: Azure OpenAI, an OpenAI-compatible server, or the offline drafter.
 
-Timeout and retries are always explicit (langchain-openai passes timeout=None otherwise, i.e. no
-timeout). Retries are the openai SDK's own, which retry only transient failures: connection errors,
-timeouts, 408, 409, 429 and 5xx, honouring `retry-after-ms` / `retry-after`; 400 (Azure's
-`content_filter` included), 401, 403, 404 and 422 fail on the first answer.
+Every model cpo builds keeps three promises for each call, sync or async:
+
+- **Wall-clock attempts.** Each HTTP attempt ends within `timeout` seconds of wall time, however the
+  server trickles its answer (`cpo.http`), and never past the enclosing deadline (an email's).
+- **cpo owns the retries** (the openai SDK's are off, `max_retries=0`): only transient failures
+  (timeouts, connection errors, 408, 409, 429, 5xx) are retried, at most `retry_policy.max_retries`
+  times, honouring `retry-after` up to `retry_policy.max_wait_s`. Each attempt is its own callback
+  run, so every attempt is seen, counted and priced by a `CostTracker`.
+- **Budget first.** Before each attempt is sent, every `CostTracker` among the callbacks reserves the
+  attempt's worst case and may refuse it (`BudgetExceeded`), so a budget holds under concurrency.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+import uuid
 from typing import Any, Literal
 
 import openai
+from langchain_core.callbacks import Callbacks
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
 from langchain_openai import AzureChatOpenAI, ChatOpenAI
+from pydantic import Field
 
+from cpo.costs import CostTracker, trackers_in
 from cpo.errors import ConfigError
+from cpo.http import deadline_error, http_clients, time_left
+from cpo.retries import RetryDecision, RetryPolicy
 from cpo.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Source = Literal["azure", "openai-compatible", "offline"]
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+DEADLINE_SLACK_S = 0.05
 
 
-def build_chat_model(settings: Settings | None = None, **overrides: Any) -> BaseChatModel:
-    """A chat model for the configured provider; `overrides` go to the model constructor."""
-    settings = settings or Settings()
-    params: dict[str, Any] = {
-        "timeout": settings.timeout,
-        "max_retries": settings.max_retries,
-    }
-    params.update(overrides)
-    if params.get("timeout") is None:
-        raise ConfigError("CPO_LLM_TIMEOUT: a timeout is required (got None); calls must never hang")
-    provider = settings.provider
-    if provider == "azure":
-        return _azure(settings, params)
-    if provider == "openai-compatible":
-        return _openai_compatible(settings, params)
-    from cpo.offline import OfflineChatModel
+class ResilientChatModel(BaseChatModel):
+    """What cpo adds to a LangChain chat model: its own retries, deadlines and budget reservations."""
 
-    return OfflineChatModel(**{k: v for k, v in overrides.items() if k in OfflineChatModel.model_fields})
+    retry_policy: RetryPolicy = Field(default_factory=RetryPolicy, exclude=True)
+
+    def _trackers(self, callbacks: Callbacks) -> list[CostTracker]:
+        return trackers_in(callbacks, self.callbacks)
+
+    def _before_attempt(self, attempt: int) -> uuid.UUID:
+        left = time_left()
+        if left is not None and left <= 0:
+            raise deadline_error(f"before attempt {attempt + 1}")
+        return uuid.uuid4()
+
+    def _after_failure(self, exc: Exception, retries: int) -> RetryDecision:
+        """Retry, or re-raise (as DeadlineExceeded when the enclosing deadline is what ended it)."""
+        left = time_left()
+        decision = self.retry_policy.decide(exc, retries, left)
+        if decision.retry:
+            log.info("attempt %d failed (%s); retrying in %.2f s", retries + 1, _brief(exc), decision.wait_s)
+            return decision
+        if left is not None and left <= DEADLINE_SLACK_S:
+            raise deadline_error(f"during attempt {retries + 1} ({_brief(exc)})") from exc
+        if decision.reason:
+            exc.add_note(decision.reason)
+        raise exc
+
+    def generate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        *,
+        run_id: uuid.UUID | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        trackers = self._trackers(callbacks)
+        params = self._get_invocation_params(stop=stop, **kwargs) if trackers else {}
+        prompt = [m for batch in messages for m in batch]
+        retries = 0
+        while True:
+            attempt_id = run_id if retries == 0 and run_id is not None else self._before_attempt(retries)
+            try:
+                for tracker in trackers:
+                    tracker.reserve(attempt_id, prompt, params)
+                return super().generate(messages, stop, callbacks, run_id=attempt_id, **kwargs)
+            except Exception as exc:
+                decision = self._after_failure(exc, retries)
+            finally:
+                for tracker in trackers:
+                    tracker.close_call(attempt_id)
+            time.sleep(decision.wait_s)
+            retries += 1
+
+    async def agenerate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Callbacks = None,
+        *,
+        run_id: uuid.UUID | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        trackers = self._trackers(callbacks)
+        params = self._get_invocation_params(stop=stop, **kwargs) if trackers else {}
+        prompt = [m for batch in messages for m in batch]
+        retries = 0
+        while True:
+            attempt_id = run_id if retries == 0 and run_id is not None else self._before_attempt(retries)
+            try:
+                for tracker in trackers:
+                    await tracker.areserve(attempt_id, prompt, params)
+                return await super().agenerate(messages, stop, callbacks, run_id=attempt_id, **kwargs)
+            except Exception as exc:
+                decision = self._after_failure(exc, retries)
+            finally:
+                for tracker in trackers:
+                    tracker.close_call(attempt_id)  # after a cancellation: a call of unknown cost
+            await asyncio.sleep(decision.wait_s)
+            retries += 1
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
 
 
 class ContentFilteredError(openai.ContentFilterFinishReasonError, ValueError):
@@ -49,8 +136,12 @@ class ContentFilteredError(openai.ContentFilterFinishReasonError, ValueError):
     """
 
 
-class CpoAzureChatOpenAI(AzureChatOpenAI):
-    """AzureChatOpenAI plus one difference: a content-filtered answer raises with its usage attached."""
+class CpoAzureChatOpenAI(ResilientChatModel, AzureChatOpenAI):
+    """AzureChatOpenAI plus cpo's call promises, and a content-filtered answer that keeps its usage.
+
+    It relies on langchain-openai raising a ValueError that says "content filter" from
+    `_create_chat_result` (pinned by `tests/test_model_layer.py`).
+    """
 
     def _create_chat_result(self, response: dict | openai.BaseModel, generation_info: dict | None = None) -> Any:
         try:
@@ -62,10 +153,39 @@ class CpoAzureChatOpenAI(AzureChatOpenAI):
             raise ContentFilteredError(completion=completion) from exc  # type: ignore[arg-type]
 
 
+class CpoChatOpenAI(ResilientChatModel, ChatOpenAI):
+    """ChatOpenAI (any OpenAI-compatible server) plus cpo's call promises."""
+
+
 def _as_completion(response: dict[str, Any]) -> Any:
     from openai.types.chat import ChatCompletion
 
     return ChatCompletion.model_validate(response)
+
+
+def build_chat_model(settings: Settings | None = None, **overrides: Any) -> BaseChatModel:
+    """A chat model for the configured provider; `overrides` go to the model constructor.
+
+    `timeout` is the wall-clock bound of one attempt; `max_retries` is the number of extra attempts
+    cpo makes for transient failures (the SDK's own retries are always off).
+    """
+    settings = settings or Settings()
+    timeout = overrides.pop("timeout", settings.timeout)
+    if timeout is None or timeout <= 0:
+        raise ConfigError(f"CPO_LLM_TIMEOUT: a positive timeout is required (got {timeout!r}); calls must never hang")
+    policy = RetryPolicy(
+        max_retries=int(overrides.pop("max_retries", settings.max_retries)),
+        max_wait_s=float(overrides.pop("retry_max_wait", settings.retry_max_wait)),
+    )
+    params: dict[str, Any] = {"timeout": timeout, "max_retries": 0, "retry_policy": policy, **overrides}
+    provider = settings.provider
+    if provider == "azure":
+        return _azure(settings, params)
+    if provider == "openai-compatible":
+        return _openai_compatible(settings, params)
+    from cpo.offline import OfflineChatModel
+
+    return OfflineChatModel(**{k: v for k, v in params.items() if k in OfflineChatModel.model_fields})
 
 
 def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
@@ -74,11 +194,15 @@ def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
         auth = {"api_key": settings.azure_api_key}
     else:
         auth = {"azure_ad_token_provider": _entra_token_provider()}
+    endpoint = str(settings.azure_endpoint)
+    sync_client, async_client = http_clients(endpoint)
     return CpoAzureChatOpenAI(
-        azure_endpoint=settings.azure_endpoint,
+        azure_endpoint=endpoint,
         azure_deployment=settings.azure_deployment,
         api_version=settings.azure_api_version,
         model=settings.model_name,
+        http_client=sync_client,
+        http_async_client=async_client,
         **auth,
         **params,
     )
@@ -99,7 +223,16 @@ def _entra_token_provider() -> Any:
 def _openai_compatible(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
     params.setdefault("stream_usage", True)
-    return ChatOpenAI(base_url=settings.openai_base_url, api_key=key, model=settings.model_name, **params)
+    base_url = str(settings.openai_base_url)
+    sync_client, async_client = http_clients(base_url)
+    return CpoChatOpenAI(
+        base_url=base_url,
+        api_key=key,
+        model=settings.model_name,
+        http_client=sync_client,
+        http_async_client=async_client,
+        **params,
+    )
 
 
 def model_source(model: Any) -> Source:

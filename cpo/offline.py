@@ -13,12 +13,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from cpo.llm import ResilientChatModel
 from cpo.pricing import OFFLINE_MODEL
 from cpo.tokens import count_text_tokens, count_tokens
 
@@ -186,7 +187,7 @@ def draft_email(brief: _Brief) -> dict[str, Any]:
     return {"subject": subject, "body": body, "citations": [s["id"] for s in used]}
 
 
-class OfflineChatModel(BaseChatModel):
+class OfflineChatModel(ResilientChatModel):
     """Deterministic drafting model for running cpo with no endpoint; honest about being offline."""
 
     model_name: str = OFFLINE_MODEL

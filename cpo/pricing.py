@@ -1,30 +1,28 @@
 """USD prices for token usage: genai-prices' maintained table, overridable by a user price file.
 
-Price by the model that answered (`gpt-4o-mini-2024-07-18`), never by an Azure deployment name; an
-unknown model has no price (None, one warning), never $0 and never another model's price.
+Lookup order for a call: a price-file entry for the Azure deployment (Global, Data Zone, Regional and
+provisioned deployments of one model bill differently); else the model the response reports
+(`gpt-4o-mini-2024-07-18`), from the price file or genai-prices; never the deployment name taken as a
+model name. An unknown model has no price (None, one log line), never $0 and never another model's price.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-import warnings
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import yaml
-from genai_prices import Usage as _GPUsage
-from genai_prices import calc_price
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cpo.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 OFFLINE_MODEL = "cpo-offline"
 PER_MTOK = Decimal(1_000_000)
-
-
-class UnknownPriceWarning(UserWarning):
-    """A model answered whose price cpo does not know; its cost is reported as None."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +51,17 @@ class ModelPrice(BaseModel):
         ) / PER_MTOK
 
 
+class DeploymentPrice(ModelPrice):
+    """Prices of one Azure deployment, optionally naming the model it serves."""
+
+    model: str | None = None
+
+
 class PriceFile(BaseModel):
-    """Schema of the user price file (YAML): deployment->model names and negotiated prices."""
+    """Schema of the user price file (YAML): deployments (a model name, or prices) and model prices."""
 
     model_config = ConfigDict(extra="forbid")
-    deployments: dict[str, str] = Field(default_factory=dict)
+    deployments: dict[str, str | DeploymentPrice] = Field(default_factory=dict)
     models: dict[str, ModelPrice] = Field(default_factory=dict)
 
     @classmethod
@@ -66,8 +70,16 @@ class PriceFile(BaseModel):
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"CPO_PRICE_FILE: {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"CPO_PRICE_FILE: {path} is a directory, not a YAML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"CPO_PRICE_FILE: {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"CPO_PRICE_FILE: cannot read {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"CPO_PRICE_FILE: {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"CPO_PRICE_FILE: {path}: expected a mapping with 'deployments' and/or 'models'")
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -77,7 +89,7 @@ class PriceFile(BaseModel):
 
 
 class PriceBook:
-    """Looks up prices; user prices win, then genai-prices for the provider, else unknown."""
+    """Looks up prices: the price file first (deployment, then model), then genai-prices, else unknown."""
 
     def __init__(
         self,
@@ -92,47 +104,70 @@ class PriceBook:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
+    def deployment_model(self, deployment: str | None) -> str | None:
+        """The model a deployment serves according to the price file, if it says."""
+        entry = self.user.deployments.get(deployment) if deployment else None
+        return entry if isinstance(entry, str) else (entry.model if entry is not None else None)
+
     def resolve_model(self, reported: str | None, deployment: str | None = None) -> str | None:
         """The real model name: as reported by the provider, else the price file's deployment mapping."""
-        if reported:
-            return reported
-        if deployment and deployment in self.user.deployments:
-            return self.user.deployments[deployment]
-        return None
+        return reported or self.deployment_model(deployment)
 
-    def cost(self, model: str | None, counts: TokenCounts, *, warn: bool = True) -> Decimal | None:
-        """USD for these tokens, or None (with one warning per model) when the price is unknown."""
+    def price(self, model: str | None, deployment: str | None = None) -> ModelPrice | None:
+        """Per-token prices for a call, or None when unknown (never guessed from the deployment name)."""
+        entry = self.user.deployments.get(deployment) if deployment else None
+        if isinstance(entry, DeploymentPrice):
+            return entry
+        model = model or self.deployment_model(deployment)
+        if not model:
+            return None
         if model == OFFLINE_MODEL:
-            return Decimal(0)
-        if model and model in self.user.models:
-            return self.user.models[model].cost(counts)
-        if model and (self.provider_id or self.provider_api_url):
-            try:
-                result = calc_price(
-                    _GPUsage(
-                        input_tokens=counts.input_tokens,
-                        cache_read_tokens=counts.cached_input_tokens,
-                        output_tokens=counts.output_tokens,
-                    ),
-                    model,
-                    provider_id=self.provider_id,
-                    provider_api_url=None if self.provider_id else self.provider_api_url,
-                )
-                return Decimal(result.total_price)
-            except LookupError:
-                pass
-        if warn:
-            self._warn_unknown(model or "<unreported>")
-        return None
+            return ModelPrice(input=Decimal(0), output=Decimal(0))
+        if model in self.user.models:
+            return self.user.models[model]
+        return self._table_price(model)
+
+    def _table_price(self, model: str) -> ModelPrice | None:
+        if not (self.provider_id or self.provider_api_url):
+            return None
+        from genai_prices import Usage as _GPUsage
+        from genai_prices import calc_price
+
+        def at(input_tokens: int, cached: int, output: int) -> Decimal:
+            usage = _GPUsage(input_tokens=input_tokens, cache_read_tokens=cached, output_tokens=output)
+            result = calc_price(
+                usage,
+                model,
+                provider_id=self.provider_id,
+                provider_api_url=None if self.provider_id else self.provider_api_url,
+            )
+            return Decimal(result.total_price)
+
+        try:
+            per_mtok = int(PER_MTOK)
+            return ModelPrice(
+                input=at(per_mtok, 0, 0), cached_input=at(per_mtok, per_mtok, 0), output=at(0, 0, per_mtok)
+            )
+        except LookupError:
+            return None
+
+    def cost(
+        self, model: str | None, counts: TokenCounts, *, deployment: str | None = None, warn: bool = True
+    ) -> Decimal | None:
+        """USD for these tokens, or None (with one log line per model) when the price is unknown."""
+        price = self.price(model, deployment)
+        if price is None:
+            if warn:
+                self._warn_unknown(model or self.deployment_model(deployment) or "<unreported>")
+            return None
+        return price.cost(counts)
 
     def _warn_unknown(self, model: str) -> None:
         with self._lock:
             if model in self._warned:
                 return
             self._warned.add(model)
-        warnings.warn(
-            f"no price known for model {model!r}: its cost is reported as unknown (None); "
-            "add it to a price file (CPO_PRICE_FILE) to price it",
-            UnknownPriceWarning,
-            stacklevel=3,
+        log.warning(
+            "no price known for model %r: its cost is reported as unknown; add it to a price file (CPO_PRICE_FILE)",
+            model,
         )

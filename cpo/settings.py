@@ -44,12 +44,19 @@ class Settings(BaseSettings):
     )
     timeout: float = Field(10.0, gt=0, validation_alias=AliasChoices("CPO_LLM_TIMEOUT", "timeout"))
     max_retries: int = Field(3, ge=0, le=20, validation_alias=AliasChoices("CPO_LLM_MAX_RETRIES", "max_retries"))
+    retry_max_wait: float = Field(
+        30.0, ge=0, validation_alias=AliasChoices("CPO_RETRY_MAX_WAIT", "retry_max_wait")
+    )
+    email_deadline: float = Field(120.0, gt=0, validation_alias=AliasChoices("CPO_EMAIL_DEADLINE", "email_deadline"))
+    max_output_tokens: int = Field(
+        1000, ge=16, le=100_000, validation_alias=AliasChoices("CPO_MAX_OUTPUT_TOKENS", "max_output_tokens")
+    )
     structured_output_method: StructuredMethod = Field(
         "auto", validation_alias=AliasChoices("CPO_STRUCTURED_OUTPUT", "structured_output_method")
     )
     offline_fallback: bool = Field(False, validation_alias=AliasChoices("CPO_OFFLINE_FALLBACK", "offline_fallback"))
     price_file: Path | None = _env("CPO_PRICE_FILE", "price_file")
-    ledger_path: str = Field("runs/ledger.sqlite", validation_alias=AliasChoices("CPO_LEDGER", "ledger_path"))
+    ledger_path: str | None = _env("CPO_LEDGER", "ledger_path")
     prompts_dir: Path | None = _env("CPO_PROMPTS_DIR", "prompts_dir")
     runs_dir: Path = Field(Path("runs"), validation_alias=AliasChoices("CPO_RUNS_DIR", "runs_dir"))
 
@@ -58,6 +65,10 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f".env: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+            ) from None
 
     @field_validator("azure_endpoint", "openai_base_url")
     @classmethod
@@ -70,7 +81,16 @@ class Settings(BaseSettings):
             raise ValueError(f"not an http(s) URL: {value!r}")
         return value
 
-    @field_validator("azure_deployment", "model_name", "azure_api_key", "openai_api_key", mode="before")
+    @field_validator(
+        "azure_deployment",
+        "model_name",
+        "azure_api_key",
+        "openai_api_key",
+        "price_file",
+        "prompts_dir",
+        "ledger_path",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -103,9 +123,25 @@ class Settings(BaseSettings):
         return "offline"
 
     @property
-    def ledger_file(self) -> Path | None:
-        """The SQLite cost ledger, or None when CPO_LEDGER is 'off'."""
-        if self.ledger_path.strip().lower() in ("", "off", "none", "0", "false"):
+    def ledger_off(self) -> bool:
+        return self.ledger_path is not None and self.ledger_path.strip().lower() in ("off", "none", "0", "false")
+
+    def ledger_file(self, runs_dir: Path | None = None) -> Path | None:
+        """The CLI's cost ledger: CPO_LEDGER if set ('off' disables it), else `<runs dir>/ledger.sqlite`.
+
+        The runs dir is `runs_dir` (the CLI's --out) or CPO_RUNS_DIR or ./runs, so the ledger never moves
+        with the current directory by accident when either is set.
+        """
+        if self.ledger_off:
+            return None
+        if self.ledger_path is not None:
+            return Path(self.ledger_path).expanduser()
+        return (runs_dir or self.runs_dir).expanduser() / "ledger.sqlite"
+
+    @property
+    def ledger_requested(self) -> Path | None:
+        """The ledger the Python API writes: only one named by CPO_LEDGER (no file by default)."""
+        if self.ledger_path is None or self.ledger_off:
             return None
         return Path(self.ledger_path).expanduser()
 

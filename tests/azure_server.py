@@ -3,7 +3,7 @@
 The real `openai` SDK and `langchain_openai` talk to it unmodified, so tests exercise the
 real retry, timeout, parsing and usage code paths: recording VCR cassettes, live timeout
 tests (a timeout cannot be recorded) and latency-bound benchmarks. Standard library only,
-plus tiktoken (through `cpo.tokens` when available) so usage numbers look like Azure's.
+plus cpo's offline tiktoken encodings so usage numbers look like Azure's.
 
 Run standalone with `python tests/azure_server.py --port 8765 --latency 0.3`.
 """
@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import select
 import socket
 import socketserver
@@ -28,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -57,6 +55,14 @@ DEPLOYMENT_NOT_FOUND_BODY: dict[str, Any] = {
     }
 }
 BAD_REQUEST_BODY: dict[str, Any] = {"error": {"code": "BadRequest", "message": "Invalid request"}}
+# What llama.cpp's server answers (HTTP 500) to a `json_schema` response_format it does not support.
+JSON_SCHEMA_UNSUPPORTED_BODY: dict[str, Any] = {
+    "error": {
+        "code": 500,
+        "message": 'response_format type must be one of "text" or "json_object", but got: json_schema',
+        "type": "server_error",
+    }
+}
 PROMPT_FILTERED_BODY: dict[str, Any] = {
     "error": {
         "message": "The response was filtered due to the prompt triggering Azure OpenAI's content "
@@ -101,34 +107,11 @@ _DEFAULT_ERROR_BODIES: dict[int, dict[str, Any]] = {
 }
 
 
-def _tiktoken_count(text: str, model: str = "gpt-4o-mini") -> int:
-    """Fallback counter while `cpo.tokens` is absent; o200k_base is what gpt-4o-mini uses."""
-    encoding = _fallback_encoding()
-    return len(encoding.encode(text, disallowed_special=()))
+def _count(text: str) -> int:
+    """Tokens as Azure counts them for gpt-4o-mini (o200k_base), with cpo's offline encoding files."""
+    from cpo.tokens import count_text_tokens
 
-
-_encoding_lock = threading.Lock()
-_encoding_cache: list[Any] = []
-
-
-def _fallback_encoding() -> Any:
-    """Load o200k_base once; point tiktoken at cpo's shipped cache because there is no network."""
-    with _encoding_lock:
-        if not _encoding_cache:
-            import tiktoken
-
-            shipped = Path(__file__).resolve().parent.parent / "cpo" / "_tiktoken"
-            if "TIKTOKEN_CACHE_DIR" not in os.environ and shipped.is_dir():
-                os.environ["TIKTOKEN_CACHE_DIR"] = str(shipped)
-            _encoding_cache.append(tiktoken.get_encoding("o200k_base"))
-        return _encoding_cache[0]
-
-
-_count: Callable[..., int]
-try:
-    from cpo.tokens import count_text_tokens as _count
-except ImportError:
-    _count = _tiktoken_count
+    return count_text_tokens(text, "gpt-4o-mini")
 
 
 def _filter_results(violence_high: bool = False) -> dict[str, Any]:

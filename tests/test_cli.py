@@ -34,7 +34,7 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     for command in ("run", "generate", "try-prompts", "costs", "check"):
-        assert f" {command} " in out
+        assert f"\n    {command} " in out
 
 
 def test_console_script_is_installed() -> None:
@@ -72,7 +72,7 @@ def test_costs_without_a_ledger_is_a_one_line_error(capsys: pytest.CaptureFixtur
     ("args", "message"),
     [
         (["generate", "--segment", "Nobody"], "error: no segment named 'Nobody'"),
-        (["generate", "--segment", "New Customer", "--tone", "shouty"], "error: --tone must be one of"),
+        (["generate", "--segment", "New Customer", "--tone", "shouty"], "error: cpo generate: argument --tone: invalid"),
         (["run", "--segments", "missing.json"], "error: segments file missing.json: No such file"),
         (["run", "--content", "nowhere"], "error: content directory nowhere does not exist"),
         (["run", "--prompts", "nowhere"], "error: prompts directory nowhere does not exist"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure_server import ok, server_error
+from azure_server import JSON_SCHEMA_UNSUPPORTED_BODY, error, ok, server_error
 from conftest import RECORD_ENDPOINT, azure_settings, http_requests, sent_bodies
 
 from cpo import (
@@ -18,7 +18,6 @@ from cpo import (
     EmailRequest,
     EmailVariant,
     Settings,
-    UnknownPriceWarning,
     ValidationLimits,
     build_chat_model,
     build_email_chain,
@@ -212,15 +211,17 @@ def test_empty_segment_features_are_refused() -> None:
 
 @pytest.mark.vcr
 def test_openai_compatible_server_refusing_json_schema_falls_back_to_function_calling(azure_server: Any) -> None:
-    """llama.cpp's server answers HTTP 500 to json_schema; function calling works there."""
+    """llama.cpp's server answers HTTP 500 "response_format type must be one of ..." to json_schema; that is
+    a refusal of the method, not a fault: not retried, and function calling is used instead."""
     request = BUNDLE.request(SEGMENT, "urgent")
     azure_server.script(
-        "llama-3.1-8b", server_error(500, retry_after_ms=None), ok(tool_args=good_draft(request), model="llama-3.1-8b")
+        "llama-3.1-8b",
+        error(500, JSON_SCHEMA_UNSUPPORTED_BODY),
+        ok(tool_args=good_draft(request), model="llama-3.1-8b"),
     )
-    settings = Settings(openai_base_url=f"{RECORD_ENDPOINT}/v1", model_name="llama-3.1-8b", max_retries=0)
+    settings = Settings(openai_base_url=f"{RECORD_ENDPOINT}/v1", model_name="llama-3.1-8b")
     chain = build_email_chain(build_chat_model(settings), settings=settings)
-    with pytest.warns(UnknownPriceWarning, match="llama-3.1-8b"):
-        variant = chain.invoke(request)
+    variant = chain.invoke(request)
     assert variant.valid and variant.source == "openai-compatible"
     assert variant.usage.calls == 2 and variant.usage.failed_calls == 1
     assert variant.usage.cost_usd is None  # a self-hosted model has no list price: unknown, not $0
@@ -237,8 +238,7 @@ def test_json_with_raw_newlines_is_parsed_leniently(azure_server: Any) -> None:
     settings = Settings(
         openai_base_url=f"{RECORD_ENDPOINT}/v1", model_name="qwen2.5", structured_output_method="json_mode"
     )
-    with pytest.warns(UnknownPriceWarning):
-        variant = build_email_chain(build_chat_model(settings), settings=settings).invoke(request)
+    variant = build_email_chain(build_chat_model(settings), settings=settings).invoke(request)
     assert variant.valid, variant.validation.reasons
     assert variant.body == good["body"]
 

@@ -16,20 +16,23 @@ from langchain_openai import AzureChatOpenAI, ChatOpenAI
 
 from cpo import ConfigError, Settings, build_chat_model, model_source
 from cpo.offline import OfflineChatModel
+from cpo.retries import RetryPolicy
 
 
-def test_azure_model_has_explicit_timeout_and_retries() -> None:
-    model = build_chat_model(azure_settings(timeout=7.5, max_retries=2))
+def test_azure_model_has_explicit_timeout_and_cpo_owned_retries() -> None:
+    model = build_chat_model(azure_settings(timeout=7.5, max_retries=2, retry_max_wait=4))
     assert isinstance(model, AzureChatOpenAI)
     assert model.request_timeout == 7.5
-    assert model.max_retries == 2
     assert model.root_client.timeout == 7.5
+    assert model.retry_policy == RetryPolicy(max_retries=2, max_wait_s=4.0)
+    assert model.max_retries == 0 and model.root_client.max_retries == 0  # the SDK's own retries are off
     assert model_source(model) == "azure"
 
 
-def test_defaults_are_ten_seconds_and_three_retries() -> None:
+def test_defaults_are_ten_seconds_three_retries_and_thirty_second_waits() -> None:
     model = build_chat_model(azure_settings())
-    assert (model.request_timeout, model.max_retries) == (10.0, 3)
+    assert model.request_timeout == 10.0
+    assert model.retry_policy == RetryPolicy(max_retries=3, max_wait_s=30.0)
 
 
 def test_openai_compatible_server_gets_stream_usage_and_model_name() -> None:

@@ -71,8 +71,37 @@ def test_api_key_is_never_echoed_in_errors(monkeypatch: pytest.MonkeyPatch) -> N
     assert "sk-very-secret" not in str(caught.value)
 
 
-def test_ledger_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CPO_LEDGER", "off")
-    assert Settings().ledger_file is None
+def test_ledger_location_follows_the_runs_dir_unless_cpo_ledger_names_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().ledger_file() == Path("runs/ledger.sqlite")
+    assert Settings().ledger_file(Path("/data/campaign")) == Path("/data/campaign/ledger.sqlite")
+    monkeypatch.setenv("CPO_RUNS_DIR", "/srv/cpo-runs")
+    assert Settings().ledger_file() == Path("/srv/cpo-runs/ledger.sqlite")
+    assert Settings().ledger_requested is None  # the Python API writes no ledger unless asked
     monkeypatch.setenv("CPO_LEDGER", "/tmp/x/ledger.sqlite")
-    assert Settings().ledger_file == Path("/tmp/x/ledger.sqlite")
+    assert Settings().ledger_file(Path("/data/campaign")) == Path("/tmp/x/ledger.sqlite")
+    assert Settings().ledger_requested == Path("/tmp/x/ledger.sqlite")
+    monkeypatch.setenv("CPO_LEDGER", "off")
+    assert Settings().ledger_file() is None and Settings().ledger_requested is None
+
+
+def test_deadline_wait_cap_and_output_limit_have_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert (settings.retry_max_wait, settings.email_deadline, settings.max_output_tokens) == (30.0, 120.0, 1000)
+    monkeypatch.setenv("CPO_EMAIL_DEADLINE", "0")
+    with pytest.raises(ConfigError, match="CPO_EMAIL_DEADLINE: Input should be greater than 0"):
+        Settings()
+
+
+def test_blank_paths_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`CPO_PRICE_FILE=` in a .env used to crash with IsADirectoryError."""
+    for name in ("CPO_PRICE_FILE", "CPO_PROMPTS_DIR", "CPO_LEDGER"):
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert settings.price_file is None and settings.prompts_dir is None and settings.ledger_path is None
+
+
+def test_a_dotenv_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"CPO_MODEL_NAME=caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        Settings()
+    assert str(caught.value) == ".env: not UTF-8 text (byte 0xe9 at offset 18); save it as UTF-8"

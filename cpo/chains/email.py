@@ -3,11 +3,18 @@
 `build_email_chain(model)` returns a Runnable[EmailRequest, EmailVariant]. Each invocation is one
 root run for a CostTracker passed in `config["callbacks"]`; the variant also carries its own usage,
 counted by a CostTracker attached to that invocation only (the same code path, never a second one).
+
+Each email has a wall-clock deadline (CPO_EMAIL_DEADLINE) covering all its attempts, repairs and
+fallbacks, and every call asks for at most CPO_MAX_OUTPUT_TOKENS. Once a draft has been paid for it
+is never thrown away: a repair refused by the budget, a deadline or a Ctrl-C returns the paid draft
+marked invalid with the reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import threading
 import time
@@ -21,22 +28,32 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import patch_config
-from openai.lib._pydantic import to_strict_json_schema
 from pydantic import ValidationError
 
+from cpo.cancel import current_stop
 from cpo.costs import CostTracker, price_book_for
-from cpo.errors import CpoError
+from cpo.errors import BudgetExceeded, DeadlineExceeded, Interrupted
+from cpo.http import deadline_scope
 from cpo.llm import build_chat_model, model_source
 from cpo.models import Citation, EmailDraft, EmailRequest, EmailVariant, ValidationIssue, ValidationReport
 from cpo.offline import OfflineChatModel
 from cpo.pricing import PriceBook
 from cpo.prompts import PromptSet
+from cpo.retries import is_transient, refuses_format
 from cpo.settings import Settings
 from cpo.validation import ValidationLimits, validate_draft
 
-EMAIL_DRAFT_JSON_SCHEMA = {"name": "EmailDraft", "schema": to_strict_json_schema(EmailDraft), "strict": True}
+log = logging.getLogger(__name__)
+
+EMAIL_DRAFT_JSON_SCHEMA = {
+    "name": "EmailDraft",
+    "schema": openai.pydantic_function_tool(EmailDraft)["function"]["parameters"],
+    "strict": True,
+}
 JSON_SCHEMA_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": EMAIL_DRAFT_JSON_SCHEMA}
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
+# Why a paid draft was kept without its checks passing, by the error that stopped the email.
+STOPPED = {BudgetExceeded: "budget", DeadlineExceeded: "deadline", Interrupted: "interrupted"}
 
 
 def lenient_json(text: str) -> dict[str, Any] | None:
@@ -64,13 +81,17 @@ class EmailChain:
         method: str,
         prices: PriceBook,
         fallback: BaseChatModel | None,
+        max_output_tokens: int,
+        deadline_s: float,
     ) -> None:
         self.model, self.prompts, self.limits, self.max_repairs = model, prompts, limits, max_repairs
         self.prices, self.fallback = prices, fallback
+        self.max_output_tokens, self.deadline_s = max_output_tokens, deadline_s
         self.source = model_source(model)
         self.method = method
         self._lock = threading.Lock()
         self._bound_models: dict[tuple[int, str], Runnable] = {}
+        self._fallback_announced = False
 
     def _bound(self, model: BaseChatModel, method: str) -> Runnable:
         """The model bound to ask for an EmailDraft; the reply is parsed here, leniently, not by a parser.
@@ -84,24 +105,24 @@ class EmailChain:
         key = (id(model), method)
         with self._lock:
             if key not in self._bound_models:
+                limit = {"max_tokens": self.max_output_tokens}
                 if method == "json_schema":
                     # Sent as extra_body: the same JSON on the wire, but the openai SDK skips its per-call
                     # type-driven transform of the nested schema (about 1 ms of client CPU per email).
-                    bound = model.bind(extra_body={"response_format": JSON_SCHEMA_RESPONSE_FORMAT})
+                    bound = model.bind(extra_body={"response_format": JSON_SCHEMA_RESPONSE_FORMAT}, **limit)
                 elif method == "function_calling":
-                    bound = model.bind_tools([EmailDraft], tool_choice="EmailDraft")
+                    bound = model.bind_tools([EmailDraft], tool_choice="EmailDraft", **limit)
                 else:
-                    bound = model.bind(response_format={"type": "json_object"})
+                    bound = model.bind(response_format={"type": "json_object"}, **limit)
                 self._bound_models[key] = bound
             return self._bound_models[key]
 
     def _refused(self, exc: Exception) -> bool:
-        """A refusal of the method, as opposed to a fault: only for OpenAI-compatible servers."""
-        if self.source != "openai-compatible" or self.method not in METHODS_AFTER:
-            return False
-        if isinstance(exc, openai.BadRequestError):
-            return getattr(exc, "code", None) != "content_filter"
-        return isinstance(exc, openai.InternalServerError | openai.UnprocessableEntityError)
+        """A refusal of the structured-output method by an OpenAI-compatible server, not a fault.
+
+        Never a content filter, never a transient 5xx: only a 400/422, or a 500 that names the format.
+        """
+        return self.source == "openai-compatible" and self.method in METHODS_AFTER and refuses_format(exc)
 
     def _next_method(self, failed: str) -> None:
         with self._lock:
@@ -187,81 +208,138 @@ class EmailChain:
     ) -> Generator[tuple[BaseChatModel, list[BaseMessage]], AIMessage, EmailVariant]:
         """The generate-validate-repair loop, written once for sync and async drivers.
 
-        Yields (model, messages) to call; receives the structured output, or the call's exception
-        thrown in, which switches to the offline fallback once when one is configured.
+        Yields (model, messages) to call; receives the reply, or the call's exception thrown in. A
+        transient failure (retries exhausted) switches to the offline fallback once, when configured.
+        A budget refusal, a deadline or an interruption after a paid reply returns that reply's draft,
+        marked invalid with the reason; before any paid reply, it raises.
         """
         started = time.perf_counter()
         model, source, fallback_used = self.model, self.source, False
-        draft, report, attempts = None, None, 0
+        draft: EmailDraft | None = None
+        report: ValidationReport | None = None
+        attempts = 0
         while attempts <= self.max_repairs:
             attempts += 1
             try:
-                output = yield model, messages
-            except Exception as exc:
-                if self.fallback is None or fallback_used or isinstance(exc, CpoError):
+                try:
+                    output = yield model, messages
+                except Exception as exc:
+                    if self.fallback is None or fallback_used or not is_transient(exc):
+                        raise
+                    self._announce_fallback(exc)
+                    model, source, fallback_used = self.fallback, "offline", True
+                    output = yield model, messages
+            except (BudgetExceeded, DeadlineExceeded, Interrupted) as stop:
+                if report is None:
                     raise
-                model, source, fallback_used = self.fallback, "offline", True
-                output = yield model, messages
+                attempts -= 1
+                code = next(code for kind, code in STOPPED.items() if isinstance(stop, kind))
+                report = report.model_copy(
+                    update={
+                        "valid": False,
+                        "issues": [*report.issues, ValidationIssue(code=code, message=f"repair not made: {stop}")],
+                    }
+                )
+                break
             draft, error = self._draft(output)
             report = self._report(request, draft, error)
             if report.valid:
                 break
             previous = draft.model_dump_json() if draft else str(output.content)
             messages = [*messages, AIMessage(previous), self.prompts.repair(report.reasons)]
+        assert report is not None
         return self._variant(
             request,
             draft,
             report,
             local=local,
-            started=started,  # type: ignore[arg-type]
+            started=started,
             attempts=attempts,
             source=source,
             fallback_used=fallback_used,
         )
 
-    def _start(self, request: Any, config: RunnableConfig) -> tuple[Generator, RunnableConfig, tuple]:  # type: ignore[type-arg]
+    def _announce_fallback(self, exc: Exception) -> None:
+        """One log line per chain when the offline fallback first engages, naming the fault."""
+        with self._lock:
+            first, self._fallback_announced = not self._fallback_announced, True
+        if first:
+            brief = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            log.warning(
+                "the endpoint kept failing (%s: %s); using the offline drafting model for such emails "
+                "(CPO_OFFLINE_FALLBACK), marked fallback_used",
+                type(exc).__name__,
+                brief,
+            )
+
+    def _start(
+        self, request: Any, config: RunnableConfig
+    ) -> tuple[Generator[tuple[BaseChatModel, list[BaseMessage]], AIMessage, EmailVariant], RunnableConfig]:
         request = request if isinstance(request, EmailRequest) else EmailRequest.model_validate(request)
         local = CostTracker(prices=self.prices)
         steps = self._steps(request, self.prompts.render(request, self.limits), local)
-        return steps, self._config(config, local), next(steps)
+        return steps, self._config(config, local)
 
     def invoke(self, request: Any, config: RunnableConfig) -> EmailVariant:
-        steps, sub, step = self._start(request, config)
-        while True:
-            try:
-                output = self._call(*step, sub)
-            except Exception as exc:
+        steps, sub = self._start(request, config)
+        with deadline_scope(self.deadline_s):
+            step = next(steps)
+            while True:
                 try:
-                    step = steps.throw(exc)
+                    output = self._call(*step, sub)
+                except Exception as exc:
+                    try:
+                        step = steps.throw(exc)
+                    except StopIteration as done:
+                        return done.value
+                    continue
+                try:
+                    step = steps.send(output)
                 except StopIteration as done:
                     return done.value
-                continue
-            try:
-                step = steps.send(output)
-            except StopIteration as done:
-                return done.value
 
     async def ainvoke(self, request: Any, config: RunnableConfig) -> EmailVariant:
-        steps, sub, step = self._start(request, config)
-        while True:
-            try:
-                output = await self._acall(*step, sub)
-            except Exception as exc:
+        steps, sub = self._start(request, config)
+        stop = current_stop.get()
+        with deadline_scope(self.deadline_s):
+            step = next(steps)
+            while True:
                 try:
-                    step = steps.throw(exc)
+                    if stop is None:
+                        output = await self._acall(*step, sub)
+                    else:
+                        output = await stop.run(self._acall(*step, sub))
+                except asyncio.CancelledError:
+                    if stop is None or not stop.stopped_this():
+                        raise
+                    step = self._throw(steps, Interrupted("interrupted (Ctrl-C) before this email was produced"))
+                    if isinstance(step, EmailVariant):
+                        return step
+                    continue
+                except Exception as exc:
+                    step = self._throw(steps, exc)
+                    if isinstance(step, EmailVariant):
+                        return step
+                    continue
+                try:
+                    step = steps.send(output)
                 except StopIteration as done:
                     return done.value
-                continue
-            try:
-                step = steps.send(output)
-            except StopIteration as done:
-                return done.value
+
+    @staticmethod
+    def _throw(
+        steps: Generator[tuple[BaseChatModel, list[BaseMessage]], AIMessage, EmailVariant], exc: BaseException
+    ) -> tuple[BaseChatModel, list[BaseMessage]] | EmailVariant:
+        try:
+            return steps.throw(exc)
+        except StopIteration as done:
+            return done.value
 
     def _call(self, model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
         while True:
             method = self.method
             try:
-                return self._bound(model, method).invoke(messages, config)
+                return self._bound(model, method).invoke(messages, config)  # type: ignore[no-any-return]
             except Exception as exc:
                 if model is not self.model or not self._refused(exc):
                     raise
@@ -271,7 +349,7 @@ class EmailChain:
         while True:
             method = self.method
             try:
-                return await self._bound(model, method).ainvoke(messages, config)
+                return await self._bound(model, method).ainvoke(messages, config)  # type: ignore[no-any-return]
             except Exception as exc:
                 if model is not self.model or not self._refused(exc):
                     raise
@@ -306,5 +384,7 @@ def build_email_chain(
         method=method,
         prices=prices or price_book_for(settings),
         fallback=OfflineChatModel() if use_fallback and source != "offline" else None,
+        max_output_tokens=settings.max_output_tokens,
+        deadline_s=settings.email_deadline,
     )
     return RunnableLambda(chain.invoke, afunc=chain.ainvoke, name="email")

@@ -1,33 +1,39 @@
 """The earlier public API (`AzureOpenAIClient`, `get_openai_client`, `generate_completion`, `test_connection`).
 
 Same names and call shapes as the earlier implementation, built on the one model path
-(`build_chat_model`) and the one accounting path (`CostTracker`): no second client, no second price
-table. Fixed on the way: only transient errors are retried, the real finish_reason and model are
-reported, costs are priced by the model that answered and never rounded to zero.
+(`build_chat_model`, whose retries, timeouts and deadlines apply here too) and the one accounting
+path (`CostTracker`): no second client, no second price table. Fixed on the way: only transient errors
+are retried, the real finish_reason and model are reported, costs are priced by the model that
+answered and never rounded to zero, and a missing configuration is a `ConfigError`, as it was in the
+earlier implementation, never a silent offline answer.
 """
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import openai
-from langchain_core.messages import HumanMessage, SystemMessage
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 
 from cpo.costs import CostTracker
 from cpo.errors import ConfigError
 from cpo.llm import ContentFilteredError, build_chat_model
 from cpo.pricing import TokenCounts
+from cpo.retries import is_transient
 from cpo.settings import Settings
 
 DEFAULT_SYSTEM_MESSAGE = "You are a marketing copywriter."
 MIN_MAX_TOKENS = 16
-MAX_RETRY_AFTER_S = 60.0
+NOT_CONFIGURED = (
+    "no LLM endpoint is configured: set AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY and "
+    "AZURE_OPENAI_DEPLOYMENT_NAME (or OPENAI_BASE_URL and CPO_MODEL_NAME)"
+)
 
 __all__ = [
     "AzureOpenAIClient",
@@ -39,33 +45,11 @@ __all__ = [
 ]
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Worth another attempt: timeouts, connection errors, 429 and 5xx. Never 4xx or our own errors."""
-    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError):
-        return True
-    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
-
-
-def _retry_wait(state: RetryCallState) -> float:
-    """The server's retry-after(-ms) when it gives one, else exponential backoff with jitter."""
-    exc = state.outcome.exception() if state.outcome else None
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None) or {}
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        try:
-            seconds = float(headers.get(name)) / scale
-        except (TypeError, ValueError):
-            continue
-        if 0 <= seconds <= MAX_RETRY_AFTER_S:
-            return seconds
-    return min(0.5 * 2 ** (state.attempt_number - 1), 8.0) * (1 - 0.25 * random.random())
-
-
 class AzureOpenAIClient:
     """Completion client with the earlier interface. `max_retries` is the number of attempts, as before.
 
-    HTTP-level retries in the SDK are turned off here so attempts are not multiplied; this class
-    retries transient failures itself with tenacity.
+    The attempts are the model's own (cpo retries transient failures only, honouring retry-after up to
+    CPO_RETRY_MAX_WAIT); each is counted in `get_usage_summary()["total_requests"]`.
     """
 
     def __init__(self, timeout: float = 10.0, max_retries: int = 3, settings: Settings | None = None) -> None:
@@ -74,9 +58,11 @@ class AzureOpenAIClient:
         if max_retries < 1:
             raise ValueError("max_retries (attempts) must be at least 1")
         self.settings = settings or Settings()
+        if self.settings.provider == "offline":
+            raise ConfigError(NOT_CONFIGURED)
         self.timeout = timeout
         self.max_retries = max_retries
-        self.model = build_chat_model(self.settings, timeout=timeout, max_retries=0)
+        self.model = build_chat_model(self.settings, timeout=timeout, max_retries=max_retries - 1)
         self.tracker = CostTracker.from_settings(self.settings, ledger=None)
         self.last_model: str | None = None
 
@@ -90,21 +76,17 @@ class AzureOpenAIClient:
             raise ValueError("prompt must not be empty")
         messages = [SystemMessage(system_message), HumanMessage(prompt)]
         model = self.model.bind(max_tokens=max_tokens)
+
+        def complete(batch: list[BaseMessage], config: RunnableConfig) -> Any:
+            return model.invoke(batch, config)
+
         started = time.perf_counter()
-        retrying = Retrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.max_retries),
-            wait=_retry_wait,
-            reraise=True,
-        )
-        run_id = uuid.uuid4()
-        for attempt in retrying:
-            with attempt:
-                run_id = uuid.uuid4()
-                try:
-                    message = model.invoke(messages, config={"callbacks": [self.tracker], "run_id": run_id})
-                except ContentFilteredError as exc:
-                    return self._result(run_id, "", "content_filter", getattr(exc.completion, "model", None), started)
+        run_id = uuid.uuid4()  # one run: every attempt of this completion is attributed to it
+        config: RunnableConfig = {"callbacks": [self.tracker], "run_id": run_id, "run_name": "generate_completion"}
+        try:
+            message = RunnableLambda(complete).invoke(messages, config)
+        except ContentFilteredError as exc:
+            return self._result(run_id, "", "content_filter", getattr(exc.completion, "model", None), started)
         meta = message.response_metadata
         return self._result(run_id, str(message.content), meta.get("finish_reason"), meta.get("model_name"), started)
 
@@ -146,8 +128,8 @@ class AzureOpenAIClient:
         }
 
     def test_connection(self) -> str:
-        """The model's reply to a one-line connection prompt."""
-        return self.generate_completion("Say 'Connection successful'", max_tokens=20)["text"]
+        """The model's reply to a one-line connection prompt (a ConfigError when nothing is configured)."""
+        return str(self.generate_completion("Say 'Connection successful'", max_tokens=20)["text"])
 
     __test__ = False  # not a pytest test class, despite the method name
 
@@ -167,10 +149,14 @@ def get_openai_client() -> openai.AzureOpenAI:
     settings = Settings()
     if settings.provider != "azure":
         raise ConfigError("AZURE_OPENAI_ENDPOINT is not set; get_openai_client() needs Azure OpenAI configured")
-    return build_chat_model(settings).root_client  # type: ignore[attr-defined,no-any-return]
+    client = build_chat_model(settings).root_client  # type: ignore[attr-defined]
+    # Used directly, outside cpo's model: the SDK's own retries apply (its requests stay wall-clock bounded).
+    return client.with_options(max_retries=settings.max_retries)  # type: ignore[no-any-return]
 
 
-def generate_completion(prompt: str, system_message: str = DEFAULT_SYSTEM_MESSAGE, max_tokens: int = 400) -> dict:
+def generate_completion(
+    prompt: str, system_message: str = DEFAULT_SYSTEM_MESSAGE, max_tokens: int = 400
+) -> dict[str, Any]:
     """Module-level form of `AzureOpenAIClient.generate_completion`, on a shared default client."""
     return _client().generate_completion(prompt, system_message=system_message, max_tokens=max_tokens)
 
@@ -183,16 +169,12 @@ def test_connection() -> str:
 test_connection.__test__ = False  # type: ignore[attr-defined]
 
 
-def check_connection(console: Any = None) -> int:
-    """Print ✅ or ❌ with the reason; 0 when the configured endpoint answered, else 1."""
-    say = console.print if console is not None else print
+def check_connection(say: Callable[[str], Any] = print) -> int:
+    """Say ✅ or ❌ with the reason (one plain-text line); 0 when the configured endpoint answered, else 1."""
     try:
         settings = Settings()
         if settings.provider == "offline":
-            say(
-                "❌ no LLM endpoint is configured (the offline drafting model is in use): set AZURE_OPENAI_ENDPOINT, "
-                "AZURE_OPENAI_API_KEY and AZURE_OPENAI_DEPLOYMENT_NAME, or OPENAI_BASE_URL and CPO_MODEL_NAME"
-            )
+            say(f"❌ {NOT_CONFIGURED} (the offline drafting model is in use)")
             return 1
         client = AzureOpenAIClient(timeout=settings.timeout, settings=settings)
         reply = client.test_connection()
