@@ -377,9 +377,11 @@ class CostTracker(BaseCallbackHandler):
         """The model a call will be priced as before it answers; never an Azure deployment name."""
         deployment = params.get("azure_deployment")
         if "azure" in str(params.get("_type", "")) or deployment:
+            # `model` is what the user named (CPO_MODEL_NAME), never the deployment.
             return (
                 self.prices.deployment_model(deployment)
                 or self.default_model
+                or params.get("model")
                 or (self._learned.get(deployment) if deployment else None)
             )
         return self.default_model or params.get("model") or params.get("model_name")

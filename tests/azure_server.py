@@ -143,6 +143,10 @@ class Reply:
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    trickle: float = 0.0
+    trickle_headers: bool = False
+    omit_usage: bool = False
+    omit_model: bool = False
 
 
 def ok(
@@ -156,8 +160,17 @@ def ok(
     completion_tokens: int | None = None,
     prompt_tokens: int | None = None,
     delay: float = 0.0,
+    trickle: float = 0.0,
+    trickle_headers: bool = False,
+    omit_usage: bool = False,
+    omit_model: bool = False,
 ) -> Reply:
-    """A successful completion; unset token counts are computed from the request like Azure does."""
+    """A successful completion; unset token counts are computed from the request like Azure does.
+
+    `trickle` sends the response one byte every `trickle` seconds (the headers too with
+    `trickle_headers`); `omit_usage` / `omit_model` leave out the usage block / the model name,
+    as some OpenAI-compatible servers do.
+    """
     return Reply(
         content=content,
         tool_args=tool_args,
@@ -168,7 +181,16 @@ def ok(
         completion_tokens=completion_tokens,
         prompt_tokens=prompt_tokens,
         delay=delay,
+        trickle=trickle,
+        trickle_headers=trickle_headers,
+        omit_usage=omit_usage,
+        omit_model=omit_model,
     )
+
+
+def trickling(interval: float = 0.05, *, headers: bool = False) -> Reply:
+    """A valid answer sent one byte every `interval` seconds: each read is quick, the whole is slow."""
+    return ok(trickle=interval, trickle_headers=headers)
 
 
 def error(
@@ -572,6 +594,8 @@ class AzureTestServer:
         self._queues: dict[str, deque[Reply]] = {}
         self._attempts: dict[tuple[str, str], int] = {}
         self._counter = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
@@ -824,6 +848,25 @@ class AzureTestServer:
             prompt_tokens = prompt_tokens_of(request)
             body_key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
             reply = self._next_reply(deployment, body_key, prompt_tokens, request)
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._answer(handler, deployment, reply, request, raw, counter, prompt_tokens)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(
+        self,
+        handler: _Handler,
+        deployment: str,
+        reply: Reply,
+        request: Any,
+        raw: bytes,
+        counter: int,
+        prompt_tokens: int,
+    ) -> None:
         if not self._wait(handler, self.latency + reply.delay):
             handler.close_connection = True
             return
@@ -838,13 +881,40 @@ class AzureTestServer:
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
             self._send_stream(handler, deployment, _stream_chunks(done, include_usage))
             return
-        body = json.dumps(_completion_body(done)).encode()
+        completion = _completion_body(done)
+        if reply.omit_usage:
+            completion.pop("usage")
+        if reply.omit_model:
+            completion.pop("model")
+        body = json.dumps(completion).encode()
         headers_out = {
             "content-type": "application/json",
             **self._common_headers(deployment),
             **reply.headers,
         }
+        if reply.trickle:
+            self._send_trickle(handler, body, headers_out, reply)
+            return
         self._send(handler, 200, body, headers_out)
+
+    def _send_trickle(self, handler: _Handler, body: bytes, headers: dict[str, str], reply: Reply) -> None:
+        """Write the response a byte at a time: per-read timeouts never fire, only a wall-clock bound can."""
+        head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += f"content-length: {len(body)}\r\n\r\n"
+        data = head.encode() + body
+        start = 0 if reply.trickle_headers else len(head.encode())
+        try:
+            handler.wfile.write(data[:start])
+            handler.wfile.flush()
+            for i in range(start, len(data)):
+                if self._stopping.is_set():
+                    break
+                handler.wfile.write(data[i : i + 1])
+                handler.wfile.flush()
+                time.sleep(reply.trickle)
+        except (ConnectionError, OSError):
+            pass
+        handler.close_connection = True
 
 
 def email_drafter(request: dict[str, Any]) -> Reply | None:

@@ -34,7 +34,7 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     for command in ("run", "generate", "try-prompts", "costs", "check"):
-        assert f"\n    {command} " in out
+        assert f"\n    {command}" in out
 
 
 def test_console_script_is_installed() -> None:
