@@ -282,11 +282,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     ledger_path = ctx.settings.ledger_file(args.out)
     run_dir = runs_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     try:
-        run_dir.mkdir(parents=True, exist_ok=False)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the runs directory {runs_dir}: {exc.strerror or exc}") from None
+    ledger = Ledger(ledger_path) if ledger_path is not None else None
+    try:
+        run_dir.mkdir(exist_ok=False)
     except OSError as exc:
         raise InputError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    if ledger_path is not None:
-        ctx.tracker.use_ledger(Ledger(ledger_path), session_name=args.session_name)
+    if ledger is not None:
+        ctx.tracker.use_ledger(ledger, session_name=args.session_name)
     ctx.announce()
     say(f"writing to {run_dir}" + (f"; ledger {ledger_path}" if ledger_path else ""), stderr=True)
     extra = {"model": ctx.settings.describe(), "source": ctx.source, "ledger": str(ledger_path) if ledger_path else None}

@@ -33,9 +33,19 @@ def _first_error(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
 
 
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file, or one InputError line naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{what} {path}: {exc.strerror or exc}") from None
+
+
 def load_snippet(path: Path) -> Snippet:
     """A snippet file: YAML front matter (id, title, section) between '---' lines, then the text."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "snippet file")
     if not text.startswith("---"):
         raise InputError(f"{path}: missing front matter (a '---' block with id, title, section)")
     try:
@@ -73,10 +83,7 @@ def load_snippets(directory: Path | None = None) -> dict[str, Snippet]:
 def load_segments(path: Path | None = None) -> list[SegmentSpec]:
     """Segments from a JSON or YAML list."""
     path = path or default_segments_file()
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"segments file {path}: {exc.strerror}") from None
+    raw = read_text(path, "segments file")
     try:
         data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -55,9 +55,16 @@ class ValidationLimits(BaseModel):
             return cls.model_validate(raw)
         except OSError as exc:
             raise ConfigError(f"limits file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"limits file {path}: not UTF-8 text") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            raise ConfigError(f"limits file {path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise ConfigError(f"limits file {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            key = ".".join(map(str, err["loc"])) or "(top level)"
+            raise ConfigError(f"limits file {path}: {key}: {err['msg']}") from None
 
 
 def numbers_in(text: str) -> set[str]:

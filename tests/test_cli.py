@@ -169,3 +169,174 @@ def test_a_run_that_fails_midway_keeps_what_it_produced(
     costs = json.loads((run_dir / "costs.json").read_text())
     assert len(costs["errors"]) == len(bundle.segments) * len(TONES) - 2
     assert "Error code: 400" in err
+
+
+# -- input is data, never markup; every bad input is one line -------------------------------------------
+
+
+def write_segments(path: Path, name: str) -> Path:
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "name": name,
+                    "features": {"tier": "Gold", "orders per year": 14},
+                    "offer": "Upgrade to Northwind Plus.",
+                    "snippets": ["member-discount", "plus-delivery"],
+                }
+            ]
+        )
+    )
+    return path
+
+
+def test_square_brackets_are_data_not_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: `--segment "[/oops]"` crashed with a MarkupError traceback."""
+    code, _, err = run_cli(capsys, "generate", "--segment", "[/oops]")
+    assert code == 2
+    assert err.strip().startswith("error: no segment named '[/oops]'; known:")
+
+
+def test_a_segment_name_with_markup_is_printed_as_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a segment named `Gold [/] Members` generated and saved everything, then crashed printing the table."""
+    Path("odd [x]").mkdir()
+    segments = write_segments(Path("odd [x]") / "segments.json", "Gold [/] Members [bold]")
+    code, out, err = run_cli(capsys, "run", "--segments", str(segments), "--out", "odd [x]/runs")
+    assert code == 0, err
+    assert "Gold [/] Members [bold]" in out
+    assert "odd [x]/runs/" in out  # a path with brackets is printed whole
+
+
+def test_the_entra_hint_names_the_extra(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "azure.identity", None)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://r.openai.azure.com")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "mini")
+    code, _, err = run_cli(capsys, "generate", "--segment", "New Customer")
+    assert code == 2 and "pip install 'cpo[azure]'" in err
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (
+            lambda: Path("limits.yaml").write_text("body_max_words: [150\n"),
+            ["run", "--limits", "limits.yaml"],
+            "error: limits file limits.yaml is not valid YAML (line 2): expected ',' or ']', but got '<stream end>'",
+        ),
+        (
+            lambda: Path("limits.yaml").write_text("body_max_wrds: 150\n"),
+            ["run", "--limits", "limits.yaml"],
+            "error: limits file limits.yaml: body_max_wrds: Extra inputs are not permitted",
+        ),
+        (
+            lambda: Path("segments.json").write_bytes(b'[{"name": "Caf\xe9"}]'),
+            ["run", "--segments", "segments.json"],
+            "error: segments file segments.json: not UTF-8 text",
+        ),
+        (
+            lambda: Path(".env").write_bytes(b"CPO_MODEL_NAME=caf\xe9\n"),
+            ["run"],
+            "error: .env: not UTF-8 text (byte 0xe9",
+        ),
+        (lambda: Path("afile").write_text("x"), ["run", "--out", "afile/runs"], "error: cannot create the runs directory afile/runs"),
+    ],
+    ids=["limits-yaml", "limits-key", "segments-utf8", "dotenv-utf8", "out-unwritable"],
+)
+def test_bad_files_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], setup: Any, args: list[str], message: str
+) -> None:
+    setup()
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert err.startswith(message), err
+    assert err.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    ("ledger", "run_message", "costs_message"),
+    [
+        (
+            lambda: Path("afile").write_text("x") and "afile/ledger.sqlite",
+            "afile is not a directory",
+            "no cost ledger at afile/ledger.sqlite",
+        ),
+        (
+            lambda: Path("bad.sqlite").write_text("not a database " * 50) and "bad.sqlite",
+            "file is not a database",
+            "file is not a database",
+        ),
+    ],
+    ids=["unwritable", "corrupt"],
+)
+def test_an_unusable_ledger_is_one_line_for_run_and_costs(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    ledger: Any,
+    run_message: str,
+    costs_message: str,
+) -> None:
+    monkeypatch.setenv("CPO_LEDGER", ledger())
+    for command, message in (("run", run_message), ("costs", costs_message)):
+        code, _, err = run_cli(capsys, command)
+        assert code == 2, err
+        assert err.startswith("error: ") and message in err and err.strip().count("\n") == 0
+
+
+def test_costs_of_a_session_that_does_not_exist_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: an empty table and exit 0."""
+    assert run_cli(capsys, "run")[0] == 0
+    code, _, err = run_cli(capsys, "costs", "--session", "nonexistent")
+    assert code == 2 and err.startswith("error: no session 'nonexistent' in the cost ledger")
+
+
+def test_costs_accepts_an_id_prefix_and_names_the_session_after_the_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_cli(capsys, "run", "--concurrency", "8")[0] == 0
+    code, out, _ = run_cli(capsys, "costs", "--json")
+    (session,) = json.loads(out)
+    assert session["name"] == "cpo run --concurrency 8"  # not one of its emails
+    code, out, _ = run_cli(capsys, "costs", "--session", session["id"][:6], "--json")
+    runs = json.loads(out)
+    assert code == 0 and len(runs) == 20 and {r["name"] for r in runs} >= {"New Customer/urgent"}
+
+
+def test_the_ledger_follows_out_and_cpo_runs_dir(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger lives in the runs dir the run used, not wherever the current directory happens to be."""
+    assert run_cli(capsys, "run", "--out", "campaign")[0] == 0
+    assert Path("campaign/ledger.sqlite").is_file() and not Path("runs").exists()
+    monkeypatch.setenv("CPO_RUNS_DIR", "elsewhere")
+    assert run_cli(capsys, "run")[0] == 0
+    assert Path("elsewhere/ledger.sqlite").is_file()
+    code, out, _ = run_cli(capsys, "costs", "--json")
+    assert code == 0 and len(json.loads(out)) == 1  # `cpo costs` reads the same default
+    code, out, _ = run_cli(capsys, "costs", "--ledger", "campaign/ledger.sqlite", "--json")
+    assert code == 0 and len(json.loads(out)) == 1
+
+
+def test_version_and_flags_without_placeholders(capsys: pytest.CaptureFixture[str]) -> None:
+    from cpo import __version__
+
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"cpo {__version__}"
+    code, out, _ = run_cli(capsys, "run", "--help")
+    assert code == 0
+    assert "<bool>" not in out and "  --strict " in out
+    for key in ("subject_max_chars", "body_min_words", "min_citations", "urgency_phrases", "allowed_caps"):
+        assert key in out
+
+
+def test_help_does_not_import_langchain_or_the_openai_sdk() -> None:
+    code = (
+        "import sys; from cpo.cli import main; main(['--help']); "
+        "print(sorted(m for m in ('openai', 'langchain_core', 'langchain_openai', 'rich') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    for args in (["--version"], ["run", "--concurrency", "0"]):
+        probe = f"import sys; from cpo.cli import main; main({args!r}); print('openai' in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip().splitlines()[-1] == "False"

@@ -259,3 +259,47 @@ def test_without_fallback_a_failing_endpoint_raises(azure_server: Any) -> None:
     settings = azure_settings(deployment="always-503", max_retries=1)
     with pytest.raises(openai.InternalServerError):
         build_email_chain(build_chat_model(settings), settings=settings).invoke(BUNDLE.request(SEGMENT, "urgent"))
+
+
+def openai_compatible_chain(endpoint: str, model: str = "qwen2.5", **extra: Any) -> Any:
+    settings = Settings(openai_base_url=f"{endpoint}/v1", model_name=model, **extra)
+    return build_email_chain(build_chat_model(settings), settings=settings)
+
+
+@pytest.mark.live_server
+def test_a_burst_of_transient_500s_does_not_downgrade_the_structured_output_method(live_server: Any) -> None:
+    """Before: any 500 downgraded json_schema for every later call of the process."""
+    requests = [BUNDLE.request(SEGMENT, tone) for tone in ("urgent", "friendly")]
+    live_server.script(
+        "qwen2.5",
+        server_error(500, 10),
+        server_error(500, 10),
+        ok(json.dumps(good_draft(requests[0])), model="qwen2.5"),
+        ok(json.dumps(good_draft(requests[1])), model="qwen2.5"),
+    )
+    chain = openai_compatible_chain(live_server.endpoint)
+    assert all(chain.invoke(r).valid for r in requests)
+    formats = [(r.get("response_format") or {}).get("type") for r in live_server.requests]
+    assert formats == ["json_schema"] * 4
+
+
+@pytest.mark.live_server
+def test_a_400_content_filter_is_not_a_refusal_of_the_method(live_server: Any) -> None:
+    import openai
+
+    from azure_server import PROMPT_FILTERED_BODY
+
+    live_server.script("qwen2.5", error(400, PROMPT_FILTERED_BODY))
+    chain = openai_compatible_chain(live_server.endpoint)
+    with pytest.raises(openai.BadRequestError) as caught:
+        chain.invoke(BUNDLE.request(SEGMENT, "urgent"))
+    assert caught.value.code == "content_filter"
+    assert len(live_server.requests) == 1  # not retried as another structured-output method
+
+
+def test_every_email_call_carries_max_tokens(live_server: Any) -> None:
+    request = BUNDLE.request(SEGMENT, "friendly")
+    live_server.script("gpt-4o-mini", ok(tool_args=good_draft(request)))
+    settings = azure_settings(live_server.endpoint, max_output_tokens=640)
+    build_email_chain(build_chat_model(settings), settings=settings).invoke(request)
+    assert live_server.requests[0]["max_tokens"] == 640

@@ -145,3 +145,18 @@ def test_module_check_reports_offline_as_failure() -> None:
     )
     assert done.returncode == 1
     assert done.stdout.startswith("❌ no LLM endpoint is configured")
+
+
+def test_with_no_endpoint_the_legacy_api_raises_instead_of_pretending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the offline notice came back as `text` with finish_reason "stop", and test_connection() said
+    "Connection successful (offline ...)", so an old script checking for "Connection successful" passed."""
+    from cpo import ConfigError
+
+    monkeypatch.setattr(azure_openai, "_default_client", None)
+    for call in (
+        AzureOpenAIClient,
+        lambda: generate_completion("Write a subject line."),
+        legacy_test_connection,
+    ):
+        with pytest.raises(ConfigError, match="no LLM endpoint is configured: set AZURE_OPENAI_ENDPOINT"):
+            call()
