@@ -40,7 +40,34 @@ _EXPORTS: dict[str, str] = {
     "build_email_chain": "cpo.chains",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BudgetExceeded",
+    "Citation",
+    "ConfigError",
+    "ContentBundle",
+    "CostTracker",
+    "CpoError",
+    "DeadlineExceeded",
+    "EmailDraft",
+    "EmailRequest",
+    "EmailVariant",
+    "InputError",
+    "LedgerError",
+    "OfflineChatModel",
+    "PriceBook",
+    "SegmentProfile",
+    "Settings",
+    "Snippet",
+    "Usage",
+    "UsageCounts",
+    "ValidationLimits",
+    "ValidationReport",
+    "build_chat_model",
+    "build_email_chain",
+    "count_tokens",
+    "model_source",
+    "validate_draft",
+]
 
 
 def __getattr__(name: str) -> Any:

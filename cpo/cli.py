@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
     from cpo.costs import CostTracker, Usage
     from cpo.models import EmailVariant
-    from cpo.settings import Settings
 
 TONES = ("urgent", "informational", "friendly", "control")
 LIMITS_HELP = """\
@@ -128,9 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--strict", action="store_true", help="exit 1 if any email is invalid")
 
-    generate = commands.add_parser(
-        "generate", help="generate one email and print it", epilog=LIMITS_HELP
-    )
+    generate = commands.add_parser("generate", help="generate one email and print it", epilog=LIMITS_HELP)
     generate.add_argument("--segment", required=True, help="segment name, e.g. 'High-Value Recent'")
     generate.add_argument("--tone", choices=TONES, default="friendly", help="[friendly]")
     inputs(generate, 2)
@@ -145,10 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     inputs(tries, 0)
 
     costs = commands.add_parser("costs", help="spend per session, or per run of one session, from the ledger")
-    costs.add_argument("--session", metavar="ID", help="show the runs of one session (an unambiguous id prefix will do)")
+    costs.add_argument(
+        "--session", metavar="ID", help="show the runs of one session (an unambiguous id prefix will do)"
+    )
     costs.add_argument("--limit", type=_positive_int(1, 100_000), default=20, metavar="N", help="rows to show [20]")
     costs.add_argument(
-        "--ledger", type=Path, metavar="FILE", help="ledger file [CPO_LEDGER, else <CPO_RUNS_DIR or ./runs>/ledger.sqlite]"
+        "--ledger",
+        type=Path,
+        metavar="FILE",
+        help="ledger file [CPO_LEDGER, else <CPO_RUNS_DIR or ./runs>/ledger.sqlite]",
     )
     costs.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
 
@@ -164,9 +166,7 @@ def _console(stderr: bool = False) -> Console:
 
     stream = sys.stderr if stderr else sys.stdout
     # Piped output is not squeezed into 80 columns: wide tables stay readable in logs and CI.
-    return Console(
-        file=stream, soft_wrap=True, width=None if stream.isatty() else 160, highlight=False, emoji=False
-    )
+    return Console(file=stream, soft_wrap=True, width=None if stream.isatty() else 160, highlight=False, emoji=False)
 
 
 def say(text: str, *, stderr: bool = False) -> None:
@@ -294,7 +294,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         ctx.tracker.use_ledger(ledger, session_name=args.session_name)
     ctx.announce()
     say(f"writing to {run_dir}" + (f"; ledger {ledger_path}" if ledger_path else ""), stderr=True)
-    extra = {"model": ctx.settings.describe(), "source": ctx.source, "ledger": str(ledger_path) if ledger_path else None}
+    extra = {
+        "model": ctx.settings.describe(),
+        "source": ctx.source,
+        "ledger": str(ledger_path) if ledger_path else None,
+    }
     try:
         result = asyncio.run(_run_with_progress(requests, ctx, run_dir, args.concurrency, extra))
     finally:
@@ -302,7 +306,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _report_run(result, ctx.tracker, args.strict)
 
 
-async def _run_with_progress(requests: list[Any], ctx: _Context, run_dir: Path, concurrency: int, extra: dict) -> Any:
+async def _run_with_progress(
+    requests: list[Any], ctx: _Context, run_dir: Path, concurrency: int, extra: dict[str, Any]
+) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cpo.runner import CampaignRun
@@ -332,6 +338,8 @@ async def _run_with_progress(requests: list[Any], ctx: _Context, run_dir: Path, 
 
 
 def _report_run(result: Any, tracker: CostTracker, strict: bool) -> int:
+    from decimal import Decimal
+
     from cpo.costs import format_usd
 
     out = _console()
@@ -347,7 +355,8 @@ def _report_run(result: Any, tracker: CostTracker, strict: bool) -> int:
     if runs:
         per_run = sum(r.total_tokens for r in runs) / len(runs)
         costs = [r.cost_usd for r in runs]
-        mean = None if any(c is None for c in costs) else sum(costs) / len(costs)  # type: ignore[arg-type, misc]
+        known = [c for c in costs if c is not None]
+        mean = sum(known, Decimal(0)) / len(known) if len(known) == len(costs) else None
         say(f"per run: {len(runs)} runs, mean {per_run:.0f} tokens, mean {format_usd(mean)}")
     say(_totals_line("session", tracker.session))
     if tracker.accounting_errors or tracker.ledger_errors:

@@ -29,7 +29,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, Field
 
 from cpo.budget import Budget
-from cpo.errors import BudgetExceeded, UnpricedBudget
+from cpo.errors import UnpricedBudget
 from cpo.ledger import UNKNOWN_COST, CallRow, Ledger
 from cpo.pricing import PriceBook, TokenCounts
 from cpo.retries import may_have_been_billed
@@ -288,7 +288,9 @@ class CostTracker(BaseCallbackHandler):
             first = kind not in self._error_kinds
             self._error_kinds.add(kind)
         if first:
-            log.error("cost tracking failed in %s (%s: %s); the call itself is unaffected", where, type(exc).__name__, exc)
+            log.error(
+                "cost tracking failed in %s (%s: %s); the call itself is unaffected", where, type(exc).__name__, exc
+            )
 
     # -- attribution -------------------------------------------------------------------------------
 
@@ -396,8 +398,7 @@ class CostTracker(BaseCallbackHandler):
         """
         model = self.model_hint(params)
         deployment = params.get("azure_deployment")
-        price = self.prices.price(model, deployment)
-        if price is None:
+        if not self.prices.is_priced(model, deployment):
             if model is None:
                 return None
             raise UnpricedBudget(model, self.max_usd or Decimal(0))
@@ -408,14 +409,15 @@ class CostTracker(BaseCallbackHandler):
             or DEFAULT_WORST_OUTPUT_TOKENS
         )
         input_tokens = count_tokens(messages, model) + schema_tokens(params, model)
-        return price.cost(TokenCounts(input_tokens=input_tokens, output_tokens=int(output)))
+        worst = TokenCounts(input_tokens=input_tokens, output_tokens=int(output))
+        return self.prices.cost(model, worst, deployment=deployment, warn=False)
 
     def check_budget_pricing(self, model: str | None, deployment: str | None = None) -> None:
         """At start: a budget with a model that has no price is an error (unless a price file prices it)."""
         if self.budget is None:
             return
         hint = self.prices.deployment_model(deployment) or model
-        if hint is not None and self.prices.price(hint, deployment) is None:
+        if hint is not None and not self.prices.is_priced(hint, deployment):
             raise UnpricedBudget(hint, self.budget.max_usd)
 
     def reserve(

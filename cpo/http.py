@@ -170,7 +170,7 @@ class _AsyncBackend(httpcore2.AsyncNetworkBackend):
 
 def _deadline_for(request: httpx2.Request) -> float | None:
     """The request's own deadline (start + its longest timeout), capped by the enclosing work's."""
-    timeouts = [t for t in (request.extensions.get("timeout") or {}).values() if t is not None]
+    timeouts = [float(t) for t in (request.extensions.get("timeout") or {}).values() if t is not None]
     own = time.monotonic() + max(timeouts) if timeouts else None
     outer = _work_deadline.get()
     if own is None or outer is None:
@@ -230,7 +230,7 @@ class BoundedTransport(httpx2.HTTPTransport):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("limits", CONNECTION_LIMITS)
         super().__init__(**kwargs)
-        self._pool._network_backend = _Backend(self._pool._network_backend)  # type: ignore[union-attr]
+        self._pool._network_backend = _Backend(self._pool._network_backend)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         deadline = _deadline_for(request)
@@ -249,7 +249,7 @@ class AsyncBoundedTransport(httpx2.AsyncHTTPTransport):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("limits", CONNECTION_LIMITS)
         super().__init__(**kwargs)
-        self._pool._network_backend = _AsyncBackend(self._pool._network_backend)  # type: ignore[union-attr]
+        self._pool._network_backend = _AsyncBackend(self._pool._network_backend)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         deadline = _deadline_for(request)

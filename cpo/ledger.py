@@ -12,6 +12,7 @@ writing, and a ledger from a newer cpo is refused with a one-line error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -257,10 +258,8 @@ class Ledger:
                 )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             self._failed(exc, sum(isinstance(r, CallRow) for r in rows))
 
     def _failed(self, exc: BaseException, lost: int = 0) -> None:

@@ -143,7 +143,9 @@ class CpoAzureChatOpenAI(ResilientChatModel, AzureChatOpenAI):
     `_create_chat_result` (pinned by `tests/test_model_layer.py`).
     """
 
-    def _create_chat_result(self, response: dict | openai.BaseModel, generation_info: dict | None = None) -> Any:
+    def _create_chat_result(
+        self, response: dict[str, Any] | openai.BaseModel, generation_info: dict[str, Any] | None = None
+    ) -> Any:
         try:
             return super()._create_chat_result(response, generation_info)
         except ValueError as exc:
@@ -196,16 +198,17 @@ def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
         auth = {"azure_ad_token_provider": _entra_token_provider()}
     endpoint = str(settings.azure_endpoint)
     sync_client, async_client = http_clients(endpoint)
-    return CpoAzureChatOpenAI(
-        azure_endpoint=endpoint,
-        azure_deployment=settings.azure_deployment,
-        api_version=settings.azure_api_version,
-        model=settings.model_name,
-        http_client=sync_client,
-        http_async_client=async_client,
+    fields: dict[str, Any] = {
+        "azure_endpoint": endpoint,
+        "azure_deployment": settings.azure_deployment,
+        "api_version": settings.azure_api_version,
+        "model": settings.model_name,
+        "http_client": sync_client,
+        "http_async_client": async_client,
         **auth,
         **params,
-    )
+    }
+    return CpoAzureChatOpenAI(**fields)
 
 
 def _entra_token_provider() -> Any:
@@ -225,14 +228,15 @@ def _openai_compatible(settings: Settings, params: dict[str, Any]) -> BaseChatMo
     params.setdefault("stream_usage", True)
     base_url = str(settings.openai_base_url)
     sync_client, async_client = http_clients(base_url)
-    return CpoChatOpenAI(
-        base_url=base_url,
-        api_key=key,
-        model=settings.model_name,
-        http_client=sync_client,
-        http_async_client=async_client,
+    fields: dict[str, Any] = {
+        "base_url": base_url,
+        "api_key": key,
+        "model": settings.model_name,
+        "http_client": sync_client,
+        "http_async_client": async_client,
         **params,
-    )
+    }
+    return CpoChatOpenAI(**fields)
 
 
 def model_source(model: Any) -> Source:

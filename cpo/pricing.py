@@ -113,54 +113,47 @@ class PriceBook:
         """The real model name: as reported by the provider, else the price file's deployment mapping."""
         return reported or self.deployment_model(deployment)
 
-    def price(self, model: str | None, deployment: str | None = None) -> ModelPrice | None:
-        """Per-token prices for a call, or None when unknown (never guessed from the deployment name)."""
+    def cost(
+        self, model: str | None, counts: TokenCounts, *, deployment: str | None = None, warn: bool = True
+    ) -> Decimal | None:
+        """USD for these tokens, or None (with one log line per model) when the price is unknown.
+
+        A price-file entry for the deployment wins; else the model (the reply's, or the price file's
+        mapping of the deployment), priced by the price file, then genai-prices.
+        """
         entry = self.user.deployments.get(deployment) if deployment else None
         if isinstance(entry, DeploymentPrice):
-            return entry
-        model = model or self.deployment_model(deployment)
-        if not model:
-            return None
-        if model == OFFLINE_MODEL:
-            return ModelPrice(input=Decimal(0), output=Decimal(0))
-        if model in self.user.models:
-            return self.user.models[model]
-        return self._table_price(model)
+            return entry.cost(counts)
+        name = model or self.deployment_model(deployment)
+        cost = self._model_cost(name, counts) if name else None
+        if cost is None and warn:
+            self._warn_unknown(name or "<unreported>")
+        return cost
 
-    def _table_price(self, model: str) -> ModelPrice | None:
+    def is_priced(self, model: str | None, deployment: str | None = None) -> bool:
+        return self.cost(model, TokenCounts(), deployment=deployment, warn=False) is not None
+
+    def _model_cost(self, model: str, counts: TokenCounts) -> Decimal | None:
+        if model == OFFLINE_MODEL:
+            return Decimal(0)
+        if model in self.user.models:
+            return self.user.models[model].cost(counts)
         if not (self.provider_id or self.provider_api_url):
             return None
         from genai_prices import Usage as _GPUsage
         from genai_prices import calc_price
 
-        def at(input_tokens: int, cached: int, output: int) -> Decimal:
-            usage = _GPUsage(input_tokens=input_tokens, cache_read_tokens=cached, output_tokens=output)
-            result = calc_price(
-                usage,
-                model,
-                provider_id=self.provider_id,
-                provider_api_url=None if self.provider_id else self.provider_api_url,
-            )
-            return Decimal(result.total_price)
-
+        usage = _GPUsage(
+            input_tokens=counts.input_tokens,
+            cache_read_tokens=counts.cached_input_tokens,
+            output_tokens=counts.output_tokens,
+        )
         try:
-            per_mtok = int(PER_MTOK)
-            return ModelPrice(
-                input=at(per_mtok, 0, 0), cached_input=at(per_mtok, per_mtok, 0), output=at(0, 0, per_mtok)
-            )
+            if self.provider_id:
+                return Decimal(calc_price(usage, model, provider_id=self.provider_id).total_price)
+            return Decimal(calc_price(usage, model, provider_api_url=self.provider_api_url).total_price)
         except LookupError:
             return None
-
-    def cost(
-        self, model: str | None, counts: TokenCounts, *, deployment: str | None = None, warn: bool = True
-    ) -> Decimal | None:
-        """USD for these tokens, or None (with one log line per model) when the price is unknown."""
-        price = self.price(model, deployment)
-        if price is None:
-            if warn:
-                self._warn_unknown(model or self.deployment_model(deployment) or "<unreported>")
-            return None
-        return price.cost(counts)
 
     def _warn_unknown(self, model: str) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,7 +79,7 @@ class PromptSet:
         return HumanMessage(self.texts["repair.txt"].format(violations="\n".join(f"- {v}" for v in violations)))
 
 
-def render_profile(features: dict[str, object]) -> str:
+def render_profile(features: Mapping[str, object]) -> str:
     return "; ".join(f"{key.replace('_', ' ')}: {value}" for key, value in features.items())
 
 

@@ -105,9 +105,8 @@ class RetryPolicy:
             return RetryDecision(False, reason=f"gave up after {retries_taken + 1} attempts")
         hinted = retry_after_s(exc)
         if hinted is not None and hinted > self.max_wait_s:
-            return RetryDecision(
-                False, reason=f"the server asked to retry after {hinted:g} s, more than CPO_RETRY_MAX_WAIT={self.max_wait_s:g} s"
-            )
+            cap = f"CPO_RETRY_MAX_WAIT={self.max_wait_s:g} s"
+            return RetryDecision(False, reason=f"the server asked to retry after {hinted:g} s, more than {cap}")
         wait = hinted if hinted is not None else self.backoff_s(retries_taken)
         if time_left_s is not None and wait >= time_left_s:
             return RetryDecision(False, reason=f"no time left before the deadline for a retry in {wait:.1f} s")
@@ -115,5 +114,5 @@ class RetryPolicy:
 
     def backoff_s(self, retries_taken: int) -> float:
         """0.5 s, 1 s, 2 s ... (at most 8 s and the cap), minus up to 25% jitter."""
-        base = min(INITIAL_BACKOFF_S * 2 ** min(retries_taken, 30), MAX_BACKOFF_S, self.max_wait_s)
+        base: float = min(INITIAL_BACKOFF_S * 2.0 ** min(retries_taken, 30), MAX_BACKOFF_S, self.max_wait_s)
         return base * (1 - 0.25 * random.random())

@@ -28,7 +28,7 @@ import openai
 from langchain_core.runnables import Runnable
 
 from cpo.cancel import StopSignal, current_stop
-from cpo.costs import CostTracker, format_usd
+from cpo.costs import CostTracker
 from cpo.errors import BudgetExceeded, ConfigError, Interrupted
 from cpo.models import EmailRequest, EmailVariant
 
@@ -175,7 +175,8 @@ class CampaignRun:
                 break
             task = asyncio.create_task(self._one(index, request))
             tasks.add(task)
-            task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+            task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda _: slots.release())
         if tasks:
             await asyncio.gather(*tasks)
 

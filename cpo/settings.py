@@ -44,9 +44,7 @@ class Settings(BaseSettings):
     )
     timeout: float = Field(10.0, gt=0, validation_alias=AliasChoices("CPO_LLM_TIMEOUT", "timeout"))
     max_retries: int = Field(3, ge=0, le=20, validation_alias=AliasChoices("CPO_LLM_MAX_RETRIES", "max_retries"))
-    retry_max_wait: float = Field(
-        30.0, ge=0, validation_alias=AliasChoices("CPO_RETRY_MAX_WAIT", "retry_max_wait")
-    )
+    retry_max_wait: float = Field(30.0, ge=0, validation_alias=AliasChoices("CPO_RETRY_MAX_WAIT", "retry_max_wait"))
     email_deadline: float = Field(120.0, gt=0, validation_alias=AliasChoices("CPO_EMAIL_DEADLINE", "email_deadline"))
     max_output_tokens: int = Field(
         1000, ge=16, le=100_000, validation_alias=AliasChoices("CPO_MAX_OUTPUT_TOKENS", "max_output_tokens")
@@ -154,13 +152,13 @@ class Settings(BaseSettings):
         return "offline drafting model (no LLM endpoint configured)"
 
 
-_ENV_NAMES = {
-    name: next(
-        (a for a in (field.validation_alias.choices if field.validation_alias else []) if a.isupper()),
-        name.upper(),
-    )
-    for name, field in Settings.model_fields.items()
-}
+def _env_name(name: str, alias: object) -> str:
+    """The upper-case environment variable among a field's aliases."""
+    choices = alias.choices if isinstance(alias, AliasChoices) else []
+    return next((a for a in choices if isinstance(a, str) and a.isupper()), name.upper())
+
+
+_ENV_NAMES = {name: _env_name(name, field.validation_alias) for name, field in Settings.model_fields.items()}
 
 
 def _describe(exc: ValidationError) -> str:

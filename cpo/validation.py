@@ -100,7 +100,8 @@ def validate_draft(
     if not limits.body_min_words <= words <= limits.body_max_words:
         fail("body_length", f"body has {words} words; it must have {limits.body_min_words}-{limits.body_max_words}")
 
-    cited, unknown = [], []
+    cited: list[str] = []
+    unknown: list[str] = []
     for cid in dict.fromkeys(c.strip() for c in draft.citations):
         (cited if request.snippet(cid) else unknown).append(cid)
     if unknown:

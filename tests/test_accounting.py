@@ -98,8 +98,10 @@ def test_email_chains_inside_a_langgraph_graph_land_on_the_graph_run() -> None:
     graph.add_edge("generate", "review")
     graph.add_edge("review", END)
     tracker = CostTracker()
-    out = graph.compile().with_config(run_name="campaign").invoke(
-        {"segment": "High-Value Recent", "subjects": []}, config={"callbacks": [tracker]}
+    out = (
+        graph.compile()
+        .with_config(run_name="campaign")
+        .invoke({"segment": "High-Value Recent", "subjects": []}, config={"callbacks": [tracker]})
     )
     assert len(out["subjects"]) == 3
     assert list(tracker.run_names.values()) == ["campaign"]
@@ -303,7 +305,8 @@ def test_per_deployment_prices_win_over_the_models_list_price(live_server: Any, 
     prices = PriceBook(
         price_file(
             tmp_path,
-            "deployments:\n  dz-mini: {model: gpt-4o-mini-2024-07-18, input: 0.165, cached_input: 0.083, output: 0.66}\n",
+            "deployments:\n"
+            "  dz-mini: {model: gpt-4o-mini-2024-07-18, input: 0.165, cached_input: 0.083, output: 0.66}\n",
         )
     )
     tracker = CostTracker(prices=prices)

@@ -96,7 +96,7 @@ def test_cpo_run_never_passes_max_usd_and_exits_3(
     use_azure(monkeypatch, live_server.endpoint)
     monkeypatch.setenv("CPO_MODEL_NAME", "gpt-4o-mini")
     code = main(["run", "--max-usd", "0.002", "--concurrency", concurrency])
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert code == 3
     (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
     costs = json.loads((run_dir / "costs.json").read_text())

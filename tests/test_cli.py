@@ -72,7 +72,10 @@ def test_costs_without_a_ledger_is_a_one_line_error(capsys: pytest.CaptureFixtur
     ("args", "message"),
     [
         (["generate", "--segment", "Nobody"], "error: no segment named 'Nobody'"),
-        (["generate", "--segment", "New Customer", "--tone", "shouty"], "error: cpo generate: argument --tone: invalid"),
+        (
+            ["generate", "--segment", "New Customer", "--tone", "shouty"],
+            "error: cpo generate: argument --tone: invalid",
+        ),
         (["run", "--segments", "missing.json"], "error: segments file missing.json: No such file"),
         (["run", "--content", "nowhere"], "error: content directory nowhere does not exist"),
         (["run", "--prompts", "nowhere"], "error: prompts directory nowhere does not exist"),
@@ -238,7 +241,11 @@ def test_the_entra_hint_names_the_extra(capsys: pytest.CaptureFixture[str], monk
             ["run"],
             "error: .env: not UTF-8 text (byte 0xe9",
         ),
-        (lambda: Path("afile").write_text("x"), ["run", "--out", "afile/runs"], "error: cannot create the runs directory afile/runs"),
+        (
+            lambda: Path("afile").write_text("x"),
+            ["run", "--out", "afile/runs"],
+            "error: cannot create the runs directory afile/runs",
+        ),
     ],
     ids=["limits-yaml", "limits-key", "segments-utf8", "dotenv-utf8", "out-unwritable"],
 )

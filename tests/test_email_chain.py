@@ -286,7 +286,6 @@ def test_a_burst_of_transient_500s_does_not_downgrade_the_structured_output_meth
 @pytest.mark.live_server
 def test_a_400_content_filter_is_not_a_refusal_of_the_method(live_server: Any) -> None:
     import openai
-
     from azure_server import PROMPT_FILTERED_BODY
 
     live_server.script("qwen2.5", error(400, PROMPT_FILTERED_BODY))

@@ -164,12 +164,12 @@ def test_langchain_openai_still_raises_the_content_filter_error_cpo_converts() -
         "object": "chat.completion",
         "created": 0,
         "model": "gpt-4o-mini-2024-07-18",
-        "choices": [
-            {"index": 0, "finish_reason": "content_filter", "message": {"role": "assistant", "content": None}}
-        ],
+        "choices": [{"index": 0, "finish_reason": "content_filter", "message": {"role": "assistant", "content": None}}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12},
     }
-    plain = AzureChatOpenAI(azure_endpoint="https://r.openai.azure.com", azure_deployment="d", api_key="k", api_version="2024-10-21")
+    plain = AzureChatOpenAI(
+        azure_endpoint="https://r.openai.azure.com", azure_deployment="d", api_key="k", api_version="2024-10-21"
+    )
     with pytest.raises(ValueError, match="content filter"):
         plain._create_chat_result(body)
     ours = build_chat_model(azure_settings())

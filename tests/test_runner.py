@@ -179,7 +179,7 @@ def test_the_offline_fallback_never_covers_a_non_transient_fault(
     for name, value in azure_env(live_server.endpoint, CPO_OFFLINE_FALLBACK="1").items():
         monkeypatch.setenv(name, value)
     code = main(["run", "--concurrency", "1"])
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert code != 0
     assert "offline drafting model for such emails" not in err
     assert all(not v["fallback_used"] for v in json.loads((the_run_dir() / "variants.json").read_text()))

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 from langchain_core.callbacks import BaseCallbackManager
@@ -34,7 +34,7 @@ from cpo.cancel import current_stop
 from cpo.costs import CostTracker, price_book_for
 from cpo.errors import BudgetExceeded, DeadlineExceeded, Interrupted
 from cpo.http import deadline_scope
-from cpo.llm import build_chat_model, model_source
+from cpo.llm import Source, build_chat_model, model_source
 from cpo.models import Citation, EmailDraft, EmailRequest, EmailVariant, ValidationIssue, ValidationReport
 from cpo.offline import OfflineChatModel
 from cpo.pricing import PriceBook
@@ -54,6 +54,8 @@ JSON_SCHEMA_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": EMAIL_DRAFT
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
 # Why a paid draft was kept without its checks passing, by the error that stopped the email.
 STOPPED = {BudgetExceeded: "budget", DeadlineExceeded: "deadline", Interrupted: "interrupted"}
+Step = tuple[BaseChatModel, list[BaseMessage]]
+Steps = Generator[Step, AIMessage, EmailVariant]
 
 
 def lenient_json(text: str) -> dict[str, Any] | None:
@@ -90,10 +92,10 @@ class EmailChain:
         self.source = model_source(model)
         self.method = method
         self._lock = threading.Lock()
-        self._bound_models: dict[tuple[int, str], Runnable] = {}
+        self._bound_models: dict[tuple[int, str], Runnable[Any, Any]] = {}
         self._fallback_announced = False
 
-    def _bound(self, model: BaseChatModel, method: str) -> Runnable:
+    def _bound(self, model: BaseChatModel, method: str) -> Runnable[Any, Any]:
         """The model bound to ask for an EmailDraft; the reply is parsed here, leniently, not by a parser.
 
         No `with_structured_output(include_raw=True)`: it runs a parallel map per call (two threads),
@@ -106,6 +108,7 @@ class EmailChain:
         with self._lock:
             if key not in self._bound_models:
                 limit = {"max_tokens": self.max_output_tokens}
+                bound: Runnable[Any, Any]
                 if method == "json_schema":
                     # Sent as extra_body: the same JSON on the wire, but the openai SDK skips its per-call
                     # type-driven transform of the nested schema (about 1 ms of client CPU per email).
@@ -155,7 +158,7 @@ class EmailChain:
         return validate_draft(draft, request, self.limits)
 
     def _config(self, config: RunnableConfig, local: CostTracker) -> RunnableConfig:
-        callbacks = config.get("callbacks")
+        callbacks: Any = config.get("callbacks")
         if isinstance(callbacks, BaseCallbackManager):
             callbacks = callbacks.copy()
             callbacks.add_handler(local, inherit=True)
@@ -172,7 +175,7 @@ class EmailChain:
         local: CostTracker,
         started: float,
         attempts: int,
-        source: str,
+        source: Source,
         fallback_used: bool,
     ) -> EmailVariant:
         subject, body = (draft.subject.strip(), draft.body.strip()) if draft else ("", "")
@@ -200,12 +203,10 @@ class EmailChain:
             validation=report,
             source=source,
             fallback_used=fallback_used,
-            run_id=str(run_ids[0]) if run_ids else None,  # type: ignore[arg-type]
+            run_id=str(run_ids[0]) if run_ids else None,
         )
 
-    def _steps(
-        self, request: EmailRequest, messages: list[BaseMessage], local: CostTracker
-    ) -> Generator[tuple[BaseChatModel, list[BaseMessage]], AIMessage, EmailVariant]:
+    def _steps(self, request: EmailRequest, messages: list[BaseMessage], local: CostTracker) -> Steps:
         """The generate-validate-repair loop, written once for sync and async drivers.
 
         Yields (model, messages) to call; receives the reply, or the call's exception thrown in. A
@@ -214,7 +215,8 @@ class EmailChain:
         marked invalid with the reason; before any paid reply, it raises.
         """
         started = time.perf_counter()
-        model, source, fallback_used = self.model, self.source, False
+        model, fallback_used = self.model, False
+        source: Source = self.source
         draft: EmailDraft | None = None
         report: ValidationReport | None = None
         attempts = 0
@@ -272,74 +274,64 @@ class EmailChain:
                 brief,
             )
 
-    def _start(
-        self, request: Any, config: RunnableConfig
-    ) -> tuple[Generator[tuple[BaseChatModel, list[BaseMessage]], AIMessage, EmailVariant], RunnableConfig]:
+    def _start(self, request: Any, config: RunnableConfig) -> tuple[Steps, RunnableConfig]:
         request = request if isinstance(request, EmailRequest) else EmailRequest.model_validate(request)
         local = CostTracker(prices=self.prices)
         steps = self._steps(request, self.prompts.render(request, self.limits), local)
         return steps, self._config(config, local)
 
+    @staticmethod
+    def _advance(
+        steps: Steps, output: AIMessage | None = None, error: BaseException | None = None
+    ) -> Step | EmailVariant:
+        """The next call the loop wants, or the finished variant; an error it does not handle propagates."""
+        try:
+            if error is not None:
+                return steps.throw(error)
+            return next(steps) if output is None else steps.send(output)
+        except StopIteration as done:
+            return cast(EmailVariant, done.value)
+
     def invoke(self, request: Any, config: RunnableConfig) -> EmailVariant:
         steps, sub = self._start(request, config)
         with deadline_scope(self.deadline_s):
-            step = next(steps)
-            while True:
+            step = self._advance(steps)
+            while not isinstance(step, EmailVariant):
                 try:
                     output = self._call(*step, sub)
                 except Exception as exc:
-                    try:
-                        step = steps.throw(exc)
-                    except StopIteration as done:
-                        return done.value
+                    step = self._advance(steps, error=exc)
                     continue
-                try:
-                    step = steps.send(output)
-                except StopIteration as done:
-                    return done.value
+                step = self._advance(steps, output)
+            return step
 
     async def ainvoke(self, request: Any, config: RunnableConfig) -> EmailVariant:
         steps, sub = self._start(request, config)
         stop = current_stop.get()
         with deadline_scope(self.deadline_s):
-            step = next(steps)
-            while True:
+            step = self._advance(steps)
+            while not isinstance(step, EmailVariant):
                 try:
-                    if stop is None:
-                        output = await self._acall(*step, sub)
-                    else:
-                        output = await stop.run(self._acall(*step, sub))
+                    call = self._acall(*step, sub)
+                    output = await (call if stop is None else stop.run(call))
                 except asyncio.CancelledError:
                     if stop is None or not stop.stopped_this():
                         raise
-                    step = self._throw(steps, Interrupted("interrupted (Ctrl-C) before this email was produced"))
-                    if isinstance(step, EmailVariant):
-                        return step
+                    step = self._advance(
+                        steps, error=Interrupted("interrupted (Ctrl-C) before this email was produced")
+                    )
                     continue
                 except Exception as exc:
-                    step = self._throw(steps, exc)
-                    if isinstance(step, EmailVariant):
-                        return step
+                    step = self._advance(steps, error=exc)
                     continue
-                try:
-                    step = steps.send(output)
-                except StopIteration as done:
-                    return done.value
-
-    @staticmethod
-    def _throw(
-        steps: Generator[tuple[BaseChatModel, list[BaseMessage]], AIMessage, EmailVariant], exc: BaseException
-    ) -> tuple[BaseChatModel, list[BaseMessage]] | EmailVariant:
-        try:
-            return steps.throw(exc)
-        except StopIteration as done:
-            return done.value
+                step = self._advance(steps, output)
+            return step
 
     def _call(self, model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
         while True:
             method = self.method
             try:
-                return self._bound(model, method).invoke(messages, config)  # type: ignore[no-any-return]
+                return cast(AIMessage, self._bound(model, method).invoke(messages, config))
             except Exception as exc:
                 if model is not self.model or not self._refused(exc):
                     raise
@@ -349,7 +341,7 @@ class EmailChain:
         while True:
             method = self.method
             try:
-                return await self._bound(model, method).ainvoke(messages, config)  # type: ignore[no-any-return]
+                return cast(AIMessage, await self._bound(model, method).ainvoke(messages, config))
             except Exception as exc:
                 if model is not self.model or not self._refused(exc):
                     raise
