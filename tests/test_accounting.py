@@ -52,6 +52,7 @@ def test_a_model_call_inside_a_tool_lands_on_the_outer_run() -> None:
     tracker = CostTracker()
     RunnableLambda(agent).with_config(run_name="agent").invoke("tea", config={"callbacks": [tracker]})
     assert list(tracker.run_names.values()) == ["agent"]
+    assert tracker.runs.keys() == tracker.run_names.keys()  # the cost is on the agent's run, not the tool's
     (run,) = tracker.runs.values()
     assert run.calls == 2 and run.total_tokens == tracker.session.total_tokens
 
@@ -69,6 +70,7 @@ def test_a_model_call_inside_a_retriever_lands_on_the_outer_run() -> None:
     chain = RunnableLambda(lambda q, config: _Drafts().invoke(q, config)).with_config(run_name="lookup")
     chain.invoke("upgrade perks", config={"callbacks": [tracker]})
     assert list(tracker.run_names.values()) == ["lookup"]
+    assert tracker.runs.keys() == tracker.run_names.keys()  # the cost is on the outer run, not the retriever's
     (run,) = tracker.runs.values()
     assert run.calls == 1
 
@@ -105,6 +107,7 @@ def test_email_chains_inside_a_langgraph_graph_land_on_the_graph_run() -> None:
     )
     assert len(out["subjects"]) == 3
     assert list(tracker.run_names.values()) == ["campaign"]
+    assert tracker.runs.keys() == tracker.run_names.keys()
     (run,) = tracker.runs.values()
     assert run.calls == 3 and run.total_tokens == tracker.session.total_tokens
 
