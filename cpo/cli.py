@@ -251,6 +251,15 @@ class _Context:
         hint = "cpo-offline" if self.source == "offline" else self.settings.model_name
         self.tracker.check_budget_pricing(hint, self.settings.azure_deployment)
 
+    def open_ledger(self, session_name: str, runs_dir: Path | None = None) -> Path | None:
+        """Record this command's calls in the cost ledger (unless CPO_LEDGER=off); after input is checked."""
+        from cpo.ledger import Ledger
+
+        path = self.settings.ledger_file(runs_dir)
+        if path is not None:
+            self.tracker.use_ledger(Ledger(path), session_name=session_name)
+        return path
+
     def announce(self) -> None:
         from cpo.offline import NOT_CONFIGURED
 
@@ -273,25 +282,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from cpo.errors import InputError
-    from cpo.ledger import Ledger
 
     bundle = _bundle(args)
     requests = [bundle.request(s.name, tone, max_snippets=args.snippets) for s in bundle.segments for tone in TONES]
     ctx = _Context(args, max_usd=args.max_usd)  # limits, prompts, model and budget are checked before any file
     runs_dir: Path = args.out or ctx.settings.runs_dir
-    ledger_path = ctx.settings.ledger_file(args.out)
     run_dir = runs_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the runs directory {runs_dir}: {exc.strerror or exc}") from None
-    ledger = Ledger(ledger_path) if ledger_path is not None else None
+    ledger_path = ctx.open_ledger(args.session_name, args.out)
     try:
         run_dir.mkdir(exist_ok=False)
     except OSError as exc:
         raise InputError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    if ledger is not None:
-        ctx.tracker.use_ledger(ledger, session_name=args.session_name)
     ctx.announce()
     say(f"writing to {run_dir}" + (f"; ledger {ledger_path}" if ledger_path else ""), stderr=True)
     extra = {
@@ -381,9 +386,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     bundle = _bundle(args)
     request = bundle.request(args.segment, args.tone, max_snippets=args.snippets)
     ctx = _Context(args)
+    ctx.open_ledger(args.session_name)
     if not args.as_json:
         ctx.announce()
-    variant: EmailVariant = ctx.chain.invoke(request, config={"callbacks": [ctx.tracker]})
+    try:
+        variant: EmailVariant = ctx.chain.invoke(request, config={"callbacks": [ctx.tracker]})
+    finally:
+        ctx.tracker.close()
     if args.as_json:
         say(variant.model_dump_json(indent=2))
     else:
@@ -414,36 +423,40 @@ def cmd_try_prompts(args: argparse.Namespace) -> int:
     bundle = _bundle(args)
     name = args.segment or bundle.segments[0].name
     ctx = _Context(args)
+    requests = [bundle.request(name, tone, max_snippets=args.snippets) for tone in TONES[:3]]
+    ctx.open_ledger(args.session_name)
     ctx.announce()
     checks = ctx.limits
     failed = 0
     out = _console()
     from rich.text import Text
 
-    for tone in ("urgent", "informational", "friendly"):
-        request = bundle.request(name, tone, max_snippets=args.snippets)
-        v: EmailVariant = ctx.chain.invoke(request, config={"callbacks": [ctx.tracker]})
-        codes = {i.code for i in v.validation.issues}
-        out.rule(Text(f"{v.segment} / {tone}"))
-        say(f"subject: {v.subject!r}")
-        say(
-            f"  subject length: {v.validation.subject_chars} chars "
-            f"(limit {checks.subject_min_chars}-{checks.subject_max_chars}) {_tick('subject_length' not in codes)}"
-        )
-        say(
-            f"  body word count: {v.validation.body_words} words "
-            f"(limit {checks.body_min_words}-{checks.body_max_words}) {_tick('body_length' not in codes)}"
-        )
-        cites_ok = not codes & {"too_few_citations", "unknown_citation"}
-        say(f"  citations found: {v.validation.citations} (need {checks.min_citations}) {_tick(cites_ok)}")
-        other = [
-            i.message
-            for i in v.validation.issues
-            if i.code not in ("subject_length", "body_length", "too_few_citations", "unknown_citation")
-        ]
-        say(f"  other checks: {'; '.join(other) or 'none failed'} {_tick(not other)}")
-        say(f"  tokens: {v.usage.input_tokens} in + {v.usage.output_tokens} out, cost {v.usage.cost_display}")
-        failed += not v.valid
+    try:
+        for tone, request in zip(TONES[:3], requests, strict=True):
+            v: EmailVariant = ctx.chain.invoke(request, config={"callbacks": [ctx.tracker]})
+            codes = {i.code for i in v.validation.issues}
+            out.rule(Text(f"{v.segment} / {tone}"))
+            say(f"subject: {v.subject!r}")
+            say(
+                f"  subject length: {v.validation.subject_chars} chars "
+                f"(limit {checks.subject_min_chars}-{checks.subject_max_chars}) {_tick('subject_length' not in codes)}"
+            )
+            say(
+                f"  body word count: {v.validation.body_words} words "
+                f"(limit {checks.body_min_words}-{checks.body_max_words}) {_tick('body_length' not in codes)}"
+            )
+            cites_ok = not codes & {"too_few_citations", "unknown_citation"}
+            say(f"  citations found: {v.validation.citations} (need {checks.min_citations}) {_tick(cites_ok)}")
+            other = [
+                i.message
+                for i in v.validation.issues
+                if i.code not in ("subject_length", "body_length", "too_few_citations", "unknown_citation")
+            ]
+            say(f"  other checks: {'; '.join(other) or 'none failed'} {_tick(not other)}")
+            say(f"  tokens: {v.usage.input_tokens} in + {v.usage.output_tokens} out, cost {v.usage.cost_display}")
+            failed += not v.valid
+    finally:
+        ctx.tracker.close()
     out.rule("totals")
     say(_totals_line("session", ctx.tracker.session))
     if failed:

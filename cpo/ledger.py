@@ -12,6 +12,7 @@ writing, and a ledger from a newer cpo is refused with a one-line error.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import queue
@@ -125,6 +126,7 @@ class Ledger:
         if not readonly:
             self._writer = threading.Thread(target=self._write_loop, name="cpo-ledger", daemon=True)
             self._writer.start()
+            atexit.register(self.close)  # a daemon thread dies at exit: commit what is queued first
 
     def _open(self) -> sqlite3.Connection:
         """Connect and bring the schema up to date; every failure is one LedgerError line."""
@@ -275,6 +277,7 @@ class Ledger:
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the connection."""
+        atexit.unregister(self.close)
         if self._writer is not None and self._writer.is_alive():
             self._queue.put(_STOP)
             self._writer.join(timeout=BUSY_TIMEOUT_S * 2)

@@ -49,11 +49,12 @@ class ResilientChatModel(BaseChatModel):
     def _trackers(self, callbacks: Callbacks) -> list[CostTracker]:
         return trackers_in(callbacks, self.callbacks)
 
-    def _before_attempt(self, attempt: int) -> uuid.UUID:
+    def _before_attempt(self, retries: int, run_id: uuid.UUID | None) -> uuid.UUID:
+        """The run id of the next attempt (the caller's for the first); none starts past the deadline."""
         left = time_left()
         if left is not None and left <= 0:
-            raise deadline_error(f"before attempt {attempt + 1}")
-        return uuid.uuid4()
+            raise deadline_error(f"before attempt {retries + 1}")
+        return run_id if retries == 0 and run_id is not None else uuid.uuid4()
 
     def _after_failure(self, exc: Exception, retries: int) -> RetryDecision:
         """Retry, or re-raise (as DeadlineExceeded when the enclosing deadline is what ended it)."""
@@ -82,7 +83,7 @@ class ResilientChatModel(BaseChatModel):
         prompt = [m for batch in messages for m in batch]
         retries = 0
         while True:
-            attempt_id = run_id if retries == 0 and run_id is not None else self._before_attempt(retries)
+            attempt_id = self._before_attempt(retries, run_id)
             try:
                 for tracker in trackers:
                     tracker.reserve(attempt_id, prompt, params)
@@ -109,7 +110,7 @@ class ResilientChatModel(BaseChatModel):
         prompt = [m for batch in messages for m in batch]
         retries = 0
         while True:
-            attempt_id = run_id if retries == 0 and run_id is not None else self._before_attempt(retries)
+            attempt_id = self._before_attempt(retries, run_id)
             try:
                 for tracker in trackers:
                     await tracker.areserve(attempt_id, prompt, params)

@@ -34,12 +34,10 @@ def may_have_been_billed(exc: BaseException) -> bool:
     A timeout or a connection dropped after sending leaves the cost unknown; a refused connection
     or an HTTP error status does not bill.
     """
-    if isinstance(exc, openai.APITimeoutError):
-        return True
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__
-        return not isinstance(cause, httpx2.ConnectError | httpx2.ConnectTimeout)
-    return False
+    if not isinstance(exc, openai.APIConnectionError):  # APITimeoutError is one too
+        return False
+    never_sent = httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout | httpx2.WriteTimeout
+    return not isinstance(exc.__cause__, never_sent)
 
 
 def is_content_filter(exc: BaseException) -> bool:

@@ -146,3 +146,20 @@ def test_when_only_the_reply_names_the_model_its_missing_price_stops_the_run(
     assert "needs a price for model 'mystery-model-2031-01-01'" in err
     (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
     assert len(json.loads((run_dir / "variants.json").read_text())) == 1  # the paid email is kept
+
+
+def test_a_repair_that_cannot_be_priced_keeps_the_paid_draft(live_server: Any) -> None:
+    """The first reply names a model with no price: the budget cannot hold, so the repair is not sent."""
+    request = BUNDLE.request("High-Value Recent", "urgent")
+    from test_email_chain import good_draft
+
+    flawed = {**good_draft(request), "citations": ["press-kit-2026"]}
+    live_server.script("gpt-4o-mini", ok(tool_args=flawed, model="mystery-model-2031-01-01"))
+    settings = azure_settings(live_server.endpoint)
+    tracker = CostTracker(max_usd="1")
+    variant = build_email_chain(build_chat_model(settings), settings=settings).invoke(
+        request, config={"callbacks": [tracker]}
+    )
+    assert len(live_server.requests) == 1 and variant.usage.calls == 1
+    assert not variant.valid and variant.validation.issues[-1].code == "budget"
+    assert "needs a price for model 'mystery-model-2031-01-01'" in variant.validation.issues[-1].message

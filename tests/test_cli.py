@@ -347,3 +347,12 @@ def test_help_does_not_import_langchain_or_the_openai_sdk() -> None:
         probe = f"import sys; from cpo.cli import main; main({args!r}); print('openai' in sys.modules)"
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
         assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_generate_and_try_prompts_record_their_calls_in_the_ledger(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(capsys, "generate", "--segment", "New Customer")[0] == 0
+    assert run_cli(capsys, "try-prompts")[0] == 0
+    code, out, _ = run_cli(capsys, "costs", "--json")
+    assert code == 0
+    sessions = {s["name"]: s["calls"] for s in json.loads(out)}
+    assert sessions == {"cpo generate --segment 'New Customer'": 1, "cpo try-prompts": 3}

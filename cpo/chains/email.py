@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from cpo.cancel import current_stop
 from cpo.costs import CostTracker, price_book_for
-from cpo.errors import BudgetExceeded, DeadlineExceeded, Interrupted
+from cpo.errors import BudgetExceeded, DeadlineExceeded, Interrupted, UnpricedBudget
 from cpo.http import deadline_scope
 from cpo.llm import Source, build_chat_model, model_source
 from cpo.models import Citation, EmailDraft, EmailRequest, EmailVariant, ValidationIssue, ValidationReport
@@ -53,7 +53,7 @@ EMAIL_DRAFT_JSON_SCHEMA = {
 JSON_SCHEMA_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": EMAIL_DRAFT_JSON_SCHEMA}
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
 # Why a paid draft was kept without its checks passing, by the error that stopped the email.
-STOPPED = {BudgetExceeded: "budget", DeadlineExceeded: "deadline", Interrupted: "interrupted"}
+STOPPED = {BudgetExceeded: "budget", UnpricedBudget: "budget", DeadlineExceeded: "deadline", Interrupted: "interrupted"}
 Step = tuple[BaseChatModel, list[BaseMessage]]
 Steps = Generator[Step, AIMessage, EmailVariant]
 
@@ -231,7 +231,7 @@ class EmailChain:
                     self._announce_fallback(exc)
                     model, source, fallback_used = self.fallback, "offline", True
                     output = yield model, messages
-            except (BudgetExceeded, DeadlineExceeded, Interrupted) as stop:
+            except (BudgetExceeded, UnpricedBudget, DeadlineExceeded, Interrupted) as stop:
                 if report is None:
                     raise
                 attempts -= 1
