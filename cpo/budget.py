@@ -38,11 +38,6 @@ class Budget:
         self._cond = threading.Condition()
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
 
-    @property
-    def in_flight_usd(self) -> Decimal:
-        with self._cond:
-            return sum((v for v in self._held.values() if v is not None), Decimal(0))
-
     def _decide(self, amount: Decimal | None) -> Decision:
         """Under the lock: reserve now, wait for calls in flight, or raise (refused / unenforceable)."""
         if self._broken is not None:

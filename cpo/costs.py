@@ -207,18 +207,12 @@ def _never_raises(method: F) -> F:
 class _Call:
     """An LLM call between its start callback and its end."""
 
-    __slots__ = ("deployment", "messages", "model_hint", "reserved", "root", "started")
+    __slots__ = ("deployment", "messages", "model_hint", "root", "started")
 
     def __init__(
-        self,
-        root: UUID,
-        model_hint: str | None,
-        deployment: str | None,
-        messages: Sequence[BaseMessage] | None,
-        reserved: bool,
+        self, root: UUID, model_hint: str | None, deployment: str | None, messages: Sequence[BaseMessage] | None
     ) -> None:
         self.root, self.model_hint, self.deployment, self.messages = root, model_hint, deployment, messages
-        self.reserved = reserved
         self.started = time.perf_counter()
 
 
@@ -388,9 +382,7 @@ class CostTracker(BaseCallbackHandler):
             )
         return self.default_model or params.get("model") or params.get("model_name")
 
-    def worst_case(
-        self, messages: Sequence[Any], params: dict[str, Any], max_output_tokens: int | None = None
-    ) -> Decimal | None:
+    def worst_case(self, messages: Sequence[Any], params: dict[str, Any]) -> Decimal | None:
         """The most this call can cost: its input counted locally (schemas included) plus max_tokens of output.
 
         None when the model is not known yet (the first call to an Azure deployment with no
@@ -402,12 +394,7 @@ class CostTracker(BaseCallbackHandler):
             if model is None:
                 return None
             raise UnpricedBudget(model, self.max_usd or Decimal(0))
-        output = (
-            params.get("max_tokens")
-            or params.get("max_completion_tokens")
-            or max_output_tokens
-            or DEFAULT_WORST_OUTPUT_TOKENS
-        )
+        output = params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_WORST_OUTPUT_TOKENS
         input_tokens = count_tokens(messages, model) + schema_tokens(params, model)
         worst = TokenCounts(input_tokens=input_tokens, output_tokens=int(output))
         return self.prices.cost(model, worst, deployment=deployment, warn=False)
@@ -420,21 +407,17 @@ class CostTracker(BaseCallbackHandler):
         if hint is not None and not self.prices.is_priced(hint, deployment):
             raise UnpricedBudget(hint, self.budget.max_usd)
 
-    def reserve(
-        self, run_id: UUID, messages: Sequence[Any], params: dict[str, Any], max_output_tokens: int | None = None
-    ) -> None:
+    def reserve(self, run_id: UUID, messages: Sequence[Any], params: dict[str, Any]) -> None:
         """Hold this call's worst case before it is sent (blocks while calls in flight may make room)."""
         if self.budget is not None:
-            self.budget.reserve(run_id, self.worst_case(messages, params, max_output_tokens))
+            self.budget.reserve(run_id, self.worst_case(messages, params))
         with self._lock:
             self._reserved.add(run_id)
 
-    async def areserve(
-        self, run_id: UUID, messages: Sequence[Any], params: dict[str, Any], max_output_tokens: int | None = None
-    ) -> None:
+    async def areserve(self, run_id: UUID, messages: Sequence[Any], params: dict[str, Any]) -> None:
         """`reserve` for coroutines."""
         if self.budget is not None:
-            await self.budget.areserve(run_id, self.worst_case(messages, params, max_output_tokens))
+            await self.budget.areserve(run_id, self.worst_case(messages, params))
         with self._lock:
             self._reserved.add(run_id)
 
@@ -492,7 +475,7 @@ class CostTracker(BaseCallbackHandler):
             hint = self.model_hint(params)
             with self._lock:
                 root = self._root(run_id, parent_run_id)
-                self._calls[run_id] = _Call(root, hint, params.get("azure_deployment"), prompt, self.budget is not None)
+                self._calls[run_id] = _Call(root, hint, params.get("azure_deployment"), prompt)
         except Exception as exc:
             self._accounting_failed("on_chat_model_start", exc)
 
@@ -582,13 +565,6 @@ class CostTracker(BaseCallbackHandler):
             )
 
     # -- reading ------------------------------------------------------------------------------------
-
-    def estimate_cost(
-        self, prompt: str | Sequence[Any], model: str, output_tokens: int = 0, *, warn: bool = True
-    ) -> Decimal | None:
-        """Pre-flight estimate from a local token count (input, plus an assumed output size)."""
-        counts = TokenCounts(input_tokens=count_tokens(prompt, model), output_tokens=output_tokens)
-        return self.prices.cost(model, counts, warn=warn)
 
     def run_usage(self, run_id: UUID | str) -> Usage:
         """Usage of one run (empty if the run made no LLM call)."""

@@ -210,7 +210,3 @@ class CampaignRun:
     def _progressed(self) -> None:
         if self.on_progress is not None:
             self.on_progress(len(self._produced) + len(self.result.failures), self.result.total)
-
-    def summary_line(self) -> str:
-        """'N of M emails, $X spent' (with calls of unknown cost, if any)."""
-        return self._summary_line()
