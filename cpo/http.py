@@ -9,6 +9,7 @@ request's deadline: its start plus its timeout, or the deadline of the enclosing
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -244,14 +245,28 @@ class BoundedTransport(httpx2.HTTPTransport):
 
 
 class AsyncBoundedTransport(httpx2.AsyncHTTPTransport):
-    """The async twin of `BoundedTransport`."""
+    """The async twin of `BoundedTransport`.
+
+    Its connections belong to the event loop that opened them, so a new loop (a second
+    `asyncio.run` in one script) gets a new pool instead of "Event loop is closed".
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("limits", CONNECTION_LIMITS)
-        super().__init__(**kwargs)
+        self._settings = kwargs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._new_pool()
+
+    def _new_pool(self) -> None:
+        super().__init__(**self._settings)
         self._pool._network_backend = _AsyncBackend(self._pool._network_backend)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self._new_pool()  # the old pool's connections cannot be used (or closed) from this loop
+            self._loop = loop
         deadline = _deadline_for(request)
         token = _request_deadline.set(deadline)
         try:

@@ -176,3 +176,14 @@ def test_langchain_openai_still_raises_the_content_filter_error_cpo_converts() -
     with pytest.raises(openai.ContentFilterFinishReasonError) as caught:
         ours._create_chat_result(body)
     assert caught.value.completion.usage.prompt_tokens == 12
+
+
+@pytest.mark.live_server
+def test_one_model_serves_two_event_loops(live_server: Any) -> None:
+    """A script may call asyncio.run twice; the second must not reuse the first loop's connections."""
+    import asyncio
+
+    model = build_chat_model(azure_settings(live_server.endpoint))
+    assert asyncio.run(model.ainvoke("one")).content == "Echo: one"
+    assert asyncio.run(model.ainvoke("two")).content == "Echo: two"
+    assert model.invoke("three").content == "Echo: three"
