@@ -53,7 +53,13 @@ EMAIL_DRAFT_JSON_SCHEMA = {
 JSON_SCHEMA_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": EMAIL_DRAFT_JSON_SCHEMA}
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
 # Why a paid draft was kept without its checks passing, by the error that stopped the email.
-STOPPED = {BudgetExceeded: "budget", UnpricedBudget: "budget", DeadlineExceeded: "deadline", Interrupted: "interrupted"}
+STOPPED: dict[type[Exception], str] = {
+    BudgetExceeded: "budget",
+    UnpricedBudget: "budget",
+    DeadlineExceeded: "deadline",
+    Interrupted: "interrupted",
+}
+STOPPERS = tuple(STOPPED)
 Step = tuple[BaseChatModel, list[BaseMessage]]
 Steps = Generator[Step, AIMessage, EmailVariant]
 
@@ -231,7 +237,7 @@ class EmailChain:
                     self._announce_fallback(exc)
                     model, source, fallback_used = self.fallback, "offline", True
                     output = yield model, messages
-            except (BudgetExceeded, UnpricedBudget, DeadlineExceeded, Interrupted) as stop:
+            except STOPPERS as stop:
                 if report is None:
                     raise
                 attempts -= 1
@@ -317,9 +323,7 @@ class EmailChain:
                 except asyncio.CancelledError:
                     if stop is None or not stop.stopped_this():
                         raise
-                    step = self._advance(
-                        steps, error=Interrupted("interrupted (Ctrl-C) before this email was produced")
-                    )
+                    step = self._advance(steps, error=Interrupted("interrupted (Ctrl-C)"))
                     continue
                 except Exception as exc:
                     step = self._advance(steps, error=exc)
