@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Literal
 from uuid import UUID
@@ -18,13 +19,15 @@ from cpo.errors import BudgetExceeded, UnpricedBudget
 from cpo.http import deadline_error, time_left
 
 Decision = Literal["reserve", "wait"]
+Reservation = Callable[[], Decimal | None]
 
 
 class Budget:
     """Thread-safe; waits block a thread (`reserve`) or suspend a coroutine (`areserve`).
 
     A reservation of None is a probe: the price of the model is not known until it answers, so the
-    call runs alone and every other call waits for it.
+    call runs alone and every other call waits for it. Reservations are given as functions, evaluated
+    again each time a waiting call wakes, so calls that waited behind a probe are priced once it answered.
     """
 
     def __init__(self, max_usd: Decimal) -> None:
@@ -52,10 +55,10 @@ class Budget:
         in_flight = sum((v for v in self._held.values() if v is not None), Decimal(0))
         return "reserve" if self.settled + in_flight + amount <= self.max_usd else "wait"
 
-    def reserve(self, run_id: UUID, amount: Decimal | None, *, wait: bool = True) -> None:
-        """Hold `amount` for a call about to be sent, blocking while calls in flight might make room."""
+    def reserve(self, run_id: UUID, worst_case: Reservation, *, wait: bool = True) -> None:
+        """Hold a call's worst case before it is sent, blocking while calls in flight might make room."""
         with self._cond:
-            while self._decide(amount) == "wait":
+            while self._decide(amount := worst_case()) == "wait":
                 if not wait:
                     self.refused += 1
                     raise BudgetExceeded(self.settled, self.max_usd, amount)
@@ -65,12 +68,12 @@ class Budget:
                 self._cond.wait(timeout=None if left is None else left)
             self._held[run_id] = amount
 
-    async def areserve(self, run_id: UUID, amount: Decimal | None) -> None:
+    async def areserve(self, run_id: UUID, worst_case: Reservation) -> None:
         """`reserve` for coroutines: waits without blocking the event loop."""
         loop = asyncio.get_running_loop()
         while True:
             with self._cond:
-                if self._decide(amount) == "reserve":
+                if self._decide(amount := worst_case()) == "reserve":
                     self._held[run_id] = amount
                     return
                 future: asyncio.Future[None] = loop.create_future()

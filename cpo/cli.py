@@ -490,24 +490,25 @@ def cmd_costs(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     table = Table(title=Text(f"{'runs of session ' + session if session else 'sessions'} in {path}"))
-    columns = ("id", "started", "name", "runs", "calls", "failed", "unknown cost", "input", "output", "cost", "models")
+    columns = ["id", "started (UTC)", "name", "calls", "failed", "tokens", "cost", "models"]
+    if not session:
+        columns.insert(3, "runs")
     for col in columns:
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("id", "started (UTC)"))
     for r in rows:
-        cells = (
-            r["id"],
-            r["started"],
-            r["name"] or "",
-            r["runs"],
-            r["calls"],
-            r["failed_calls"],
-            r["unknown_cost_calls"],
-            r["input_tokens"],
-            r["output_tokens"],
-            format_usd(r["cost_usd"]),
-            r["models"] or "",
-        )
-        table.add_row(*(Text(str(c)) for c in cells))
+        unknown = f" + {r['unknown_cost_calls']} unknown" if r["unknown_cost_calls"] else ""
+        cells = {
+            "id": r["id"] if session else r["id"][:12],  # `--session` takes a prefix
+            "started (UTC)": str(r["started"])[:19].replace("T", " "),
+            "name": r["name"] or "",
+            "runs": r["runs"],
+            "calls": r["calls"],
+            "failed": r["failed_calls"],
+            "tokens": f"{r['input_tokens']} in + {r['output_tokens']} out",
+            "cost": format_usd(r["cost_usd"]) + unknown,
+            "models": r["models"] or "",
+        }
+        table.add_row(*(Text(str(cells[c])) for c in columns))
     _console().print(table)
     return 0
 

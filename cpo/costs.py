@@ -382,22 +382,28 @@ class CostTracker(BaseCallbackHandler):
             )
         return self.default_model or params.get("model") or params.get("model_name")
 
-    def worst_case(self, messages: Sequence[Any], params: dict[str, Any]) -> Decimal | None:
+    def worst_case(self, messages: Sequence[Any], params: dict[str, Any]) -> Callable[[], Decimal | None]:
         """The most this call can cost: its input counted locally (schemas included) plus max_tokens of output.
 
-        None when the model is not known yet (the first call to an Azure deployment with no
-        CPO_MODEL_NAME); UnpricedBudget when the model is known but has no price.
+        Returned as a function of what is known when it is asked: None while the model is not known
+        yet (the first call to an Azure deployment with no CPO_MODEL_NAME), a price once a reply named
+        it; UnpricedBudget when the model is known but has no price.
         """
-        model = self.model_hint(params)
-        deployment = params.get("azure_deployment")
-        if not self.prices.is_priced(model, deployment):
-            if model is None:
-                return None
-            raise UnpricedBudget(model, self.max_usd or Decimal(0))
         output = params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_WORST_OUTPUT_TOKENS
-        input_tokens = count_tokens(messages, model) + schema_tokens(params, model)
+        hint = self.model_hint(params)
+        input_tokens = count_tokens(messages, hint) + schema_tokens(params, hint)
         worst = TokenCounts(input_tokens=input_tokens, output_tokens=int(output))
-        return self.prices.cost(model, worst, deployment=deployment, warn=False)
+        deployment = params.get("azure_deployment")
+
+        def priced() -> Decimal | None:
+            model = self.model_hint(params)
+            if not self.prices.is_priced(model, deployment):
+                if model is None:
+                    return None
+                raise UnpricedBudget(model, self.max_usd or Decimal(0))
+            return self.prices.cost(model, worst, deployment=deployment, warn=False)
+
+        return priced
 
     def check_budget_pricing(self, model: str | None, deployment: str | None = None) -> None:
         """At start: a budget with a model that has no price is an error (unless a price file prices it)."""

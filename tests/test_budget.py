@@ -163,3 +163,16 @@ def test_a_repair_that_cannot_be_priced_keeps_the_paid_draft(live_server: Any) -
     assert len(live_server.requests) == 1 and variant.usage.calls == 1
     assert not variant.valid and variant.validation.issues[-1].code == "budget"
     assert "needs a price for model 'mystery-model-2031-01-01'" in variant.validation.issues[-1].message
+
+
+def test_calls_that_waited_behind_the_probe_are_priced_once_it_answers(
+    live_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Azure without CPO_MODEL_NAME: the first call runs alone, then the rest run 4 at a time, not one by one."""
+    live_server.responder = email_drafter
+    live_server.latency = 0.2
+    use_azure(monkeypatch, live_server.endpoint)
+    assert main(["run", "--max-usd", "1", "--concurrency", "4"]) == 0
+    assert live_server.max_in_flight == 4
+    arrivals = sorted(r["_received_at"] for r in live_server.requests)
+    assert arrivals[1] - arrivals[0] >= 0.2  # the probe ran alone
