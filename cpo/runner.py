@@ -32,7 +32,7 @@ from cpo.costs import CostTracker
 from cpo.errors import BudgetExceeded, ConfigError, Interrupted
 from cpo.models import EmailRequest, EmailVariant
 
-GRACE_S = 1.0
+GRACE_S = 0.5
 EXIT_FAILED, EXIT_CONFIG, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
