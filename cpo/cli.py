@@ -346,6 +346,7 @@ def _report_run(result: Any, tracker: CostTracker, strict: bool) -> int:
     from decimal import Decimal
 
     from cpo.costs import format_usd
+    from cpo.runner import produced_line
 
     out = _console()
     variants = result.variants
@@ -369,7 +370,7 @@ def _report_run(result: Any, tracker: CostTracker, strict: bool) -> int:
     say(f"wrote {result.run_dir / 'variants.json'} and {result.run_dir / 'costs.json'}")
     for failure in result.failures:
         say(f"error: {failure}", stderr=True)
-    produced = f"{len(variants)} of {result.total} emails, {tracker.session.cost_display} spent"
+    produced = produced_line(len(variants), result.total, tracker)
     if result.stopped_by == "interrupted":
         say(f"interrupted: {produced}", stderr=True)
     elif result.stopped_by == "budget":

@@ -49,6 +49,14 @@ class ResilientChatModel(BaseChatModel):
     def _trackers(self, callbacks: Callbacks) -> list[CostTracker]:
         return trackers_in(callbacks, self.callbacks)
 
+    def _params_for_budget(
+        self, trackers: list[CostTracker], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The call's parameters, which a budget prices; not worked out per call when no tracker has one."""
+        if any(tracker.budget is not None for tracker in trackers):
+            return self._get_invocation_params(stop=stop, **kwargs)
+        return {}
+
     def _before_attempt(self, retries: int, run_id: uuid.UUID | None) -> uuid.UUID:
         """The run id of the next attempt (the caller's for the first); none starts past the deadline."""
         left = time_left()
@@ -79,7 +87,7 @@ class ResilientChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> LLMResult:
         trackers = self._trackers(callbacks)
-        params = self._get_invocation_params(stop=stop, **kwargs) if trackers else {}
+        params = self._params_for_budget(trackers, stop, kwargs)
         prompt = [m for batch in messages for m in batch]
         retries = 0
         while True:
@@ -106,7 +114,7 @@ class ResilientChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> LLMResult:
         trackers = self._trackers(callbacks)
-        params = self._get_invocation_params(stop=stop, **kwargs) if trackers else {}
+        params = self._params_for_budget(trackers, stop, kwargs)
         prompt = [m for batch in messages for m in batch]
         retries = 0
         while True:

@@ -43,6 +43,11 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def produced_line(produced: int, total: int, tracker: CostTracker) -> str:
+    """'N of M emails, $X spent' (calls of unknown cost shown beside the known sum)."""
+    return f"{produced} of {total} emails, {tracker.session.cost_display} spent"
+
+
 def one_line(exc: BaseException) -> str:
     """An error as one line; connection errors name the host they tried."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -107,9 +112,12 @@ class CampaignRun:
         self._dispatching = True
         self._sigints = 0
 
+    def _in_order(self) -> list[EmailVariant]:
+        return [self._produced[i] for i in sorted(self._produced)]
+
     def save(self) -> None:
         """variants.json (emails whose costs are committed) and costs.json, both replaced atomically."""
-        produced = [self._produced[i] for i in sorted(self._produced)]
+        produced = self._in_order()
         write_json(self.run_dir / "variants.json", [v.model_dump(mode="json") for v in produced])
         write_json(
             self.run_dir / "costs.json",
@@ -133,7 +141,7 @@ class CampaignRun:
             if installed:
                 loop.remove_signal_handler(signal.SIGINT)
             current_stop.reset(token)
-        self.result.variants = [self._produced[i] for i in sorted(self._produced)]
+        self.result.variants = self._in_order()
         self.result.not_run = self.result.total - len(self.result.variants) - len(self.result.failures)
         self.save()
         return self.result
@@ -149,7 +157,8 @@ class CampaignRun:
         self._sigints += 1
         if self._sigints > 1:
             self.save()
-            self.say(f"interrupted again: {self._summary_line()}; exiting now")
+            line = produced_line(len(self._produced), self.result.total, self.tracker)
+            self.say(f"interrupted again: {line}; exiting now")
             os._exit(EXIT_INTERRUPTED)
         self._halt("interrupted", None)
         self.say(f"stopping: waiting up to {GRACE_S:g} s for calls in flight (Ctrl-C again to quit now)")
@@ -160,10 +169,6 @@ class CampaignRun:
         self._dispatching = False
         if self.result.stopped_by is None:
             self.result.stopped_by, self.result.stop_message = reason, message
-
-    def _summary_line(self) -> str:
-        session = self.tracker.session
-        return f"{len(self._produced)} of {self.result.total} emails, {session.cost_display} spent"
 
     async def _dispatch(self) -> None:
         slots = asyncio.Semaphore(self.concurrency)
