@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--snippets", type=_positive_int(1, 10), default=3, metavar="N", help="snippets per email, 1-10 [3]"
         )
+        p.add_argument(
+            "--sender", type=Path, metavar="FILE", help="YAML with brand, greeting, sign_off; default: the sample"
+        )
+        p.add_argument(
+            "--judge",
+            action="store_true",
+            help="also check each sentence against the cited snippets with the configured model (billed to the run)",
+        )
 
     run = commands.add_parser(
         "run",
@@ -154,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     costs.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
 
-    commands.add_parser("check", help="check the connection to the configured model (prints ✅ or ❌)")
+    check = commands.add_parser(
+        "check",
+        help="check the configured model: connection, structured-output method, parallel requests",
+        description="Check the configured model: does it answer, which structured-output method works, and does "
+        "it serve requests in parallel. What it learns is kept in <runs dir>/endpoints.json for `cpo run`.",
+    )
+    check.add_argument("--out", type=Path, metavar="DIR", help="runs directory [CPO_RUNS_DIR or ./runs]")
     return parser
 
 
@@ -194,9 +208,21 @@ def _tick(ok: bool) -> str:
 
 
 def _totals_line(label: str, usage: Usage) -> str:
+    refused = f", {usage.refused_calls} format refusal(s), not billed" if usage.refused_calls else ""
     return (
-        f"{label}: {usage.calls} calls ({usage.failed_calls} failed), {usage.input_tokens} input + "
+        f"{label}: {usage.calls} calls ({usage.failed_calls} failed{refused}), {usage.input_tokens} input + "
         f"{usage.output_tokens} output = {usage.total_tokens} tokens, {usage.cost_display}"
+    )
+
+
+def quality_line(variants: list[EmailVariant]) -> str:
+    """'valid: 7 of 8 (5 first time, 2 after repairs; 6 with no normalization)'."""
+    valid = [v for v in variants if v.valid]
+    first = sum(v.attempts == 1 for v in valid)
+    untouched = sum(v.valid_before_normalization for v in valid)
+    return (
+        f"valid: {len(valid)} of {len(variants)} ({first} first time, {len(valid) - first} after repairs; "
+        f"{untouched} with no normalization)"
     )
 
 
@@ -228,8 +254,9 @@ class _Context:
     """What every generating command sets up the same way, in an order that fails before side effects."""
 
     def __init__(self, args: argparse.Namespace, *, max_usd: str | None = None) -> None:
-        from cpo.chains import build_email_chain
+        from cpo.chains.email import build_email_chain
         from cpo.costs import CostTracker, price_book_for
+        from cpo.endpoints import FILE_NAME, EndpointNotes
         from cpo.llm import build_chat_model, model_source
         from cpo.settings import Settings
         from cpo.validation import ValidationLimits
@@ -238,6 +265,8 @@ class _Context:
         self.limits = ValidationLimits.from_file(args.limits) if args.limits else ValidationLimits()
         self.model = build_chat_model(self.settings)
         self.source = model_source(self.model)
+        self.runs_dir: Path = getattr(args, "out", None) or self.settings.runs_dir
+        self.notes = EndpointNotes(self.runs_dir / FILE_NAME)
         prices = price_book_for(self.settings)
         self.chain = build_email_chain(
             self.model,
@@ -246,6 +275,8 @@ class _Context:
             limits=self.limits,
             settings=self.settings,
             prices=prices,
+            judge=bool(getattr(args, "judge", False)),
+            notes=self.notes,
         )
         self.tracker: CostTracker = CostTracker(prices=prices, default_model=self.settings.model_name, max_usd=max_usd)
         hint = "cpo-offline" if self.source == "offline" else self.settings.model_name
@@ -260,18 +291,33 @@ class _Context:
             self.tracker.use_ledger(Ledger(path), session_name=session_name)
         return path
 
-    def announce(self) -> None:
+    def announce(self, concurrency: int = 1) -> None:
+        from cpo.checks import concurrency_warning
         from cpo.offline import NOT_CONFIGURED
 
         say(f"model: {self.settings.describe()}", stderr=True)
         if self.source == "offline":
             say(NOT_CONFIGURED, stderr=True)
+            return
+        say(f"structured output: {self.chain.method} ({self.method_origin()})", stderr=True)
+        warning = concurrency_warning(self.notes, self.model, concurrency)
+        if warning:
+            say(warning, stderr=True)
+
+    def method_origin(self) -> str:
+        from cpo.endpoints import endpoint_key
+
+        if not self.chain.remember_method:
+            return "set by CPO_STRUCTURED_OUTPUT"
+        if self.notes.get(endpoint_key(self.model), "method") == self.chain.method:
+            return f"remembered in {self.notes.path}"
+        return "to be probed on the first call"
 
 
 def _bundle(args: argparse.Namespace) -> Any:
     from cpo.content import ContentBundle
 
-    return ContentBundle.load(args.segments, args.content)
+    return ContentBundle.load(args.segments, args.content, args.sender)
 
 
 # -- commands -----------------------------------------------------------------------------------------
@@ -297,7 +343,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir.mkdir(exist_ok=False)
     except OSError as exc:
         raise InputError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    ctx.announce()
+    ctx.announce(args.concurrency)
     say(f"writing to {run_dir}" + (f"; ledger {ledger_path}" if ledger_path else ""), stderr=True)
     extra = {
         "model": ctx.settings.describe(),
@@ -308,7 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = asyncio.run(_run_with_progress(requests, ctx, run_dir, args.concurrency, extra))
     finally:
         ctx.tracker.close()
-    return _report_run(result, ctx.tracker, args.strict)
+    return _report_run(result, ctx, args.strict)
 
 
 async def _run_with_progress(
@@ -342,18 +388,23 @@ async def _run_with_progress(
         return await runner.run()
 
 
-def _report_run(result: Any, tracker: CostTracker, strict: bool) -> int:
+def _report_run(result: Any, ctx: _Context, strict: bool) -> int:
     from decimal import Decimal
 
     from cpo.costs import format_usd
     from cpo.runner import produced_line
 
+    tracker = ctx.tracker
     out = _console()
     variants = result.variants
     out.print(_variants_table(variants, f"cpo run {result.run_dir.name}"))
     invalid = [v for v in variants if not v.valid]
     for v in invalid:
         say(f"invalid {v.segment} / {v.tone}: {'; '.join(v.validation.reasons)}")
+    if variants:
+        say(quality_line(variants))
+    if ctx.source != "offline":
+        say(f"structured output: {ctx.chain.method} ({ctx.method_origin()})")
     fallback = sum(v.fallback_used for v in variants)
     if fallback:
         say(f"offline fallback: {fallback} of {len(variants)} emails were drafted offline (marked fallback_used)")
@@ -515,9 +566,23 @@ def cmd_costs(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from cpo.integrations.azure_openai import check_connection
+    from cpo.checks import check_endpoint
+    from cpo.costs import CostTracker, price_book_for
+    from cpo.endpoints import FILE_NAME, EndpointNotes
+    from cpo.ledger import Ledger
+    from cpo.settings import Settings
 
-    return check_connection(say)
+    settings = Settings()
+    runs_dir: Path = args.out or settings.runs_dir
+    tracker = CostTracker(prices=price_book_for(settings), default_model=settings.model_name)
+    if settings.provider != "offline":
+        path = settings.ledger_file(args.out)
+        if path is not None:
+            tracker.use_ledger(Ledger(path), session_name=args.session_name)
+    try:
+        return check_endpoint(say, notes=EndpointNotes(runs_dir / FILE_NAME), settings=settings, callbacks=[tracker])
+    finally:
+        tracker.close()
 
 
 COMMANDS = {

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from cpo.errors import InputError
-from cpo.models import EmailRequest, SegmentProfile, Snippet, Tone
+from cpo.models import EmailRequest, SegmentProfile, Sender, Snippet, Tone
 from cpo.resources import bundled
 
 
@@ -26,6 +26,26 @@ def default_content_dir() -> Path:
 
 def default_segments_file() -> Path:
     return bundled("data") / "segments.json"
+
+
+def default_sender_file() -> Path:
+    return bundled("data") / "sender.yaml"
+
+
+def load_sender(path: Path | None = None) -> Sender:
+    """The sender (brand, greeting, sign-off) from a YAML or JSON mapping."""
+    path = path or default_sender_file()
+    raw = read_text(path, "sender file")
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise InputError(f"{path}: not valid YAML or JSON") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping with brand, greeting, sign_off")
+    try:
+        return Sender.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{path}: {_first_error(exc)}") from None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -109,7 +129,12 @@ def find_segment(segments: list[SegmentSpec], name: str) -> SegmentSpec:
 
 
 def build_request(
-    segment: SegmentSpec, tone: Tone, snippets: dict[str, Snippet], *, max_snippets: int = 3
+    segment: SegmentSpec,
+    tone: Tone,
+    snippets: dict[str, Snippet],
+    *,
+    max_snippets: int = 3,
+    sender: Sender | None = None,
 ) -> EmailRequest:
     """The chain input for one segment and tone, with the segment's first `max_snippets` snippets."""
     missing = [sid for sid in segment.snippets if sid not in snippets]
@@ -117,7 +142,7 @@ def build_request(
         raise InputError(f"segment {segment.name!r} names unknown snippets: {', '.join(missing)}")
     chosen = [snippets[sid] for sid in segment.snippets][:max_snippets] or list(snippets.values())[:max_snippets]
     profile = SegmentProfile.model_validate(segment.model_dump(include={"name", "description", "features"}))
-    return EmailRequest(segment=profile, offer=segment.offer, tone=tone, snippets=chosen)
+    return EmailRequest(segment=profile, offer=segment.offer, tone=tone, snippets=chosen, sender=sender or Sender())
 
 
 class ContentBundle(BaseModel):
@@ -125,10 +150,17 @@ class ContentBundle(BaseModel):
 
     segments: list[SegmentSpec]
     snippets: dict[str, Snippet]
+    sender: Sender = Field(default_factory=Sender)
 
     @classmethod
-    def load(cls, segments_file: Path | None = None, content_dir: Path | None = None) -> ContentBundle:
-        return cls(segments=load_segments(segments_file), snippets=load_snippets(content_dir))
+    def load(
+        cls, segments_file: Path | None = None, content_dir: Path | None = None, sender_file: Path | None = None
+    ) -> ContentBundle:
+        return cls(
+            segments=load_segments(segments_file), snippets=load_snippets(content_dir), sender=load_sender(sender_file)
+        )
 
     def request(self, segment: str, tone: Tone, *, max_snippets: int = 3) -> EmailRequest:
-        return build_request(find_segment(self.segments, segment), tone, self.snippets, max_snippets=max_snippets)
+        return build_request(
+            find_segment(self.segments, segment), tone, self.snippets, max_snippets=max_snippets, sender=self.sender
+        )

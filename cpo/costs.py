@@ -30,9 +30,9 @@ from pydantic import BaseModel, Field
 
 from cpo.budget import Budget
 from cpo.errors import UnpricedBudget
-from cpo.ledger import UNKNOWN_COST, CallRow, Ledger
+from cpo.ledger import REFUSED, UNKNOWN_COST, CallRow, Ledger
 from cpo.pricing import PriceBook, TokenCounts
-from cpo.retries import may_have_been_billed
+from cpo.retries import is_format_refusal, may_have_been_billed
 from cpo.settings import Settings
 from cpo.tokens import count_text_tokens, count_tokens
 
@@ -56,6 +56,9 @@ class UsageCounts(BaseModel):
     calls: int = 0
     failed_calls: int = 0
     unknown_cost_calls: int = 0
+    refused_calls: int = Field(
+        0, description="structured-output method refusals (no tokens, not billed); not in calls or failed_calls"
+    )
     input_tokens: int = 0
     cached_input_tokens: int = 0
     output_tokens: int = 0
@@ -74,7 +77,11 @@ class UsageCounts(BaseModel):
         estimated: bool,
         latency: float,
         unknown: bool,
+        refused: bool = False,
     ) -> None:
+        if refused:
+            self.refused_calls += 1
+            return
         self.calls += 1
         self.failed_calls += int(failed)
         self.unknown_cost_calls += int(unknown)
@@ -94,6 +101,7 @@ class UsageCounts(BaseModel):
             "calls",
             "failed_calls",
             "unknown_cost_calls",
+            "refused_calls",
             "input_tokens",
             "cached_input_tokens",
             "output_tokens",
@@ -121,8 +129,9 @@ class Usage(UsageCounts):
         estimated: bool = False,
         latency: float = 0.0,
         unknown: bool = False,
+        refused: bool = False,
     ) -> None:
-        flags = {"failed": failed, "estimated": estimated, "latency": latency, "unknown": unknown}
+        flags = {"failed": failed, "estimated": estimated, "latency": latency, "unknown": unknown, "refused": refused}
         self._add(counts, cost, **flags)  # type: ignore[arg-type]
         self.by_model.setdefault(model, UsageCounts())._add(counts, cost, **flags)  # type: ignore[arg-type]
 
@@ -526,6 +535,8 @@ class CostTracker(BaseCallbackHandler):
         if usage is not None:
             status = f"error:{type(error).__name__}"
             self._record(run_id, call, model, _counts_from_openai_usage(usage), status=status)
+        elif is_format_refusal(error):
+            self._record(run_id, call, model, TokenCounts(), status=f"{REFUSED}:{type(error).__name__}")
         elif may_have_been_billed(error) or isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
             self._record(run_id, call, model, TokenCounts(), status=f"{UNKNOWN_COST}:{type(error).__name__}")
         else:
@@ -542,13 +553,21 @@ class CostTracker(BaseCallbackHandler):
     ) -> None:
         latency = time.perf_counter() - call.started
         unknown = status.startswith(UNKNOWN_COST)
-        failed = status != "ok"
+        refused = status.startswith(REFUSED)
+        failed = status != "ok" and not refused
         has_tokens = counts.input_tokens or counts.output_tokens
         cost = self.prices.cost(model, counts, deployment=call.deployment) if has_tokens else Decimal(0)
         with self._lock:
             for usage in (self.session, self.runs.setdefault(call.root, Usage())):
                 usage.add_call(
-                    model, counts, cost, failed=failed, estimated=estimated, latency=latency, unknown=unknown
+                    model,
+                    counts,
+                    cost,
+                    failed=failed,
+                    estimated=estimated,
+                    latency=latency,
+                    unknown=unknown,
+                    refused=refused,
                 )
         if self.budget is not None:
             self.budget.settle(run_id, cost, unknown=unknown)

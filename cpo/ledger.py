@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS sessions (
 """,
 }
 UNKNOWN_COST = "unknown-cost"
+# A structured-output method the server refused (no tokens, not billed): kept apart from failed calls.
+REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -306,8 +308,10 @@ class Ledger:
         join = "LEFT JOIN sessions s ON s.session_id = c.session_id" if self.version >= 2 else ""
         rows = self._query(
             f"""
-            SELECT c.{key} AS id, MIN(c.ts) AS started, {name} AS name, COUNT(*) AS calls,
-                   SUM(c.status != 'ok') AS failed_calls, SUM(c.input_tokens) AS input_tokens,
+            SELECT c.{key} AS id, MIN(c.ts) AS started, {name} AS name,
+                   SUM(c.status NOT LIKE '{REFUSED}%') AS calls,
+                   SUM(c.status != 'ok' AND c.status NOT LIKE '{REFUSED}%') AS failed_calls,
+                   SUM(c.status LIKE '{REFUSED}%') AS refused_calls, SUM(c.input_tokens) AS input_tokens,
                    SUM(c.cached_input_tokens) AS cached_input_tokens, SUM(c.output_tokens) AS output_tokens,
                    GROUP_CONCAT(DISTINCT c.model) AS models,
                    SUM(c.cost_usd IS NULL AND c.status NOT LIKE '{UNKNOWN_COST}%') AS unpriced_calls,

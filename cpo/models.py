@@ -17,6 +17,21 @@ Source = Literal["azure", "openai-compatible", "offline"]
 FeatureValue = str | int | float | bool
 
 
+class Fact(BaseModel):
+    """One fact a snippet states, declared in its front matter so grounding need not guess it from prose.
+
+    `value` is the number as written ("$99", "25%", "2-day", "3"); `unit` what it counts ("USD", "percent",
+    "day", "month", "point"); `period` the time it is per ("month", "year", or "" for a one-off);
+    `entity` whom or what it belongs to ("Gold", "Platinum", "annual plan").
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    value: str = Field(min_length=1)
+    unit: str = ""
+    period: str = ""
+    entity: str = ""
+
+
 class Snippet(BaseModel):
     """One item of approved content: the only source of facts an email may state."""
 
@@ -25,6 +40,7 @@ class Snippet(BaseModel):
     title: str = Field(min_length=1)
     section: str = ""
     text: str = Field(min_length=1)
+    facts: tuple[Fact, ...] = ()
 
 
 class SegmentProfile(BaseModel):
@@ -42,6 +58,32 @@ class SegmentProfile(BaseModel):
         return value
 
 
+GREETING_TAG = '{{ first_name | default: "there" }}'
+
+
+class Sender(BaseModel):
+    """Who the email is from. cpo, not the model, writes the greeting and the sign-off from this.
+
+    `greeting` is a template where `{name}` becomes the customer's first name when the request carries
+    one, else the Liquid merge tag the export fills in per customer (`{{ first_name | default: "there" }}`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    brand: str = Field("Northwind Supply", min_length=1)
+    greeting: str = Field("Hi {name},", min_length=1)
+    sign_off: str = Field("Best regards,\nThe Northwind Plus team", min_length=1)
+
+    @field_validator("greeting")
+    @classmethod
+    def _has_name(cls, value: str) -> str:
+        if "{name}" not in value:
+            raise ValueError("the greeting must contain {name} (the customer's name or a merge tag goes there)")
+        return value
+
+    def greeting_line(self, first_name: str | None) -> str:
+        return self.greeting.replace("{name}", first_name or GREETING_TAG)
+
+
 class EmailRequest(BaseModel):
     """Input of the email chain."""
 
@@ -50,6 +92,7 @@ class EmailRequest(BaseModel):
     tone: Tone
     snippets: list[Snippet] = Field(min_length=1)
     merge_fields: dict[str, str] = Field(default_factory=dict)
+    sender: Sender = Field(default_factory=Sender)
 
     @model_validator(mode="after")
     def _unique_snippet_ids(self) -> EmailRequest:
@@ -64,10 +107,13 @@ class EmailRequest(BaseModel):
 
 
 class EmailDraft(BaseModel):
-    """What the model returns (structured output)."""
+    """What the model returns (structured output). The body is the paragraphs only: cpo adds the
+    greeting and sign-off, so the model has nothing to invent (no `[Customer Name]`, no `[Your Name]`)."""
 
     subject: str = Field(description="Plain-text subject line, no label, no markdown")
-    body: str = Field(description="Plain-text email body, paragraphs separated by blank lines")
+    body: str = Field(
+        description="The email's paragraphs only, plain text, separated by blank lines; no greeting, no sign-off"
+    )
     citations: list[str] = Field(description="Ids of the approved snippets whose facts the email uses")
 
 
@@ -81,8 +127,34 @@ class Citation(BaseModel):
 
 
 class ValidationIssue(BaseModel):
+    """One broken rule. `message` says it with the measured value and the target, for people and repairs."""
+
     code: str
     message: str
+    field: Literal["subject", "body", "citations", "reply", ""] = ""
+    excerpts: list[str] = Field(default_factory=list, description="the text at fault, to repair only its paragraph")
+
+
+class Normalization(BaseModel):
+    """A change cpo made to the model's text, from a closed list (see `cpo.chains.normalize`)."""
+
+    code: str  # "markdown_emphasis" | "subject_label" | "greeting_replaced" | "sign_off_replaced"
+    detail: str
+
+
+Step = Literal["draft", "rewrite", "fresh", "subject", "paragraph", "extend", "shorten", "judge"]
+
+
+class Attempt(BaseModel):
+    """One model call made for an email: what was asked, what it cost, what the checks found."""
+
+    step: Step
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    issues: list[str] = Field(default_factory=list, description="codes of the checks it failed")
+    repeated: bool = Field(False, description="the answer repeated an earlier attempt's subject or opening")
+    error: str | None = None
 
 
 class ValidationReport(BaseModel):
@@ -117,6 +189,9 @@ class EmailVariant(BaseModel):
     source: Source
     fallback_used: bool = False
     run_id: str | None = None
+    steps: list[Attempt] = Field(default_factory=list, description="every model call made for this email")
+    normalizations: list[Normalization] = Field(default_factory=list)
+    valid_before_normalization: bool = False
 
     @property
     def valid(self) -> bool:
@@ -151,6 +226,9 @@ class EmailVariant(BaseModel):
             "total_tokens": self.usage.total_tokens,
             "cost_usd": None if self.usage.cost_usd is None else float(self.usage.cost_usd),
             "attempts": self.attempts,
+            "repairs": max(0, self.attempts - 1),
+            "normalizations": len(self.normalizations),
+            "valid_before_normalization": self.valid_before_normalization,
             "model": self.model,
             "source": self.source,
             "prompt_version": self.prompt_version,

@@ -40,7 +40,6 @@ class _Brief:
     profile: dict[str, str] = field(default_factory=dict)
     offer: str = ""
     tone: str = "control"
-    first_name: str | None = None
     snippets: list[dict[str, str]] = field(default_factory=list)
     subject_max: int = 60
     body_min: int = 150
@@ -70,12 +69,10 @@ def read_brief(messages: list[BaseMessage]) -> _Brief | None:
         key, sep, value = part.partition(":")
         if sep:
             brief.profile[key.strip()] = value.strip()
-    name = re.search(r"Greet the customer as (.+?)\.$", text, re.MULTILINE)
-    brief.first_name = name.group(1) if name else None
     system = "\n".join(str(m.content) for m in messages if isinstance(m, SystemMessage))
     if m := re.search(r"(?:at most|max) (\d+) characters", system):
         brief.subject_max = int(m.group(1))
-    if m := re.search(r"(\d+)-(\d+) words", system):
+    if m := re.search(r"(\d+)-(\d+) words in total", system):
         brief.body_min, brief.body_max = int(m.group(1)), int(m.group(2))
     if m := re.search(r"(?:at least (\d+)|(\d+)\+) snippet", system):
         brief.min_citations = int(m.group(1) or m.group(2))
@@ -132,7 +129,6 @@ FILLERS = {
         "We hope you find this useful.",
     ],
 }
-SIGN_OFFS = {"friendly": "Warm wishes,\nThe membership team"}
 
 
 def _trait(profile: dict[str, str]) -> str:
@@ -166,15 +162,13 @@ def draft_email(brief: _Brief) -> dict[str, Any]:
         subject = "Claim your upgrade offer now"
     subject = subject[: brief.subject_max].rsplit(" ", 1)[0] if len(subject) > brief.subject_max else subject
     opening = OPENINGS[tone].format(as_tier=f" as a {tier} member" if tier else "", trait=_trait(brief.profile))
-    greeting = f"Hi {brief.first_name}," if brief.first_name else "Hello,"
-    sign_off = SIGN_OFFS.get(tone, "Best regards,\nThe membership team")
 
     def compose(snippets: list[dict[str, str]], fillers: int) -> str:
-        paragraphs = [greeting, f"{opening} {brief.offer}".strip()]
+        """The paragraphs only: cpo adds the greeting and the sign-off around them."""
+        paragraphs = [f"{opening} {brief.offer}".strip()]
         for lead, snippet in zip(LEAD_INS[tone], snippets, strict=False):
             paragraphs.append(f"{lead} {snippet['text']}")
         paragraphs.append(" ".join([CLOSINGS[tone], *FILLERS[tone][:fillers]]))
-        paragraphs.append(sign_off)
         return "\n\n".join(paragraphs)
 
     used = brief.snippets[:3]

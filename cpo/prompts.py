@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from cpo.chains.normalize import as_read, frame_words
 from cpo.errors import ConfigError
 from cpo.models import TONES, EmailRequest, Tone
 from cpo.resources import bundled
@@ -18,12 +19,54 @@ from cpo.resources import bundled
 if TYPE_CHECKING:
     from cpo.validation import ValidationLimits
 
-FILES = ("system.txt", "user.txt", "repair.txt", *(f"{t}.txt" for t in TONES))
+FILES = (
+    "system.txt",
+    "user.txt",
+    "repair.txt",
+    "fresh.txt",
+    "subject.txt",
+    "paragraph.txt",
+    "extend.txt",
+    "shorten.txt",
+    "judge.txt",
+    *(f"{t}.txt" for t in TONES),
+)
 PLACEHOLDERS = {
-    "system.txt": {"subject_max", "body_min", "body_max"},
+    "system.txt": {
+        "brand",
+        "subject_max",
+        "subject_words",
+        "body_min",
+        "body_max",
+        "words_min",
+        "words_max",
+        "paragraph_min",
+        "paragraph_max",
+        "min_citations",
+        "greeting",
+        "sign_off",
+    },
     "user.txt": {"segment", "profile", "offer", "tone", "tone_instructions", "greeting", "snippets"},
     "repair.txt": {"violations"},
+    "fresh.txt": {"violations"},
+    "subject.txt": {"violations", "subject", "subject_max", "offer"},
+    "paragraph.txt": {"violations", "paragraph", "words", "snippets"},
+    "extend.txt": {"words", "low", "high", "add_low", "add_high", "snippets", "body"},
+    "shorten.txt": {"words", "high", "paragraph", "paragraph_words", "target"},
+    "judge.txt": {"offer", "snippets", "sentences"},
 }
+# The files one tone's email is built from; their hash is the email's prompt_version.
+VERSIONED = (
+    "system.txt",
+    "user.txt",
+    "repair.txt",
+    "fresh.txt",
+    "subject.txt",
+    "paragraph.txt",
+    "extend.txt",
+    "shorten.txt",
+)
+PARAGRAPHS = 3
 
 
 def _placeholders(template: str) -> set[str]:
@@ -64,19 +107,121 @@ class PromptSet:
     def version(self, tone: Tone) -> str:
         """Content hash of the files one tone's email is built from (repair included)."""
         digest = hashlib.sha256()
-        for name in ("system.txt", "user.txt", "repair.txt", f"{tone}.txt"):
+        for name in (*VERSIONED, f"{tone}.txt"):
             digest.update(name.encode() + b"\0" + self.texts[name].encode() + b"\0")
         return digest.hexdigest()[:12]
 
     def render(self, request: EmailRequest, limits: ValidationLimits) -> list[BaseMessage]:
-        system = self.texts["system.txt"].format(
-            subject_max=limits.subject_max_chars, body_min=limits.body_min_words, body_max=limits.body_max_words
-        )
+        system = self.texts["system.txt"].format(**system_fields(request, limits))
         user = self.texts["user.txt"].format(**render_fields(request, self.texts[f"{request.tone}.txt"]))
         return [SystemMessage(system), HumanMessage(user)]
 
     def repair(self, violations: list[str]) -> HumanMessage:
-        return HumanMessage(self.texts["repair.txt"].format(violations="\n".join(f"- {v}" for v in violations)))
+        """The follow-up in the same conversation: fix what failed, keep the rest."""
+        return HumanMessage(self.texts["repair.txt"].format(violations=_bullets(violations)))
+
+    def fresh(self, request: EmailRequest, limits: ValidationLimits, violations: list[str]) -> list[BaseMessage]:
+        """A new conversation after a repeated answer: the first prompt plus what to avoid, no old draft to copy."""
+        note = self.texts["fresh.txt"].format(violations=_bullets(violations))
+        system, user = self.render(request, limits)
+        return [system, HumanMessage(f"{user.content}\n\n{note}")]
+
+    def subject_fix(
+        self, request: EmailRequest, limits: ValidationLimits, subject: str, violations: list[str]
+    ) -> list[BaseMessage]:
+        """A small plain-text call that rewrites only the subject (~60 tokens instead of a whole email)."""
+        text = self.texts["subject.txt"].format(
+            violations=_bullets(violations), subject=subject, subject_max=limits.subject_max_chars, offer=request.offer
+        )
+        return [HumanMessage(text)]
+
+    def paragraph_fix(
+        self, request: EmailRequest, cited: list[str], paragraph: str, violations: list[str]
+    ) -> list[BaseMessage]:
+        """Rewrite one paragraph that holds every located problem: the rest of the email is not sent back."""
+        text = self.texts["paragraph.txt"].format(
+            violations=_bullets(violations),
+            paragraph=paragraph,
+            words=max(20, len(paragraph.split())),
+            snippets=_snippet_lines(request, cited),
+        )
+        return [HumanMessage(text)]
+
+    def extend(
+        self, request: EmailRequest, cited: list[str], body: str, words: int, low: int, high: int, frame: int
+    ) -> list[BaseMessage]:
+        """Ask for one more paragraph worth the missing words: adding is what a too-short draft needs."""
+        missing = low - words
+        add_low = max(25, missing + 5)
+        add_high = max(add_low + 10, min(high - words - 5, add_low + 25))
+        text = self.texts["extend.txt"].format(
+            words=words,
+            low=low,
+            high=high,
+            add_low=add_low,
+            add_high=add_high,
+            snippets=_snippet_lines(request, cited),
+            body=body,
+        )
+        return [HumanMessage(text)]
+
+    def shorten(self, paragraph: str, words: int, high: int) -> list[BaseMessage]:
+        """Ask to cut the longest paragraph by the excess words (and a margin)."""
+        own = len(paragraph.split())
+        target = max(15, own - (words - high) - 5)
+        text = self.texts["shorten.txt"].format(
+            words=words, high=high, paragraph=paragraph, paragraph_words=own, target=target
+        )
+        return [HumanMessage(text)]
+
+    def judge(self, request: EmailRequest, cited: list[str], sentences: list[str]) -> list[BaseMessage]:
+        text = self.texts["judge.txt"].format(
+            offer=request.offer,
+            snippets=_snippet_lines(request, cited),
+            sentences="\n".join(f"{i}. {s}" for i, s in enumerate(sentences, 1)),
+        )
+        return [HumanMessage(text)]
+
+
+def _snippet_lines(request: EmailRequest, cited: list[str]) -> str:
+    snippets = [s for s in request.snippets if s.id in cited] or request.snippets
+    return "\n".join(f"[{s.id}] {s.text}" for s in snippets)
+
+
+def _bullets(lines: list[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def paragraph_targets(request: EmailRequest, limits: ValidationLimits) -> tuple[int, int, int, int]:
+    """Words the model's own paragraphs may total, and a per-paragraph range a model can aim at.
+
+    The limits apply to the body as sent, so cpo's greeting and sign-off are taken off first; the
+    per-paragraph range sits inside the total with a margin, because models miscount.
+    """
+    frame = frame_words(request)
+    low, high = max(1, limits.body_min_words - frame), max(1, limits.body_max_words - frame)
+    per_low = -(-low // PARAGRAPHS) + 2
+    per_high = max(per_low, high // PARAGRAPHS - 4)
+    return low, high, per_low, per_high
+
+
+def system_fields(request: EmailRequest, limits: ValidationLimits) -> dict[str, object]:
+    _, _, per_low, per_high = paragraph_targets(request, limits)
+    sender = request.sender
+    return {
+        "brand": sender.brand,
+        "subject_max": limits.subject_max_chars,
+        "subject_words": max(2, limits.subject_max_chars // 7),
+        "body_min": limits.body_min_words,
+        "body_max": limits.body_max_words,
+        "words_min": per_low * PARAGRAPHS,
+        "words_max": per_high * PARAGRAPHS,
+        "paragraph_min": per_low,
+        "paragraph_max": per_high,
+        "min_citations": limits.min_citations,
+        "greeting": as_read(sender.greeting_line(request.merge_fields.get("first_name"))),
+        "sign_off": " ".join(sender.sign_off.split()),
+    }
 
 
 def render_profile(features: Mapping[str, object]) -> str:
@@ -86,13 +231,12 @@ def render_profile(features: Mapping[str, object]) -> str:
 def render_fields(request: EmailRequest, tone_instructions: str) -> dict[str, str]:
     """The values substituted into user.txt; labelled lines the offline model can read back."""
     generic = request.tone == "control"
-    first_name = request.merge_fields.get("first_name")
     return {
         "segment": "all customers" if generic else request.segment.name,
         "profile": "none (generic email)" if generic else render_profile(request.segment.features),
         "offer": request.offer,
         "tone": request.tone,
         "tone_instructions": tone_instructions,
-        "greeting": f"Greet the customer as {first_name}." if first_name else "",
+        "greeting": "",  # cpo writes the greeting itself; kept so older user.txt files still load
         "snippets": "\n".join(f"[{s.id}] {s.text}" for s in request.snippets),
     }

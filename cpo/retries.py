@@ -22,10 +22,14 @@ UNSUPPORTED_FORMAT_HINTS = ("response_format", "response format", "json_schema",
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth another attempt: timeouts, connection errors, 408, 409, 429 and 5xx. Never 4xx or our own errors."""
+    """Worth another attempt: timeouts, connection errors, 408, 409, 429 and 5xx. Never 4xx or our own errors,
+    and never a 500 that refuses the structured-output format (llama.cpp's answer to json_schema): asking
+    again gets the same refusal, so the chain switches method at once instead."""
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
         return True
-    return isinstance(exc, openai.APIStatusError) and (exc.status_code in (408, 409, 429) or exc.status_code >= 500)
+    if not isinstance(exc, openai.APIStatusError):
+        return False
+    return exc.status_code in (408, 409, 429) or (exc.status_code >= 500 and not is_format_refusal(exc))
 
 
 def may_have_been_billed(exc: BaseException) -> bool:
@@ -59,6 +63,18 @@ def refuses_format(exc: BaseException) -> bool:
         text = f"{getattr(exc, 'message', '')} {getattr(exc, 'body', '')}".lower()
         return any(hint in text for hint in UNSUPPORTED_FORMAT_HINTS)
     return False
+
+
+def is_format_refusal(exc: BaseException) -> bool:
+    """A refusal that names the structured-output format: the server declined the method, billed nothing.
+
+    Stricter than `refuses_format` (which decides whether to try the next method): the cost tracker
+    counts only these apart from failed calls, so a 400 for any other reason stays a failed call.
+    """
+    if not refuses_format(exc):
+        return False
+    text = f"{getattr(exc, 'message', '')} {getattr(exc, 'body', '')}".lower()
+    return any(hint in text for hint in UNSUPPORTED_FORMAT_HINTS)
 
 
 def retry_after_s(exc: BaseException) -> float | None:

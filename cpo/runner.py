@@ -186,7 +186,7 @@ class CampaignRun:
             await asyncio.gather(*tasks)
 
     async def _one(self, index: int, request: EmailRequest) -> None:
-        config = {"callbacks": [self.tracker], "run_name": f"{request.segment.name}/{request.tone}"}
+        config = {"callbacks": [self.tracker]}  # the chain names the run for its segment and tone
         label = f"{request.segment.name} / {request.tone}"
         try:
             variant: EmailVariant = await self.chain.ainvoke(request, config)  # type: ignore[arg-type]

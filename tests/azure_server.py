@@ -596,6 +596,9 @@ class AzureTestServer:
         self._counter = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        # Answer one request at a time, as llama-cpp-python's server does (the others wait in line).
+        self.serial = False
+        self._serial = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
@@ -852,7 +855,8 @@ class AzureTestServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            self._answer(handler, deployment, reply, request, raw, counter, prompt_tokens)
+            with self._serial if self.serial else contextlib.nullcontext():
+                self._answer(handler, deployment, reply, request, raw, counter, prompt_tokens)
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -925,7 +929,7 @@ def email_drafter(request: dict[str, Any]) -> Reply | None:
     from cpo.offline import draft_email, read_brief
 
     brief = read_brief(convert_to_messages(request.get("messages") or []))
-    return None if brief is None else ok(content=json.dumps(draft_email(brief)))
+    return None if brief is None else ok(tool_args=draft_email(brief))
 
 
 def main(argv: list[str] | None = None) -> None:

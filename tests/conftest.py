@@ -172,3 +172,13 @@ def sent_bodies(azure_server: Any, vcr: Any) -> list[dict[str, Any]]:
     if getattr(azure_server, "live", False):
         return list(azure_server.requests)
     return [json.loads(request.body) for request in vcr.requests]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_endpoint_notes() -> Iterator[None]:
+    """What one test taught the process about an endpoint (its structured-output method) stays in it."""
+    from cpo.endpoints import notes_for
+
+    notes_for(None).clear()
+    yield
+    notes_for(None).clear()

@@ -55,7 +55,7 @@ def test_run_offline_writes_variants_costs_and_ledger(capsys: pytest.CaptureFixt
     costs = json.loads((run_dir / "costs.json").read_text())
     assert costs["session"]["calls"] == len(variants)
     assert sum(r["total_tokens"] for r in costs["runs"].values()) == costs["session"]["total_tokens"]
-    assert {r["name"] for r in costs["runs"].values()} == {f"{s.name}/{t}" for s in segments for t in TONES}
+    assert {r["name"] for r in costs["runs"].values()} == {f"email {s.name} / {t}" for s in segments for t in TONES}
     assert "session: 20 calls" in out and "High-Value Recent" in out
     code, out, _ = run_cli(capsys, "costs", "--json")
     (session,) = json.loads(out)
@@ -305,7 +305,7 @@ def test_costs_accepts_an_id_prefix_and_names_the_session_after_the_command(
     assert session["name"] == "cpo run --concurrency 8"  # not one of its emails
     code, out, _ = run_cli(capsys, "costs", "--session", session["id"][:6], "--json")
     runs = json.loads(out)
-    assert code == 0 and len(runs) == 20 and {r["name"] for r in runs} >= {"New Customer/urgent"}
+    assert code == 0 and len(runs) == 20 and {r["name"] for r in runs} >= {"email New Customer / urgent"}
 
 
 def test_the_ledger_follows_out_and_cpo_runs_dir(

@@ -22,6 +22,7 @@ from cpo import (
     build_chat_model,
     build_email_chain,
 )
+from cpo.chains.normalize import body_as_sent
 from cpo.models import TONES
 from cpo.offline import draft_email, read_brief
 from cpo.prompts import PromptSet
@@ -75,10 +76,23 @@ def test_the_request_sent_uses_json_schema_and_the_tone_prompt(live_server: Any)
     assert all(f"[{s.id}]" in user for s in request.snippets)
 
 
+# flaw -> (the flawed answer, the repair step cpo should choose, the answer to that repair)
 BAD_ANSWERS = {
-    "markdown_subject": lambda d: {**d, "subject": f"**Subject:** {d['subject']}"},
-    "invented_citation": lambda d: {**d, "citations": [d["citations"][0], "press-kit-2026"]},
-    "unsupported_number": lambda d: {**d, "body": d["body"].replace("Hello,", "Hello, save 45% today.")},
+    "shouting_subject": (
+        lambda d: {**d, "subject": d["subject"].upper()},
+        "subject",
+        lambda d: ok(d["subject"]),
+    ),
+    "invented_citation": (
+        lambda d: {**d, "citations": [d["citations"][0], "press-kit-2026"]},
+        "rewrite",
+        lambda d: ok(tool_args=d),
+    ),
+    "unsupported_number": (
+        lambda d: {**d, "body": f"Save 45% today. {d['body']}"},
+        "paragraph",
+        lambda d: ok(d["body"].split("\n\n")[0]),
+    ),
 }
 
 
@@ -89,15 +103,20 @@ def test_a_flawed_first_answer_is_repaired_and_both_calls_are_billed(
 ) -> None:
     request = BUNDLE.request(SEGMENT, "urgent")
     good = good_draft(request)
-    azure_server.script("gpt-4o-mini", ok(tool_args=BAD_ANSWERS[flaw](good)), ok(tool_args=good))
+    spoil, step, fix = BAD_ANSWERS[flaw]
+    azure_server.script("gpt-4o-mini", ok(tool_args=spoil(good)), fix(good))
     tracker = CostTracker()
     variant = azure_chain().invoke(request, config={"callbacks": [tracker]})
     billed = cassette_billed()
-    assert variant.valid and variant.attempts == 2
+    assert variant.valid and variant.attempts == 2, variant.validation.reasons
+    assert [s.step for s in variant.steps] == ["draft", step]
     assert variant.subject == good["subject"]
     assert variant.usage.calls == 2 == len(billed)
     assert variant.usage.input_tokens == sum(b["prompt_tokens"] for b in billed)
-    assert billed[1]["prompt_tokens"] > billed[0]["prompt_tokens"]  # the repair request carries the violations
+    if step == "rewrite":
+        assert billed[1]["prompt_tokens"] > billed[0]["prompt_tokens"]  # the whole conversation plus violations
+    else:
+        assert billed[1]["prompt_tokens"] < billed[0]["prompt_tokens"] / 2  # only the part that failed
     (run,) = tracker.runs.values()
     assert run.calls == 2 and run.total_tokens == variant.usage.total_tokens
 
@@ -120,7 +139,7 @@ def test_a_truncated_answer_is_billed_and_retried(azure_server: Any, cassette_bi
 @pytest.mark.vcr
 def test_repairs_exhausted_returns_invalid_with_reasons(azure_server: Any) -> None:
     request = BUNDLE.request(SEGMENT, "friendly")
-    bad = BAD_ANSWERS["invented_citation"](good_draft(request))
+    bad = BAD_ANSWERS["invented_citation"][0](good_draft(request))
     azure_server.script("gpt-4o-mini", *[ok(tool_args=bad)] * 3)
     variant = azure_chain(max_repairs=2).invoke(request)
     assert not variant.valid
@@ -223,7 +242,8 @@ def test_openai_compatible_server_refusing_json_schema_falls_back_to_function_ca
     chain = build_email_chain(build_chat_model(settings), settings=settings)
     variant = chain.invoke(request)
     assert variant.valid and variant.source == "openai-compatible"
-    assert variant.usage.calls == 2 and variant.usage.failed_calls == 1
+    # The refusal billed nothing: counted apart, not as a failed call.
+    assert variant.usage.calls == 1 and variant.usage.failed_calls == 0 and variant.usage.refused_calls == 1
     assert variant.usage.cost_usd is None  # a self-hosted model has no list price: unknown, not $0
 
 
@@ -240,7 +260,7 @@ def test_json_with_raw_newlines_is_parsed_leniently(azure_server: Any) -> None:
     )
     variant = build_email_chain(build_chat_model(settings), settings=settings).invoke(request)
     assert variant.valid, variant.validation.reasons
-    assert variant.body == good["body"]
+    assert variant.body == body_as_sent(request, good["body"])
 
 
 @pytest.mark.vcr

@@ -1,13 +1,19 @@
-"""The email chain: prompt -> structured output -> validate -> repair, one run per email.
+"""The email chain: prompt -> structured output -> normalize -> validate -> targeted repair.
 
-`build_email_chain(model)` returns a Runnable[EmailRequest, EmailVariant]. Each invocation is one
-root run for a CostTracker passed in `config["callbacks"]`; the variant also carries its own usage,
-counted by a CostTracker attached to that invocation only (the same code path, never a second one).
+`build_email_chain(model)` returns an `EmailChain`, a Runnable[EmailRequest, EmailVariant] with typed
+input and output schemas. In a LangChain trace one email is one run named for its segment and tone
+("email High-Value Recent / urgent"), with a child run per step: each model call ("draft",
+"repair: rewrite", "repair: subject", "repair: fresh", "judge") and each "validate" with its report.
 
-Each email has a wall-clock deadline (CPO_EMAIL_DEADLINE) covering all its attempts, repairs and
-fallbacks, and every call asks for at most CPO_MAX_OUTPUT_TOKENS. Once a draft has been paid for it
-is never thrown away: a repair refused by the budget, a deadline or a Ctrl-C returns the paid draft
-marked invalid with the reason.
+Repairs converge instead of repeating:
+- the repair request names each violation with its measured value and the target;
+- when only the subject failed, only the subject is rewritten (a ~60-token call, not a whole email);
+- an answer that repeats an earlier subject or opening paragraph is not asked for again the same way:
+  the next attempt starts a fresh conversation with a different temperature and seed.
+
+Each email has a wall-clock deadline (CPO_EMAIL_DEADLINE) covering all its calls, and every call asks
+for at most CPO_MAX_OUTPUT_TOKENS. A draft once paid for is never thrown away: a repair refused by the
+budget, a deadline, a Ctrl-C or a failed repair call returns the paid draft marked invalid with the reason.
 """
 
 from __future__ import annotations
@@ -19,23 +25,37 @@ import re
 import threading
 import time
 from collections.abc import Generator
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import openai
 from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
-from langchain_core.runnables.config import patch_config
+from langchain_core.runnables.config import ensure_config, patch_config
 from pydantic import ValidationError
 
 from cpo.cancel import current_stop
+from cpo.chains.normalize import body_as_sent, frame_words, normalize, paragraphs, word_count
 from cpo.costs import CostTracker, price_book_for
-from cpo.errors import BudgetExceeded, DeadlineExceeded, Interrupted, UnpricedBudget
+from cpo.endpoints import EndpointNotes, endpoint_key, notes_for
+from cpo.errors import BudgetExceeded, ConfigError, DeadlineExceeded, Interrupted, UnpricedBudget
 from cpo.http import deadline_scope
 from cpo.llm import Source, build_chat_model, model_source
-from cpo.models import Citation, EmailDraft, EmailRequest, EmailVariant, ValidationIssue, ValidationReport
+from cpo.models import (
+    Attempt,
+    Citation,
+    EmailDraft,
+    EmailRequest,
+    EmailVariant,
+    Normalization,
+    Step,
+    ValidationIssue,
+    ValidationReport,
+)
 from cpo.offline import OfflineChatModel
 from cpo.pricing import PriceBook
 from cpo.prompts import PromptSet
@@ -60,8 +80,42 @@ STOPPED: dict[type[Exception], str] = {
     Interrupted: "interrupted",
 }
 STOPPERS = tuple(STOPPED)
-Step = tuple[BaseChatModel, list[BaseMessage]]
-Steps = Generator[Step, AIMessage, EmailVariant]
+SUBJECT_FIX_MAX_TOKENS = 64
+JUDGE_MAX_TOKENS = 400
+# A varied retry after a repeated answer: warmer sampling and a new seed per attempt.
+VARIED_TEMPERATURE = 0.9
+REPLY_LABEL = re.compile(r"^\s*(?:new\s+)?(?:subject(?: line)?|paragraph)\s*:\s*", re.IGNORECASE)
+# Problems a targeted repair cannot fix: the whole email is asked for again.
+WHOLE_EMAIL = frozenset({"unparseable", "unknown_citation", "too_few_citations", "body_format"})
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
+
+
+@dataclass
+class Call:
+    """One model call the loop wants made."""
+
+    step: Step
+    model: BaseChatModel
+    messages: list[BaseMessage]
+    kind: str = "email"  # "email" (structured), "text" (plain), "judge" (JSON object)
+    vary: dict[str, Any] = field(default_factory=dict)
+    index: int = -1  # the paragraph a "paragraph" or "shorten" call rewrites
+
+    @property
+    def name(self) -> str:
+        return self.step if self.step in ("draft", "judge") else f"repair: {self.step}"
+
+
+@dataclass
+class Check:
+    """A validation the driver records as its own trace run (inputs and report)."""
+
+    report: ValidationReport
+    subject: str
+    body: str
+
+
+Steps = Generator[Call | Check, Any, EmailVariant]
 
 
 def lenient_json(text: str) -> dict[str, Any] | None:
@@ -76,8 +130,89 @@ def lenient_json(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-class EmailChain:
+def _draft_shape(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept the shapes small models give in JSON mode: a wrapper object, a body as a list of paragraphs."""
+    if "subject" not in data and len(data) == 1:
+        (inner,) = data.values()
+        if isinstance(inner, dict):
+            data = inner
+    body = data.get("body")
+    if isinstance(body, list) and all(isinstance(p, str) for p in body):
+        data = {**data, "body": "\n\n".join(p.strip() for p in body)}
+    citations = data.get("citations")
+    if isinstance(citations, str):
+        data = {**data, "citations": [c.strip() for c in citations.split(",") if c.strip()]}
+    return data
+
+
+def _field_error(exc: ValidationError) -> str:
+    """Which field is wrong and how, e.g. "field 'body': Field required"."""
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"field {where!r}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _fingerprint(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", "", text.casefold()).split())
+
+
+def _tokens(reply: AIMessage) -> tuple[int, int]:
+    usage = reply.usage_metadata
+    return (usage["input_tokens"], usage["output_tokens"]) if usage else (0, 0)
+
+
+def _subject_line(text: str) -> str:
+    """The subject from a plain-text subject-fix reply: its first non-empty line, without quotes or label."""
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    return REPLY_LABEL.sub("", line).strip().strip("\"'`").strip()
+
+
+def _paragraph_text(text: str) -> str:
+    """A plain-text paragraph reply without a leading label or wrapping quotes, joined into one paragraph."""
+    body = REPLY_LABEL.sub("", text.strip()).strip().strip("\"'`").strip()
+    return " ".join(body.split())
+
+
+def _apply(call: Call, draft: EmailDraft, text: str) -> EmailDraft:
+    """The draft with a targeted repair's answer put in its place (an empty answer changes nothing)."""
+    if call.step == "subject":
+        subject = _subject_line(text)
+        return draft.model_copy(update={"subject": subject}) if subject else draft
+    new = _paragraph_text(text)
+    if not new:
+        return draft
+    parts = paragraphs(draft.body)
+    if call.step == "extend":
+        parts.insert(max(len(parts) - 1, 0) if len(parts) > 1 else len(parts), new)
+    elif 0 <= call.index < len(parts):
+        parts[call.index] = new
+    return draft.model_copy(update={"body": "\n\n".join(parts)})
+
+
+def _repeats(call: Call, draft: EmailDraft, previous: ValidationReport | None, seen: set[str]) -> bool:
+    """Did the answer give back what it was asked to change (a subject or paragraph already written)?"""
+    subject_seen = f"s:{_fingerprint(draft.subject)}" in seen
+    parts = paragraphs(draft.body)
+    if call.step == "subject":
+        return subject_seen
+    if call.step in ("paragraph", "shorten", "extend"):
+        index = call.index if call.step != "extend" else max(len(parts) - 2, 0)
+        return 0 <= index < len(parts) and f"p:{_fingerprint(parts[index])}" in seen
+    fields = {i.field for i in previous.issues} if previous is not None else set()
+    opening_seen = bool(parts) and f"p:{_fingerprint(parts[0])}" in seen
+    return ("subject" in fields and subject_seen) or (bool(fields - {"subject"}) and opening_seen)
+
+
+def sentences_of(text: str) -> list[str]:
+    return [s.strip() for p in paragraphs(text) for s in SENTENCE_END.split(p) if s.strip()]
+
+
+class EmailChain(Runnable[EmailRequest, EmailVariant]):
     """Holds what is shared across invocations: model, prompts, limits, price book, method choice."""
+
+    name = "email"
 
     def __init__(
         self,
@@ -91,18 +226,36 @@ class EmailChain:
         fallback: BaseChatModel | None,
         max_output_tokens: int,
         deadline_s: float,
+        judge: BaseChatModel | None = None,
+        notes: EndpointNotes | None = None,
+        remember_method: bool = True,
     ) -> None:
         self.model, self.prompts, self.limits, self.max_repairs = model, prompts, limits, max_repairs
-        self.prices, self.fallback = prices, fallback
+        self.prices, self.fallback, self.judge = prices, fallback, judge
         self.max_output_tokens, self.deadline_s = max_output_tokens, deadline_s
         self.source = model_source(model)
-        self.method = method
+        self.notes = notes or notes_for(None)
+        self.endpoint = endpoint_key(model)
+        self.remember_method = remember_method
+        self.configured_method = method
+        remembered = self.notes.get(self.endpoint, "method") if remember_method else None
+        self.method = remembered if remembered in (*METHODS_AFTER, "json_mode") else method
         self._lock = threading.Lock()
         self._bound_models: dict[tuple[int, str], Runnable[Any, Any]] = {}
         self._fallback_announced = False
 
-    def _bound(self, model: BaseChatModel, method: str) -> Runnable[Any, Any]:
-        """The model bound to ask for an EmailDraft; the reply is parsed here, leniently, not by a parser.
+    @property
+    def InputType(self) -> type[EmailRequest]:
+        return EmailRequest
+
+    @property
+    def OutputType(self) -> type[EmailVariant]:
+        return EmailVariant
+
+    # -- binding and calling ------------------------------------------------------------------------
+
+    def _bound(self, model: BaseChatModel, kind: str, method: str) -> Runnable[Any, Any]:
+        """The model bound for one kind of call; email replies are parsed here, leniently, not by a parser.
 
         No `with_structured_output(include_raw=True)`: it runs a parallel map per call (two threads),
         and with a pydantic schema the openai SDK itself raises on bad JSON or a `length` finish,
@@ -110,67 +263,361 @@ class EmailChain:
         """
         if model_source(model) == "offline":
             method = "function_calling"
+        if kind != "email":
+            method = kind
         key = (id(model), method)
         with self._lock:
             if key not in self._bound_models:
-                limit = {"max_tokens": self.max_output_tokens}
                 bound: Runnable[Any, Any]
-                if method == "json_schema":
+                if method == "text":
+                    bound = model.bind(max_tokens=SUBJECT_FIX_MAX_TOKENS)
+                elif method == "judge":
+                    bound = model.bind(
+                        response_format={"type": "json_object"},
+                        max_tokens=min(JUDGE_MAX_TOKENS, self.max_output_tokens),
+                    )
+                elif method == "json_schema":
                     # Sent as extra_body: the same JSON on the wire, but the openai SDK skips its per-call
                     # type-driven transform of the nested schema (about 1 ms of client CPU per email).
-                    bound = model.bind(extra_body={"response_format": JSON_SCHEMA_RESPONSE_FORMAT}, **limit)
+                    bound = model.bind(
+                        extra_body={"response_format": JSON_SCHEMA_RESPONSE_FORMAT}, max_tokens=self.max_output_tokens
+                    )
                 elif method == "function_calling":
-                    bound = model.bind_tools([EmailDraft], tool_choice="EmailDraft", **limit)
+                    bound = model.bind_tools([EmailDraft], tool_choice="EmailDraft", max_tokens=self.max_output_tokens)
                 else:
-                    bound = model.bind(response_format={"type": "json_object"}, **limit)
+                    bound = model.bind(response_format={"type": "json_object"}, max_tokens=self.max_output_tokens)
                 self._bound_models[key] = bound
             return self._bound_models[key]
 
-    def _refused(self, exc: Exception) -> bool:
+    def _refused(self, exc: Exception, method: str) -> bool:
         """A refusal of the structured-output method by an OpenAI-compatible server, not a fault.
 
         Never a content filter, never a transient 5xx: only a 400/422, or a 500 that names the format.
         """
-        return self.source == "openai-compatible" and self.method in METHODS_AFTER and refuses_format(exc)
+        return self.source == "openai-compatible" and method in METHODS_AFTER and refuses_format(exc)
 
-    def _next_method(self, failed: str) -> None:
+    def _switch_method(self, failed: str, exc: Exception) -> None:
         with self._lock:
-            if self.method == failed:
-                self.method = METHODS_AFTER[failed]
+            if self.method != failed:
+                return
+            self.method = METHODS_AFTER[failed]
+        log.warning(
+            "the endpoint refused structured output by %s (%s); using %s from now on%s",
+            failed,
+            str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__,
+            self.method,
+            " (remembered for this endpoint)" if self.notes.path else "",
+        )
+
+    def _worked(self, method: str) -> None:
+        if self.remember_method and self.source != "offline":
+            self.notes.note(self.endpoint, method=method)
+
+    def _invoke_model(self, call: Call, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
+        while True:
+            method = self.method
+            bound = self._bound(call.model, call.kind, method)
+            bound = bound.bind(**call.vary) if call.vary else bound
+            try:
+                reply = cast(AIMessage, bound.invoke(messages, config))
+            except Exception as exc:
+                if call.kind != "email" or call.model is not self.model or not self._refused(exc, method):
+                    raise
+                self._switch_method(method, exc)
+                continue
+            if call.kind == "email" and call.model is self.model:
+                self._worked(method)
+            return reply
+
+    async def _ainvoke_model(self, call: Call, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
+        while True:
+            method = self.method
+            bound = self._bound(call.model, call.kind, method)
+            bound = bound.bind(**call.vary) if call.vary else bound
+            try:
+                reply = cast(AIMessage, await bound.ainvoke(messages, config))
+            except Exception as exc:
+                if call.kind != "email" or call.model is not self.model or not self._refused(exc, method):
+                    raise
+                self._switch_method(method, exc)
+                continue
+            if call.kind == "email" and call.model is self.model:
+                self._worked(method)
+            return reply
+
+    def probe_method(self, config: RunnableConfig | None = None) -> str:
+        """Find the structured-output method that works, from the configured one down; remember it."""
+        with self._lock:
+            self.method = self.configured_method
+        probe: list[BaseMessage] = [
+            HumanMessage('Return this JSON object and nothing else: {"subject": "ok", "body": "ok", "citations": []}')
+        ]
+        self._invoke_model(Call("draft", self.model, probe), probe, ensure_config(config))
+        return self.method
+
+    def _step_runnable(self, call: Call) -> Runnable[list[BaseMessage], AIMessage]:
+        """The call as its own child run in the trace, named for the step."""
+        return RunnableLambda(
+            partial(self._invoke_model, call), afunc=partial(self._ainvoke_model, call), name=call.name
+        )
+
+    @staticmethod
+    def _record_check(check: Check, config: RunnableConfig) -> None:
+        def report(_: dict[str, str]) -> dict[str, Any]:
+            return check.report.model_dump()
+
+        RunnableLambda(report, name="validate").invoke({"subject": check.subject, "body": check.body}, config)
+
+    # -- reading replies ----------------------------------------------------------------------------
 
     @staticmethod
     def _draft(reply: AIMessage) -> tuple[EmailDraft | None, str | None]:
-        """The EmailDraft in a reply: tool-call arguments or JSON content, tolerating raw newlines."""
+        """The EmailDraft in a reply: tool-call arguments or JSON content, tolerating common shapes."""
         candidates: list[Any] = [c["args"] for c in reply.tool_calls]
         candidates += [str(c.get("args") or "") for c in reply.invalid_tool_calls]
         candidates.append(str(reply.content or ""))
         preview = " ".join(str(reply.content or "").split())[:80]
-        error = f"the reply was not a JSON email object: {preview!r}"
+        error = f"the reply was not a JSON email object with keys subject, body, citations: {preview!r}"
         if reply.response_metadata.get("finish_reason") == "length":
             error = "the reply was cut off at the output token limit (finish_reason=length); write a shorter email"
         for candidate in candidates:
             data = candidate if isinstance(candidate, dict) else lenient_json(candidate)
             if data is not None:
                 try:
-                    return EmailDraft.model_validate(data), None
+                    return EmailDraft.model_validate(_draft_shape(data)), None
                 except ValidationError as exc:
-                    error = f"the reply's JSON is not an email object: {exc.errors()[0]['msg']}"
+                    error = (
+                        f"the reply's JSON is not an email object ({_field_error(exc)}); keys: subject, body, citations"
+                    )
                     continue
         return None, error
 
-    def _report(self, request: EmailRequest, draft: EmailDraft | None, error: str | None) -> ValidationReport:
-        if draft is None:
-            return ValidationReport(valid=False, issues=[ValidationIssue(code="unparseable", message=error or "")])
-        return validate_draft(draft, request, self.limits)
+    def _judged(self, reply: AIMessage, sentences: list[str]) -> list[ValidationIssue]:
+        """Issues for the sentences the judge found unsupported; an unreadable verdict fails closed."""
+        data = lenient_json(str(reply.content or ""))
+        items = data.get("unsupported") if data is not None else None
+        if not isinstance(items, list):
+            return [
+                ValidationIssue(
+                    code="judge_failed", message="the grounding judge's answer could not be read", field="reply"
+                )
+            ]
+        issues = []
+        for item in items:
+            number: Any = item.get("sentence") if isinstance(item, dict) else item
+            try:
+                index = int(number) - 1
+            except (TypeError, ValueError):
+                continue
+            if 0 <= index < len(sentences):
+                reason = str(item.get("reason", "")).strip() if isinstance(item, dict) else ""
+                issues.append(
+                    ValidationIssue(
+                        code="unsupported_sentence",
+                        message=f"the snippets do not support {sentences[index]!r}" + (f": {reason}" if reason else ""),
+                        field="subject" if index == 0 else "body",
+                    )
+                )
+        return issues
 
-    def _config(self, config: RunnableConfig, local: CostTracker) -> RunnableConfig:
-        callbacks: Any = config.get("callbacks")
-        if isinstance(callbacks, BaseCallbackManager):
-            callbacks = callbacks.copy()
-            callbacks.add_handler(local, inherit=True)
-        else:
-            callbacks = [*(callbacks or []), local]
-        return patch_config(config, callbacks=callbacks)
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def _assess(
+        self, request: EmailRequest, raw: EmailDraft
+    ) -> tuple[EmailDraft, EmailDraft, ValidationReport, list[Normalization]]:
+        """Normalize, assemble the email as sent (cpo's greeting and sign-off around it), validate."""
+        clean, changes = normalize(raw)
+        sent = clean.model_copy(update={"body": body_as_sent(request, clean.body)})
+        return clean, sent, validate_draft(sent, request, self.limits), changes
+
+    def _steps(self, request: EmailRequest, local: CostTracker) -> Steps:
+        """The draft-validate-repair loop, written once for sync and async drivers.
+
+        Yields a Call (receives the reply, or the call's exception thrown in) or a Check (to trace).
+        """
+        started = time.perf_counter()
+        base = self.prompts.render(request, self.limits)
+        model, fallback_used = self.model, False
+        source: Source = self.source
+        call = Call("draft", model, base)
+        sent: EmailDraft | None = None  # the email as sent (cpo's greeting and sign-off included)
+        model_draft: EmailDraft | None = None  # the model's part, normalized
+        report: ValidationReport | None = None
+        changes: list[Normalization] = []
+        valid_raw = False
+        log_: list[Attempt] = []
+        seen: set[str] = set()  # fingerprints of every subject ("s:") and paragraph ("p:") the model wrote
+        attempts = 0
+        repeated = False
+        last_text = ""
+
+        def keep(code: str, message: str) -> None:
+            nonlocal report
+            assert report is not None
+            issue = ValidationIssue(code=code, message=message)
+            report = report.model_copy(update={"valid": False, "issues": [*report.issues, issue]})
+
+        while True:
+            if call.step != "judge":
+                attempts += 1
+            t0 = time.perf_counter()
+            try:
+                try:
+                    reply = yield call
+                except Exception as exc:
+                    if self.fallback is None or fallback_used or call.kind == "judge" or not is_transient(exc):
+                        raise
+                    self._announce_fallback(exc)
+                    model, source, fallback_used = self.fallback, "offline", True
+                    call = Call(call.step, model, call.messages, call.kind)
+                    reply = yield call
+            except STOPPERS as stop:
+                if report is None:
+                    raise
+                log_.append(Attempt(step=call.step, seconds=time.perf_counter() - t0, error=type(stop).__name__))
+                attempts -= call.step != "judge"
+                code = next(code for kind, code in STOPPED.items() if isinstance(stop, kind))
+                keep(code, f"repair not made: {stop}")
+                break
+            except (openai.AuthenticationError, openai.PermissionDeniedError):
+                raise
+            except Exception as exc:
+                if report is None:
+                    raise
+                log_.append(Attempt(step=call.step, seconds=time.perf_counter() - t0, error=type(exc).__name__))
+                code = "judge_failed" if call.step == "judge" else "repair_failed"
+                keep(code, f"the {call.name} call failed: {type(exc).__name__}: {exc}".splitlines()[0])
+                break
+            seconds = time.perf_counter() - t0
+            tokens_in, tokens_out = _tokens(reply)
+
+            if call.step == "judge":
+                assert report is not None and sent is not None
+                issues = self._judged(
+                    reply, sentences_of(f"{sent.subject}\n\n{model_draft.body if model_draft else ''}")
+                )
+                log_.append(
+                    Attempt(
+                        step="judge",
+                        input_tokens=tokens_in,
+                        output_tokens=tokens_out,
+                        seconds=seconds,
+                        issues=[i.code for i in issues],
+                    )
+                )
+                if issues:
+                    report = report.model_copy(update={"valid": False, "issues": [*report.issues, *issues]})
+                    yield Check(report, sent.subject, sent.body)
+            else:
+                previous = report
+                if call.kind == "text":
+                    assert model_draft is not None
+                    raw: EmailDraft | None = _apply(call, model_draft, str(reply.content or ""))
+                    error = None
+                else:
+                    raw, error = self._draft(reply)
+                last_text = str(reply.content or "") or json.dumps([c["args"] for c in reply.tool_calls])
+                if raw is None:
+                    report = ValidationReport(
+                        valid=False, issues=[ValidationIssue(code="unparseable", message=error or "", field="reply")]
+                    )
+                    repeated = False
+                else:
+                    model_draft, sent, report, changes = self._assess(request, raw)
+                    valid_raw = report.valid and not changes
+                    repeated = not report.valid and _repeats(call, model_draft, previous, seen)
+                    seen.add(f"s:{_fingerprint(model_draft.subject)}")
+                    seen.update(f"p:{_fingerprint(p)}" for p in paragraphs(model_draft.body))
+                log_.append(
+                    Attempt(
+                        step=call.step,
+                        input_tokens=tokens_in,
+                        output_tokens=tokens_out,
+                        seconds=seconds,
+                        issues=[i.code for i in report.issues],
+                        repeated=repeated,
+                    )
+                )
+                yield Check(report, sent.subject if sent else "", sent.body if sent else "")
+                if report.valid and self.judge is not None and sent is not None and model_draft is not None:
+                    call = Call(
+                        "judge",
+                        self.judge,
+                        self.prompts.judge(
+                            request, sent.citations, sentences_of(f"{sent.subject}\n\n{model_draft.body}")
+                        ),
+                        kind="judge",
+                    )
+                    continue
+
+            if report.valid or attempts > self.max_repairs:
+                break
+            call = self._next_call(request, base, model, model_draft, last_text, report, repeated, attempts)
+
+        assert report is not None
+        return self._variant(
+            request,
+            sent,
+            report,
+            local=local,
+            started=started,
+            attempts=attempts,
+            source=source,
+            fallback_used=fallback_used,
+            steps=log_,
+            changes=changes if sent is not None else [],
+            valid_raw=valid_raw and report.valid,
+        )
+
+    def _next_call(
+        self,
+        request: EmailRequest,
+        base: list[BaseMessage],
+        model: BaseChatModel,
+        draft: EmailDraft | None,
+        last_text: str,
+        report: ValidationReport,
+        repeated: bool,
+        attempts: int,
+    ) -> Call:
+        """The cheapest request that can fix what failed, varied when the last answer repeated itself.
+
+        Only the subject failed: rewrite the subject. One paragraph holds every located problem: rewrite
+        that paragraph. Only the length failed: add a paragraph, or shorten the longest. Otherwise the
+        whole email is rewritten, in the same conversation, or in a fresh one after a repeated answer.
+        """
+        vary = {"temperature": VARIED_TEMPERATURE, "seed": 1000 + attempts} if repeated else {}
+        issues = report.issues
+        if draft is not None and not any(i.code in WHOLE_EMAIL for i in issues):
+            body_issues = [i for i in issues if i.field != "subject"]
+            cited = draft.citations
+            parts = paragraphs(draft.body)
+            located = [i for i in body_issues if i.code != "body_length"]
+            at = {j for i in located for j, part in enumerate(parts) for e in i.excerpts if e and e in part}
+            if located and len(at) == 1 and all(i.excerpts for i in located):
+                (index,) = at
+                reasons = [i.message for i in located]
+                messages = self.prompts.paragraph_fix(request, cited, parts[index], reasons)
+                return Call("paragraph", model, messages, kind="text", vary=vary, index=index)
+            if body_issues and all(i.code == "body_length" for i in body_issues):
+                sent = body_as_sent(request, draft.body)
+                words, frame = word_count(sent), frame_words(request)
+                if words < self.limits.body_min_words:
+                    messages = self.prompts.extend(
+                        request, cited, draft.body, words, self.limits.body_min_words, self.limits.body_max_words, frame
+                    )
+                    return Call("extend", model, messages, kind="text", vary=vary)
+                index = max(range(len(parts)), key=lambda j: len(parts[j].split()))
+                messages = self.prompts.shorten(parts[index], words, self.limits.body_max_words)
+                return Call("shorten", model, messages, kind="text", vary=vary, index=index)
+            if not body_issues:
+                messages = self.prompts.subject_fix(request, self.limits, draft.subject, report.reasons)
+                return Call("subject", model, messages, kind="text", vary=vary)
+        if repeated:
+            return Call("fresh", model, self.prompts.fresh(request, self.limits, report.reasons), vary=vary)
+        # Only the latest answer is shown back: a short context is faster, and nothing older to copy.
+        previous = draft.model_dump_json() if draft is not None else last_text[:4000]
+        return Call("rewrite", model, [*base, AIMessage(previous), self.prompts.repair(report.reasons)])
 
     def _variant(
         self,
@@ -183,6 +630,9 @@ class EmailChain:
         attempts: int,
         source: Source,
         fallback_used: bool,
+        steps: list[Attempt],
+        changes: list[Normalization],
+        valid_raw: bool,
     ) -> EmailVariant:
         subject, body = (draft.subject.strip(), draft.body.strip()) if draft else ("", "")
         citations = []
@@ -210,61 +660,9 @@ class EmailChain:
             source=source,
             fallback_used=fallback_used,
             run_id=str(run_ids[0]) if run_ids else None,
-        )
-
-    def _steps(self, request: EmailRequest, messages: list[BaseMessage], local: CostTracker) -> Steps:
-        """The generate-validate-repair loop, written once for sync and async drivers.
-
-        Yields (model, messages) to call; receives the reply, or the call's exception thrown in. A
-        transient failure (retries exhausted) switches to the offline fallback once, when configured.
-        A budget refusal, a deadline or an interruption after a paid reply returns that reply's draft,
-        marked invalid with the reason; before any paid reply, it raises.
-        """
-        started = time.perf_counter()
-        model, fallback_used = self.model, False
-        source: Source = self.source
-        draft: EmailDraft | None = None
-        report: ValidationReport | None = None
-        attempts = 0
-        while attempts <= self.max_repairs:
-            attempts += 1
-            try:
-                try:
-                    output = yield model, messages
-                except Exception as exc:
-                    if self.fallback is None or fallback_used or not is_transient(exc):
-                        raise
-                    self._announce_fallback(exc)
-                    model, source, fallback_used = self.fallback, "offline", True
-                    output = yield model, messages
-            except STOPPERS as stop:
-                if report is None:
-                    raise
-                attempts -= 1
-                code = next(code for kind, code in STOPPED.items() if isinstance(stop, kind))
-                report = report.model_copy(
-                    update={
-                        "valid": False,
-                        "issues": [*report.issues, ValidationIssue(code=code, message=f"repair not made: {stop}")],
-                    }
-                )
-                break
-            draft, error = self._draft(output)
-            report = self._report(request, draft, error)
-            if report.valid:
-                break
-            previous = draft.model_dump_json() if draft else str(output.content)
-            messages = [*messages, AIMessage(previous), self.prompts.repair(report.reasons)]
-        assert report is not None
-        return self._variant(
-            request,
-            draft,
-            report,
-            local=local,
-            started=started,
-            attempts=attempts,
-            source=source,
-            fallback_used=fallback_used,
+            steps=steps,
+            normalizations=changes,
+            valid_before_normalization=valid_raw,
         )
 
     def _announce_fallback(self, exc: Exception) -> None:
@@ -280,46 +678,61 @@ class EmailChain:
                 brief,
             )
 
-    def _start(self, request: Any, config: RunnableConfig) -> tuple[Steps, RunnableConfig]:
+    # -- Runnable -----------------------------------------------------------------------------------
+
+    def _prepare(self, request: Any, config: RunnableConfig | None) -> tuple[EmailRequest, CostTracker, RunnableConfig]:
         request = request if isinstance(request, EmailRequest) else EmailRequest.model_validate(request)
         local = CostTracker(prices=self.prices)
-        steps = self._steps(request, self.prompts.render(request, self.limits), local)
-        return steps, self._config(config, local)
+        config = ensure_config(config)
+        callbacks: Any = config.get("callbacks")
+        if isinstance(callbacks, BaseCallbackManager):
+            callbacks = callbacks.copy()
+            callbacks.add_handler(local, inherit=True)
+        else:
+            callbacks = [*(callbacks or []), local]
+        name = config.get("run_name") or f"email {request.segment.name} / {request.tone}"
+        return request, local, patch_config(config, callbacks=callbacks, run_name=name)
 
     @staticmethod
-    def _advance(
-        steps: Steps, output: AIMessage | None = None, error: BaseException | None = None
-    ) -> Step | EmailVariant:
-        """The next call the loop wants, or the finished variant; an error it does not handle propagates."""
+    def _advance(steps: Steps, sent: Any = None, error: BaseException | None = None) -> Call | Check | EmailVariant:
+        """The next thing the loop wants, or the finished variant; an error it does not handle propagates."""
         try:
             if error is not None:
                 return steps.throw(error)
-            return next(steps) if output is None else steps.send(output)
+            return next(steps) if sent is None else steps.send(sent)
         except StopIteration as done:
             return cast(EmailVariant, done.value)
 
-    def invoke(self, request: Any, config: RunnableConfig) -> EmailVariant:
-        steps, sub = self._start(request, config)
+    def _drive(self, request: EmailRequest, local: CostTracker, config: RunnableConfig) -> EmailVariant:
+        steps = self._steps(request, local)
         with deadline_scope(self.deadline_s):
             step = self._advance(steps)
             while not isinstance(step, EmailVariant):
+                if isinstance(step, Check):
+                    self._record_check(step, config)
+                    step = self._advance(steps)
+                    continue
                 try:
-                    output = self._call(*step, sub)
+                    reply = self._step_runnable(step).invoke(step.messages, config)
                 except Exception as exc:
                     step = self._advance(steps, error=exc)
                     continue
-                step = self._advance(steps, output)
+                step = self._advance(steps, reply)
             return step
 
-    async def ainvoke(self, request: Any, config: RunnableConfig) -> EmailVariant:
-        steps, sub = self._start(request, config)
+    async def _adrive(self, request: EmailRequest, local: CostTracker, config: RunnableConfig) -> EmailVariant:
+        steps = self._steps(request, local)
         stop = current_stop.get()
         with deadline_scope(self.deadline_s):
             step = self._advance(steps)
             while not isinstance(step, EmailVariant):
+                if isinstance(step, Check):
+                    self._record_check(step, config)
+                    step = self._advance(steps)
+                    continue
                 try:
-                    call = self._acall(*step, sub)
-                    output = await (call if stop is None else stop.run(call))
+                    call = self._step_runnable(step).ainvoke(step.messages, config)
+                    reply = await (call if stop is None else stop.run(call))
                 except asyncio.CancelledError:
                     if stop is None or not stop.stopped_this():
                         raise
@@ -328,28 +741,20 @@ class EmailChain:
                 except Exception as exc:
                     step = self._advance(steps, error=exc)
                     continue
-                step = self._advance(steps, output)
+                step = self._advance(steps, reply)
             return step
 
-    def _call(self, model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
-        while True:
-            method = self.method
-            try:
-                return cast(AIMessage, self._bound(model, method).invoke(messages, config))
-            except Exception as exc:
-                if model is not self.model or not self._refused(exc):
-                    raise
-                self._next_method(method)
+    def invoke(
+        self, input: EmailRequest | dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> EmailVariant:
+        request, local, config = self._prepare(input, config)
+        return self._call_with_config(partial(self._drive, local=local), request, config)
 
-    async def _acall(self, model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
-        while True:
-            method = self.method
-            try:
-                return cast(AIMessage, await self._bound(model, method).ainvoke(messages, config))
-            except Exception as exc:
-                if model is not self.model or not self._refused(exc):
-                    raise
-                self._next_method(method)
+    async def ainvoke(
+        self, input: EmailRequest | dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> EmailVariant:
+        request, local, config = self._prepare(input, config)
+        return await self._acall_with_config(partial(self._adrive, local=local), request, config)
 
 
 def build_email_chain(
@@ -361,18 +766,32 @@ def build_email_chain(
     settings: Settings | None = None,
     prices: PriceBook | None = None,
     offline_fallback: bool | None = None,
-) -> Runnable[EmailRequest, EmailVariant]:
-    """A Runnable that turns an EmailRequest into a validated (or honestly invalid) EmailVariant."""
+    judge: BaseChatModel | bool = False,
+    notes: EndpointNotes | None = None,
+) -> EmailChain:
+    """A Runnable that turns an EmailRequest into a validated (or honestly invalid) EmailVariant.
+
+    `judge=True` checks each sentence of a draft that passed the rules with the same model (or pass a
+    model); its unsupported sentences are repaired like any other violation, and its calls are billed
+    to the email. `notes` keeps what was learned about the endpoint (see `cpo.endpoints`).
+    """
     if max_repairs < 0:
         raise ValueError("max_repairs must be >= 0")
     settings = settings or Settings()
     model = model or build_chat_model(settings)
     source = model_source(model)
-    method = settings.structured_output_method
+    configured = settings.structured_output_method
+    method = configured
     if method == "auto":
         method = "function_calling" if source == "offline" else "json_schema"
+    judge_model = model if judge is True else (judge or None)
+    if judge_model is not None and model_source(judge_model) == "offline":
+        raise ConfigError("the offline drafting model cannot judge grounding; configure an endpoint to use --judge")
+    if notes is None:
+        ledger = settings.ledger_requested
+        notes = notes_for(ledger.parent / "endpoints.json" if ledger is not None else None)
     use_fallback = settings.offline_fallback if offline_fallback is None else offline_fallback
-    chain = EmailChain(
+    return EmailChain(
         model,
         prompts=PromptSet.load(prompts_dir or settings.prompts_dir),
         limits=limits or ValidationLimits(),
@@ -382,5 +801,7 @@ def build_email_chain(
         fallback=OfflineChatModel() if use_fallback and source != "offline" else None,
         max_output_tokens=settings.max_output_tokens,
         deadline_s=settings.email_deadline,
+        judge=judge_model,
+        notes=notes,
+        remember_method=configured == "auto",
     )
-    return RunnableLambda(chain.invoke, afunc=chain.ainvoke, name="email")
