@@ -39,6 +39,7 @@ SEGMENTS = ("High-Value Recent", "New Customer")  # Gold tier credit, and the $9
 TONES = ("urgent", "informational", "friendly", "control")
 QUICK = (("High-Value Recent", "urgent"), ("New Customer", "informational"))
 RECORD_PORT = 8766
+STEPS = ("draft", "rewrite", "fresh", "subject", "paragraph", "extend", "shorten", "judge")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -63,7 +64,7 @@ def describe(variant: Any, wall_s: float) -> list[str]:
         + (", ".join(n.code for n in variant.normalizations) or "none")
     )
     for step in variant.steps:
-        flags = " REPEATED" if step.repeated else ""
+        flags = (" REPEATED" if step.repeated else "") + (" (varied)" if step.varied else "")
         failed = f" failed: {','.join(step.issues)}" if step.issues else ""
         error = f" error: {step.error}" if step.error else ""
         lines.append(
@@ -169,7 +170,13 @@ def run(server: Any, args: argparse.Namespace) -> int:
             variant = chain.invoke(request, {"callbacks": [tracker]})
         wall = time.perf_counter() - started
         print("\n".join(describe(variant, wall)), flush=True)
-        results.append({"wall_s": round(wall, 2), "variant": json.loads(variant.model_dump_json())})
+        results.append(
+            {
+                "cassette": cassette_name(segment, tone),
+                "wall_s": round(wall, 2),
+                "variant": json.loads(variant.model_dump_json()),
+            }
+        )
 
     variants = [r["variant"] for r in results]
     valid = [v for v in variants if v["validation"]["valid"]]
@@ -180,7 +187,7 @@ def run(server: Any, args: argparse.Namespace) -> int:
         1
         for v in variants
         for before, after in zip(v["steps"], v["steps"][1:], strict=False)
-        if before["repeated"] and after["step"] not in ("fresh", "subject")
+        if before["repeated"] and not after["varied"]
     )
     totals = {
         "emails": len(variants),
@@ -196,8 +203,9 @@ def run(server: Any, args: argparse.Namespace) -> int:
         "output_tokens": tracker.session.output_tokens,
         "repeated_answers": repeated,
         "repeats_asked_again_unvaried": repeated_unvaried,
-        "steps": {k: sum(s["step"] == k for s in steps) for k in ("draft", "rewrite", "subject", "fresh", "judge")},
+        "steps": {k: n for k in STEPS if (n := sum(s["step"] == k for s in steps))},
         "wall_s": round(time.perf_counter() - started_all, 1),
+        "method": chain.method,
     }
     print(
         f"\ntotals: {totals['valid']} of {totals['emails']} valid ({totals['valid_first_time']} first time, "
@@ -213,6 +221,7 @@ def run(server: Any, args: argparse.Namespace) -> int:
     out = RESULTS / f"real_model-{'quick' if args.quick else 'full'}-{stamp}.json"
     settings_used = {
         "model": server.model_alias,
+        "base_url": server.base_url,
         "server": f"llama-cpp-python {local_llm.LLAMA_CPP_VERSION}, --n_threads 2",
         "temperature": args.temperature,
         "seed": args.seed,
@@ -222,7 +231,10 @@ def run(server: Any, args: argparse.Namespace) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "command": " ".join(["python", "benchmarks/real_model.py", *sys.argv[1:]]),
     }
-    out.write_text(json.dumps({"settings": settings_used, "totals": totals, "emails": results}, indent=2) + "\n")
+    report = json.dumps({"settings": settings_used, "totals": totals, "emails": results}, indent=2) + "\n"
+    out.write_text(report)
+    if args.record:
+        (args.record / "summary.json").write_text(report)
     print(f"wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
     return 0
 

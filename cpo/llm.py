@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from cpo.settings import Settings
 log = logging.getLogger(__name__)
 
 Source = Literal["azure", "openai-compatible", "offline"]
+REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 DEADLINE_SLACK_S = 0.05
 
@@ -165,7 +167,19 @@ class CpoAzureChatOpenAI(ResilientChatModel, AzureChatOpenAI):
 
 
 class CpoChatOpenAI(ResilientChatModel, ChatOpenAI):
-    """ChatOpenAI (any OpenAI-compatible server) plus cpo's call promises."""
+    """ChatOpenAI (any OpenAI-compatible server) plus cpo's call promises.
+
+    The output limit goes out as `max_tokens`, the field every OpenAI-compatible server reads:
+    langchain-openai sends only `max_completion_tokens`, which llama-cpp-python's server ignores, so
+    the limit (and the budget's worst case built on it) silently did not hold there. Reasoning models
+    (o1, o3, gpt-5 ...) accept only the new field and keep it.
+    """
+
+    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = super()._get_request_payload(input_, stop=stop, **kwargs)
+        if "max_completion_tokens" in payload and not REASONING_MODEL.match(self.model_name or ""):
+            payload["max_tokens"] = payload.pop("max_completion_tokens")
+        return payload
 
 
 def _as_completion(response: dict[str, Any]) -> Any:

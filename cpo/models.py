@@ -153,7 +153,8 @@ class Attempt(BaseModel):
     output_tokens: int = 0
     seconds: float = 0.0
     issues: list[str] = Field(default_factory=list, description="codes of the checks it failed")
-    repeated: bool = Field(False, description="the answer repeated an earlier attempt's subject or opening")
+    repeated: bool = Field(False, description="the answer gave back what it was asked to change")
+    varied: bool = Field(False, description="sent with varied sampling (temperature, seed) after a repeated answer")
     error: str | None = None
 
 

@@ -35,6 +35,7 @@ PLACEHOLDERS = {
     "system.txt": {
         "brand",
         "subject_max",
+        "subject_target",
         "subject_words",
         "body_min",
         "body_max",
@@ -51,7 +52,7 @@ PLACEHOLDERS = {
     "fresh.txt": {"violations"},
     "subject.txt": {"violations", "subject", "subject_max", "offer"},
     "paragraph.txt": {"violations", "paragraph", "words", "snippets"},
-    "extend.txt": {"words", "low", "high", "add_low", "add_high", "snippets", "body"},
+    "extend.txt": {"words", "low", "high", "add_low", "add_high", "sentences", "snippets", "body"},
     "shorten.txt": {"words", "high", "paragraph", "paragraph_words", "target"},
     "judge.txt": {"offer", "snippets", "sentences"},
 }
@@ -152,14 +153,15 @@ class PromptSet:
     ) -> list[BaseMessage]:
         """Ask for one more paragraph worth the missing words: adding is what a too-short draft needs."""
         missing = low - words
-        add_low = max(25, missing + 5)
-        add_high = max(add_low + 10, min(high - words - 5, add_low + 25))
+        add_low = max(20, missing + 5)
+        add_high = max(add_low + 10, min(high - words - 10, add_low + 20))
         text = self.texts["extend.txt"].format(
             words=words,
             low=low,
             high=high,
             add_low=add_low,
             add_high=add_high,
+            sentences="2" if add_high <= 40 else "2 or 3",
             snippets=_snippet_lines(request, cited),
             body=body,
         )
@@ -168,7 +170,7 @@ class PromptSet:
     def shorten(self, paragraph: str, words: int, high: int) -> list[BaseMessage]:
         """Ask to cut the longest paragraph by the excess words (and a margin)."""
         own = len(paragraph.split())
-        target = max(15, own - (words - high) - 5)
+        target = max(15, own - (words - high) - 10)  # models overshoot a word target
         text = self.texts["shorten.txt"].format(
             words=words, high=high, paragraph=paragraph, paragraph_words=own, target=target
         )
@@ -211,7 +213,8 @@ def system_fields(request: EmailRequest, limits: ValidationLimits) -> dict[str, 
     return {
         "brand": sender.brand,
         "subject_max": limits.subject_max_chars,
-        "subject_words": max(2, limits.subject_max_chars // 7),
+        "subject_words": max(4, limits.subject_max_chars // 8),
+        "subject_target": max(10, limits.subject_max_chars * 5 // 6),  # models overshoot a character limit
         "body_min": limits.body_min_words,
         "body_max": limits.body_max_words,
         "words_min": per_low * PARAGRAPHS,

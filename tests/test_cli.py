@@ -356,3 +356,28 @@ def test_generate_and_try_prompts_record_their_calls_in_the_ledger(capsys: pytes
     assert code == 0
     sessions = {s["name"]: s["calls"] for s in json.loads(out)}
     assert sessions == {"cpo generate --segment 'New Customer'": 1, "cpo try-prompts": 3}
+
+
+def test_judge_needs_a_real_model(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "generate", "--segment", "New Customer", "--judge")
+    assert code == 2
+    assert err.strip() == (
+        "error: the offline drafting model cannot judge grounding; configure an endpoint to use --judge"
+    )
+
+
+def test_a_bad_sender_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    sender = tmp_path / "sender.yaml"
+    sender.write_text('brand: Acme\ngreeting: "Hello,"\n', encoding="utf-8")
+    code, _, err = run_cli(capsys, "run", "--sender", str(sender))
+    assert code == 2 and not Path("runs").exists()
+    assert err.startswith(f"error: {sender}: greeting: Value error, the greeting must contain {{name}}")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_sender_signs_the_emails(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    sender = tmp_path / "sender.yaml"
+    sender.write_text('brand: Acme\ngreeting: "Dear {name},"\nsign_off: "Cheers,\\nAcme"\n', encoding="utf-8")
+    code, out, _ = run_cli(capsys, "generate", "--segment", "New Customer", "--sender", str(sender), "--json")
+    body = json.loads(out)["body"]
+    assert code == 0 and body.startswith('Dear {{ first_name | default: "there" }},') and body.endswith("Cheers,\nAcme")

@@ -83,7 +83,7 @@ def test_the_prompt_leaves_nothing_to_invent_and_names_the_json_keys() -> None:
     system, _ = PromptSet.load().render(request, ValidationLimits())
     text = str(system.content)
     assert '"subject" (a string)' in text and '"body"' in text and '"citations"' in text
-    assert 'cpo puts "Hi there," before your paragraphs' in text
+    assert 'we put "Hi there," before your paragraphs' in text
     assert "The Northwind Plus team" in text and "square brackets" in text
     # 3 paragraphs of 50-60 words plus cpo's 8 words of greeting and sign-off sit inside 150-200.
     assert "3 short paragraphs" in text and "50-60 words each" in text
@@ -144,7 +144,7 @@ def test_a_subject_only_violation_gets_a_small_subject_only_call(live_server: An
     assert [s.step for s in variant.steps] == ["draft", "subject"]
     fix = live_server.requests[1]
     assert "response_format" not in fix and "tools" not in fix  # plain text, not a whole structured email
-    assert fix.get("max_completion_tokens", fix.get("max_tokens")) == 64
+    assert fix.get("max_completion_tokens", fix.get("max_tokens")) == 96
     prompt = fix["messages"][-1]["content"]
     assert f"the subject is {len(long_subject)} characters; rewrite it in at most 60" in prompt
     assert answer["body"][:40] not in prompt  # the body is not sent again
@@ -182,7 +182,7 @@ def test_a_short_body_gets_one_more_paragraph_not_a_rewrite(live_server: Any) ->
     assert [s.step for s in variant.steps] == ["draft", "extend"]
     extend = live_server.requests[1]
     assert "tools" not in extend and "response_format" not in extend
-    assert "Write one more paragraph of" in extend["messages"][-1]["content"]
+    assert "Write one more paragraph for it: 2 or 3 sentences, 47-67 words" in extend["messages"][-1]["content"]
     body_paragraphs = variant.body.split("\n\n")
     assert body_paragraphs[-3] == dropped  # inserted before the closing paragraph, label removed
 
@@ -424,3 +424,32 @@ def test_a_run_name_given_by_the_caller_wins() -> None:
     )
     assert tracer.runs[0].name == "mine"
     assert isinstance(tracer.runs[0].id, UUID)
+
+
+@pytest.mark.live_server
+def test_one_repair_round_fixes_each_failing_part_once(live_server: Any) -> None:
+    """A paragraph fix and a subject fix are one repair: each part that failed is rewritten once."""
+    request = BUNDLE.request(SEGMENT, "urgent")
+    answer = good(request)
+    parts = answer["body"].split("\n\n")
+    broken = parts[1].replace(".", " at [Shop URL].", 1)
+    draft = {**answer, "subject": "x" * 70, "body": "\n\n".join([parts[0], broken, *parts[2:]])}
+    live_server.script(
+        MODEL, ok(as_json(draft), model=MODEL), ok(parts[1], model=MODEL), ok("Your Gold upgrade", model=MODEL)
+    )
+    settings = Settings(openai_base_url=f"{live_server.endpoint}/v1", model_name=MODEL)
+    chain = build_email_chain(build_chat_model(settings), settings=settings, notes=EndpointNotes(), max_repairs=1)
+    variant = chain.invoke(request)
+    assert variant.valid, variant.validation.reasons
+    assert [s.step for s in variant.steps] == ["draft", "paragraph", "subject"]
+    assert variant.attempts == 2 and variant.usage.calls == 3
+
+
+@pytest.mark.live_server
+def test_an_openai_compatible_server_gets_the_output_limit_as_max_tokens(live_server: Any) -> None:
+    """llama-cpp-python's server reads only `max_tokens`; `max_completion_tokens` alone was ignored there."""
+    request = BUNDLE.request(SEGMENT, "friendly")
+    live_server.script(MODEL, ok(as_json(good(request)), model=MODEL))
+    chain_for(live_server, max_output_tokens=640).invoke(request)
+    sent = live_server.requests[0]
+    assert sent["max_tokens"] == 640 and "max_completion_tokens" not in sent

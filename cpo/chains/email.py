@@ -80,10 +80,12 @@ STOPPED: dict[type[Exception], str] = {
     Interrupted: "interrupted",
 }
 STOPPERS = tuple(STOPPED)
-SUBJECT_FIX_MAX_TOKENS = 64
+SUBJECT_FIX_MAX_TOKENS = 96  # three candidate lines
+PARAGRAPH_MAX_TOKENS = 300  # one paragraph of at most ~100 words, with room to spare
 JUDGE_MAX_TOKENS = 400
 # A varied retry after a repeated answer: warmer sampling and a new seed per attempt.
 VARIED_TEMPERATURE = 0.9
+LIST_MARK = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 REPLY_LABEL = re.compile(r"^\s*(?:new\s+)?(?:subject(?: line)?|paragraph)\s*:\s*", re.IGNORECASE)
 # Problems a targeted repair cannot fix: the whole email is asked for again.
 WHOLE_EMAIL = frozenset({"unparseable", "unknown_citation", "too_few_citations", "body_format"})
@@ -100,6 +102,7 @@ class Call:
     kind: str = "email"  # "email" (structured), "text" (plain), "judge" (JSON object)
     vary: dict[str, Any] = field(default_factory=dict)
     index: int = -1  # the paragraph a "paragraph" or "shorten" call rewrites
+    max_tokens: int | None = None  # a plain-text call's own output limit
 
     @property
     def name(self) -> str:
@@ -175,8 +178,17 @@ def _paragraph_text(text: str) -> str:
     return " ".join(body.split())
 
 
+def subject_candidates(text: str) -> list[str]:
+    """The subject lines of a subject-fix reply (it asks for 3), numbering, labels and quotes removed."""
+    lines = [LIST_MARK.sub("", line) for line in text.strip().splitlines() if line.strip()]
+    return list(dict.fromkeys(c for c in (_subject_line(line) for line in lines) if c))
+
+
 def _apply(call: Call, draft: EmailDraft, text: str) -> EmailDraft:
-    """The draft with a targeted repair's answer put in its place (an empty answer changes nothing)."""
+    """The draft with a targeted repair's answer put in its place (an empty answer changes nothing).
+
+    A subject answer is a list of candidates; the chain picks among them before this is called.
+    """
     if call.step == "subject":
         subject = _subject_line(text)
         return draft.model_copy(update={"subject": subject}) if subject else draft
@@ -189,6 +201,11 @@ def _apply(call: Call, draft: EmailDraft, text: str) -> EmailDraft:
     elif 0 <= call.index < len(parts):
         parts[call.index] = new
     return draft.model_copy(update={"body": "\n\n".join(parts)})
+
+
+def _part(call: Call) -> str:
+    """The part of the email a call writes: the subject, the body, or all of it."""
+    return {"subject": "subject", "paragraph": "body", "extend": "body", "shorten": "body"}.get(call.step, "email")
 
 
 def _repeats(call: Call, draft: EmailDraft, previous: ValidationReport | None, seen: set[str]) -> bool:
@@ -270,7 +287,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
             if key not in self._bound_models:
                 bound: Runnable[Any, Any]
                 if method == "text":
-                    bound = model.bind(max_tokens=SUBJECT_FIX_MAX_TOKENS)
+                    bound = model  # each plain-text call carries its own max_tokens
                 elif method == "judge":
                     bound = model.bind(
                         response_format={"type": "json_object"},
@@ -317,7 +334,8 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         while True:
             method = self.method
             bound = self._bound(call.model, call.kind, method)
-            bound = bound.bind(**call.vary) if call.vary else bound
+            extra = {**call.vary, **({"max_tokens": call.max_tokens} if call.max_tokens else {})}
+            bound = bound.bind(**extra) if extra else bound
             try:
                 reply = cast(AIMessage, bound.invoke(messages, config))
             except Exception as exc:
@@ -333,7 +351,8 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         while True:
             method = self.method
             bound = self._bound(call.model, call.kind, method)
-            bound = bound.bind(**call.vary) if call.vary else bound
+            extra = {**call.vary, **({"max_tokens": call.max_tokens} if call.max_tokens else {})}
+            bound = bound.bind(**extra) if extra else bound
             try:
                 reply = cast(AIMessage, await bound.ainvoke(messages, config))
             except Exception as exc:
@@ -430,6 +449,18 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         sent = clean.model_copy(update={"body": body_as_sent(request, clean.body)})
         return clean, sent, validate_draft(sent, request, self.limits), changes
 
+    def _best_subject(self, request: EmailRequest, draft: EmailDraft, text: str) -> str:
+        """The candidate subject that breaks the fewest rules (the first of equals): the model wrote them all."""
+        candidates = subject_candidates(text)
+        if not candidates:
+            return text
+
+        def broken(subject: str) -> int:
+            _, _, report, _ = self._assess(request, draft.model_copy(update={"subject": subject}))
+            return sum(i.field == "subject" for i in report.issues)
+
+        return min(candidates, key=broken)
+
     def _steps(self, request: EmailRequest, local: CostTracker) -> Steps:
         """The draft-validate-repair loop, written once for sync and async drivers.
 
@@ -457,9 +488,13 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
             issue = ValidationIssue(code=code, message=message)
             report = report.model_copy(update={"valid": False, "issues": [*report.issues, issue]})
 
+        round_parts: set[str] = set()  # what the current repair round has fixed: "subject", "body"
+        same_round = False
         while True:
-            if call.step != "judge":
+            if call.step != "judge" and not same_round:
                 attempts += 1
+                round_parts = set()
+            round_parts.add(_part(call))
             t0 = time.perf_counter()
             try:
                 try:
@@ -475,7 +510,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 if report is None:
                     raise
                 log_.append(Attempt(step=call.step, seconds=time.perf_counter() - t0, error=type(stop).__name__))
-                attempts -= call.step != "judge"
+                attempts -= call.step != "judge" and not same_round
                 code = next(code for kind, code in STOPPED.items() if isinstance(stop, kind))
                 keep(code, f"repair not made: {stop}")
                 break
@@ -512,7 +547,12 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 previous = report
                 if call.kind == "text":
                     assert model_draft is not None
-                    raw: EmailDraft | None = _apply(call, model_draft, str(reply.content or ""))
+                    text = str(reply.content or "")
+                    if reply.response_metadata.get("finish_reason") == "length":
+                        text = ""  # cut off mid-sentence: not put into the email (asked again, varied)
+                    if call.step == "subject":
+                        text = self._best_subject(request, model_draft, text)
+                    raw: EmailDraft | None = _apply(call, model_draft, text)
                     error = None
                 else:
                     raw, error = self._draft(reply)
@@ -536,6 +576,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                         seconds=seconds,
                         issues=[i.code for i in report.issues],
                         repeated=repeated,
+                        varied=bool(call.vary),
                     )
                 )
                 yield Check(report, sent.subject if sent else "", sent.body if sent else "")
@@ -550,9 +591,19 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                     )
                     continue
 
-            if report.valid or attempts > self.max_repairs:
+            if report.valid:
                 break
-            call = self._next_call(request, base, model, model_draft, last_text, report, repeated, attempts)
+            following = self._next_call(request, base, model, model_draft, last_text, report, repeated, attempts)
+            # A repair round fixes each failing part once: a subject fix may follow a paragraph fix in the same round.
+            same_round = (
+                call.kind == "text"
+                and following.kind == "text"
+                and _part(following) not in round_parts
+                and not repeated
+            )
+            if not same_round and attempts > self.max_repairs:
+                break
+            call = following
 
         assert report is not None
         return self._variant(
@@ -598,7 +649,9 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 (index,) = at
                 reasons = [i.message for i in located]
                 messages = self.prompts.paragraph_fix(request, cited, parts[index], reasons)
-                return Call("paragraph", model, messages, kind="text", vary=vary, index=index)
+                return Call(
+                    "paragraph", model, messages, kind="text", vary=vary, index=index, max_tokens=PARAGRAPH_MAX_TOKENS
+                )
             if body_issues and all(i.code == "body_length" for i in body_issues):
                 sent = body_as_sent(request, draft.body)
                 words, frame = word_count(sent), frame_words(request)
@@ -606,13 +659,15 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                     messages = self.prompts.extend(
                         request, cited, draft.body, words, self.limits.body_min_words, self.limits.body_max_words, frame
                     )
-                    return Call("extend", model, messages, kind="text", vary=vary)
+                    return Call("extend", model, messages, kind="text", vary=vary, max_tokens=PARAGRAPH_MAX_TOKENS)
                 index = max(range(len(parts)), key=lambda j: len(parts[j].split()))
                 messages = self.prompts.shorten(parts[index], words, self.limits.body_max_words)
-                return Call("shorten", model, messages, kind="text", vary=vary, index=index)
+                return Call(
+                    "shorten", model, messages, kind="text", vary=vary, index=index, max_tokens=PARAGRAPH_MAX_TOKENS
+                )
             if not body_issues:
                 messages = self.prompts.subject_fix(request, self.limits, draft.subject, report.reasons)
-                return Call("subject", model, messages, kind="text", vary=vary)
+                return Call("subject", model, messages, kind="text", vary=vary, max_tokens=SUBJECT_FIX_MAX_TOKENS)
         if repeated:
             return Call("fresh", model, self.prompts.fresh(request, self.limits, report.reasons), vary=vary)
         # Only the latest answer is shown back: a short context is faster, and nothing older to copy.
