@@ -450,6 +450,10 @@ def probe(server: LlamaServer) -> None:
         messages = [{"role": "user", "content": content}]
         return client.chat.completions.create(model=model, messages=messages, **kwargs)
 
+    def load() -> str:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+    print(f"os.cpu_count() {os.cpu_count()}, load average {load()} (other CPU load skews every timing below)")
     chat("Warm up.", max_tokens=1)
     for items in (40, 120):
         filler = " ".join(f"Item {i}: the customer bought plan {i % 7} in month {i % 12}." for i in range(items))
@@ -491,8 +495,9 @@ def probe(server: LlamaServer) -> None:
         thread.join()
     both = max(end for _, end in spans)
     ends = ", ".join(f"{end:.2f} s" for _, end in sorted(spans))
-    verdict = "in parallel" if both < 1.5 * alone else "one at a time"
-    print(f"concurrency: 1 request {alone:.2f} s; 2 at once {both:.2f} s (ends {ends}) -> {verdict}")
+    ratio = both / alone
+    verdict = "one at a time" if ratio >= 1.7 else "in parallel" if ratio <= 1.3 else "unclear (other CPU load?)"
+    print(f"concurrency: 1 request {alone:.2f} s; 2 at once {both:.2f} s (ends {ends}), x{ratio:.2f} -> {verdict}")
 
     schema = {
         "type": "object",
@@ -527,6 +532,7 @@ def probe(server: LlamaServer) -> None:
     }
     for label, texts in runs.items():
         print(f"{label}: {texts}")
+    print(f"load average at the end: {load()}")
 
 
 def main(argv: list[str] | None = None) -> int:

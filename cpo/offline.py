@@ -132,20 +132,13 @@ FILLERS = {
 
 
 def _trait(profile: dict[str, str]) -> str:
-    """A qualitative phrase from the profile: figures guide the wording, they are never stated."""
-
-    def num(key: str) -> float | None:
-        try:
-            return float(profile.get(key, ""))
-        except ValueError:
-            return None
-
-    days, orders = num("days since last purchase"), num("orders per year")
-    if days is not None and days > 90:
+    """A qualitative phrase from the profile (its figures arrive as words: `cpo.prompts.PROFILE_WORDS`)."""
+    last, orders = profile.get("last purchase", ""), profile.get("orders", "")
+    if last == "long ago":
         return "the orders you have placed with us over time"
-    if orders is not None and orders >= 12:
+    if orders == "frequent":
         return "shopping with us so often"
-    if days is not None and days <= 30:
+    if last == "recent":
         return "your recent order"
     return "shopping with us"
 

@@ -161,7 +161,7 @@ class PromptSet:
             high=high,
             add_low=add_low,
             add_high=add_high,
-            sentences="2" if add_high <= 40 else "2 or 3",
+            sentences="one sentence" if add_high <= 25 else ("2 sentences" if add_high <= 45 else "3 sentences"),
             snippets=_snippet_lines(request, cited),
             body=body,
         )
@@ -227,8 +227,30 @@ def system_fields(request: EmailRequest, limits: ValidationLimits) -> dict[str, 
     }
 
 
+# The known numeric features, in words: a model shown "days since last purchase: 9" writes "9 days"
+# into the email, a figure no snippet backs. Words guide the emphasis and leave nothing to quote.
+PROFILE_WORDS: dict[str, tuple[str, tuple[tuple[float, str], ...], str]] = {
+    "days_since_last_purchase": (
+        "last purchase",
+        ((30, "recent"), (90, "a few months ago")),
+        "long ago",
+    ),
+    "orders_per_year": ("orders", ((3, "occasional"), (11, "regular")), "frequent"),
+    "avg_order_value_usd": ("order size", ((75, "small"), (300, "medium")), "large"),
+}
+
+
+def _in_words(key: str, value: object) -> tuple[str, object]:
+    known = PROFILE_WORDS.get(key)
+    if known is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return key.replace("_", " "), value
+    label, bands, top = known
+    return label, next((word for limit, word in bands if value <= limit), top)
+
+
 def render_profile(features: Mapping[str, object]) -> str:
-    return "; ".join(f"{key.replace('_', ' ')}: {value}" for key, value in features.items())
+    """'tier: Gold; last purchase: recent; orders: frequent; order size: medium' (known figures in words)."""
+    return "; ".join(f"{label}: {value}" for label, value in (_in_words(k, v) for k, v in features.items()))
 
 
 def render_fields(request: EmailRequest, tone_instructions: str) -> dict[str, str]:

@@ -182,7 +182,7 @@ def test_a_short_body_gets_one_more_paragraph_not_a_rewrite(live_server: Any) ->
     assert [s.step for s in variant.steps] == ["draft", "extend"]
     extend = live_server.requests[1]
     assert "tools" not in extend and "response_format" not in extend
-    assert "Write one more paragraph for it: 2 or 3 sentences, 47-67 words" in extend["messages"][-1]["content"]
+    assert "Write 3 sentences to add to it, 47-67 words in all" in extend["messages"][-1]["content"]
     body_paragraphs = variant.body.split("\n\n")
     assert body_paragraphs[-3] == dropped  # inserted before the closing paragraph, label removed
 
@@ -428,20 +428,20 @@ def test_a_run_name_given_by_the_caller_wins() -> None:
 
 @pytest.mark.live_server
 def test_one_repair_round_fixes_each_failing_part_once(live_server: Any) -> None:
-    """A paragraph fix and a subject fix are one repair: each part that failed is rewritten once."""
+    """A subject fix and a paragraph fix are one repair: each part that failed is rewritten once, subject first."""
     request = BUNDLE.request(SEGMENT, "urgent")
     answer = good(request)
     parts = answer["body"].split("\n\n")
     broken = parts[1].replace(".", " at [Shop URL].", 1)
     draft = {**answer, "subject": "x" * 70, "body": "\n\n".join([parts[0], broken, *parts[2:]])}
     live_server.script(
-        MODEL, ok(as_json(draft), model=MODEL), ok(parts[1], model=MODEL), ok("Your Gold upgrade", model=MODEL)
+        MODEL, ok(as_json(draft), model=MODEL), ok("Your Gold upgrade", model=MODEL), ok(parts[1], model=MODEL)
     )
     settings = Settings(openai_base_url=f"{live_server.endpoint}/v1", model_name=MODEL)
     chain = build_email_chain(build_chat_model(settings), settings=settings, notes=EndpointNotes(), max_repairs=1)
     variant = chain.invoke(request)
     assert variant.valid, variant.validation.reasons
-    assert [s.step for s in variant.steps] == ["draft", "paragraph", "subject"]
+    assert [s.step for s in variant.steps] == ["draft", "subject", "paragraph"]
     assert variant.attempts == 2 and variant.usage.calls == 3
 
 

@@ -593,7 +593,10 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
 
             if report.valid:
                 break
-            following = self._next_call(request, base, model, model_draft, last_text, report, repeated, attempts)
+            done = round_parts if call.kind == "text" and not repeated else set()
+            following = self._next_call(
+                request, base, model, model_draft, last_text, report, repeated, attempts, done=done
+            )
             # A repair round fixes each failing part once: a subject fix may follow a paragraph fix in the same round.
             same_round = (
                 call.kind == "text"
@@ -630,8 +633,12 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         report: ValidationReport,
         repeated: bool,
         attempts: int,
+        done: set[str] | None = None,
     ) -> Call:
         """The cheapest request that can fix what failed, varied when the last answer repeated itself.
+
+        A repair round fixes the subject first (the cheapest and surest call), then the body; `done`
+        holds the parts this round already rewrote, so the round moves on to the other part.
 
         Only the subject failed: rewrite the subject. One paragraph holds every located problem: rewrite
         that paragraph. Only the length failed: add a paragraph, or shorten the longest. Otherwise the
@@ -641,6 +648,12 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         issues = report.issues
         if draft is not None and not any(i.code in WHOLE_EMAIL for i in issues):
             body_issues = [i for i in issues if i.field != "subject"]
+            subject_issues = [i for i in issues if i.field == "subject"]
+            if subject_issues and "subject" not in (done or set()):
+                messages = self.prompts.subject_fix(
+                    request, self.limits, draft.subject, [i.message for i in subject_issues]
+                )
+                return Call("subject", model, messages, kind="text", vary=vary, max_tokens=SUBJECT_FIX_MAX_TOKENS)
             cited = draft.citations
             parts = paragraphs(draft.body)
             located = [i for i in body_issues if i.code != "body_length"]
@@ -665,9 +678,6 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 return Call(
                     "shorten", model, messages, kind="text", vary=vary, index=index, max_tokens=PARAGRAPH_MAX_TOKENS
                 )
-            if not body_issues:
-                messages = self.prompts.subject_fix(request, self.limits, draft.subject, report.reasons)
-                return Call("subject", model, messages, kind="text", vary=vary, max_tokens=SUBJECT_FIX_MAX_TOKENS)
         if repeated:
             return Call("fresh", model, self.prompts.fresh(request, self.limits, report.reasons), vary=vary)
         # Only the latest answer is shown back: a short context is faster, and nothing older to copy.
