@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 MODEL_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 MODEL_SIZE = 1_117_320_768
@@ -252,12 +253,26 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """Linux: the child gets SIGTERM when the thread that started it ends, even by SIGKILL (no orphaned server)."""
+
+    def preexec() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent was already gone
+            os._exit(1)
+
+    return preexec
+
+
 class LlamaServer:
     """llama-cpp-python's OpenAI-compatible server in a child process on 127.0.0.1, as a context manager.
 
     `__enter__` returns once GET /v1/models answers; `base_url` and `model_alias` are then what a client
     needs. The server's output goes to `log_path` (overwritten; a temporary file if None, removed after a
-    clean exit).
+    clean exit). On Linux the server is also stopped when the thread that entered the context ends, even if
+    this process is killed, so enter it from the main thread or one that outlives the server.
     """
 
     def __init__(
@@ -296,8 +311,19 @@ class LlamaServer:
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self._lock: IO[str] | None = None
 
     def __enter__(self) -> LlamaServer:
+        self._hold_machine()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            self._release_machine()
+            raise
+        return self
+
+    def _start(self) -> None:
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
             os.close(handle)
@@ -308,21 +334,42 @@ class LlamaServer:
         started = time.monotonic()
         with self.log_path.open("wb") as log:  # a fresh log, so an error's tail is this run's
             self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
             )
-        try:
-            self._wait_ready(started + READY_TIMEOUT)
-        except BaseException:
-            self.stop()
-            raise
+        self._wait_ready(started + READY_TIMEOUT)
         self.startup_s = time.monotonic() - started
         progress(f"  ready in {self.startup_s:.1f} s, model {self.model_alias!r}")
-        return self
+
+    def _hold_machine(self) -> None:
+        """One benchmark server per machine: two on 2 cores oversubscribe the CPU and each runs 10x slower
+        (measured here: a 200-token draft took 565 s instead of 30 s), which would make every figure wrong."""
+        import fcntl
+
+        path = self.model.parent / "server.lock"
+        self._lock = path.open("a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._release_machine()
+            raise RuntimeError(
+                f"another benchmark server holds {path}: two at once slow each other down 10x; wait for it"
+            ) from None
+
+    def _release_machine(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+        self._release_machine()
         if self._own_log and self.log_path is not None:
             if exc_type is None:
                 self.log_path.unlink(missing_ok=True)
@@ -549,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="server log file (default: a temporary file)")
     args = parser.parse_args(argv)
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind the `with`: stop the server too
     model = ensure_model(args.cache)
     python = ensure_server_python(args.cache)
     options = {"port": args.port, "threads": args.threads, "ctx": args.ctx, "seed": args.seed, "log_path": args.log}

@@ -152,16 +152,14 @@ class PromptSet:
         self, request: EmailRequest, cited: list[str], body: str, words: int, low: int, high: int, frame: int
     ) -> list[BaseMessage]:
         """Ask for one more paragraph worth the missing words: adding is what a too-short draft needs."""
-        missing = low - words
-        add_low = max(20, missing + 5)
-        add_high = max(add_low + 10, min(high - words - 10, add_low + 20))
+        add_low, add_high, count = extend_plan(words, low, high)
         text = self.texts["extend.txt"].format(
             words=words,
             low=low,
             high=high,
             add_low=add_low,
             add_high=add_high,
-            sentences="one sentence" if add_high <= 25 else ("2 sentences" if add_high <= 45 else "3 sentences"),
+            sentences="one sentence" if count == 1 else f"{count} sentences",
             snippets=_snippet_lines(request, cited),
             body=body,
         )
@@ -183,6 +181,14 @@ class PromptSet:
             sentences="\n".join(f"{i}. {s}" for i, s in enumerate(sentences, 1)),
         )
         return [HumanMessage(text)]
+
+
+def extend_plan(words: int, low: int, high: int) -> tuple[int, int, int]:
+    """Words to add (a range) and the same in sentences, the unit small models keep to: asked for words,
+    they overshoot 2-3x."""
+    add_low = max(12, low - words + 5)
+    add_high = max(add_low + 8, min(high - words - 10, add_low + 15))
+    return add_low, add_high, max(1, min(3, round(add_high / 20)))
 
 
 def _snippet_lines(request: EmailRequest, cited: list[str]) -> str:

@@ -49,7 +49,11 @@ def test_the_chain_reproduces_the_recorded_real_model_run() -> None:
     )
     model = build_chat_model(settings, temperature=settings_used["temperature"], seed=settings_used["seed"])
     chain = build_email_chain(
-        model, settings=settings, max_repairs=settings_used["max_repairs"], offline_fallback=False, notes=EndpointNotes()
+        model,
+        settings=settings,
+        max_repairs=settings_used["max_repairs"],
+        offline_fallback=False,
+        notes=EndpointNotes(),
     )
     bundle = ContentBundle.load()
     tracker = CostTracker()

@@ -182,7 +182,8 @@ def test_a_short_body_gets_one_more_paragraph_not_a_rewrite(live_server: Any) ->
     assert [s.step for s in variant.steps] == ["draft", "extend"]
     extend = live_server.requests[1]
     assert "tools" not in extend and "response_format" not in extend
-    assert "Write 3 sentences to add to it, 47-67 words in all" in extend["messages"][-1]["content"]
+    assert "Write 3 sentences to add to it (47-62 words in all)" in extend["messages"][-1]["content"]
+    assert extend["max_tokens"] == 180
     body_paragraphs = variant.body.split("\n\n")
     assert body_paragraphs[-3] == dropped  # inserted before the closing paragraph, label removed
 

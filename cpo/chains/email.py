@@ -58,7 +58,7 @@ from cpo.models import (
 )
 from cpo.offline import OfflineChatModel
 from cpo.pricing import PriceBook
-from cpo.prompts import PromptSet
+from cpo.prompts import PromptSet, extend_plan
 from cpo.retries import is_transient, refuses_format
 from cpo.settings import Settings
 from cpo.validation import ValidationLimits, validate_draft
@@ -82,6 +82,7 @@ STOPPED: dict[type[Exception], str] = {
 STOPPERS = tuple(STOPPED)
 SUBJECT_FIX_MAX_TOKENS = 96  # three candidate lines
 PARAGRAPH_MAX_TOKENS = 300  # one paragraph of at most ~100 words, with room to spare
+SENTENCE_MAX_TOKENS = 60  # one sentence of an extension, with room to spare
 JUDGE_MAX_TOKENS = 400
 # A varied retry after a repeated answer: warmer sampling and a new seed per attempt.
 VARIED_TEMPERATURE = 0.9
@@ -204,8 +205,10 @@ def _apply(call: Call, draft: EmailDraft, text: str) -> EmailDraft:
 
 
 def _part(call: Call) -> str:
-    """The part of the email a call writes: the subject, the body, or all of it."""
-    return {"subject": "subject", "paragraph": "body", "extend": "body", "shorten": "body"}.get(call.step, "email")
+    """The part of the email a call writes: the subject, one paragraph ("p2"), the length, or all of it."""
+    if call.step == "paragraph":
+        return f"p{call.index}"
+    return {"subject": "subject", "extend": "length", "shorten": "length"}.get(call.step, "email")
 
 
 def _repeats(call: Call, draft: EmailDraft, previous: ValidationReport | None, seen: set[str]) -> bool:
@@ -657,10 +660,14 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
             cited = draft.citations
             parts = paragraphs(draft.body)
             located = [i for i in body_issues if i.code != "body_length"]
-            at = {j for i in located for j, part in enumerate(parts) for e in i.excerpts if e and e in part}
-            if located and len(at) == 1 and all(i.excerpts for i in located):
-                (index,) = at
-                reasons = [i.message for i in located]
+            where = {id(i): {j for j, part in enumerate(parts) for e in i.excerpts if e and e in part} for i in located}
+            open_at = sorted(
+                {j for found in where.values() for j in found} - {int(p[1:]) for p in done or () if p[:1] == "p"}
+            )
+            if located and all(where[id(i)] for i in located) and open_at:
+                # Each paragraph holding a located problem is rewritten on its own, one per call, in one round.
+                index = open_at[0]
+                reasons = [i.message for i in located if index in where[id(i)]]
                 messages = self.prompts.paragraph_fix(request, cited, parts[index], reasons)
                 return Call(
                     "paragraph", model, messages, kind="text", vary=vary, index=index, max_tokens=PARAGRAPH_MAX_TOKENS
@@ -672,7 +679,10 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                     messages = self.prompts.extend(
                         request, cited, draft.body, words, self.limits.body_min_words, self.limits.body_max_words, frame
                     )
-                    return Call("extend", model, messages, kind="text", vary=vary, max_tokens=PARAGRAPH_MAX_TOKENS)
+                    sentences = extend_plan(words, self.limits.body_min_words, self.limits.body_max_words)[2]
+                    # A runaway answer is cut and asked again, varied, rather than kept too long.
+                    limit = SENTENCE_MAX_TOKENS * sentences
+                    return Call("extend", model, messages, kind="text", vary=vary, max_tokens=limit)
                 index = max(range(len(parts)), key=lambda j: len(parts[j].split()))
                 messages = self.prompts.shorten(parts[index], words, self.limits.body_max_words)
                 return Call(
