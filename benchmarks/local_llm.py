@@ -340,7 +340,7 @@ class LlamaServer:
         (measured here: a 200-token draft took 565 s instead of 30 s), which would make every figure wrong."""
         import fcntl
 
-        path = self.model.parent / "server.lock"
+        path = Path(tempfile.gettempdir()) / "cpo-bench-llama-server.lock"  # machine-wide, whatever the cache
         self._lock = path.open("a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
