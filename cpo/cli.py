@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_positive_int(0, 5),
             default=repairs,
             metavar="N",
-            help=f"extra model calls to fix a failing draft, 0-5 [{repairs}]",
+            help=f"repair rounds for a failing draft (each rewrites every failing part once), 0-5 [{repairs}]",
         )
         p.add_argument(
             "--snippets", type=_positive_int(1, 10), default=3, metavar="N", help="snippets per email, 1-10 [3]"

@@ -19,7 +19,8 @@ from cpo.resources import bundled
 if TYPE_CHECKING:
     from cpo.validation import ValidationLimits
 
-FILES = (
+# The files one tone's email is built from (the judge's prompt aside); their hash is the prompt_version.
+VERSIONED = (
     "system.txt",
     "user.txt",
     "repair.txt",
@@ -28,9 +29,8 @@ FILES = (
     "paragraph.txt",
     "extend.txt",
     "shorten.txt",
-    "judge.txt",
-    *(f"{t}.txt" for t in TONES),
 )
+FILES = (*VERSIONED, "judge.txt", *(f"{t}.txt" for t in TONES))
 PLACEHOLDERS = {
     "system.txt": {
         "brand",
@@ -56,17 +56,6 @@ PLACEHOLDERS = {
     "shorten.txt": {"words", "high", "paragraph", "paragraph_words", "target"},
     "judge.txt": {"offer", "snippets", "sentences"},
 }
-# The files one tone's email is built from; their hash is the email's prompt_version.
-VERSIONED = (
-    "system.txt",
-    "user.txt",
-    "repair.txt",
-    "fresh.txt",
-    "subject.txt",
-    "paragraph.txt",
-    "extend.txt",
-    "shorten.txt",
-)
 PARAGRAPHS = 3
 
 

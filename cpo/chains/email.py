@@ -333,38 +333,44 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         if self.remember_method and self.source != "offline":
             self.notes.note(self.endpoint, method=method)
 
+    def _prepared(self, call: Call) -> tuple[str, Runnable[Any, Any]]:
+        """The method in use and the model bound for this call (its sampling and output limit included)."""
+        method = self.method
+        bound = self._bound(call.model, call.kind, method)
+        extra = {**call.vary, **({"max_tokens": call.max_tokens} if call.max_tokens else {})}
+        return method, bound.bind(**extra) if extra else bound
+
+    def _settle_method(self, call: Call, method: str, exc: Exception | None) -> None:
+        """After a call: remember the method that worked, or move down on a refusal (else re-raise)."""
+        ours = call.kind == "email" and call.model is self.model
+        if exc is None:
+            if ours:
+                self._worked(method)
+            return
+        if not ours or not self._refused(exc, method):
+            raise exc
+        self._switch_method(method, exc)
+
     def _invoke_model(self, call: Call, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
         while True:
-            method = self.method
-            bound = self._bound(call.model, call.kind, method)
-            extra = {**call.vary, **({"max_tokens": call.max_tokens} if call.max_tokens else {})}
-            bound = bound.bind(**extra) if extra else bound
+            method, bound = self._prepared(call)
             try:
                 reply = cast(AIMessage, bound.invoke(messages, config))
             except Exception as exc:
-                if call.kind != "email" or call.model is not self.model or not self._refused(exc, method):
-                    raise
-                self._switch_method(method, exc)
+                self._settle_method(call, method, exc)
                 continue
-            if call.kind == "email" and call.model is self.model:
-                self._worked(method)
+            self._settle_method(call, method, None)
             return reply
 
     async def _ainvoke_model(self, call: Call, messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
         while True:
-            method = self.method
-            bound = self._bound(call.model, call.kind, method)
-            extra = {**call.vary, **({"max_tokens": call.max_tokens} if call.max_tokens else {})}
-            bound = bound.bind(**extra) if extra else bound
+            method, bound = self._prepared(call)
             try:
                 reply = cast(AIMessage, await bound.ainvoke(messages, config))
             except Exception as exc:
-                if call.kind != "email" or call.model is not self.model or not self._refused(exc, method):
-                    raise
-                self._switch_method(method, exc)
+                self._settle_method(call, method, exc)
                 continue
-            if call.kind == "email" and call.model is self.model:
-                self._worked(method)
+            self._settle_method(call, method, None)
             return reply
 
     def probe_method(self, config: RunnableConfig | None = None) -> str:
