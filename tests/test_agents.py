@@ -1,0 +1,213 @@
+"""The campaign agents without the graph: load (checks, consent, suppression), segmentation, assignment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cpo.agents.assignment import DEFAULT_ARMS, HOLDOUT, assign_customers
+from cpo.agents.load import load_customers
+from cpo.agents.segmentation import segment_customers
+from cpo.errors import InputError
+from cpo.resources import bundled
+
+SAMPLE = bundled("data") / "customers.csv"
+HEADER = "customer_id,first_name,tier,purchase_frequency,avg_order_value,last_engagement_days,email_opt_in"
+
+
+def write(tmp_path: Path, *rows: str, header: str = HEADER, name: str = "customers.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_the_sample_loads_and_consent_is_counted() -> None:
+    loaded = load_customers(SAMPLE)
+    assert loaded.total == 250 and loaded.no_consent == 9 and loaded.eligible == 241
+    assert loaded.connection.execute("SELECT count(*) FROM customers").fetchone()[0] == 241
+    assert len(loaded.fingerprint) == 64
+
+
+def test_the_sample_is_regenerated_bit_for_bit_by_its_script(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "customers.csv"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "make_customers.py"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, capture_output=True)
+    assert out.read_bytes() == SAMPLE.read_bytes()
+
+
+def test_suppressed_customers_are_excluded_and_counted(tmp_path: Path) -> None:
+    suppress = tmp_path / "suppress.csv"
+    suppress.write_text("customer_id\nC000001\nC000002\nNOT-A-CUSTOMER\n", encoding="utf-8")
+    loaded = load_customers(SAMPLE, suppress=suppress)
+    assert loaded.suppressed == 2 and loaded.eligible == 239
+    ids = {r[0] for r in loaded.connection.execute("SELECT customer_id FROM customers").fetchall()}
+    assert "C000001" not in ids and "C000003" in ids
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "message"),
+    [
+        ((), HEADER, "no customers (only a header)"),
+        (
+            ("C1,Ana,Gold,3,10.5,4",),
+            "customer_id,first_name,tier,purchase_frequency,avg_order_value,x",
+            "missing column 'last_engagement_days' (it has: customer_id, first_name, tier, purchase_frequency, "
+            "avg_order_value, x)",
+        ),
+        (
+            ("C1,Ana,Gold,3,10.5,4,true", "C1,Ben,Gold,3,10.5,4,true"),
+            HEADER,
+            "customer id 'C1' appears twice (lines 2 and 3)",
+        ),
+        (
+            ("C1,Ana,Gold,3,10.5,4,true", "C2,Ben,Gold,three,10.5,4,true"),
+            HEADER,
+            "line 3: purchase_frequency 'three' is not a number",
+        ),
+        (("C1,Ana,Gold,3,10.5,,true",), HEADER, "line 2: last_engagement_days is empty"),
+        ((",Ana,Gold,3,10.5,4,true",), HEADER, "line 2: customer_id is empty"),
+        (("C1,Ana,Gold,3,10.5,4,maybe",), HEADER, "line 2: email_opt_in 'maybe' is not true or false"),
+    ],
+)
+def test_a_bad_customer_file_is_one_line_naming_file_line_and_field(
+    tmp_path: Path, rows: tuple[str, ...], header: str, message: str
+) -> None:
+    path = write(tmp_path, *rows, header=header)
+    with pytest.raises(InputError) as caught:
+        load_customers(path)
+    text = str(caught.value)
+    assert text == f"customer file {path}: {message}" and "\n" not in text
+
+
+def test_a_non_utf8_customer_file_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "customers.csv"
+    path.write_bytes(f"{HEADER}\nC1,Ana,Gold,3,10.5,4,true\nC2,Ren\xe9,Gold,3,10.5,4,true\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"not UTF-8 text \(byte 0xe9 on line 3\)"):
+        load_customers(path)
+
+
+def test_parquet_loads_like_csv(tmp_path: Path) -> None:
+    import duckdb
+
+    parquet = tmp_path / "customers.parquet"
+    source = str(SAMPLE).replace("'", "''")
+    duckdb.execute(f"COPY (SELECT * FROM read_csv('{source}')) TO '{parquet}' (FORMAT parquet)")
+    loaded = load_customers(parquet)
+    assert loaded.total == 250 and loaded.eligible == 241
+
+
+def test_every_customer_is_in_exactly_one_segment_with_its_summary() -> None:
+    loaded = load_customers(SAMPLE)
+    segments = segment_customers(loaded)
+    assert 3 <= len(segments) <= 6
+    assert sum(s.size for s in segments) == loaded.eligible
+    assert abs(sum(s.share for s in segments) - 1) < 1e-9
+    bulk = next(s for s in segments if s.name == "Business Bulk Buyer")
+    assert bulk.tier == "Platinum" and bulk.means["purchase_frequency"] >= 20
+    assert set(bulk.features()) <= {
+        "tier",
+        "purchase_frequency",
+        "avg_order_value",
+        "last_engagement_days",
+        "age",
+        "historical_open_rate",
+        "historical_click_rate",
+    }  # never names or locations
+    first_match = loaded.connection.execute(
+        "SELECT count(*) FROM customers WHERE tier = 'Platinum' AND purchase_frequency >= 20 "
+        "AND segment <> 'Business Bulk Buyer'"
+    ).fetchone()[0]
+    assert first_match == 0
+
+
+def test_rules_that_leave_customers_out_or_do_not_parse_are_one_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "segments:\n- {name: A, rule: \"tier = 'Gold'\"}\n- {name: B, rule: \"tier = 'Silver'\"}\n"
+        "- {name: C, rule: \"tier = 'Bronze'\"}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match=r"customer\(s\) match no rule \(e\.g\. C\d+\); end with a catch-all rule"):
+        segment_customers(load_customers(SAMPLE), rules)
+    rules.write_text(
+        "segments:\n- {name: A, rule: \"loyalty > 3\"}\n- {name: B, rule: 'true'}\n- {name: C, rule: 'true'}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match=r"segment 'A': bad rule 'loyalty > 3'"):
+        segment_customers(load_customers(SAMPLE), rules)
+    rules.write_text(
+        "segments:\n- {name: A, rule: 'true; DROP TABLE customers'}\n- {name: B, rule: 'true'}\n"
+        "- {name: C, rule: 'true'}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match="a rule is one condition"):
+        segment_customers(load_customers(SAMPLE), rules)
+
+
+def assigned(seed: int, path: Path = SAMPLE, **kwargs: object) -> dict[str, str]:
+    loaded = load_customers(path)
+    segment_customers(loaded)
+    assign_customers(loaded, seed=seed, **kwargs)  # type: ignore[arg-type]
+    return dict(loaded.connection.execute("SELECT customer_id, arm FROM assignments").fetchall())
+
+
+def test_assignment_covers_every_customer_and_is_deterministic() -> None:
+    loaded = load_customers(SAMPLE)
+    segment_customers(loaded)
+    result = assign_customers(loaded, seed=7)
+    assert result.total == loaded.eligible  # no dropped remainders
+    assert set(result.per_arm()) == set(DEFAULT_ARMS) and all(n > 0 for n in result.per_arm().values())
+    assert assigned(7) == assigned(7) != assigned(8)
+
+
+def test_appending_customers_does_not_move_anyone_already_assigned(tmp_path: Path) -> None:
+    more = tmp_path / "more.csv"
+    extra = [f"X{i:04d},Zed,Silver,6,80,20,0.2,0.04,true" for i in range(100)]
+    header = SAMPLE.read_text(encoding="utf-8").splitlines()[0]
+    body = SAMPLE.read_text(encoding="utf-8").splitlines()[1:]
+    columns = header.split(",")
+    padded = [
+        ",".join(
+            dict(
+                zip(
+                    [
+                        "customer_id",
+                        "first_name",
+                        "tier",
+                        "purchase_frequency",
+                        "avg_order_value",
+                        "last_engagement_days",
+                        "historical_open_rate",
+                        "historical_click_rate",
+                        "email_opt_in",
+                    ],
+                    row.split(","),
+                    strict=True,
+                )
+            ).get(c, "")
+            for c in columns
+        )
+        for row in extra
+    ]
+    more.write_text("\n".join([header, *body, *padded]) + "\n", encoding="utf-8")
+    before, after = assigned(7), assigned(7, more)
+    assert len(after) == len(before) + 100
+    assert all(after[cid] == arm for cid, arm in before.items())
+
+
+def test_holdout_and_weights_follow_the_allocation() -> None:
+    loaded = load_customers(SAMPLE)
+    segment_customers(loaded)
+    result = assign_customers(
+        loaded, seed=3, holdout=0.2, weights={"control": 2, "urgent": 1, "informational": 1, "friendly": 0}
+    )
+    arms = result.per_arm()
+    assert arms["friendly"] == 0 and arms[HOLDOUT] > 0 and arms["control"] > arms["urgent"]
+    assert sum(arms.values()) == loaded.eligible
+    assert result.small_cells()  # 241 customers over 5 segments x 5 arms: some cells are too small, and say so
+    with pytest.raises(InputError, match="unknown arm"):
+        assign_customers(loaded, seed=3, weights={"loud": 1})
