@@ -232,6 +232,12 @@ PROFILE_WORDS: dict[str, tuple[str, tuple[tuple[float, str], ...], str]] = {
     ),
     "orders_per_year": ("orders", ((3, "occasional"), (11, "regular")), "frequent"),
     "avg_order_value_usd": ("order size", ((75, "small"), (300, "medium")), "large"),
+    # the same features as the customer file names them (segment means from cpo.agents.segmentation)
+    "last_engagement_days": ("last engagement", ((30, "recent"), (90, "a few months ago")), "long ago"),
+    "purchase_frequency": ("orders", ((3, "occasional"), (11, "regular")), "frequent"),
+    "avg_order_value": ("order size", ((75, "small"), (300, "medium")), "large"),
+    "historical_open_rate": ("email opens", ((0.15, "rare"), (0.3, "average")), "frequent"),
+    "historical_click_rate": ("email clicks", ((0.02, "rare"), (0.06, "average")), "frequent"),
 }
 
 

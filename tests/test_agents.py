@@ -1,15 +1,22 @@
-"""The campaign agents without the graph: load (checks, consent, suppression), segmentation, assignment."""
+"""The campaign agents without the graph: load, segmentation, assignment, campaign file, generation requests, export."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cpo.agents.assignment import DEFAULT_ARMS, HOLDOUT, assign_customers
+from cpo.agents.campaign import load_campaign
+from cpo.agents.export import export_campaign, plan_delivery
+from cpo.agents.generation import email_requests
 from cpo.agents.load import load_customers
 from cpo.agents.segmentation import segment_customers
+from cpo.chains.email import build_email_chain
+from cpo.content import load_snippets
 from cpo.errors import InputError
+from cpo.offline import OfflineChatModel
 from cpo.resources import bundled
 
 SAMPLE = bundled("data") / "customers.csv"
@@ -52,6 +59,7 @@ def test_suppressed_customers_are_excluded_and_counted(tmp_path: Path) -> None:
     ("rows", "header", "message"),
     [
         ((), HEADER, "no customers (only a header)"),
+        (("C1,Ana,Gold,3,10.5,4,true,extra",), HEADER, "line 2 has 8 fields but the header has 7"),
         (
             ("C1,Ana,Gold,3,10.5,4",),
             "customer_id,first_name,tier,purchase_frequency,avg_order_value,x",
@@ -108,15 +116,15 @@ def test_every_customer_is_in_exactly_one_segment_with_its_summary() -> None:
     assert abs(sum(s.share for s in segments) - 1) < 1e-9
     bulk = next(s for s in segments if s.name == "Business Bulk Buyer")
     assert bulk.tier == "Platinum" and bulk.means["purchase_frequency"] >= 20
-    assert set(bulk.features()) <= {
+    assert set(bulk.features()) == {
         "tier",
         "purchase_frequency",
         "avg_order_value",
         "last_engagement_days",
-        "age",
         "historical_open_rate",
         "historical_click_rate",
-    }  # never names or locations
+    }  # never names, locations or ages
+    assert "age" in bulk.means  # summarised for segments.csv, but kept out of prompts
     first_match = loaded.connection.execute(
         "SELECT count(*) FROM customers WHERE tier = 'Platinum' AND purchase_frequency >= 20 "
         "AND segment <> 'Business Bulk Buyer'"
@@ -211,3 +219,113 @@ def test_holdout_and_weights_follow_the_allocation() -> None:
     assert result.small_cells()  # 241 customers over 5 segments x 5 arms: some cells are too small, and say so
     with pytest.raises(InputError, match="unknown arm"):
         assign_customers(loaded, seed=3, weights={"loud": 1})
+
+
+def test_an_empty_customer_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "customers.csv"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(InputError, match=r"customers\.csv: empty file \(no header\)$"):
+        load_customers(path)
+
+
+# -- campaign, generation, export ---------------------------------------------------------------------
+
+
+def test_a_bad_campaign_file_names_the_key(tmp_path: Path) -> None:
+    good = (bundled("data") / "campaign.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "campaign.yaml"
+    path.write_text(
+        good.replace("holdout: 0.0", "holdout: 1.5").replace(
+            "rules: segment_rules.yaml", f"rules: {bundled('data') / 'segment_rules.yaml'}"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match=r"campaign file .*: holdout: Input should be less than 1"):
+        load_campaign(path)
+    path.write_text(
+        good.replace("gold-platinum-perks, member-discount", "gold-platinum-perks, no-such-snippet").replace(
+            "rules: segment_rules.yaml", f"rules: {bundled('data') / 'segment_rules.yaml'}"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match=r"offers\.High-Value Recent: unknown snippet 'no-such-snippet'"):
+        load_campaign(path)
+    path.write_text(good, encoding="utf-8")  # its rules file is relative, and not next to this copy
+    with pytest.raises(InputError, match=r"rules: .*segment_rules\.yaml does not exist"):
+        load_campaign(path)
+
+
+def run_campaign(tmp_path: Path) -> tuple[Any, list[Any], list[Any], Any]:
+    snippets = load_snippets()
+    campaign = load_campaign(snippets=snippets)
+    loaded = load_customers(SAMPLE)
+    segments = segment_customers(loaded, campaign.rules)
+    assign_customers(loaded, seed=7, weights=campaign.allocation, holdout=campaign.holdout)
+    requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
+    variants = build_email_chain(OfflineChatModel()).batch(requests)
+    return loaded, segments, variants, campaign
+
+
+def test_requests_carry_only_the_segment_summary(tmp_path: Path) -> None:
+    snippets = load_snippets()
+    campaign = load_campaign(snippets=snippets)
+    loaded = load_customers(SAMPLE)
+    segments = segment_customers(loaded, campaign.rules)
+    requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
+    assert len(requests) == len([s for s in segments if s.size]) * len(DEFAULT_ARMS)
+    names = {r[0] for r in loaded.connection.execute("SELECT first_name FROM customers").fetchall()}
+    for request in requests:
+        assert set(request.segment.features) <= {
+            "tier",
+            "purchase_frequency",
+            "avg_order_value",
+            "last_engagement_days",
+            "historical_open_rate",
+            "historical_click_rate",
+        }
+        assert not any(name in request.model_dump_json() for name in names if len(name) > 3)
+    bulk = next(r for r in requests if r.segment.name == "Business Bulk Buyer")
+    assert "$750" in bulk.offer and [s.id for s in bulk.snippets][:2] == ["plus-pricing", "business-bulk-ordering"]
+
+
+def test_export_writes_what_a_platform_imports(tmp_path: Path) -> None:
+    loaded, segments, variants, campaign = run_campaign(tmp_path)
+    delivery = export_campaign(loaded, segments, variants, campaign, tmp_path, DEFAULT_ARMS)
+    assert delivery.unsent == [] and delivery.substituted == []
+    import csv
+    import json
+
+    templates = json.loads((tmp_path / "templates.json").read_text(encoding="utf-8"))
+    assert len(templates) == len(variants)
+    assert all(t["body"].endswith(campaign.unsubscribe) for t in templates)
+    assert all('{{ first_name | default: "there" }}' in t["body"] for t in templates)
+    with (tmp_path / "assignments.csv").open(encoding="utf-8") as handle:
+        assignments = list(csv.DictReader(handle))
+    assert len(assignments) == loaded.eligible
+    assert set(assignments[0]) == {"customer_id", "segment", "rule", "arm", "delivered_variant"}
+    ids = {t["variant_id"] for t in templates}
+    assert all(a["delivered_variant"] in ids for a in assignments)
+    with (tmp_path / "send_list.csv").open(encoding="utf-8") as handle:
+        send = list(csv.DictReader(handle))
+    assert len(send) == loaded.eligible and set(send[0]) == {"customer_id", "arm", "variant_id", "first_name"}
+    with (tmp_path / "segments.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sum(int(r["size"]) for r in rows) == loaded.eligible
+
+
+def test_an_invalid_variant_is_replaced_by_control_and_an_unusable_control_sends_nothing(tmp_path: Path) -> None:
+    _, _, variants, _ = run_campaign(tmp_path)
+    broken = [
+        v.model_copy(update={"validation": v.validation.model_copy(update={"valid": False})})
+        if (v.segment, v.tone) in {("Lapsed", "urgent"), ("Regular", "control")}
+        else v
+        for v in variants
+    ]
+    delivery = plan_delivery(broken, DEFAULT_ARMS)
+    lapsed_control = next(v.variant_id for v in variants if (v.segment, v.tone) == ("Lapsed", "control"))
+    assert delivery.plan[("Lapsed", "urgent")] == lapsed_control
+    assert ("Lapsed", "urgent") in delivery.substituted
+    assert delivery.unsent == ["Regular"]
+    regular_friendly = next(v.variant_id for v in variants if (v.segment, v.tone) == ("Regular", "friendly"))
+    assert delivery.plan[("Regular", "friendly")] == regular_friendly  # its own valid variant still goes out
+    assert delivery.plan[("Regular", "control")] == ""

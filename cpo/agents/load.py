@@ -78,6 +78,25 @@ def _fingerprint(path: Path, what: str) -> str:
     return digest.hexdigest()
 
 
+def _check_header(path: Path) -> None:
+    """The header and the first rows have the same number of fields.
+
+    DuckDB's CSV sniffer, even with `header = true`, takes a header shorter than its rows for data and
+    names the columns after the first row; the error would then make no sense.
+    """
+    import csv
+    import itertools
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(itertools.islice(csv.reader(handle), 6))
+    if not rows:
+        raise InputError(f"customer file {path}: empty file (no header)")
+    width = len(rows[0])
+    for number, row in enumerate(rows[1:], start=2):
+        if row and len(row) != width:
+            raise InputError(f"customer file {path}: line {number} has {len(row)} fields but the header has {width}")
+
+
 def _raw_table(con: Any, path: Path) -> None:
     """Every column as text, in file order, with the line number each row came from."""
     import duckdb
@@ -168,6 +187,8 @@ def load_customers(path: Path, *, suppress: Path | None = None, connection: Any 
         raise InputError(f"customer file {path} does not exist")
     parquet = path.suffix.lower() == ".parquet"
     fingerprint = _fingerprint(path, "customer file") if parquet else _fingerprint_utf8(path, "customer file")
+    if not parquet:
+        _check_header(path)
     con: Any = connection or duckdb.connect()
     _raw_table(con, path)
     columns = tuple(c for c in (r[0] for r in con.execute("DESCRIBE raw").fetchall()) if c != "_line")

@@ -19,6 +19,14 @@ from cpo.errors import InputError
 from cpo.resources import bundled
 
 MIN_SEGMENTS, MAX_SEGMENTS = 3, 6
+# The only customer-derived fields that may reach a prompt (as segment means), besides the tier.
+PROMPT_FEATURES = (
+    "purchase_frequency",
+    "avg_order_value",
+    "last_engagement_days",
+    "historical_open_rate",
+    "historical_click_rate",
+)
 FORBIDDEN = (";", "--", "/*")
 
 
@@ -45,10 +53,15 @@ class Segment:
     means: dict[str, float] = field(default_factory=dict)
 
     def features(self) -> dict[str, str | int | float]:
-        """The whitelisted profile for prompts: the most common tier and the rounded feature means."""
+        """The whitelisted profile for prompts: the most common tier and the behavioural means.
+
+        Never names, locations or ages: those stay in the customer table.
+        """
         out: dict[str, str | int | float] = {"tier": self.tier} if self.tier else {}
-        for key, value in self.means.items():
-            out[key] = round(value) if key in ("purchase_frequency", "last_engagement_days") else round(value, 2)
+        for key in PROMPT_FEATURES:
+            if key in self.means:
+                value = self.means[key]
+                out[key] = round(value) if key in ("purchase_frequency", "last_engagement_days") else round(value, 2)
         return out
 
 

@@ -1,0 +1,74 @@
+"""The campaign file: what `cpo run` sends to whom (offers, snippets, sender, allocation, rules).
+
+A YAML file with a pydantic schema: a mistake is one `InputError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cpo.content import load_snippets
+from cpo.errors import InputError
+from cpo.models import Sender, Snippet
+from cpo.resources import bundled
+
+DEFAULT_OFFER = "default"
+
+
+class Offer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    offer: str = Field(min_length=1)
+    snippets: list[str] = Field(min_length=1)
+
+
+class Campaign(BaseModel):
+    """A campaign as written in its YAML file; `rules` is resolved relative to that file."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    rules: Path
+    sender: Sender = Field(default_factory=Sender)
+    allocation: dict[str, float] = Field(default_factory=dict)
+    holdout: float = Field(0.0, ge=0, lt=1)
+    unsubscribe: str = Field(min_length=1)
+    offers: dict[str, Offer] = Field(min_length=1)
+
+    def offer_for(self, segment: str) -> Offer | None:
+        return self.offers.get(segment) or self.offers.get(DEFAULT_OFFER)
+
+
+def default_campaign_file() -> Path:
+    return bundled("data") / "campaign.yaml"
+
+
+def load_campaign(path: Path | None = None, snippets: dict[str, Snippet] | None = None) -> Campaign:
+    """Read and check a campaign file: the schema, the rules file, and every snippet id it names."""
+    path = path or default_campaign_file()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"campaign file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"campaign file {path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise InputError(f"campaign file {path}: not valid YAML{line}") from None
+    try:
+        campaign = Campaign.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise InputError(f"campaign file {path}: {where}: {err['msg']}") from None
+    rules = campaign.rules if campaign.rules.is_absolute() else path.parent / campaign.rules
+    if not rules.is_file():
+        raise InputError(f"campaign file {path}: rules: {rules} does not exist")
+    known = snippets if snippets is not None else load_snippets()
+    for name, offer in campaign.offers.items():
+        missing = [s for s in offer.snippets if s not in known]
+        if missing:
+            raise InputError(f"campaign file {path}: offers.{name}: unknown snippet {missing[0]!r}")
+    return campaign.model_copy(update={"rules": rules})

@@ -1,0 +1,125 @@
+"""Export agent: what an email platform imports, written from DuckDB so a million rows stay cheap.
+
+- `templates.json`: one template per variant, its merge tags in the platform's syntax (Liquid:
+  `{{ first_name | default: "there" }}`) and the campaign's unsubscribe footer added here.
+- `assignments.csv`: customer id, segment, the rule that matched, the assigned arm, and the variant delivered: the arm's
+  own when it is valid, else the segment's control; nothing when the control is unusable too.
+- `send_list.csv`: the customers who get an email, with their variant and merge-field values.
+- `segments.csv`: one row per segment (size, share, feature means).
+
+Bodies are written once per variant, never once per customer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpo.agents.assignment import HOLDOUT
+from cpo.agents.campaign import Campaign
+from cpo.agents.load import LoadedCustomers
+from cpo.agents.segmentation import Segment
+from cpo.models import EmailVariant
+
+NOT_SENT = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Which variant each segment x arm gets, and the cells that get nothing."""
+
+    plan: dict[tuple[str, str], str]  # (segment, arm) -> variant id, or NOT_SENT
+    substituted: list[tuple[str, str]]  # cells whose own variant was invalid: control sent instead
+    unsent: list[str]  # segments whose control is unusable too
+
+
+def plan_delivery(variants: list[EmailVariant], arms: tuple[str, ...]) -> Delivery:
+    """The arm's own valid variant, else the segment's valid control, else nothing."""
+    by_cell: dict[tuple[str, str], EmailVariant] = {(v.segment, v.tone): v for v in variants}
+    plan: dict[tuple[str, str], str] = {}
+    substituted, unsent = [], []
+    for segment in dict.fromkeys(v.segment for v in variants):
+        control = by_cell.get((segment, "control"))
+        fallback = control.variant_id if control is not None and control.valid else NOT_SENT
+        if not fallback:
+            unsent.append(segment)
+        for arm in arms:
+            own = by_cell.get((segment, arm))
+            if own is not None and own.valid:
+                plan[(segment, arm)] = own.variant_id
+            else:
+                plan[(segment, arm)] = fallback
+                if arm != "control" and fallback:
+                    substituted.append((segment, arm))
+    return Delivery(plan=plan, substituted=substituted, unsent=unsent)
+
+
+def write_templates(path: Path, variants: list[EmailVariant], campaign: Campaign) -> None:
+    templates = [
+        {
+            "variant_id": v.variant_id,
+            "segment": v.segment,
+            "arm": v.tone,
+            "valid": v.valid,
+            "subject": v.subject,
+            "body": f"{v.body}\n\n--\n{campaign.unsubscribe}",
+            "merge_fields": ["first_name", "unsubscribe_url"],
+            "citations": [c.id for c in v.citations],
+        }
+        for v in variants
+    ]
+    path.write_text(json.dumps(templates, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_segments(path: Path, segments: list[Segment]) -> None:
+    keys = sorted({k for s in segments for k in s.means})
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["segment", "rule", "size", "share", "tier", *(f"mean_{k}" for k in keys)])
+        for s in segments:
+            means = [round(s.means[k], 4) if k in s.means else "" for k in keys]
+            writer.writerow([s.name, s.rule, s.size, round(s.share, 4), s.tier or "", *means])
+
+
+def export_campaign(
+    loaded: LoadedCustomers,
+    segments: list[Segment],
+    variants: list[EmailVariant],
+    campaign: Campaign,
+    run_dir: Path,
+    arms: tuple[str, ...],
+) -> Delivery:
+    """Write templates.json, segments.csv, assignments.csv and send_list.csv into `run_dir`."""
+    delivery = plan_delivery(variants, arms)
+    con: Any = loaded.connection
+    con.execute("CREATE OR REPLACE TEMP TABLE delivery (segment VARCHAR, arm VARCHAR, variant_id VARCHAR)")
+    rows = [(s, a, v) for (s, a), v in delivery.plan.items()]
+    if rows:
+        con.executemany("INSERT INTO delivery VALUES (?, ?, ?)", rows)
+    con.execute("CREATE OR REPLACE TEMP TABLE segment_rules (segment VARCHAR, rule VARCHAR)")
+    con.executemany("INSERT INTO segment_rules VALUES (?, ?)", [(s.name, s.rule) for s in segments])
+    write_templates(run_dir / "templates.json", variants, campaign)
+    write_segments(run_dir / "segments.csv", segments)
+    first_name = "c.first_name" if "first_name" in loaded.columns else "NULL"
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE delivered AS "
+        f"SELECT a.customer_id, a.segment, r.rule, a.arm, CASE WHEN a.arm = '{HOLDOUT}' THEN '' "
+        "ELSE coalesce(d.variant_id, '') END AS delivered_variant, "
+        f"{first_name} AS first_name "
+        "FROM assignments a JOIN customers c USING (customer_id) "
+        "LEFT JOIN delivery d ON d.segment = a.segment AND d.arm = a.arm "
+        "LEFT JOIN segment_rules r ON r.segment = a.segment"
+    )
+    target = str(run_dir).replace("'", "''")
+    con.execute(
+        "COPY (SELECT customer_id, segment, rule, arm, delivered_variant FROM delivered ORDER BY customer_id) "
+        f"TO '{target}/assignments.csv' (HEADER, DELIMITER ',')"
+    )
+    con.execute(
+        "COPY (SELECT customer_id, arm, delivered_variant AS variant_id, first_name FROM delivered "
+        f"WHERE delivered_variant <> '' ORDER BY customer_id) TO '{target}/send_list.csv' (HEADER, DELIMITER ',')"
+    )
+    return delivery
