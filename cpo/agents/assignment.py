@@ -14,10 +14,10 @@ from typing import Any
 
 from cpo.agents.load import LoadedCustomers
 from cpo.errors import InputError
-from cpo.models import TONES
+from cpo.models import TONES, Tone
 
 HOLDOUT = "holdout"
-DEFAULT_ARMS: tuple[str, ...] = ("control", *(t for t in TONES if t != "control"))
+DEFAULT_ARMS: tuple[Tone, ...] = ("control", *(t for t in TONES if t != "control"))
 SMALL_CELL = 30  # fewer customers than this in a segment x arm cell cannot show a difference in click rate
 
 
@@ -74,7 +74,7 @@ def assign_customers(
     cases = " ".join("WHEN u < ? THEN ?" for _ in bounds)
     params: list[Any] = [value for arm, upper in bounds for value in (upper, arm)]
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE assignments AS "
+        "CREATE OR REPLACE TABLE assignments AS "
         f"SELECT customer_id, segment, CASE {cases} END AS arm FROM ("
         "  SELECT customer_id, segment,"
         "         CAST(('0x' || substr(md5(? || ':' || customer_id), 1, 8)) AS UBIGINT) / 4294967296.0 AS u"

@@ -213,7 +213,7 @@ def load_customers(path: Path, *, suppress: Path | None = None, connection: Any 
     ).fetchone()
     kept = [c for c in (*TEXT, *NUMERIC) if c in columns]
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE customers AS SELECT {', '.join(kept)} FROM flagged "
+        f"CREATE OR REPLACE TABLE customers AS SELECT {', '.join(kept)} FROM flagged "
         "WHERE _consent AND NOT _suppressed ORDER BY _line"
     )
     con.execute("DROP TABLE raw")

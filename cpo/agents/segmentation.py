@@ -110,7 +110,7 @@ def segment_customers(loaded: LoadedCustomers, rules_path: Path | None = None) -
     cases = " ".join(f"WHEN ({r.rule}) THEN ?" for r in rules)
     params = [r.name for r in rules]
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE customers AS SELECT *, CASE {cases} END AS segment FROM customers",
+        f"CREATE OR REPLACE TABLE customers AS SELECT *, CASE {cases} END AS segment FROM customers",
         params,
     )
     unmatched = con.execute("SELECT count(*), min(customer_id) FROM customers WHERE segment IS NULL").fetchone()
