@@ -182,3 +182,60 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     graph.add_edge("assign", "export")
     graph.add_edge("export", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+RUN_FILE = "run.json"
+
+
+def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None) -> dict[str, str]:
+    """sha256 of every input a campaign is built from: customers, campaign, rules, suppression, prompts, content.
+
+    `--resume` compares it with the run's `run.json` and refuses changed inputs: emails generated from
+    the old ones would be mixed with new ones.
+    """
+    from cpo.content import default_content_dir
+    from cpo.prompts import FILES
+    from cpo.resources import bundled
+
+    campaign_path = Path(inputs["campaign"]) if inputs["campaign"] else None
+    campaign = load_campaign(campaign_path)
+    prompts = prompts_dir or bundled("prompts")
+    files: dict[str, list[Path]] = {
+        "customers": [Path(inputs["customers"])],
+        "campaign": [campaign_path or bundled("data") / "campaign.yaml"],
+        "rules": [campaign.rules],
+        "suppress": [Path(inputs["suppress"])] if inputs["suppress"] else [],
+        "prompts": [prompts / name for name in FILES if (prompts / name).is_file()],
+        "content": sorted(default_content_dir().glob("*.md")),
+    }
+    out = {}
+    for name, paths in files.items():
+        digest = hashlib.sha256()
+        for path in paths:
+            digest.update(path.name.encode() + b"\0")
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        out[name] = digest.hexdigest()
+    out["seed"] = str(inputs["seed"])
+    return out
+
+
+def record_run(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str], **extra: Any) -> None:
+    """Write run.json: the inputs, their fingerprint and whatever the caller adds (versions, model)."""
+    _write_atomically(run_dir / RUN_FILE, json.dumps({"inputs": inputs, "fingerprint": fingerprint, **extra}, indent=2))
+
+
+def check_resume(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str]) -> None:
+    """Refuse to resume a run whose inputs changed, naming the first input that did."""
+    from cpo.errors import InputError
+
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"cannot resume {run_dir}: it has no {RUN_FILE} (not a cpo run directory)")
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("fingerprint", {})
+    changed = [name for name in fingerprint if recorded.get(name) != fingerprint[name]]
+    if changed:
+        raise InputError(
+            f"cannot resume {run_dir}: its {changed[0]} changed since the run started; start a new run instead"
+        )

@@ -89,3 +89,26 @@ def test_resume_re_runs_only_the_emails_that_did_not_finish(tmp_path: Path) -> N
     assert not set(again) & kept  # no kept email was generated (paid for) again
     assert sorted(again + sorted(kept)) == sorted(f"{v['segment']}/{v['tone']}" for v in out["variants"])
     assert (tmp_path / "send_list.csv").is_file()
+
+
+def test_resume_refuses_changed_inputs(tmp_path: Path) -> None:
+    from cpo.errors import InputError
+    from cpo.pipeline import check_resume, input_fingerprint, record_run
+
+    customers = tmp_path / "customers.csv"
+    customers.write_bytes(Path(CUSTOMERS).read_bytes())
+    run_inputs = {**inputs(tmp_path), "customers": str(customers)}
+    fingerprint = input_fingerprint(run_inputs)  # type: ignore[arg-type]
+    record_run(tmp_path, run_inputs, fingerprint)  # type: ignore[arg-type]
+    check_resume(tmp_path, run_inputs, input_fingerprint(run_inputs))  # type: ignore[arg-type]
+
+    original = customers.read_bytes()
+    customers.write_bytes(original + b"C999999,Zed,30,Austin,Gold,9,100,5,0.3,0.05,true\n")
+    with pytest.raises(InputError, match="its customers changed since the run started; start a new run instead"):
+        check_resume(tmp_path, run_inputs, input_fingerprint(run_inputs))  # type: ignore[arg-type]
+    customers.write_bytes(original)
+    changed_seed = {**run_inputs, "seed": 8}
+    with pytest.raises(InputError, match="its seed changed"):
+        check_resume(tmp_path, changed_seed, input_fingerprint(changed_seed))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"has no run\.json"):
+        check_resume(tmp_path / "elsewhere", run_inputs, fingerprint)  # type: ignore[arg-type]
