@@ -21,11 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -36,10 +34,23 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import ensure_config, patch_config
-from pydantic import ValidationError
 
 from cpo.cancel import current_stop
 from cpo.chains.normalize import body_as_sent, frame_words, normalize, paragraphs, word_count
+from cpo.chains.repairs import (
+    PARAGRAPH_MAX_TOKENS,
+    SENTENCE_MAX_TOKENS,
+    SUBJECT_FIX_MAX_TOKENS,
+    VARIED_TEMPERATURE,
+    WHOLE_EMAIL,
+    Call,
+    Check,
+    apply_answer,
+    fingerprint,
+    part_of,
+    repeats,
+)
+from cpo.chains.replies import judged_issues, read_draft, sentences_of, subject_candidates, tokens_of
 from cpo.costs import CostTracker, price_book_for
 from cpo.endpoints import EndpointNotes, endpoint_key, notes_for
 from cpo.errors import BudgetExceeded, ConfigError, DeadlineExceeded, Interrupted, UnpricedBudget
@@ -52,7 +63,6 @@ from cpo.models import (
     EmailRequest,
     EmailVariant,
     Normalization,
-    Step,
     ValidationIssue,
     ValidationReport,
 )
@@ -80,153 +90,8 @@ STOPPED: dict[type[Exception], str] = {
     Interrupted: "interrupted",
 }
 STOPPERS = tuple(STOPPED)
-SUBJECT_FIX_MAX_TOKENS = 96  # three candidate lines
-PARAGRAPH_MAX_TOKENS = 300  # one paragraph of at most ~100 words, with room to spare
-SENTENCE_MAX_TOKENS = 60  # one sentence of an extension, with room to spare
 JUDGE_MAX_TOKENS = 400
-# A varied retry after a repeated answer: warmer sampling and a new seed per attempt.
-VARIED_TEMPERATURE = 0.9
-LIST_MARK = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
-REPLY_LABEL = re.compile(r"^\s*(?:new\s+)?(?:subject(?: line)?|paragraph)\s*:\s*", re.IGNORECASE)
-# Problems a targeted repair cannot fix: the whole email is asked for again.
-WHOLE_EMAIL = frozenset({"unparseable", "unknown_citation", "too_few_citations", "body_format"})
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
-
-
-@dataclass
-class Call:
-    """One model call the loop wants made."""
-
-    step: Step
-    model: BaseChatModel
-    messages: list[BaseMessage]
-    kind: str = "email"  # "email" (structured), "text" (plain), "judge" (JSON object)
-    vary: dict[str, Any] = field(default_factory=dict)
-    index: int = -1  # the paragraph a "paragraph" or "shorten" call rewrites
-    max_tokens: int | None = None  # a plain-text call's own output limit
-
-    @property
-    def name(self) -> str:
-        return self.step if self.step in ("draft", "judge") else f"repair: {self.step}"
-
-
-@dataclass
-class Check:
-    """A validation the driver records as its own trace run (inputs and report)."""
-
-    report: ValidationReport
-    subject: str
-    body: str
-
-
 Steps = Generator[Call | Check, Any, EmailVariant]
-
-
-def lenient_json(text: str) -> dict[str, Any] | None:
-    """Parse a JSON object out of model text: tolerates code fences, prose around it, raw newlines."""
-    match = re.search(r"\{.*\}", text, re.DOTALL)
-    if not match:
-        return None
-    try:
-        value = json.loads(match.group(0), strict=False)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _draft_shape(data: dict[str, Any]) -> dict[str, Any]:
-    """Accept the shapes small models give in JSON mode: a wrapper object, a body as a list of paragraphs."""
-    if "subject" not in data and len(data) == 1:
-        (inner,) = data.values()
-        if isinstance(inner, dict):
-            data = inner
-    body = data.get("body")
-    if isinstance(body, list) and all(isinstance(p, str) for p in body):
-        data = {**data, "body": "\n\n".join(p.strip() for p in body)}
-    citations = data.get("citations")
-    if isinstance(citations, str):
-        data = {**data, "citations": [c.strip() for c in citations.split(",") if c.strip()]}
-    return data
-
-
-def _field_error(exc: ValidationError) -> str:
-    """Which field is wrong and how, e.g. "field 'body': Field required"."""
-    parts = []
-    for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"field {where!r}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def _fingerprint(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", "", text.casefold()).split())
-
-
-def _tokens(reply: AIMessage) -> tuple[int, int]:
-    usage = reply.usage_metadata
-    return (usage["input_tokens"], usage["output_tokens"]) if usage else (0, 0)
-
-
-def _subject_line(text: str) -> str:
-    """The subject from a plain-text subject-fix reply: its first non-empty line, without quotes or label."""
-    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
-    return REPLY_LABEL.sub("", line).strip().strip("\"'`").strip()
-
-
-def _paragraph_text(text: str) -> str:
-    """A plain-text paragraph reply without a leading label or wrapping quotes, joined into one paragraph."""
-    body = REPLY_LABEL.sub("", text.strip()).strip().strip("\"'`").strip()
-    return " ".join(body.split())
-
-
-def subject_candidates(text: str) -> list[str]:
-    """The subject lines of a subject-fix reply (it asks for 3), numbering, labels and quotes removed."""
-    lines = [LIST_MARK.sub("", line) for line in text.strip().splitlines() if line.strip()]
-    return list(dict.fromkeys(c for c in (_subject_line(line) for line in lines) if c))
-
-
-def _apply(call: Call, draft: EmailDraft, text: str) -> EmailDraft:
-    """The draft with a targeted repair's answer put in its place (an empty answer changes nothing).
-
-    A subject answer is a list of candidates; the chain picks among them before this is called.
-    """
-    if call.step == "subject":
-        subject = _subject_line(text)
-        return draft.model_copy(update={"subject": subject}) if subject else draft
-    new = _paragraph_text(text)
-    if not new:
-        return draft
-    parts = paragraphs(draft.body)
-    if call.step == "extend":
-        parts.insert(max(len(parts) - 1, 0) if len(parts) > 1 else len(parts), new)
-    elif 0 <= call.index < len(parts):
-        parts[call.index] = new
-    return draft.model_copy(update={"body": "\n\n".join(parts)})
-
-
-def _part(call: Call) -> str:
-    """The part of the email a call writes: the subject, one paragraph ("p2"), the length, or all of it."""
-    if call.step == "paragraph":
-        return f"p{call.index}"
-    return {"subject": "subject", "extend": "length", "shorten": "length"}.get(call.step, "email")
-
-
-def _repeats(call: Call, draft: EmailDraft, previous: ValidationReport | None, seen: set[str]) -> bool:
-    """Did the answer give back what it was asked to change (a subject or paragraph already written)?"""
-    subject_seen = f"s:{_fingerprint(draft.subject)}" in seen
-    parts = paragraphs(draft.body)
-    if call.step == "subject":
-        return subject_seen
-    if call.step in ("paragraph", "shorten", "extend"):
-        index = call.index if call.step != "extend" else max(len(parts) - 2, 0)
-        return 0 <= index < len(parts) and f"p:{_fingerprint(parts[index])}" in seen
-    fields = {i.field for i in previous.issues} if previous is not None else set()
-    opening_seen = bool(parts) and f"p:{_fingerprint(parts[0])}" in seen
-    return ("subject" in fields and subject_seen) or (bool(fields - {"subject"}) and opening_seen)
-
-
-def sentences_of(text: str) -> list[str]:
-    return [s.strip() for p in paragraphs(text) for s in SENTENCE_END.split(p) if s.strip()]
 
 
 class EmailChain(Runnable[EmailRequest, EmailVariant]):
@@ -398,56 +263,6 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
 
     # -- reading replies ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _draft(reply: AIMessage) -> tuple[EmailDraft | None, str | None]:
-        """The EmailDraft in a reply: tool-call arguments or JSON content, tolerating common shapes."""
-        candidates: list[Any] = [c["args"] for c in reply.tool_calls]
-        candidates += [str(c.get("args") or "") for c in reply.invalid_tool_calls]
-        candidates.append(str(reply.content or ""))
-        preview = " ".join(str(reply.content or "").split())[:80]
-        error = f"the reply was not a JSON email object with keys subject, body, citations: {preview!r}"
-        if reply.response_metadata.get("finish_reason") == "length":
-            error = "the reply was cut off at the output token limit (finish_reason=length); write a shorter email"
-        for candidate in candidates:
-            data = candidate if isinstance(candidate, dict) else lenient_json(candidate)
-            if data is not None:
-                try:
-                    return EmailDraft.model_validate(_draft_shape(data)), None
-                except ValidationError as exc:
-                    error = (
-                        f"the reply's JSON is not an email object ({_field_error(exc)}); keys: subject, body, citations"
-                    )
-                    continue
-        return None, error
-
-    def _judged(self, reply: AIMessage, sentences: list[str]) -> list[ValidationIssue]:
-        """Issues for the sentences the judge found unsupported; an unreadable verdict fails closed."""
-        data = lenient_json(str(reply.content or ""))
-        items = data.get("unsupported") if data is not None else None
-        if not isinstance(items, list):
-            return [
-                ValidationIssue(
-                    code="judge_failed", message="the grounding judge's answer could not be read", field="reply"
-                )
-            ]
-        issues = []
-        for item in items:
-            number: Any = item.get("sentence") if isinstance(item, dict) else item
-            try:
-                index = int(number) - 1
-            except (TypeError, ValueError):
-                continue
-            if 0 <= index < len(sentences):
-                reason = str(item.get("reason", "")).strip() if isinstance(item, dict) else ""
-                issues.append(
-                    ValidationIssue(
-                        code="unsupported_sentence",
-                        message=f"the snippets do not support {sentences[index]!r}" + (f": {reason}" if reason else ""),
-                        field="subject" if index == 0 else "body",
-                    )
-                )
-        return issues
-
     # -- the loop -----------------------------------------------------------------------------------
 
     def _assess(
@@ -503,7 +318,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
             if call.step != "judge" and not same_round:
                 attempts += 1
                 round_parts = set()
-            round_parts.add(_part(call))
+            round_parts.add(part_of(call))
             t0 = time.perf_counter()
             try:
                 try:
@@ -533,11 +348,11 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 keep(code, f"the {call.name} call failed: {type(exc).__name__}: {exc}".splitlines()[0])
                 break
             seconds = time.perf_counter() - t0
-            tokens_in, tokens_out = _tokens(reply)
+            tokens_in, tokens_out = tokens_of(reply)
 
             if call.step == "judge":
                 assert report is not None and sent is not None
-                issues = self._judged(
+                issues = judged_issues(
                     reply, sentences_of(f"{sent.subject}\n\n{model_draft.body if model_draft else ''}")
                 )
                 log_.append(
@@ -561,10 +376,10 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                         text = ""  # cut off mid-sentence: not put into the email (asked again, varied)
                     if call.step == "subject":
                         text = self._best_subject(request, model_draft, text)
-                    raw: EmailDraft | None = _apply(call, model_draft, text)
+                    raw: EmailDraft | None = apply_answer(call, model_draft, text)
                     error = None
                 else:
-                    raw, error = self._draft(reply)
+                    raw, error = read_draft(reply)
                 last_text = str(reply.content or "") or json.dumps([c["args"] for c in reply.tool_calls])
                 if raw is None:
                     report = ValidationReport(
@@ -574,9 +389,9 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 else:
                     model_draft, sent, report, changes = self._assess(request, raw)
                     valid_raw = report.valid and not changes
-                    repeated = not report.valid and _repeats(call, model_draft, previous, seen)
-                    seen.add(f"s:{_fingerprint(model_draft.subject)}")
-                    seen.update(f"p:{_fingerprint(p)}" for p in paragraphs(model_draft.body))
+                    repeated = not report.valid and repeats(call, model_draft, previous, seen)
+                    seen.add(f"s:{fingerprint(model_draft.subject)}")
+                    seen.update(f"p:{fingerprint(p)}" for p in paragraphs(model_draft.body))
                 log_.append(
                     Attempt(
                         step=call.step,
@@ -610,7 +425,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
             same_round = (
                 call.kind == "text"
                 and following.kind == "text"
-                and _part(following) not in round_parts
+                and part_of(following) not in round_parts
                 and not repeated
             )
             if not same_round and attempts > self.max_repairs:
