@@ -469,3 +469,32 @@ def test_problems_in_two_paragraphs_are_fixed_paragraph_by_paragraph_in_one_roun
     assert [s.step for s in variant.steps] == ["draft", "paragraph", "paragraph"] and variant.attempts == 2
     assert f"Paragraph: {first}\n" in live_server.requests[1]["messages"][-1]["content"]
     assert f"Paragraph: {second}\n" in live_server.requests[2]["messages"][-1]["content"]
+
+
+@pytest.mark.live_server
+def test_a_failed_repair_call_keeps_the_paid_draft(live_server: Any) -> None:
+    """A repair answered with an HTTP 400 (not retried) does not lose the draft already paid for."""
+    request = BUNDLE.request(SEGMENT, "urgent")
+    answer = good(request)
+    live_server.script(
+        MODEL,
+        ok(as_json({**answer, "subject": "x" * 70}), model=MODEL),
+        error(400, {"error": {"code": "bad_request", "message": "context length exceeded"}}),
+    )
+    tracker = CostTracker()
+    variant = chain_for(live_server).invoke(request, {"callbacks": [tracker]})
+    assert not variant.valid and variant.body.startswith("Hi ")  # the paid draft, kept
+    assert {i.code for i in variant.validation.issues} >= {"subject_length", "repair_failed"}
+    assert tracker.session.calls == 2 and tracker.session.failed_calls == 1
+
+
+@pytest.mark.live_server
+def test_the_python_api_keeps_endpoint_notes_beside_a_configured_ledger(live_server: Any, tmp_path: Any) -> None:
+    request = BUNDLE.request(SEGMENT, "urgent")
+    live_server.script(MODEL, error(500, JSON_SCHEMA_UNSUPPORTED_BODY), ok(tool_args=good(request), model=MODEL))
+    settings = Settings(
+        openai_base_url=f"{live_server.endpoint}/v1", model_name=MODEL, ledger_path=str(tmp_path / "l.sqlite")
+    )
+    build_email_chain(build_chat_model(settings), settings=settings).invoke(request)
+    (note,) = json.loads((tmp_path / "endpoints.json").read_text())["endpoints"].values()
+    assert note["method"] == "function_calling"
