@@ -27,8 +27,11 @@ def inputs(run_dir: Path) -> dict[str, Any]:
 
 
 async def run_graph(run_dir: Path, chain: Any, tracker: CostTracker, *, resume: bool = False) -> Any:
-    async with AsyncSqliteSaver.from_conn_string(str(run_dir / "checkpoints.sqlite")) as saver:
-        graph = build_pipeline(Tools(chain, [tracker]), saver)
+    import aiosqlite
+
+    # A generous busy timeout: a failed run's last checkpoint writes may still hold the file for a moment.
+    async with aiosqlite.connect(run_dir / "checkpoints.sqlite", timeout=30) as conn:
+        graph = build_pipeline(Tools(chain, [tracker]), AsyncSqliteSaver(conn))
         config = {"configurable": {"thread_id": "run-1"}}
         return await graph.ainvoke(None if resume else {"inputs": inputs(run_dir)}, config)
 
