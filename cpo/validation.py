@@ -6,13 +6,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from cpo.chains.grounding import check_grounding
 from cpo.chains.normalize import frame_words, word_count
 from cpo.errors import ConfigError
 from cpo.models import GREETING_TAG, EmailDraft, EmailRequest, ValidationIssue, ValidationReport
+from cpo.yaml_files import load_yaml_model
 
 NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:[.,]\d+)*%?")
 LABEL = re.compile(r"^\s*[*_#>`\s]*(subject|body|title|preview)\s*[*_]*\s*:", re.IGNORECASE | re.MULTILINE)
@@ -54,21 +54,7 @@ class ValidationLimits(BaseModel):
 
     @classmethod
     def from_file(cls, path: Path) -> ValidationLimits:
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            return cls.model_validate(raw)
-        except OSError as exc:
-            raise ConfigError(f"limits file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"limits file {path}: not UTF-8 text") from None
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            line = f" (line {where.line + 1})" if where is not None else ""
-            raise ConfigError(f"limits file {path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(map(str, err["loc"])) or "(top level)"
-            raise ConfigError(f"limits file {path}: {key}: {err['msg']}") from None
+        return load_yaml_model(path, cls, "limits file", ConfigError, empty_ok=True)
 
 
 def numbers_in(text: str) -> set[str]:

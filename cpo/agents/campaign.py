@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from cpo.content import load_snippets
 from cpo.errors import InputError
 from cpo.models import Sender, Snippet
 from cpo.resources import bundled
+from cpo.yaml_files import load_yaml_model
 
 DEFAULT_OFFER = "default"
 
@@ -47,22 +47,7 @@ def default_campaign_file() -> Path:
 def load_campaign(path: Path | None = None, snippets: dict[str, Snippet] | None = None) -> Campaign:
     """Read and check a campaign file: the schema, the rules file, and every snippet id it names."""
     path = path or default_campaign_file()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"campaign file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"campaign file {path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise InputError(f"campaign file {path}: not valid YAML{line}") from None
-    try:
-        campaign = Campaign.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise InputError(f"campaign file {path}: {where}: {err['msg']}") from None
+    campaign = load_yaml_model(path, Campaign, "campaign file", InputError)
     rules = campaign.rules if campaign.rules.is_absolute() else path.parent / campaign.rules
     if not rules.is_file():
         raise InputError(f"campaign file {path}: rules: {rules} does not exist")

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from cpo.agents.load import NUMERIC, LoadedCustomers
 from cpo.errors import InputError
 from cpo.resources import bundled
+from cpo.yaml_files import load_yaml_model
 
 MIN_SEGMENTS, MAX_SEGMENTS = 3, 6
 # The only customer-derived fields that may reach a prompt (as segment means), besides the tier.
@@ -71,20 +71,7 @@ def default_rules_file() -> Path:
 
 def load_rules(path: Path | None = None) -> list[Rule]:
     path = path or default_rules_file()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"rules file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"rules file {path}: not UTF-8 text") from None
-    except yaml.YAMLError:
-        raise InputError(f"rules file {path}: not valid YAML") from None
-    try:
-        rules = RuleFile.model_validate(raw).segments
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise InputError(f"rules file {path}: {where}: {err['msg']}") from None
+    rules = load_yaml_model(path, RuleFile, "rules file", InputError).segments
     names = [r.name for r in rules]
     if len(set(names)) != len(names):
         raise InputError(f"rules file {path}: segment names must be unique")
