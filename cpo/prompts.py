@@ -138,10 +138,17 @@ class PromptSet:
         return [HumanMessage(text)]
 
     def extend(
-        self, request: EmailRequest, cited: list[str], body: str, words: int, low: int, high: int, frame: int
+        self,
+        request: EmailRequest,
+        cited: list[str],
+        body: str,
+        words: int,
+        low: int,
+        high: int,
+        plan: tuple[int, int, int],
     ) -> list[BaseMessage]:
-        """Ask for one more paragraph worth the missing words: adding is what a too-short draft needs."""
-        add_low, add_high, count = extend_plan(words, low, high)
+        """Ask for sentences worth the missing words (`plan` from `extend_plan`): adding is what a short draft needs."""
+        add_low, add_high, count = plan
         text = self.texts["extend.txt"].format(
             words=words,
             low=low,

@@ -36,7 +36,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import ensure_config, patch_config
 
 from cpo.cancel import current_stop
-from cpo.chains.normalize import body_as_sent, frame_words, normalize, paragraphs, word_count
+from cpo.chains.normalize import body_as_sent, normalize, paragraphs, word_count
 from cpo.chains.repairs import (
     PARAGRAPH_MAX_TOKENS,
     SENTENCE_MAX_TOKENS,
@@ -305,6 +305,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         attempts = 0
         repeated = False
         last_text = ""
+        judged: list[str] = []  # the sentences the judge was shown, numbered as it answers
 
         def keep(code: str, message: str) -> None:
             nonlocal report
@@ -352,9 +353,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
 
             if call.step == "judge":
                 assert report is not None and sent is not None
-                issues = judged_issues(
-                    reply, sentences_of(f"{sent.subject}\n\n{model_draft.body if model_draft else ''}")
-                )
+                issues = judged_issues(reply, judged)
                 log_.append(
                     Attempt(
                         step="judge",
@@ -405,14 +404,8 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 )
                 yield Check(report, sent.subject if sent else "", sent.body if sent else "")
                 if report.valid and self.judge is not None and sent is not None and model_draft is not None:
-                    call = Call(
-                        "judge",
-                        self.judge,
-                        self.prompts.judge(
-                            request, sent.citations, sentences_of(f"{sent.subject}\n\n{model_draft.body}")
-                        ),
-                        kind="judge",
-                    )
+                    judged = sentences_of(f"{sent.subject}\n\n{model_draft.body}")
+                    call = Call("judge", self.judge, self.prompts.judge(request, sent.citations, judged), kind="judge")
                     continue
 
             if report.valid:
@@ -494,15 +487,13 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                     "paragraph", model, messages, kind="text", vary=vary, index=index, max_tokens=PARAGRAPH_MAX_TOKENS
                 )
             if body_issues and all(i.code == "body_length" for i in body_issues):
-                sent = body_as_sent(request, draft.body)
-                words, frame = word_count(sent), frame_words(request)
-                if words < self.limits.body_min_words:
-                    messages = self.prompts.extend(
-                        request, cited, draft.body, words, self.limits.body_min_words, self.limits.body_max_words, frame
-                    )
-                    sentences = extend_plan(words, self.limits.body_min_words, self.limits.body_max_words)[2]
+                words = word_count(body_as_sent(request, draft.body))
+                low, high = self.limits.body_min_words, self.limits.body_max_words
+                if words < low:
+                    plan = extend_plan(words, low, high)
+                    messages = self.prompts.extend(request, cited, draft.body, words, low, high, plan)
                     # A runaway answer is cut and asked again, varied, rather than kept too long.
-                    limit = SENTENCE_MAX_TOKENS * sentences
+                    limit = SENTENCE_MAX_TOKENS * plan[2]
                     return Call("extend", model, messages, kind="text", vary=vary, max_tokens=limit)
                 index = max(range(len(parts)), key=lambda j: len(parts[j].split()))
                 messages = self.prompts.shorten(parts[index], words, self.limits.body_max_words)
