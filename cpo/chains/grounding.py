@@ -561,13 +561,22 @@ def _facts_of(text: str, declared: tuple[Fact, ...], keys: tuple[str, ...]) -> t
         return _with_years(_declared(f) for f in declared)
     facts: list[_Quantity] = []
     for sentence, _ in _sentences(text):
-        tokens = _tokens(sentence)
-        quantities = _quantities(sentence, tokens)
-        mentions = _mentions(sentence, keys, tokens) if quantities else []
-        for q, named in zip(quantities, _entities_for(sentence, quantities, mentions), strict=True):
+        for q, named, mentions in _quantities_in(sentence, keys):
             key = _nearest_entity(q, named, mentions)
             facts.append(replace(q, entity=key, entity_name=_entity_name(key) if key else ""))
     return _with_years(facts)
+
+
+def _quantities_in(
+    sentence: str, keys: tuple[str, ...]
+) -> list[tuple[_Quantity, tuple[str, ...], list[tuple[int, str]]]]:
+    """Each quantity of a sentence with the entities named for it and all the sentence's entity mentions:
+    read the same way from snippets and from emails."""
+    tokens = _tokens(sentence)
+    quantities = _quantities(sentence, tokens)
+    mentions = _mentions(sentence, keys, tokens) if quantities else []
+    named = _entities_for(sentence, quantities, mentions)
+    return [(q, n, mentions) for q, n in zip(quantities, named, strict=True)]
 
 
 def extract_facts(snippet: Snippet, entities: Sequence[str] = ()) -> list[str]:
@@ -735,10 +744,7 @@ def check_grounding(
 
     problems: list[GroundingProblem] = []
     for sentence, written in _sentences(text):
-        tokens = _tokens(sentence)
-        quantities = _quantities(sentence, tokens)
-        mentions = _mentions(sentence, keys, tokens) if quantities else []
-        for q, named in zip(quantities, _entities_for(sentence, quantities, mentions), strict=True):
+        for q, named, _ in _quantities_in(sentence, keys):
             problem = _check_number(replace(q, mentions=named), written, sources, hints)
             if problem and problem not in problems:
                 problems.append(problem)
