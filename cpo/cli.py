@@ -32,6 +32,7 @@ LIMITS_HELP = """\
   urgency_phrases [act now, last chance, ...]         phrases counted in the subject
   max_urgency_phrases [1]                            more than this many in a subject is a violation
   allowed_caps [USD, FAQ, NOTE]                      all-caps words the subject may contain"""
+DEFAULT_SEED = 2027
 EXIT_CODES = "exit codes: 0 done, 1 failures, 2 bad input/configuration/credentials, 3 budget reached, 130 Ctrl-C"
 
 
@@ -117,12 +118,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="generate the three tones plus a control for every segment",
-        description="Generate the three tones plus a control for every segment; write <runs dir>/<timestamp>/ "
-        "(variants.json, costs.json) and append every call to <runs dir>/ledger.sqlite.",
+        help="run a campaign: segment customers, write tone variants, assign arms, export",
+        description="Run a campaign from a customer file: load and segment the customers, write the three "
+        "tones plus a control per segment, assign every customer to an arm and export what an email platform "
+        "imports, into <runs dir>/<timestamp>/. Every call is appended to <runs dir>/ledger.sqlite. A stopped "
+        "or killed run goes on with --resume RUN_DIR, without paying again for the emails it kept.",
         epilog=f"{LIMITS_HELP}\n\n{EXIT_CODES}",
     )
-    inputs(run, 2)
+    run.add_argument(
+        "--customers", type=Path, metavar="FILE", help="customer file, CSV or Parquet [the 250-customer sample]"
+    )
+    run.add_argument("--config", type=Path, metavar="FILE", help="campaign file (YAML) [the sample campaign]")
+    run.add_argument(
+        "--suppress", type=Path, metavar="FILE", help="customer ids to leave out (CSV with customer_id, or one a line)"
+    )
+    run.add_argument("--seed", type=_positive_int(0, 2**31 - 1), metavar="N", help=f"assignment seed [{DEFAULT_SEED}]")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="go on with a stopped or killed run, same inputs")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the inputs, show segments and estimated cost; write nothing",
+    )
+    run.add_argument("--prompts", type=Path, metavar="DIR", help="directory overriding prompt files")
+    run.add_argument("--limits", type=Path, metavar="FILE", help="YAML file overriding validation limits (below)")
+    run.add_argument(
+        "--max-repairs",
+        type=_positive_int(0, 5),
+        metavar="N",
+        help="repair rounds for a failing draft (each rewrites every failing part once), 0-5 [2]",
+    )
+    run.add_argument(
+        "--judge",
+        action="store_true",
+        help="also check each sentence against the cited snippets with the configured model (billed to the run)",
+    )
     run.add_argument("--out", type=Path, metavar="DIR", help="runs directory [CPO_RUNS_DIR or ./runs]")
     run.add_argument(
         "--concurrency", type=_positive_int(1, 64), default=4, metavar="N", help="emails in flight, 1-64 [4]"
@@ -131,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-usd",
         type=_usd,
         metavar="USD",
-        help="hard budget: a call is sent only if its worst case fits; at the cap the run stops (exit 3)",
+        help="hard budget for the session (a resumed run counts its earlier spend); at the cap the run stops (exit 3)",
     )
     run.add_argument("--strict", action="store_true", help="exit 1 if any email is invalid")
 
@@ -153,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     costs.add_argument(
         "--session", metavar="ID", help="show the runs of one session (an unambiguous id prefix will do)"
     )
+    costs.add_argument("--emails", action="store_true", help="with --session: one row per email instead of per run")
     costs.add_argument("--limit", type=_positive_int(1, 100_000), default=20, metavar="N", help="rows to show [20]")
     costs.add_argument(
         "--ledger",
@@ -324,114 +354,9 @@ def _bundle(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
-    from datetime import UTC, datetime
+    from cpo.campaign_cli import run_campaign
 
-    from cpo.errors import InputError
-
-    bundle = _bundle(args)
-    requests = [bundle.request(s.name, tone, max_snippets=args.snippets) for s in bundle.segments for tone in TONES]
-    ctx = _Context(args, max_usd=args.max_usd)  # limits, prompts, model and budget are checked before any file
-    runs_dir: Path = args.out or ctx.settings.runs_dir
-    run_dir = runs_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the runs directory {runs_dir}: {exc.strerror or exc}") from None
-    ledger_path = ctx.open_ledger(args.session_name, args.out)
-    try:
-        run_dir.mkdir(exist_ok=False)
-    except OSError as exc:
-        raise InputError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    ctx.announce(args.concurrency)
-    say(f"writing to {run_dir}" + (f"; ledger {ledger_path}" if ledger_path else ""), stderr=True)
-    extra = {
-        "model": ctx.settings.describe(),
-        "source": ctx.source,
-        "ledger": str(ledger_path) if ledger_path else None,
-    }
-    try:
-        result = asyncio.run(_run_with_progress(requests, ctx, run_dir, args.concurrency, extra))
-    finally:
-        ctx.tracker.close()
-    return _report_run(result, ctx, args.strict)
-
-
-async def _run_with_progress(
-    requests: list[Any], ctx: _Context, run_dir: Path, concurrency: int, extra: dict[str, Any]
-) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from cpo.runner import CampaignRun
-
-    progress = Progress(
-        TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_console(True)
-    )
-    with progress:
-        task = progress.add_task("generating", total=len(requests))
-        runner = CampaignRun(
-            requests,
-            ctx.chain,
-            ctx.tracker,
-            run_dir,
-            concurrency=concurrency,
-            extra=extra,
-            on_progress=lambda done, total: progress.update(task, completed=done),
-            say=lambda line: progress.console.print(line, markup=False, highlight=False),
-        )
-        try:
-            runner.save()
-        except OSError as exc:
-            from cpo.errors import InputError
-
-            raise InputError(f"cannot write to {run_dir}: {exc.strerror or exc}") from None
-        return await runner.run()
-
-
-def _report_run(result: Any, ctx: _Context, strict: bool) -> int:
-    from decimal import Decimal
-
-    from cpo.costs import format_usd
-    from cpo.runner import produced_line
-
-    tracker = ctx.tracker
-    out = _console()
-    variants = result.variants
-    out.print(_variants_table(variants, f"cpo run {result.run_dir.name}"))
-    invalid = [v for v in variants if not v.valid]
-    for v in invalid:
-        say(f"invalid {v.segment} / {v.tone}: {'; '.join(v.validation.reasons)}")
-    if variants:
-        say(quality_line(variants))
-    if ctx.source != "offline":
-        say(f"structured output: {ctx.chain.method} ({ctx.method_origin()})")
-    fallback = sum(v.fallback_used for v in variants)
-    if fallback:
-        say(f"offline fallback: {fallback} of {len(variants)} emails were drafted offline (marked fallback_used)")
-    runs = list(tracker.runs.values())
-    if runs:
-        per_run = sum(r.total_tokens for r in runs) / len(runs)
-        costs = [r.cost_usd for r in runs]
-        known = [c for c in costs if c is not None]
-        mean = sum(known, Decimal(0)) / len(known) if len(known) == len(costs) else None
-        say(f"per run: {len(runs)} runs, mean {per_run:.0f} tokens, mean {format_usd(mean)}")
-    say(_totals_line("session", tracker.session))
-    if tracker.accounting_errors or tracker.ledger_errors:
-        say(f"cost ledger: {tracker.ledger_errors} write failure(s) (see the log line above); costs.json is complete")
-    say(f"wrote {result.run_dir / 'variants.json'} and {result.run_dir / 'costs.json'}")
-    for failure in result.failures:
-        say(f"error: {failure}", stderr=True)
-    produced = produced_line(len(variants), result.total, tracker)
-    if result.stopped_by == "interrupted":
-        say(f"interrupted: {produced}", stderr=True)
-    elif result.stopped_by == "budget":
-        say(f"budget reached: {produced}; {result.not_run} not generated ({result.stop_message})", stderr=True)
-    elif result.stopped_by in ("auth", "config"):
-        say(f"error: {result.stop_message}; stopped after {produced}", stderr=True)
-    code = int(result.exit_code)
-    if code == 0 and strict and invalid:
-        return 1
-    return code
+    return run_campaign(args, _Context, say=say, console=_console)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -529,10 +454,15 @@ def cmd_costs(args: argparse.Namespace) -> int:
     path = args.ledger or Settings().ledger_file()
     if path is None:
         raise InputError("the cost ledger is turned off (CPO_LEDGER=off); pass --ledger FILE")
+    if args.emails and not args.session:
+        raise InputError("--emails shows the emails of one session: add --session ID")
     book = Ledger(path, readonly=True)
     try:
         session = book.resolve_session(args.session) if args.session else None
-        rows = book.runs(session, args.limit) if session else book.sessions(args.limit)
+        if session is None:
+            rows = book.sessions(args.limit)
+        else:
+            rows = book.emails(session, args.limit) if args.emails else book.runs(session, args.limit)
     finally:
         book.close()
     if args.as_json:
@@ -541,7 +471,8 @@ def cmd_costs(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"{'runs of session ' + session if session else 'sessions'} in {path}"))
+    kind = "emails" if args.emails else "runs"
+    table = Table(title=Text(f"{kind + ' of session ' + session if session else 'sessions'} in {path}"))
     columns = ["id", "started (UTC)", "name", "calls", "failed", "tokens", "cost", "models"]
     if not session:
         columns.insert(3, "runs")

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # The worst case of a call that sets no max_tokens: the largest output of current OpenAI chat models.
 DEFAULT_WORST_OUTPUT_TOKENS = 16_384
 UNREPORTED = "<unreported>"
+# Tags the run of one email, so calls made inside a larger run (a campaign graph) are also kept per email.
+EMAIL_TAG = "cpo:email"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -216,12 +218,18 @@ def _never_raises(method: F) -> F:
 class _Call:
     """An LLM call between its start callback and its end."""
 
-    __slots__ = ("deployment", "messages", "model_hint", "root", "started")
+    __slots__ = ("deployment", "email", "messages", "model_hint", "root", "started")
 
     def __init__(
-        self, root: UUID, model_hint: str | None, deployment: str | None, messages: Sequence[BaseMessage] | None
+        self,
+        root: UUID,
+        model_hint: str | None,
+        deployment: str | None,
+        messages: Sequence[BaseMessage] | None,
+        email: tuple[UUID, str] | None = None,
     ) -> None:
         self.root, self.model_hint, self.deployment, self.messages = root, model_hint, deployment, messages
+        self.email = email
         self.started = time.perf_counter()
 
 
@@ -257,6 +265,7 @@ class CostTracker(BaseCallbackHandler):
         self.accounting_errors = 0
         self._error_kinds: set[str] = set()
         self._parents: dict[UUID, UUID | None] = {}
+        self._email_runs: dict[UUID, str] = {}
         self._calls: dict[UUID, _Call] = {}
         self._reserved: set[UUID] = set()
         self._learned: dict[str, str] = {}
@@ -306,15 +315,28 @@ class CostTracker(BaseCallbackHandler):
             seen += 1
         return root
 
-    def _enter(self, run_id: UUID, parent_run_id: UUID | None, name: str | None) -> None:
+    def _email(self, parent_run_id: UUID | None) -> tuple[UUID, str] | None:
+        """The email run (tagged EMAIL_TAG) a call belongs to, when it runs inside one (e.g. in a campaign graph)."""
+        node, seen = parent_run_id, 0
+        while node is not None and seen < 1000:
+            if node in self._email_runs:
+                return node, self._email_runs[node]
+            node = self._parents.get(node)
+            seen += 1
+        return None
+
+    def _enter(self, run_id: UUID, parent_run_id: UUID | None, name: str | None, tags: list[str] | None = None) -> None:
         with self._lock:
             self._parents[run_id] = parent_run_id
             if parent_run_id is None:
                 self.run_names[run_id] = name or "run"
+            if tags and EMAIL_TAG in tags and self._email(parent_run_id) is None:
+                self._email_runs[run_id] = name or "email"
 
     def _forget(self, run_id: UUID) -> None:
         with self._lock:
             self._parents.pop(run_id, None)
+            self._email_runs.pop(run_id, None)
 
     @_never_raises
     def on_chain_start(
@@ -326,7 +348,7 @@ class CostTracker(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        self._enter(run_id, parent_run_id, kwargs.get("name") or (serialized or {}).get("name"))
+        self._enter(run_id, parent_run_id, kwargs.get("name") or (serialized or {}).get("name"), kwargs.get("tags"))
 
     @_never_raises
     def on_tool_start(
@@ -490,7 +512,8 @@ class CostTracker(BaseCallbackHandler):
             hint = self.model_hint(params)
             with self._lock:
                 root = self._root(run_id, parent_run_id)
-                self._calls[run_id] = _Call(root, hint, params.get("azure_deployment"), prompt)
+                email = self._email(parent_run_id)
+                self._calls[run_id] = _Call(root, hint, params.get("azure_deployment"), prompt, email)
         except Exception as exc:
             self._accounting_failed("on_chat_model_start", exc)
 
@@ -586,6 +609,8 @@ class CostTracker(BaseCallbackHandler):
                     status=status,
                     estimated=estimated,
                     deployment=call.deployment,
+                    email_id=None if call.email is None else str(call.email[0]),
+                    email_name=None if call.email is None else call.email[1],
                 )
             )
 

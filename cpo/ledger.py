@@ -30,7 +30,7 @@ from cpo.pricing import TokenCounts
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 5.0
 
 CALLS_V1 = """
@@ -64,6 +64,16 @@ CREATE TABLE IF NOT EXISTS sessions (
     started TEXT NOT NULL
 );
 """,
+    3: """
+ALTER TABLE calls ADD COLUMN email_id TEXT;
+ALTER TABLE calls ADD COLUMN email_name TEXT;
+""",
+}
+# How `_grouped` groups and names rows: per session, per run, or per email (a standalone email is its own run).
+GROUPINGS = {
+    "session_id": ("c.session_id", "MAX(s.name)"),
+    "run_id": ("c.run_id", "MAX(c.run_name)"),
+    "email_id": ("COALESCE(c.email_id, c.run_id)", "MAX(COALESCE(c.email_name, c.run_name))"),
 }
 UNKNOWN_COST = "unknown-cost"
 # A structured-output method the server refused (no tokens, not billed): kept apart from failed calls.
@@ -84,6 +94,8 @@ class CallRow:
     status: str
     estimated: bool = False
     deployment: str | None = None
+    email_id: str | None = None  # the email's own run, when the call ran inside a campaign run
+    email_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,8 +253,8 @@ class Ledger:
                     continue
                 conn.execute(
                     "INSERT INTO calls (ts, session_id, run_id, run_name, model, input_tokens, cached_input_tokens,"
-                    " output_tokens, reasoning_tokens, cost_usd, latency_s, status, estimated, deployment)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " output_tokens, reasoning_tokens, cost_usd, latency_s, status, estimated, deployment, email_id,"
+                    " email_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         _now(),
                         row.session_id,
@@ -258,6 +270,8 @@ class Ledger:
                         row.status,
                         int(row.estimated),
                         row.deployment,
+                        row.email_id,
+                        row.email_name,
                     ),
                 )
             conn.execute("COMMIT")
@@ -303,12 +317,16 @@ class Ledger:
 
     def _grouped(self, key: str, limit: int, session_id: str | None = None) -> list[dict[str, Any]]:
         self.flush()  # read our own writes
+        group, name = GROUPINGS[key]
+        if key == "email_id" and self.version < 3:
+            group, name = GROUPINGS["run_id"]
+        if key == "session_id" and self.version < 2:
+            name = "NULL"
         where, args = ("WHERE c.session_id = ?", [session_id]) if session_id else ("", [])
-        name = "MAX(c.run_name)" if key == "run_id" else ("MAX(s.name)" if self.version >= 2 else "NULL")
         join = "LEFT JOIN sessions s ON s.session_id = c.session_id" if self.version >= 2 else ""
         rows = self._query(
             f"""
-            SELECT c.{key} AS id, MIN(c.ts) AS started, {name} AS name,
+            SELECT {group} AS id, MIN(c.ts) AS started, {name} AS name,
                    SUM(c.status NOT LIKE '{REFUSED}%') AS calls,
                    SUM(c.status != 'ok' AND c.status NOT LIKE '{REFUSED}%') AS failed_calls,
                    SUM(c.status LIKE '{REFUSED}%') AS refused_calls, SUM(c.input_tokens) AS input_tokens,
@@ -317,11 +335,11 @@ class Ledger:
                    SUM(c.cost_usd IS NULL AND c.status NOT LIKE '{UNKNOWN_COST}%') AS unpriced_calls,
                    SUM(c.status LIKE '{UNKNOWN_COST}%') AS unknown_cost_calls,
                    COUNT(DISTINCT c.run_id) AS runs
-            FROM calls c {join} {where} GROUP BY c.{key} ORDER BY started DESC LIMIT ?""",
+            FROM calls c {join} {where} GROUP BY {group} ORDER BY started DESC LIMIT ?""",
             [*args, limit],
         )
         for row in rows:
-            costs = self._query(f"SELECT cost_usd FROM calls WHERE {key} = ? AND cost_usd IS NOT NULL", [row["id"]])
+            costs = self._query(f"SELECT cost_usd FROM calls c WHERE {group} = ? AND cost_usd IS NOT NULL", [row["id"]])
             exact = sum((Decimal(c["cost_usd"]) for c in costs), Decimal(0))
             row["cost_usd"] = None if row["unpriced_calls"] else exact
         return rows
@@ -333,6 +351,10 @@ class Ledger:
     def runs(self, session_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Most recent runs first, optionally of one session."""
         return self._grouped("run_id", limit, session_id)
+
+    def emails(self, session_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The emails of one session, each with the calls it made (within a campaign run or on its own)."""
+        return self._grouped("email_id", limit, session_id)
 
     def resolve_session(self, prefix: str) -> str:
         """The session whose id is `prefix`, or the only one starting with it; InputError otherwise."""

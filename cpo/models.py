@@ -171,6 +171,10 @@ class ValidationReport(BaseModel):
     def reasons(self) -> list[str]:
         return [i.message for i in self.issues]
 
+    @property
+    def codes(self) -> set[str]:
+        return {i.code for i in self.issues}
+
 
 class EmailVariant(BaseModel):
     """One generated email with everything needed to audit it: prompts, model, cost, checks."""

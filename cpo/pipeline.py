@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -30,6 +30,9 @@ from cpo.agents.generation import email_requests
 from cpo.agents.load import LoadedCustomers, load_customers
 from cpo.agents.segmentation import Segment, segment_customers
 from cpo.content import load_snippets
+from cpo.costs import trackers_in
+from cpo.errors import InputError
+from cpo.guard import Guard, one_line
 from cpo.models import EmailRequest, EmailVariant
 
 DATABASE = "customers.duckdb"
@@ -44,32 +47,52 @@ class Inputs(TypedDict):
     run_dir: str
 
 
+def _merged(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:
+    """Entries keyed by request; `None` clears them (a new pass over a finished thread starts empty)."""
+    return {} if new is None else {**(old or {}), **new}
+
+
 class CampaignState(TypedDict, total=False):
     inputs: Inputs
     counts: dict[str, int]
     segments: list[dict[str, Any]]
     requests: list[dict[str, Any]]
-    variants: Annotated[list[dict[str, Any]], operator.add]
+    variants: Annotated[dict[str, dict[str, Any]] | None, _merged]  # request key -> EmailVariant
+    failures: Annotated[dict[str, str] | None, _merged]  # request key -> the error, in one line
+    skipped: Annotated[dict[str, str] | None, _merged]  # request key -> why it was not generated (budget, Ctrl-C)
     assignment: dict[str, Any]
     delivery: dict[str, Any]
 
 
+# A kept draft whose email stopped for one of these reasons is not final: a resumed run generates it again.
+UNFINISHED = frozenset({"budget", "interrupted"})
+
+
 @dataclass(frozen=True)
 class Tools:
-    """What the nodes use and must not create: the email chain and the callbacks (cost tracker)."""
+    """What the nodes use and must not create: the email chain and the guard that bounds and stops generation.
+
+    The cost tracker comes with the graph's own callbacks (`config["callbacks"]`), so every email's calls
+    land on the campaign's root run.
+    """
 
     chain: Runnable[EmailRequest, EmailVariant]
-    callbacks: list[Any]
+    guard: Guard = field(default_factory=Guard)
+    on_excluded: Callable[[list[tuple[str, str]]], None] | None = None  # (customer id, reason) pairs, for the log
 
 
-def _email_file(run_dir: Path, request: EmailRequest) -> Path:
+def request_key(request: EmailRequest) -> str:
+    """A request's identity: the same segment summary, offer, tone, snippets and sender give the same key."""
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:20]
+
+
+def _email_file(run_dir: Path, key: str) -> Path:
     """Where one email is kept the moment it is generated, keyed by its request.
 
     LangGraph's checkpoint can miss the writes of tasks that finish at the instant another task fails
     (measured: up to 8 of 17 finished emails re-run on resume); this file is written before the task
     returns, so a resumed run finds every email that was paid for and does not pay for it again.
     """
-    key = hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:20]
     return run_dir / EMAILS / f"{key}.json"
 
 
@@ -103,6 +126,24 @@ def _segments(state: CampaignState) -> list[Segment]:
     return [Segment(**s) for s in state.get("segments", [])]
 
 
+def _campaign(inputs: Inputs) -> Any:
+    return load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None)
+
+
+def ordered_variants(state: Mapping[str, Any]) -> list[EmailVariant]:
+    """The generated emails in request order (segment, then arm)."""
+    variants = state.get("variants") or {}
+    keys = [request_key(EmailRequest.model_validate(r)) for r in state.get("requests", [])]
+    return [EmailVariant.model_validate(variants[k]) for k in keys if k in variants]
+
+
+async def _flush_ledgers(config: RunnableConfig) -> None:
+    """Ledger before file: an email is kept only once its calls are committed to the cost ledger."""
+    for tracker in trackers_in(config.get("callbacks")):
+        if tracker.ledger is not None:
+            await tracker.ledger.aflush()
+
+
 def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     """The compiled graph; invoke it with `{"inputs": Inputs}` and `{"configurable": {"thread_id": run_id}}`."""
 
@@ -115,6 +156,8 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
             suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
             loaded = load_customers(Path(inputs["customers"]), suppress=suppress, connection=con)
             segments = segment_customers(loaded, campaign.rules)
+            if tools.on_excluded is not None:
+                tools.on_excluded([(str(i), str(r)) for i, r in con.execute("SELECT * FROM excluded").fetchall()])
         finally:
             con.close()
         requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
@@ -122,6 +165,9 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
             "counts": {"total": loaded.total, "no_consent": loaded.no_consent, "suppressed": loaded.suppressed},
             "segments": [s.__dict__ for s in segments],
             "requests": [r.model_dump(mode="json") for r in requests],
+            "variants": None,
+            "failures": None,
+            "skipped": None,
         }
 
     def fan_out(state: CampaignState) -> list[Send]:
@@ -130,17 +176,37 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
 
     async def generate(payload: dict[str, Any], config: RunnableConfig) -> CampaignState:
         request = EmailRequest.model_validate(payload["request"])
-        saved = _email_file(Path(payload["run_dir"]), request)
+        key = request_key(request)
+        saved = _email_file(Path(payload["run_dir"]), key)
         if saved.is_file():  # generated before an interruption: not paid for again
-            return {"variants": [json.loads(saved.read_text(encoding="utf-8"))]}
-        variant = await tools.chain.ainvoke(request, {"callbacks": tools.callbacks})
+            return {"variants": {key: json.loads(saved.read_text(encoding="utf-8"))}}
+        guard = tools.guard
+        async with guard.slots:
+            if not guard.dispatching:
+                return {"skipped": {key: guard.stopped_by or "stopped"}}
+            try:
+                variant = await tools.chain.ainvoke(request, config)
+            except Exception as exc:
+                if guard.outcome(exc) == "skipped":
+                    return {"skipped": {key: guard.stopped_by or "interrupted"}}
+                return {"failures": {key: one_line(exc)}}
         data = variant.model_dump(mode="json")
-        _write_atomically(saved, json.dumps(data))
-        return {"variants": [data]}
+        if UNFINISHED.isdisjoint(variant.validation.codes):
+            await _flush_ledgers(config)
+            _write_atomically(saved, json.dumps(data))
+        return {"variants": {key: data}}
+
+    def gather(state: CampaignState) -> CampaignState:
+        """Every email task has returned; nothing to change, the route below decides whether to go on."""
+        return {}
+
+    def go_on(state: CampaignState) -> str:
+        """A stopped run (budget, Ctrl-C, credentials) ends here; `--resume` generates what is missing."""
+        return END if state.get("skipped") else "assign"
 
     def assign(state: CampaignState) -> CampaignState:
         inputs = state["inputs"]
-        campaign = load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None)
+        campaign = _campaign(inputs)
         con = _connect(inputs)
         try:
             result = assign_customers(
@@ -151,19 +217,24 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
             )
         finally:
             con.close()
-        return {"assignment": {"total": result.total, "per_arm": result.per_arm(), "small_cells": result.small_cells()}}
+        return {
+            "assignment": {
+                "total": result.total,
+                "per_arm": result.per_arm(),
+                "cells": [[s, a, n] for (s, a), n in sorted(result.cells.items())],
+                "small_cells": result.small_cells(),
+            }
+        }
 
     def export(state: CampaignState) -> CampaignState:
         inputs = state["inputs"]
-        campaign = load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None)
-        variants = [EmailVariant.model_validate(v) for v in state.get("variants", [])]
         con = _connect(inputs)
         try:
             delivery = export_campaign(
                 _reopened(con, inputs, state["counts"]),
                 _segments(state),
-                variants,
-                campaign,
+                ordered_variants(state),
+                _campaign(inputs),
                 Path(inputs["run_dir"]),
                 DEFAULT_ARMS,
             )
@@ -174,11 +245,13 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     graph = StateGraph(CampaignState)
     graph.add_node("load_segment", load_segment)
     graph.add_node("generate", generate)  # type: ignore[arg-type]  # a Send payload, not the graph state
+    graph.add_node("gather", gather)
     graph.add_node("assign", assign)
     graph.add_node("export", export)
     graph.add_edge(START, "load_segment")
     graph.add_conditional_edges("load_segment", fan_out, ["generate"])
-    graph.add_edge("generate", "assign")
+    graph.add_edge("generate", "gather")
+    graph.add_conditional_edges("gather", go_on, ["assign", END])
     graph.add_edge("assign", "export")
     graph.add_edge("export", END)
     return graph.compile(checkpointer=checkpointer)
@@ -187,8 +260,9 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
 RUN_FILE = "run.json"
 
 
-def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None) -> dict[str, str]:
-    """sha256 of every input a campaign is built from: customers, campaign, rules, suppression, prompts, content.
+def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None, limits: Path | None = None) -> dict[str, str]:
+    """sha256 of every input a campaign is built from: customers, campaign, rules, suppression, prompts, content
+    (and the limits file, when one is given).
 
     `--resume` compares it with the run's `run.json` and refuses changed inputs: emails generated from
     the old ones would be mixed with new ones.
@@ -208,14 +282,19 @@ def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None) -> dict[s
         "prompts": [prompts / name for name in FILES if (prompts / name).is_file()],
         "content": sorted(default_content_dir().glob("*.md")),
     }
+    if limits is not None:
+        files["limits"] = [limits]
     out = {}
     for name, paths in files.items():
         digest = hashlib.sha256()
         for path in paths:
             digest.update(path.name.encode() + b"\0")
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
+            try:
+                with path.open("rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+            except OSError as exc:
+                raise InputError(f"cannot read the {name} file {path}: {exc.strerror or exc}") from None
         out[name] = digest.hexdigest()
     out["seed"] = str(inputs["seed"])
     return out
@@ -228,8 +307,6 @@ def record_run(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str], **ext
 
 def check_resume(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str]) -> None:
     """Refuse to resume a run whose inputs changed, naming the first input that did."""
-    from cpo.errors import InputError
-
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise InputError(f"cannot resume {run_dir}: it has no {RUN_FILE} (not a cpo run directory)")

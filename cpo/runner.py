@@ -1,14 +1,16 @@
-"""`cpo run` as a library: generate many emails concurrently on asyncio, and keep every paid one.
+"""`cpo run` as a library: drive the campaign graph, keep every paid email, report progress and stops.
 
-Promises, each tested in `tests/test_runner.py`:
+Promises, each tested in `tests/test_runner.py` and `tests/test_campaign_run.py`:
 
-- **Ledger before file.** An email is written to `variants.json` only after its calls are committed
-  to the cost ledger, so a killed run never leaves a produced email without its cost.
-- **Ctrl-C.** The first SIGINT stops dispatching, gives calls in flight a short grace period, then
-  cancels them (each becomes a call of unknown cost); emails whose calls completed are kept (a paid
-  draft whose repair was cut off is kept, marked invalid), the files are written and the run ends
-  with "interrupted: ..." and exit code 130. A second SIGINT writes the files and exits at once.
-- **Budget.** A refusal stops dispatching; calls in flight finish; exit code 3.
+- **Ledger before file.** An email is kept (in `emails/`, then `variants.json`) only after its calls
+  are committed to the cost ledger, so a killed run never leaves a produced email without its cost.
+- **Resume.** The graph is checkpointed (SQLite in the run directory, or Postgres); `--resume` goes on
+  from the last checkpoint in the same cost session and never pays again for a kept email.
+- **Ctrl-C.** The first SIGINT stops new emails, gives calls in flight a short grace period, then
+  cancels them (each becomes a call of unknown cost); emails whose calls completed are kept, the files
+  are written and the run ends with "interrupted: ..." and exit code 130. A second SIGINT writes the
+  files and exits at once.
+- **Budget.** A refusal stops new emails; calls in flight finish; exit code 3.
 - **Authentication.** The first 401/403 stops the run instead of failing every email the same way.
 """
 
@@ -19,21 +21,29 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import openai
 from langchain_core.runnables import Runnable
 
-from cpo.cancel import StopSignal, current_stop
+from cpo.agents.segmentation import Segment
+from cpo.cancel import current_stop
 from cpo.costs import CostTracker
-from cpo.errors import BudgetExceeded, ConfigError, Interrupted
+from cpo.guard import Guard, one_line
 from cpo.models import EmailRequest, EmailVariant
+from cpo.pipeline import EMAILS, Inputs, Tools, build_pipeline, ordered_variants, request_key
+from cpo.runlog import RunLog
+
+__all__ = ["CampaignRunner", "RunResult", "one_line", "open_checkpointer"]
 
 GRACE_S = 0.5
 EXIT_FAILED, EXIT_CONFIG, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
+CHECKPOINTS = "checkpoints.sqlite"
+STAGES = ("load_segment", "generate", "assign", "export")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -48,18 +58,26 @@ def produced_line(produced: int, total: int, tracker: CostTracker) -> str:
     return f"{produced} of {total} emails, {tracker.session.cost_display} spent"
 
 
-def one_line(exc: BaseException) -> str:
-    """An error as one line; connection errors name the host they tried."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
-        url = getattr(getattr(exc, "request", None), "url", None)
-        where = f"{url.scheme}://{url.host}:{url.port}" if url is not None and url.port else str(url or "")
-        cause = exc.__cause__
-        reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else text
-        return f"cannot reach {where}: {reason}"
-    notes = "; ".join(getattr(exc, "__notes__", []) or [])
-    shown = f"{type(exc).__name__}: {text}" if isinstance(exc, openai.OpenAIError) else text
-    return f"{shown} ({notes})" if notes else shown
+@asynccontextmanager
+async def open_checkpointer(run_dir: Path, url: str | None = None) -> AsyncIterator[Any]:
+    """Postgres when `url` is given (runs shared between machines), else SQLite in the run directory."""
+    if url:
+        try:
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        except ImportError:
+            from cpo.errors import ConfigError
+
+            raise ConfigError("CPO_CHECKPOINT_URL needs the postgres extra: pip install 'cpo[postgres]'") from None
+        async with AsyncPostgresSaver.from_conn_string(url) as saver:
+            await saver.setup()
+            yield saver
+        return
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    # A generous busy timeout: a stopped run's last checkpoint writes may hold the file for a moment.
+    async with aiosqlite.connect(run_dir / CHECKPOINTS, timeout=30) as conn:
+        yield AsyncSqliteSaver(conn)
 
 
 @dataclass
@@ -67,12 +85,17 @@ class RunResult:
     """What a run produced and why it ended."""
 
     run_dir: Path
-    total: int
+    total: int = 0
     variants: list[EmailVariant] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     not_run: int = 0
     stopped_by: str | None = None  # "budget" | "auth" | "config" | "interrupted"
     stop_message: str | None = None
+    segments: list[Segment] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    assignment: dict[str, Any] = field(default_factory=dict)
+    delivery: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -85,39 +108,52 @@ class RunResult:
         return EXIT_FAILED if self.failures else 0
 
 
-class CampaignRun:
-    """Runs `chain.ainvoke` over `requests` with at most `concurrency` emails in flight."""
+class CampaignRunner:
+    """Runs (or resumes) one campaign thread of the graph with at most `concurrency` emails in flight."""
 
     def __init__(
         self,
-        requests: Sequence[EmailRequest],
+        inputs: Inputs,
         chain: Runnable[EmailRequest, EmailVariant],
         tracker: CostTracker,
-        run_dir: Path,
         *,
+        run_id: str,
+        root_run_id: str,
         concurrency: int = 4,
+        checkpoint_url: str | None = None,
+        log: RunLog | None = None,
         extra: dict[str, Any] | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
         say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
     ) -> None:
-        self.requests = list(requests)
-        self.chain, self.tracker, self.run_dir = chain, tracker, run_dir
-        self.concurrency = concurrency
+        self.inputs, self.chain, self.tracker = inputs, chain, tracker
+        self.run_dir = Path(inputs["run_dir"])
+        self.run_id, self.root_run_id = run_id, root_run_id
+        self.guard = Guard(concurrency)
+        self.checkpoint_url = checkpoint_url
+        self.log = log
         self.extra = extra or {}
         self.on_progress = on_progress
         self.say = say
-        self.result = RunResult(run_dir=run_dir, total=len(self.requests))
-        self.stop = StopSignal()
-        self._produced: dict[int, EmailVariant] = {}
-        self._dispatching = True
+        self.result = RunResult(run_dir=self.run_dir)
+        self.resumed_from_checkpoint = False
+        self._state: dict[str, Any] = {}
         self._sigints = 0
+        self._started = time.perf_counter()
+        self._mark = self._started
 
-    def _in_order(self) -> list[EmailVariant]:
-        return [self._produced[i] for i in sorted(self._produced)]
+    # -- files ------------------------------------------------------------------------------------
+
+    def _kept_variants(self) -> list[EmailVariant]:
+        """Emails in request order: those in graph state, else those kept on disk (after a second Ctrl-C)."""
+        state = dict(self._state)
+        kept = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (self.run_dir / EMAILS).glob("*.json")}
+        state["variants"] = {**kept, **(state.get("variants") or {})}
+        return ordered_variants(state)
 
     def save(self) -> None:
         """variants.json (emails whose costs are committed) and costs.json, both replaced atomically."""
-        produced = self._in_order()
+        produced = self._kept_variants()
         write_json(self.run_dir / "variants.json", [v.model_dump(mode="json") for v in produced])
         write_json(
             self.run_dir / "costs.json",
@@ -125,26 +161,120 @@ class CampaignRun:
                 **self.tracker.summary(),
                 **self.extra,
                 "emails": {"requested": self.result.total, "produced": len(produced)},
-                "stopped_by": self.result.stopped_by,
-                "variants": {v.variant_id: v.run_id for v in produced},
+                "stopped_by": self.guard.stopped_by,
+                "variants": {v.variant_id: {"run_id": v.run_id, **v.usage.to_json_dict()} for v in produced},
                 "errors": self.result.failures,
             },
         )
 
+    # -- running ----------------------------------------------------------------------------------
+
     async def run(self) -> RunResult:
         loop = asyncio.get_running_loop()
-        token = current_stop.set(self.stop)
+        token = current_stop.set(self.guard.signal)
         installed = self._install_sigint(loop)
         try:
-            await self._dispatch()
+            async with open_checkpointer(self.run_dir, self.checkpoint_url) as saver:
+                on_excluded = self.log.excluded if self.log is not None else None
+                graph = build_pipeline(Tools(self.chain, self.guard, on_excluded), saver)
+                config: Any = {
+                    "configurable": {"thread_id": self.run_id},
+                    "callbacks": [self.tracker],
+                    "run_id": self.root_run_id,
+                    "run_name": f"campaign {self.run_id}",
+                }
+                snapshot = await graph.aget_state(config)
+                start: Any = {"inputs": self.inputs}
+                if snapshot.next:  # killed mid-way: go on from the last checkpoint
+                    start, self.resumed_from_checkpoint = None, True
+                    self._state = dict(snapshot.values)
+                    self._started_generation()
+                async for chunk in graph.astream(start, config, stream_mode="updates"):
+                    for node, update in chunk.items():
+                        self._on_update(node, update or {})
+                self._state = dict((await graph.aget_state(config)).values)
         finally:
             if installed:
                 loop.remove_signal_handler(signal.SIGINT)
             current_stop.reset(token)
-        self.result.variants = self._in_order()
-        self.result.not_run = self.result.total - len(self.result.variants) - len(self.result.failures)
+        self._finish()
         self.save()
         return self.result
+
+    def _started_generation(self) -> None:
+        self.result.total = len(self._state.get("requests", []))
+        self._progress("generate", 0, self.result.total)
+
+    def _lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.result.timings[stage] = round(now - self._mark, 3)
+        self._mark = now
+        if self.log is not None:
+            self.log.event("stage", stage=stage, seconds=self.result.timings[stage])
+
+    def _on_update(self, node: str, update: dict[str, Any]) -> None:
+        if node == "load_segment":
+            self._state.update(update)
+            self._lap("load_segment")
+            self._progress("load_segment", 1, 1)
+            if self.log is not None:
+                self.log.event("segments", counts=update["counts"], segments=[s["name"] for s in update["segments"]])
+            self._started_generation()
+        elif node == "generate":
+            self._one_email(update)
+        elif node == "gather":
+            self._lap("generate")
+        elif node in ("assign", "export"):
+            self._state.update(update)
+            self._lap(node)
+            self._progress(node, 1, 1)
+            if self.log is not None:
+                self.log.event(node, **update)
+
+    def _one_email(self, update: dict[str, Any]) -> None:
+        for name in ("variants", "failures", "skipped"):
+            merged = dict(self._state.get(name) or {})
+            merged.update(update.get(name) or {})
+            self._state[name] = merged
+        done = sum(len(self._state.get(n) or {}) for n in ("variants", "failures", "skipped"))
+        self._progress("generate", done, self.result.total)
+        if self.log is None:
+            return
+        for data in (update.get("variants") or {}).values():
+            v = EmailVariant.model_validate(data)
+            self.log.event(
+                "email",
+                segment=v.segment,
+                tone=v.tone,
+                variant_id=v.variant_id,
+                valid=v.valid,
+                issues=sorted(v.validation.codes),
+                attempts=v.attempts,
+                tokens=v.usage.total_tokens,
+                cost=v.usage.cost_display,
+            )
+        for key, error in (update.get("failures") or {}).items():
+            self.log.event("email_failed", request=key, error=error)
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
+
+    def _finish(self) -> None:
+        state, result = self._state, self.result
+        requests = [EmailRequest.model_validate(r) for r in state.get("requests", [])]
+        labels = {request_key(r): f"{r.segment.name} / {r.tone}" for r in requests}
+        result.total = len(requests)
+        result.variants = ordered_variants(state)
+        result.failures = [f"{labels.get(k, k)}: {e}" for k, e in (state.get("failures") or {}).items()]
+        result.not_run = len(state.get("skipped") or {})
+        result.stopped_by, result.stop_message = self.guard.stopped_by, self.guard.stop_message
+        result.segments = [Segment(**s) for s in state.get("segments", [])]
+        result.counts = dict(state.get("counts", {}))
+        result.assignment = dict(state.get("assignment", {})) if not state.get("skipped") else {}
+        result.delivery = dict(state.get("delivery", {})) if not state.get("skipped") else {}
+
+    # -- Ctrl-C -----------------------------------------------------------------------------------
 
     def _install_sigint(self, loop: asyncio.AbstractEventLoop) -> bool:
         try:
@@ -157,61 +287,9 @@ class CampaignRun:
         self._sigints += 1
         if self._sigints > 1:
             self.save()
-            line = produced_line(len(self._produced), self.result.total, self.tracker)
+            line = produced_line(len(self._kept_variants()), self.result.total, self.tracker)
             self.say(f"interrupted again: {line}; exiting now")
             os._exit(EXIT_INTERRUPTED)
-        self._halt("interrupted", None)
+        self.guard.halt("interrupted")
         self.say(f"stopping: waiting up to {GRACE_S:g} s for calls in flight (Ctrl-C again to quit now)")
-        loop.call_later(GRACE_S, self.stop.stop)
-
-    def _halt(self, reason: str, message: str | None) -> None:
-        """Stop dispatching; the first reason to stop is the one reported."""
-        self._dispatching = False
-        if self.result.stopped_by is None:
-            self.result.stopped_by, self.result.stop_message = reason, message
-
-    async def _dispatch(self) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
-        tasks: set[asyncio.Task[None]] = set()
-        for index, request in enumerate(self.requests):
-            await slots.acquire()
-            if not self._dispatching:
-                slots.release()
-                break
-            task = asyncio.create_task(self._one(index, request))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            task.add_done_callback(lambda _: slots.release())
-        if tasks:
-            await asyncio.gather(*tasks)
-
-    async def _one(self, index: int, request: EmailRequest) -> None:
-        config = {"callbacks": [self.tracker]}  # the chain names the run for its segment and tone
-        label = f"{request.segment.name} / {request.tone}"
-        try:
-            variant: EmailVariant = await self.chain.ainvoke(request, config)  # type: ignore[arg-type]
-        except BudgetExceeded as exc:
-            self._halt("budget", str(exc))
-            return
-        except ConfigError as exc:  # e.g. the model that answered has no price, so the budget cannot hold
-            self._halt("config", str(exc))
-            return
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            self._halt("auth", f"the endpoint refused the credentials: {one_line(exc)}")
-            self.stop.stop()
-            return
-        except Interrupted:
-            return
-        except Exception as exc:
-            self.result.failures.append(f"{label}: {one_line(exc)}")
-            self._progressed()
-            return
-        if self.tracker.ledger is not None:
-            await self.tracker.ledger.aflush()
-        self._produced[index] = variant
-        self.save()
-        self._progressed()
-
-    def _progressed(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress(len(self._produced) + len(self.result.failures), self.result.total)
+        loop.call_later(GRACE_S, self.guard.signal.stop)

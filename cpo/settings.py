@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     ledger_path: str | None = _env("CPO_LEDGER", "ledger_path")
     prompts_dir: Path | None = _env("CPO_PROMPTS_DIR", "prompts_dir")
     runs_dir: Path = Field(Path("runs"), validation_alias=AliasChoices("CPO_RUNS_DIR", "runs_dir"))
+    # Where `cpo run` checkpoints its graph: a Postgres URL shares runs between machines; else SQLite in the run.
+    checkpoint_url: str | None = _env("CPO_CHECKPOINT_URL", "checkpoint_url")
 
     def __init__(self, **values: Any) -> None:
         try:

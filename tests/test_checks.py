@@ -64,7 +64,7 @@ def test_run_warns_when_concurrency_exceeds_what_the_endpoint_serves(
     notes.note(endpoint_key(model), parallel=False, method="function_calling")
     assert concurrency_warning(notes, model, 1) is None
 
-    code = main(["run", "--concurrency", "4", "--snippets", "2"])
+    code = main(["run", "--concurrency", "4"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "serves one request at a time (measured by `cpo check`)" in err and "use --concurrency 1" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -9,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure_server import error, ok
+from azure_server import email_drafter, error
 from conftest import TEST_KEY
 
-from cpo import ContentBundle, ValidationLimits
+from cpo.campaign_cli import OUTPUTS
 from cpo.cli import main
 from cpo.models import TONES
-from cpo.offline import draft_email, read_brief
-from cpo.prompts import PromptSet
+from cpo.resources import bundled
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -43,23 +43,29 @@ def test_console_script_is_installed() -> None:
     assert done.returncode == 0 and "try-prompts" in done.stdout
 
 
-def test_run_offline_writes_variants_costs_and_ledger(capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_offline_writes_the_whole_campaign_and_its_costs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "run")
     assert code == 0, err
     assert "No LLM endpoint is configured" in err
     run_dir = only_run_dir()
+    for name in (*OUTPUTS, "run.json", "log.jsonl"):
+        assert (run_dir / name).is_file(), name
     variants = json.loads((run_dir / "variants.json").read_text())
-    segments = ContentBundle.load().segments
-    assert len(variants) == len(segments) * len(TONES)
+    assert len(variants) == 5 * len(TONES)  # the sample's five segments, three tones and a control each
     assert all(v["validation"]["valid"] and v["source"] == "offline" for v in variants)
     costs = json.loads((run_dir / "costs.json").read_text())
     assert costs["session"]["calls"] == len(variants)
-    assert sum(r["total_tokens"] for r in costs["runs"].values()) == costs["session"]["total_tokens"]
-    assert {r["name"] for r in costs["runs"].values()} == {f"email {s.name} / {t}" for s in segments for t in TONES}
-    assert "session: 20 calls" in out and "High-Value Recent" in out
+    (campaign,) = costs["runs"].values()  # every call lands on the campaign's root run
+    assert campaign["name"] == f"campaign {run_dir.name}" and campaign["calls"] == 20
+    assert sum(v["total_tokens"] for v in costs["variants"].values()) == costs["session"]["total_tokens"]
+    assert "session: 20 calls" in out and "High-Value Recent" in out and "20 of 20" in out
     code, out, _ = run_cli(capsys, "costs", "--json")
     (session,) = json.loads(out)
-    assert code == 0 and session["calls"] == 20 and session["runs"] == 20
+    assert code == 0 and session["calls"] == 20 and session["runs"] == 1
+    code, out, _ = run_cli(capsys, "costs", "--session", session["id"], "--emails", "--json")
+    emails = json.loads(out)  # ... and the ledger keeps each email's calls too
+    assert {e["id"] for e in emails} == {v["run_id"] for v in variants}
+    assert {e["name"] for e in emails} >= {"email New Customer / urgent"} and all(e["calls"] == 1 for e in emails)
 
 
 def test_costs_without_a_ledger_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,8 +82,12 @@ def test_costs_without_a_ledger_is_a_one_line_error(capsys: pytest.CaptureFixtur
             ["generate", "--segment", "New Customer", "--tone", "shouty"],
             "error: cpo generate: argument --tone: invalid",
         ),
-        (["run", "--segments", "missing.json"], "error: segments file missing.json: No such file"),
-        (["run", "--content", "nowhere"], "error: content directory nowhere does not exist"),
+        (["generate", "--segment", "x", "--segments", "missing.json"], "error: segments file missing.json: No such"),
+        (["generate", "--segment", "x", "--content", "nowhere"], "error: content directory nowhere does not exist"),
+        (["run", "--customers", "missing.csv"], "error: customer file missing.csv does not exist"),
+        (["run", "--config", "missing.yaml"], "error: campaign file missing.yaml does not exist"),
+        (["run", "--suppress", "missing.txt"], "error: suppression file missing.txt does not exist"),
+        (["run", "--resume", "runs/nothing"], "error: cannot resume runs/nothing: it has no run.json"),
         (["run", "--prompts", "nowhere"], "error: prompts directory nowhere does not exist"),
     ],
 )
@@ -91,7 +101,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], ar
 
 def test_invalid_segments_file_names_the_segment(capsys: pytest.CaptureFixture[str]) -> None:
     Path("segments.json").write_text(json.dumps([{"name": "Empty", "features": {}, "offer": "x"}]))
-    code, _, err = run_cli(capsys, "run", "--segments", "segments.json")
+    code, _, err = run_cli(capsys, "generate", "--segment", "Empty", "--segments", "segments.json")
     assert code == 2
     assert "segments.json: segment 1: features" in err
 
@@ -156,22 +166,37 @@ def test_check_against_a_live_endpoint(
 def test_a_run_that_fails_midway_keeps_what_it_produced(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, live_server: Any
 ) -> None:
-    """The endpoint starts refusing after two emails: those two are saved, the errors are listed, exit 1."""
-    bundle = ContentBundle.load()
-    first = [bundle.request(bundle.segments[0].name, tone) for tone in TONES[:2]]
-    drafts = [draft_email(read_brief(PromptSet.load().render(r, ValidationLimits()))) for r in first]  # type: ignore[arg-type]
-    live_server.script("gpt-4o-mini", *[ok(tool_args=d) for d in drafts], *[error(400)] * 30)
+    """The endpoint refuses every request after the first two: those emails are saved, the errors are listed,
+    the campaign is still exported (control stands in where it can), exit 1, and --resume retries the rest."""
+    answered: list[int] = []
+
+    def two_then_refuse(request: dict[str, Any]) -> Any:
+        answered.append(1)
+        return email_drafter(request) if len(answered) <= 2 else error(400)
+
+    live_server.responder = two_then_refuse
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", live_server.endpoint)
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-4o-mini")
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", TEST_KEY)
-    code, _, err = run_cli(capsys, "run", "--concurrency", "1")
+    code, out, err = run_cli(capsys, "run", "--concurrency", "1")
     assert code == 1
     run_dir = only_run_dir()
     saved = json.loads((run_dir / "variants.json").read_text())
-    assert [(v["segment"], v["tone"]) for v in saved] == [(bundle.segments[0].name, t) for t in TONES[:2]]
+    bulk = "Business Bulk Buyer"
+    assert [(v["segment"], v["tone"]) for v in saved] == [(bulk, "control"), (bulk, "urgent")]
     costs = json.loads((run_dir / "costs.json").read_text())
-    assert len(costs["errors"]) == len(bundle.segments) * len(TONES) - 2
-    assert "Error code: 400" in err
+    assert len(costs["errors"]) == 18 and "Error code: 400" in err
+    assert "High-Value Recent: not sent (no valid control to fall back on)" in out
+    with (run_dir / "send_list.csv").open(encoding="utf-8") as handle:
+        sent = {row["variant_id"] for row in csv.DictReader(handle)}
+    assert sent == {saved[0]["variant_id"], saved[1]["variant_id"]}  # the bulk buyers get control or urgent
+
+    live_server.responder = email_drafter
+    requests_before = len(live_server.requests)
+    code, out, err = run_cli(capsys, "run", "--resume", str(run_dir))
+    assert code == 0, err
+    assert len(live_server.requests) - requests_before == 18  # only the failed emails were tried again
+    assert len(json.loads((run_dir / "variants.json").read_text())) == 20
 
 
 # -- input is data, never markup; every bad input is one line -------------------------------------------
@@ -202,9 +227,16 @@ def test_square_brackets_are_data_not_markup(capsys: pytest.CaptureFixture[str])
 
 def test_a_segment_name_with_markup_is_printed_as_is(capsys: pytest.CaptureFixture[str]) -> None:
     """Before: a segment named `Gold [/] Members` generated and saved everything, then crashed printing the table."""
-    Path("odd [x]").mkdir()
-    segments = write_segments(Path("odd [x]") / "segments.json", "Gold [/] Members [bold]")
-    code, out, err = run_cli(capsys, "run", "--segments", str(segments), "--out", "odd [x]/runs")
+    folder = Path("odd [x]")
+    folder.mkdir()
+    (folder / "rules.yaml").write_text(
+        "segments:\n  - {name: 'Gold [/] Members [bold]', rule: \"tier = 'Gold'\"}\n"
+        "  - {name: Others, rule: 'true'}\n  - {name: Nobody, rule: 'false'}\n",
+        encoding="utf-8",
+    )
+    campaign = (bundled("data") / "campaign.yaml").read_text(encoding="utf-8")
+    (folder / "campaign.yaml").write_text(campaign.replace("rules: segment_rules.yaml", "rules: rules.yaml"))
+    code, out, err = run_cli(capsys, "run", "--config", str(folder / "campaign.yaml"), "--out", "odd [x]/runs")
     assert code == 0, err
     assert "Gold [/] Members [bold]" in out
     assert "odd [x]/runs/" in out  # a path with brackets is printed whole
@@ -233,8 +265,13 @@ def test_the_entra_hint_names_the_extra(capsys: pytest.CaptureFixture[str], monk
         ),
         (
             lambda: Path("segments.json").write_bytes(b'[{"name": "Caf\xe9"}]'),
-            ["run", "--segments", "segments.json"],
+            ["generate", "--segment", "x", "--segments", "segments.json"],
             "error: segments file segments.json: not UTF-8 text",
+        ),
+        (
+            lambda: Path("customers.csv").write_bytes(b"customer_id,tier\nC1,Caf\xe9\n"),
+            ["run", "--customers", "customers.csv"],
+            "error: customer file customers.csv: not UTF-8 text",
         ),
         (
             lambda: Path(".env").write_bytes(b"CPO_MODEL_NAME=caf\xe9\n"),
@@ -247,7 +284,7 @@ def test_the_entra_hint_names_the_extra(capsys: pytest.CaptureFixture[str], monk
             "error: cannot create the runs directory afile/runs",
         ),
     ],
-    ids=["limits-yaml", "limits-key", "segments-utf8", "dotenv-utf8", "out-unwritable"],
+    ids=["limits-yaml", "limits-key", "segments-utf8", "customers-utf8", "dotenv-utf8", "out-unwritable"],
 )
 def test_bad_files_are_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str], setup: Any, args: list[str], message: str
@@ -303,9 +340,9 @@ def test_costs_accepts_an_id_prefix_and_names_the_session_after_the_command(
     code, out, _ = run_cli(capsys, "costs", "--json")
     (session,) = json.loads(out)
     assert session["name"] == "cpo run --concurrency 8"  # not one of its emails
-    code, out, _ = run_cli(capsys, "costs", "--session", session["id"][:6], "--json")
-    runs = json.loads(out)
-    assert code == 0 and len(runs) == 20 and {r["name"] for r in runs} >= {"email New Customer / urgent"}
+    code, out, _ = run_cli(capsys, "costs", "--session", session["id"][:6], "--emails", "--json")
+    emails = json.loads(out)
+    assert code == 0 and len(emails) == 20 and {r["name"] for r in emails} >= {"email New Customer / urgent"}
 
 
 def test_the_ledger_follows_out_and_cpo_runs_dir(
@@ -369,7 +406,7 @@ def test_judge_needs_a_real_model(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_bad_sender_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     sender = tmp_path / "sender.yaml"
     sender.write_text('brand: Acme\ngreeting: "Hello,"\n', encoding="utf-8")
-    code, _, err = run_cli(capsys, "run", "--sender", str(sender))
+    code, _, err = run_cli(capsys, "generate", "--segment", "New Customer", "--sender", str(sender))
     assert code == 2 and not Path("runs").exists()
     assert err.startswith(f"error: {sender}: greeting: Value error, the greeting must contain {{name}}")
     assert len(err.strip().splitlines()) == 1

@@ -20,12 +20,10 @@ import pytest
 from azure_server import PROMPT_FILTERED_BODY, email_drafter, error, hang, ok, server_error
 from conftest import TEST_KEY
 
-from cpo import ContentBundle
 from cpo.cli import main
-from cpo.models import TONES
 
 pytestmark = pytest.mark.live_server
-EMAILS = len(ContentBundle.load().segments) * len(TONES)
+EMAILS = 20  # the sample campaign: five segments, three tones and a control each
 
 
 def azure_env(endpoint: str, **extra: str) -> dict[str, str]:
@@ -75,8 +73,8 @@ def ledger_rows() -> list[dict[str, Any]]:
 def assert_paid_emails_match_paid_calls() -> list[dict[str, Any]]:
     """Every email in variants.json has its paid calls in the ledger, and every paid call has its email."""
     variants = json.loads((the_run_dir() / "variants.json").read_text())
-    paid_runs = {r["run_id"] for r in ledger_rows() if r["status"] == "ok"}
-    assert {v["run_id"] for v in variants} == paid_runs
+    paid_emails = {r["email_id"] for r in ledger_rows() if r["status"] == "ok"}
+    assert {v["run_id"] for v in variants} == paid_emails
     costs = json.loads((the_run_dir() / "costs.json").read_text())
     assert costs["emails"]["produced"] == len(variants)
     return list(variants)
@@ -137,9 +135,9 @@ def test_kill_9_never_leaves_a_produced_email_without_its_cost(live_server: Any)
     wait_for_requests(live_server, 9)
     proc.kill()
     proc.communicate(timeout=10)
-    variants = json.loads((the_run_dir() / "variants.json").read_text())
-    paid_runs = {r["run_id"] for r in ledger_rows() if r["status"] == "ok"}
-    assert variants and {v["run_id"] for v in variants} <= paid_runs
+    kept = [json.loads(p.read_text()) for p in (the_run_dir() / "emails").glob("*.json")]
+    paid_emails = {r["email_id"] for r in ledger_rows() if r["status"] == "ok"}
+    assert kept and {v["run_id"] for v in kept} <= paid_emails
 
 
 def test_an_authentication_failure_ends_the_run_after_the_first(

@@ -36,12 +36,15 @@ class Delivery:
     unsent: list[str]  # segments whose control is unusable too
 
 
-def plan_delivery(variants: list[EmailVariant], arms: tuple[str, ...]) -> Delivery:
-    """The arm's own valid variant, else the segment's valid control, else nothing."""
+def plan_delivery(variants: list[EmailVariant], arms: tuple[str, ...], segments: list[str] | None = None) -> Delivery:
+    """The arm's own valid variant, else the segment's valid control, else nothing.
+
+    `segments` names every segment with customers, so one whose emails all failed is reported unsent too.
+    """
     by_cell: dict[tuple[str, str], EmailVariant] = {(v.segment, v.tone): v for v in variants}
     plan: dict[tuple[str, str], str] = {}
     substituted, unsent = [], []
-    for segment in dict.fromkeys(v.segment for v in variants):
+    for segment in dict.fromkeys([*(segments or []), *(v.segment for v in variants)]):
         control = by_cell.get((segment, "control"))
         fallback = control.variant_id if control is not None and control.valid else NOT_SENT
         if not fallback:
@@ -93,7 +96,7 @@ def export_campaign(
     arms: tuple[str, ...],
 ) -> Delivery:
     """Write templates.json, segments.csv, assignments.csv and send_list.csv into `run_dir`."""
-    delivery = plan_delivery(variants, arms)
+    delivery = plan_delivery(variants, arms, [s.name for s in segments if s.size])
     con: Any = loaded.connection
     con.execute("CREATE OR REPLACE TEMP TABLE delivery (segment VARCHAR, arm VARCHAR, variant_id VARCHAR)")
     rows = [(s, a, v) for (s, a), v in delivery.plan.items()]

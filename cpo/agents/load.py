@@ -180,7 +180,8 @@ def _suppressed_ids(con: Any, suppress: Path) -> None:
 
 
 def load_customers(path: Path, *, suppress: Path | None = None, connection: Any = None) -> LoadedCustomers:
-    """Check and load a customer file; the eligible customers end up in the table `customers`."""
+    """Check and load a customer file: the eligible customers end up in the table `customers`, the others
+    in `excluded` (customer_id, reason), so an audit can say who was left out and why."""
     import duckdb
 
     if not path.is_file():
@@ -215,6 +216,11 @@ def load_customers(path: Path, *, suppress: Path | None = None, connection: Any 
     con.execute(
         f"CREATE OR REPLACE TABLE customers AS SELECT {', '.join(kept)} FROM flagged "
         "WHERE _consent AND NOT _suppressed ORDER BY _line"
+    )
+    con.execute(
+        "CREATE OR REPLACE TABLE excluded AS SELECT customer_id, "
+        "CASE WHEN NOT _consent THEN 'no consent' ELSE 'suppressed' END AS reason FROM flagged "
+        "WHERE NOT _consent OR _suppressed ORDER BY _line"
     )
     con.execute("DROP TABLE raw")
     con.execute("DROP TABLE flagged")

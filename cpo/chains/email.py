@@ -51,7 +51,7 @@ from cpo.chains.repairs import (
     repeats,
 )
 from cpo.chains.replies import judged_issues, read_draft, sentences_of, subject_candidates, tokens_of
-from cpo.costs import CostTracker, price_book_for
+from cpo.costs import EMAIL_TAG, CostTracker, price_book_for
 from cpo.endpoints import EndpointNotes, endpoint_key, notes_for
 from cpo.errors import BudgetExceeded, ConfigError, DeadlineExceeded, Interrupted, UnpricedBudget
 from cpo.http import deadline_scope
@@ -578,7 +578,9 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         else:
             callbacks = [*(callbacks or []), local]
         name = config.get("run_name") or f"email {request.segment.name} / {request.tone}"
-        return request, local, patch_config(config, callbacks=callbacks, run_name=name)
+        config = patch_config(config, callbacks=callbacks, run_name=name)
+        config["tags"] = [*config.get("tags", []), EMAIL_TAG]
+        return request, local, config
 
     @staticmethod
     def _advance(steps: Steps, sent: Any = None, error: BaseException | None = None) -> Call | Check | EmailVariant:
@@ -590,7 +592,16 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         except StopIteration as done:
             return cast(EmailVariant, done.value)
 
-    def _drive(self, request: EmailRequest, local: CostTracker, config: RunnableConfig) -> EmailVariant:
+    @staticmethod
+    def _owned(variant: EmailVariant, run_manager: Any) -> EmailVariant:
+        """The email's run id is its own run's, also when it runs inside a larger run (a campaign graph)."""
+        if run_manager is None:
+            return variant
+        return variant.model_copy(update={"run_id": str(run_manager.run_id)})
+
+    def _drive(
+        self, request: EmailRequest, local: CostTracker, config: RunnableConfig, run_manager: Any = None
+    ) -> EmailVariant:
         steps = self._steps(request, local)
         with deadline_scope(self.deadline_s):
             step = self._advance(steps)
@@ -605,9 +616,11 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                     step = self._advance(steps, error=exc)
                     continue
                 step = self._advance(steps, reply)
-            return step
+            return self._owned(step, run_manager)
 
-    async def _adrive(self, request: EmailRequest, local: CostTracker, config: RunnableConfig) -> EmailVariant:
+    async def _adrive(
+        self, request: EmailRequest, local: CostTracker, config: RunnableConfig, run_manager: Any = None
+    ) -> EmailVariant:
         steps = self._steps(request, local)
         stop = current_stop.get()
         with deadline_scope(self.deadline_s):
@@ -629,7 +642,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                     step = self._advance(steps, error=exc)
                     continue
                 step = self._advance(steps, reply)
-            return step
+            return self._owned(step, run_manager)
 
     def invoke(
         self, input: EmailRequest | dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
