@@ -932,6 +932,27 @@ def email_drafter(request: dict[str, Any]) -> Reply | None:
     return None if brief is None else ok(tool_args=draft_email(brief))
 
 
+FLAWED_SUBJECT_TAIL = " and this subject goes on far too long for any inbox"
+SUBJECT_FIX_MARK = "This email subject breaks these rules:"
+
+
+def flawed_drafter(request: dict[str, Any]) -> Reply | None:
+    """Like `email_drafter`, but every first draft's subject is too long, so each email needs a repair call:
+    the subject fix is answered with three short subjects."""
+    from langchain_core.messages import convert_to_messages
+
+    from cpo.offline import draft_email, read_brief
+
+    messages = request.get("messages") or []
+    if any(SUBJECT_FIX_MARK in _text_of(m.get("content")) for m in messages):
+        return ok("1. Your Northwind Plus upgrade\n2. A plan for how you order\n3. Northwind Plus, made for you")
+    brief = read_brief(convert_to_messages(messages))
+    if brief is None:
+        return None
+    draft = draft_email(brief)
+    return ok(tool_args={**draft, "subject": draft["subject"] + FLAWED_SUBJECT_TAIL})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve in the foreground for manual runs and benchmarks until Ctrl-C."""
     parser = argparse.ArgumentParser(description="Loopback Azure OpenAI chat-completions test server.")

@@ -1,0 +1,235 @@
+"""`cpo run` as a campaign: resume after kill -9, Ctrl-C and the budget; refusals; the log; dry runs; exclusions.
+
+The kill and Ctrl-C tests run the real command in a subprocess against the live loopback Azure-protocol
+server (signals and timing cannot be recorded in a cassette); the server's own billing is the evidence.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure_server import flawed_drafter
+from test_runner import azure_env, start_run, the_run_dir
+
+from cpo.cli import main
+from cpo.resources import bundled
+
+EMAILS = 20
+SAMPLE = bundled("data") / "customers.csv"
+
+
+def ledger_rows() -> list[dict[str, Any]]:
+    with sqlite3.connect("runs/ledger.sqlite") as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM calls ORDER BY id")]
+
+
+def kept_emails(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The emails a run kept as they finished, by their email run id."""
+    emails = (json.loads(p.read_text(encoding="utf-8")) for p in (run_dir / "emails").glob("*.json"))
+    return {e["run_id"]: e for e in emails}
+
+
+def tokens(rows: list[dict[str, Any]], keys: tuple[str, str]) -> int:
+    return sum(r[keys[0]] + r[keys[1]] for r in rows)
+
+
+@pytest.mark.live_server
+def test_kill_9_mid_repair_then_resume_pays_again_only_for_emails_in_flight(live_server: Any) -> None:
+    """Every first draft is flawed, so each email is a draft and a repair; the run is killed with emails mid-repair."""
+
+    def slow_repairs(request: dict[str, Any]) -> Any:
+        reply = flawed_drafter(request)
+        return replace(reply, delay=0.6) if reply is not None and reply.content else reply
+
+    live_server.responder = slow_repairs
+    live_server.latency = 0.1
+    proc = start_run(live_server.endpoint, "--concurrency", "4")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        run_dirs = [p for p in Path("runs").glob("2*") if p.is_dir()]
+        if not run_dirs or not Path("runs/ledger.sqlite").exists() or len(kept_emails(run_dirs[0])) < 6:
+            continue
+        recent = datetime.now(UTC) - timedelta(seconds=0.25)
+        rows = ledger_rows()
+        calls = Counter(r["email_id"] for r in rows)
+        if any(calls[r["email_id"]] == 1 and datetime.fromisoformat(r["ts"]) > recent for r in rows):
+            break  # an email's draft was paid a moment ago and its repair (0.7 s) is on its way
+    proc.kill()
+    proc.communicate(timeout=10)
+    run_dir = the_run_dir()
+    kept = kept_emails(run_dir)
+    first_billed = list(live_server.billed)
+    first_rows = ledger_rows()
+    in_flight_rows = [r for r in first_rows if r["email_id"] not in kept]
+    assert 6 <= len(kept) < EMAILS and in_flight_rows  # killed with emails mid-repair
+    assert all(e["attempts"] == 2 and e["validation"]["valid"] for e in kept.values())  # each one was repaired
+
+    requests_before = len(live_server.requests)
+    done = start_run(live_server.endpoint, "--resume", str(run_dir))
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err
+    assert "resuming" in err and "20 of 20" in out
+    variants = json.loads((run_dir / "variants.json").read_text())
+    assert len(variants) == EMAILS and all(v["validation"]["valid"] for v in variants)
+    assert (run_dir / "send_list.csv").is_file()
+
+    # Nothing kept before the kill was asked for again: the resumed run sent exactly the calls of the others.
+    assert len(live_server.requests) - requests_before == 2 * (EMAILS - len(kept))
+    # Every call the server billed is in the ledger, except answers that reached the process as it died (at
+    # most one per email in flight), and all of it is one cost session.
+    rows = ledger_rows()
+    assert len({r["session_id"] for r in rows}) == 1
+    lost = len(live_server.billed) - len(rows)
+    assert 0 <= lost <= 4 and len(first_billed) - len(first_rows) == lost
+    server_tokens = tokens(live_server.billed, ("prompt_tokens", "completion_tokens"))
+    ledger_tokens = tokens(rows, ("input_tokens", "output_tokens"))
+    assert server_tokens - ledger_tokens == tokens(
+        first_billed[len(first_billed) - lost :], ("prompt_tokens", "completion_tokens")
+    ) or lost == 0 and server_tokens == ledger_tokens
+    # What was paid twice is exactly the calls of the emails in flight at the kill, and nothing else.
+    final_tokens = sum(v["usage"]["input_tokens"] + v["usage"]["output_tokens"] for v in variants)
+    assert ledger_tokens == final_tokens + tokens(in_flight_rows, ("input_tokens", "output_tokens"))
+    assert len(in_flight_rows) <= 4
+
+
+@pytest.mark.live_server
+def test_ctrl_c_then_resume_completes_the_campaign(live_server: Any) -> None:
+    live_server.responder = flawed_drafter
+    live_server.latency = 0.2
+    proc = start_run(live_server.endpoint, "--concurrency", "2")
+    deadline = time.monotonic() + 30
+    while len(live_server.billed) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    run_dir = the_run_dir()
+    assert f"go on with: cpo run --resume {run_dir}" in err
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "send_list.csv").exists()  # an unfinished campaign is not exported
+    kept = len(kept_emails(run_dir))
+
+    requests_before = len(live_server.requests)
+    done = start_run(live_server.endpoint, "--resume", str(run_dir))
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err
+    assert len(live_server.requests) - requests_before == 2 * (EMAILS - kept)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    assert (run_dir / "send_list.csv").is_file()
+
+
+@pytest.mark.live_server
+def test_the_budget_stops_the_run_and_resume_continues_under_the_same_cap(
+    live_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live_server.responder = flawed_drafter
+    for name, value in azure_env(live_server.endpoint).items():
+        monkeypatch.setenv(name, value)
+    code = main(["run", "--max-usd", "0.004", "--concurrency", "2"])
+    out, err = capsys.readouterr()
+    assert code == 3, err
+    run_dir = the_run_dir()
+    assert "budget reached" in err and f"cpo run --resume {run_dir}" in err
+    spent = sum(float(r["cost_usd"] or 0) for r in ledger_rows())
+    assert 0 < spent <= 0.004
+
+    code = main(["run", "--resume", str(run_dir), "--max-usd", "0.004"])  # the same cap: nothing more fits
+    out, err = capsys.readouterr()
+    assert code == 3 and "session before this resume" in out
+    assert sum(float(r["cost_usd"] or 0) for r in ledger_rows()) <= 0.004
+
+    code = main(["run", "--resume", str(run_dir), "--max-usd", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert len(json.loads((run_dir / "variants.json").read_text())) == EMAILS
+
+
+def test_resume_refuses_changed_inputs_and_changed_options(capsys: pytest.CaptureFixture[str]) -> None:
+    customers = Path("customers.csv")
+    customers.write_bytes(SAMPLE.read_bytes())
+    assert main(["run", "--customers", str(customers)]) == 0
+    run_dir = the_run_dir()
+    capsys.readouterr()
+    with customers.open("a", encoding="utf-8") as handle:
+        handle.write("C999999,Zed,30,Austin,Gold,9,100,5,0.3,0.05,true\n")
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot resume {run_dir}: its customers changed since the run started; start a new run instead\n"
+    assert main(["run", "--resume", str(run_dir), "--seed", "5"]) == 2
+    assert capsys.readouterr().err.startswith("error: --resume goes on with the options in")
+
+
+def test_a_bad_customer_file_leaves_no_run_behind(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("customers.csv").write_text(
+        "customer_id,tier,purchase_frequency,avg_order_value,last_engagement_days\nC1,Gold,often,10,3\n",
+        encoding="utf-8",
+    )
+    code = main(["run", "--customers", "customers.csv"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: customer file customers.csv: line 2: purchase_frequency") and err.count("\n") == 1
+    assert [p.name for p in Path("runs").iterdir()] == ["ledger.sqlite"]  # no half-made run directory
+
+
+def test_suppressed_and_unconsenting_customers_are_left_out_and_counted(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("suppress.txt").write_text("C000001\nC000002\n", encoding="utf-8")
+    assert main(["run", "--suppress", "suppress.txt"]) == 0
+    out = capsys.readouterr().out
+    assert "250 in the file, 9 without consent, 2 suppressed, 239 in the campaign" in out
+    run_dir = the_run_dir()
+    with (run_dir / "assignments.csv").open(encoding="utf-8") as handle:
+        assigned = {row["customer_id"] for row in csv.DictReader(handle)}
+    assert len(assigned) == 239 and not {"C000001", "C000002"} & assigned
+
+
+def test_the_log_names_customers_only_by_keyed_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    from cpo.privacy import IdHasher
+
+    Path("suppress.txt").write_text("C000001\n", encoding="utf-8")
+    assert main(["run", "--suppress", "suppress.txt"]) == 0
+    capsys.readouterr()
+    text = (the_run_dir() / "log.jsonl").read_text(encoding="utf-8")
+    events = [json.loads(line) for line in text.splitlines()]
+    excluded = [e for e in events if e["event"] == "excluded"]
+    assert len(excluded) == 10 and {e["reason"] for e in excluded} == {"no consent", "suppressed"}
+    hashed = IdHasher.for_installation()("C000001")
+    assert {"customer": hashed, "reason": "suppressed"}.items() <= next(
+        e for e in excluded if e["reason"] == "suppressed"
+    ).items()
+    ids = {row["customer_id"] for row in csv.DictReader(SAMPLE.open(encoding="utf-8"))}
+    assert not any(i in text for i in ids)  # no raw id anywhere in the log
+    assert [e["event"] for e in events if e["event"] in ("run", "stage", "finished")][:2] == ["run", "stage"]
+    assert sum(e["event"] == "email" for e in events) == EMAILS
+
+
+def test_dry_run_checks_the_inputs_estimates_and_writes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "emails: 20 first drafts" in out and "cost of the first drafts: $0 to $0 (cpo-offline)" in out
+    assert "Business Bulk Buyer" in out and "nothing was written" in out
+    assert not Path("runs").exists()
+
+
+def test_the_run_records_what_it_was_made_from(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--seed", "11"]) == 0
+    capsys.readouterr()
+    record = json.loads((the_run_dir() / "run.json").read_text())
+    assert record["inputs"]["seed"] == 11 and record["fingerprint"]["seed"] == "11"
+    assert set(record["fingerprint"]) >= {"customers", "campaign", "rules", "prompts", "content"}
+    assert set(record["stage_seconds"]) == {"load_segment", "generate", "assign", "export"}
+    assert record["status"] == "complete" and record["exit_code"] == 0
+    assert set(record["prompt_versions"]) == {"urgent", "informational", "friendly", "control"}
+    assert record["versions"]["langgraph"] and record["checkpointer"] == "sqlite"
