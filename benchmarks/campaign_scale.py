@@ -1,17 +1,19 @@
-"""How the campaign pipeline's data stages scale: load, segment, assign and export for N customers.
+"""How `cpo run` scales with the number of customers: the real command, end to end, offline model.
 
-Generates N fictional customers with scripts/make_customers.py (seeded), then times each stage on them
-(the agents in cpo/agents, as the pipeline runs them) and prints the peak resident memory. Email
-generation is per segment x arm (20 emails whatever N is), so `--emails` adds it, with the offline
-drafting model, through the LangGraph pipeline end to end.
+For each size it generates N fictional customers with scripts/make_customers.py (seeded), runs
+`cpo run --customers FILE --out DIR` in a fresh process with no credentials (the offline drafting
+model writes the 20 emails: one per segment x arm, whatever N is), and prints the wall time, the
+peak resident memory of the `cpo run` process, the stage timings from its run.json and the size of
+what it wrote. Nothing is asserted: the figures are printed for the README.
 
-Usage: python benchmarks/campaign_scale.py [--customers 1000000] [--emails]
+Usage: python benchmarks/campaign_scale.py [--customers 10000 1000000]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
+import os
 import resource
 import subprocess
 import sys
@@ -20,81 +22,67 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("load_segment", "generate", "assign", "export")
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def clean_env(work: Path) -> dict[str, str]:
+    """No credentials (the offline model), and everything the run writes stays in `work`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_OPENAI_", "OPENAI_", "CPO_"))}
+    env["CPO_ID_KEY_FILE"] = str(work / "id-key")
+    return env
+
+
+def run_once(count: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        customers = work / "customers.csv"
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "make_customers.py"), "--count", str(count),
+             "--out", str(customers)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        cli = Path(sys.executable).parent / "cpo"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        started = time.perf_counter()
+        done = subprocess.run(
+            [str(cli), "run", "--customers", str(customers), "--out", str(work / "runs")],
+            env=clean_env(work), cwd=work, capture_output=True, text=True,
+        )  # fmt: skip
+        wall = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if done.returncode != 0:
+            sys.exit(f"cpo run failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+        (run_dir,) = [p for p in (work / "runs").iterdir() if p.is_dir()]
+        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        written = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
+        return {
+            "customers": count,
+            "file_mb": customers.stat().st_size / 1e6,
+            "wall_s": wall,
+            "peak_rss_mb": peak / 1024 if peak > before else None,  # max over children: only a new peak is ours
+            "stages": record["stage_seconds"],
+            "written_mb": written / 1e6,
+            "eligible": record["counts"]["total"] - record["counts"]["no_consent"] - record["counts"]["suppressed"],
+        }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--emails", action="store_true", help="run the whole graph, emails included (offline)")
+    parser.add_argument("--customers", type=int, nargs="+", default=[10_000, 1_000_000])
     args = parser.parse_args()
-
-    from cpo.agents.assignment import DEFAULT_ARMS, assign_customers
-    from cpo.agents.campaign import load_campaign
-    from cpo.agents.export import export_campaign
-    from cpo.agents.generation import email_requests
-    from cpo.agents.load import load_customers
-    from cpo.agents.segmentation import segment_customers
-    from cpo.chains.email import build_email_chain
-    from cpo.content import load_snippets
-    from cpo.offline import OfflineChatModel
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        customers = work / "customers.csv"
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "make_customers.py"), "--count", str(args.customers),
-             "--out", str(customers)],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        print(f"{args.customers} customers generated in {time.perf_counter() - started:.1f} s "
-              f"({customers.stat().st_size / 1e6:.0f} MB)")  # fmt: skip
-
-        if args.emails:
-            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-            from cpo.pipeline import Tools, build_pipeline
-
-            async def run() -> None:
-                async with AsyncSqliteSaver.from_conn_string(str(work / "checkpoints.sqlite")) as saver:
-                    graph = build_pipeline(Tools(build_email_chain(OfflineChatModel()), []), saver)
-                    inputs = {"customers": str(customers), "campaign": None, "suppress": None, "seed": 7,
-                              "run_dir": str(work)}  # fmt: skip
-                    await graph.ainvoke({"inputs": inputs}, {"configurable": {"thread_id": "bench"}})
-
-            started = time.perf_counter()
-            asyncio.run(run())
-            print(f"whole pipeline (load, segment, 20 emails offline, assign, export): "
-                  f"{time.perf_counter() - started:.2f} s; peak RSS {peak_rss_mb():.0f} MB")  # fmt: skip
-            return 0
-
-        snippets = load_snippets()
-        campaign = load_campaign(snippets=snippets)
-        timings = {}
-        started = time.perf_counter()
-        loaded = load_customers(customers)
-        timings["load"] = time.perf_counter() - started
-        started = time.perf_counter()
-        segments = segment_customers(loaded, campaign.rules)
-        timings["segment"] = time.perf_counter() - started
-        started = time.perf_counter()
-        assign_customers(loaded, seed=7, weights=campaign.allocation, holdout=campaign.holdout)
-        timings["assign"] = time.perf_counter() - started
-        variants = build_email_chain(OfflineChatModel()).batch(
-            email_requests(segments, campaign, snippets, DEFAULT_ARMS)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; `cpo run` with the offline model")
+    for count in sorted(args.customers):
+        r = run_once(count)
+        stages = r["stages"]
+        assert isinstance(stages, dict)
+        data_stages = sum(float(stages[s]) for s in ("load_segment", "assign", "export"))
+        peak = r["peak_rss_mb"]
+        print(
+            f"{count:>9} customers ({r['file_mb']:.0f} MB CSV, {r['eligible']} eligible): cpo run {r['wall_s']:.2f} s "
+            f"wall, peak RSS {'n/a' if peak is None else f'{peak:.0f} MB'}; wrote {r['written_mb']:.0f} MB"
         )
-        started = time.perf_counter()
-        export_campaign(loaded, segments, variants, campaign, work, DEFAULT_ARMS)
-        timings["export"] = time.perf_counter() - started
-        sizes = {p.name: p.stat().st_size / 1e6 for p in work.glob("*.csv") if p.name != "customers.csv"}
-        print("  ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
-        print(f"load+segment+assign+export: {sum(timings.values()):.2f} s; peak RSS {peak_rss_mb():.0f} MB; "
-              f"{loaded.eligible} eligible of {loaded.total}; files (MB): "
-              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(sizes.items())))  # fmt: skip
+        print("           stages: " + ", ".join(f"{s} {float(stages[s]):.2f} s" for s in STAGES if s in stages))
+        print(f"           load + segment + assign + export: {data_stages:.2f} s")
     return 0
 
 

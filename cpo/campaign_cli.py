@@ -23,7 +23,7 @@ from cpo.errors import InputError
 from cpo.pipeline import RUN_FILE, Inputs, check_resume, input_fingerprint, record_run
 
 # Options a resumed run takes from its run.json: changing them would mix emails made two ways.
-RECORDED = ("customers", "config", "suppress", "seed", "prompts", "limits", "max_repairs", "judge")
+RECORDED = ("customers", "config", "suppress", "seed", "render", "prompts", "limits", "max_repairs", "judge")
 DEFAULTS: dict[str, Any] = {"max_repairs": 2, "judge": False}
 STAGE_LABELS = {
     "load_segment": "load + segment",
@@ -104,6 +104,7 @@ def run_campaign(args: argparse.Namespace, context: Any, *, say: Callable[..., N
             "suppress": _file(args.suppress, "suppression file"),
             "seed": args.seed if args.seed is not None else 2027,
             "run_dir": "",
+            "render": bool(args.render),
         }
         load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None)  # one-line error before any file
     fingerprint = input_fingerprint(inputs, args.prompts, args.limits)
@@ -333,6 +334,8 @@ def _report(
     if result.timings:
         say("stage seconds: " + ", ".join(f"{STAGE_LABELS.get(k, k)} {v:.2f}" for k, v in result.timings.items()))
     written = [name for name in OUTPUTS if (result.run_dir / name).is_file()]
+    if result.delivery.get("rendered") is not None:
+        written.append(f"rendered/ ({result.delivery['rendered']} emails)")
     say(f"wrote {result.run_dir}: {', '.join(written)}")
     for failure in result.failures:
         say(f"error: {failure}", stderr=True)

@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--suppress", type=Path, metavar="FILE", help="customer ids to leave out (CSV with customer_id, or one a line)"
     )
     run.add_argument("--seed", type=_positive_int(0, 2**31 - 1), metavar="N", help=f"assignment seed [{DEFAULT_SEED}]")
+    run.add_argument(
+        "--render",
+        action="store_true",
+        help="also write rendered/<customer id>.eml per customer (merge fields filled; at most 10,000 customers)",
+    )
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="go on with a stopped or killed run, same inputs")
     run.add_argument(
         "--dry-run",

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, StateGraph
@@ -25,7 +25,7 @@ from langgraph.types import Send
 
 from cpo.agents.assignment import DEFAULT_ARMS, assign_customers
 from cpo.agents.campaign import load_campaign
-from cpo.agents.export import export_campaign
+from cpo.agents.export import RENDER_LIMIT, export_campaign, render_emails
 from cpo.agents.generation import email_requests
 from cpo.agents.load import LoadedCustomers, load_customers
 from cpo.agents.segmentation import Segment, segment_customers
@@ -45,6 +45,7 @@ class Inputs(TypedDict):
     suppress: str | None
     seed: int
     run_dir: str
+    render: NotRequired[bool]  # also write one rendered email per customer (small lists only)
 
 
 def _merged(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:
@@ -155,6 +156,11 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
         try:
             suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
             loaded = load_customers(Path(inputs["customers"]), suppress=suppress, connection=con)
+            if inputs.get("render") and loaded.eligible > RENDER_LIMIT:
+                raise InputError(
+                    f"--render writes a file per customer and {loaded.eligible} customers are more than "
+                    f"{RENDER_LIMIT}; leave it out (templates.json and send_list.csv hold the same emails)"
+                )
             segments = segment_customers(loaded, campaign.rules)
             if tools.on_excluded is not None:
                 tools.on_excluded([(str(i), str(r)) for i, r in con.execute("SELECT * FROM excluded").fetchall()])
@@ -229,18 +235,14 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     def export(state: CampaignState) -> CampaignState:
         inputs = state["inputs"]
         con = _connect(inputs)
+        variants, campaign, run_dir = ordered_variants(state), _campaign(inputs), Path(inputs["run_dir"])
         try:
-            delivery = export_campaign(
-                _reopened(con, inputs, state["counts"]),
-                _segments(state),
-                ordered_variants(state),
-                _campaign(inputs),
-                Path(inputs["run_dir"]),
-                DEFAULT_ARMS,
-            )
+            loaded = _reopened(con, inputs, state["counts"])
+            delivery = export_campaign(loaded, _segments(state), variants, campaign, run_dir, DEFAULT_ARMS)
+            rendered = render_emails(loaded, variants, campaign, run_dir) if inputs.get("render") else None
         finally:
             con.close()
-        return {"delivery": {"substituted": delivery.substituted, "unsent": delivery.unsent}}
+        return {"delivery": {"substituted": delivery.substituted, "unsent": delivery.unsent, "rendered": rendered}}
 
     graph = StateGraph(CampaignState)
     graph.add_node("load_segment", load_segment)

@@ -97,7 +97,7 @@ def test_kill_9_mid_repair_then_resume_pays_again_only_for_emails_in_flight(live
     ledger_tokens = tokens(rows, ("input_tokens", "output_tokens"))
     assert server_tokens - ledger_tokens == tokens(
         first_billed[len(first_billed) - lost :], ("prompt_tokens", "completion_tokens")
-    ) or lost == 0 and server_tokens == ledger_tokens
+    ) or (lost == 0 and server_tokens == ledger_tokens)
     # What was paid twice is exactly the calls of the emails in flight at the kill, and nothing else.
     final_tokens = sum(v["usage"]["input_tokens"] + v["usage"]["output_tokens"] for v in variants)
     assert ledger_tokens == final_tokens + tokens(in_flight_rows, ("input_tokens", "output_tokens"))
@@ -123,7 +123,7 @@ def test_ctrl_c_then_resume_completes_the_campaign(live_server: Any) -> None:
 
     requests_before = len(live_server.requests)
     done = start_run(live_server.endpoint, "--resume", str(run_dir))
-    out, err = done.communicate(timeout=120)
+    _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
     assert len(live_server.requests) - requests_before == 2 * (EMAILS - kept)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
@@ -166,7 +166,9 @@ def test_resume_refuses_changed_inputs_and_changed_options(capsys: pytest.Captur
         handle.write("C999999,Zed,30,Austin,Gold,9,100,5,0.3,0.05,true\n")
     assert main(["run", "--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: cannot resume {run_dir}: its customers changed since the run started; start a new run instead\n"
+    assert (
+        err == f"error: cannot resume {run_dir}: its customers changed since the run started; start a new run instead\n"
+    )
     assert main(["run", "--resume", str(run_dir), "--seed", "5"]) == 2
     assert capsys.readouterr().err.startswith("error: --resume goes on with the options in")
 
@@ -233,3 +235,35 @@ def test_the_run_records_what_it_was_made_from(capsys: pytest.CaptureFixture[str
     assert record["status"] == "complete" and record["exit_code"] == 0
     assert set(record["prompt_versions"]) == {"urgent", "informational", "friendly", "control"}
     assert record["versions"]["langgraph"] and record["checkpointer"] == "sqlite"
+
+
+def test_render_fills_merge_fields_escaped_for_each_customer(capsys: pytest.CaptureFixture[str]) -> None:
+    import email
+    from email.policy import default
+
+    rows = SAMPLE.read_text(encoding="utf-8").splitlines()
+    header, first, second = rows[0], rows[1].split(","), rows[2].split(",")
+    first[1], second[1] = "<b>Al</b> & co", '"Bo\r\nBcc: victim@example.com"'
+    Path("customers.csv").write_text("\n".join([header, ",".join(first), ",".join(second)]) + "\n", encoding="utf-8")
+    assert main(["run", "--customers", "customers.csv", "--render"]) == 0
+    assert "rendered/ (2 emails)" in capsys.readouterr().out
+    folder = the_run_dir() / "rendered"
+    one = email.message_from_bytes((folder / f"{first[0]}.eml").read_bytes(), policy=default)
+    text = one.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    page = one.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert text.startswith("Hi <b>Al</b> & co,") and "{{" not in text
+    assert "Hi &lt;b&gt;Al&lt;/b&gt; &amp; co," in page and "<b>Al" not in page
+    assert "Unsubscribe: https://example.com/unsubscribe" in text
+    two = email.message_from_bytes((folder / f"{second[0]}.eml").read_bytes(), policy=default)
+    assert two["Bcc"] is None  # a line break in a merge value cannot add a header or a line
+    assert two.get_body(("plain",)).get_content().startswith("Hi Bo  Bcc: victim@example.com,")  # type: ignore[union-attr]
+
+
+def test_render_refuses_a_list_too_long_to_write_a_file_per_customer(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cpo.pipeline.RENDER_LIMIT", 100)
+    assert main(["run", "--render"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --render writes a file per customer and 241 customers are more than 100;")
+    assert err.count("\n") == 1 and [p.name for p in Path("runs").iterdir()] == ["ledger.sqlite"]

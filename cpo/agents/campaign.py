@@ -34,6 +34,9 @@ class Campaign(BaseModel):
     allocation: dict[str, float] = Field(default_factory=dict)
     holdout: float = Field(0.0, ge=0, lt=1)
     unsubscribe: str = Field(min_length=1)
+    # Only for `cpo run --render` previews: the platform fills {{ unsubscribe_url }} when it sends.
+    unsubscribe_url: str = "https://example.com/unsubscribe"
+    from_address: str = "no-reply@example.com"
     offers: dict[str, Offer] = Field(min_length=1)
 
     def offer_for(self, segment: str) -> Offer | None:

@@ -7,14 +7,20 @@
 - `send_list.csv`: the customers who get an email, with their variant and merge-field values.
 - `segments.csv`: one row per segment (size, share, feature means).
 
-Bodies are written once per variant, never once per customer.
+Bodies are written once per variant, never once per customer; `render_emails` (`cpo run --render`) writes
+one rendered message per customer, for small lists only.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +132,56 @@ def export_campaign(
         f"WHERE delivered_variant <> '' ORDER BY customer_id) TO '{target}/send_list.csv' (HEADER, DELIMITER ',')"
     )
     return delivery
+
+
+RENDER_LIMIT = 10_000  # --render writes a file per customer: beyond this, use templates.json + send_list.csv
+MERGE_TAG = re.compile(r'\{\{\s*(\w+)\s*(?:\|\s*default:\s*"([^"]*)"\s*)?\}\}')
+
+
+def _plain(value: str) -> str:
+    """A merge value as text: control characters (line breaks included) removed, so it cannot add lines."""
+    return "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in value).strip()
+
+
+def fill(template: str, values: dict[str, str], *, as_html: bool = False) -> str:
+    """Fill Liquid merge tags (`{{ name | default: "x" }}`); in HTML the template and values are escaped."""
+    out: list[str] = []
+    last = 0
+    for match in MERGE_TAG.finditer(template):
+        text = template[last : match.start()]
+        value = _plain(values.get(match.group(1), "")) or (match.group(2) or "")
+        out += [html.escape(text), html.escape(value)] if as_html else [text, value]
+        last = match.end()
+    tail = template[last:]
+    out.append(html.escape(tail) if as_html else tail)
+    return "".join(out)
+
+
+def _file_name(customer_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", customer_id)[:80]
+    return f"{safe}.eml"
+
+
+def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaign: Campaign, run_dir: Path) -> int:
+    """`rendered/<customer id>.eml`: each sent customer's email with its merge fields filled (text and HTML)."""
+    by_id = {v.variant_id: v for v in variants}
+    folder = run_dir / "rendered"
+    folder.mkdir(exist_ok=True)
+    con: Any = loaded.connection
+    rows = con.execute(
+        "SELECT customer_id, coalesce(first_name, ''), delivered_variant FROM delivered "
+        "WHERE delivered_variant <> '' ORDER BY customer_id"
+    ).fetchall()
+    for customer_id, first_name, variant_id in rows:
+        v = by_id[variant_id]
+        values = {"first_name": first_name, "unsubscribe_url": campaign.unsubscribe_url}
+        body = f"{v.body}\n\n--\n{campaign.unsubscribe}"
+        message = EmailMessage(policy=SMTP)
+        message["Subject"] = v.subject
+        message["From"] = f"{campaign.sender.brand} <{campaign.from_address}>"
+        message["X-Cpo-Variant"] = v.variant_id
+        message.set_content(fill(body, values))
+        paragraphs = fill(body, values, as_html=True).split("\n\n")
+        message.add_alternative("".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs), subtype="html")
+        (folder / _file_name(str(customer_id))).write_bytes(bytes(message))
+    return len(rows)
