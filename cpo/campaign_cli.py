@@ -23,7 +23,18 @@ from cpo.errors import InputError
 from cpo.pipeline import RUN_FILE, Inputs, check_resume, input_fingerprint, record_run
 
 # Options a resumed run takes from its run.json: changing them would mix emails made two ways.
-RECORDED = ("customers", "config", "suppress", "seed", "render", "prompts", "limits", "max_repairs", "judge")
+RECORDED = (
+    "customers",
+    "config",
+    "suppress",
+    "seed",
+    "render",
+    "per_customer",
+    "prompts",
+    "limits",
+    "max_repairs",
+    "judge",
+)
 DEFAULTS: dict[str, Any] = {"max_repairs": 2, "judge": False}
 STAGE_LABELS = {
     "load_segment": "load + segment",
@@ -105,6 +116,7 @@ def run_campaign(args: argparse.Namespace, context: Any, *, say: Callable[..., N
             "seed": args.seed if args.seed is not None else 2027,
             "run_dir": "",
             "render": bool(args.render),
+            "per_customer": bool(args.per_customer),
         }
         load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None)  # one-line error before any file
     fingerprint = input_fingerprint(inputs, args.prompts, args.limits)
@@ -354,14 +366,18 @@ def _report(
 
 
 def _summary_table(result: Any) -> Any:
+    """Customers per segment x arm, each cell marked with its variant's state; variants valid and cost per segment."""
     from rich.table import Table
     from rich.text import Text
 
     from cpo.agents.assignment import DEFAULT_ARMS, HOLDOUT
+    from cpo.costs import format_usd
 
     cells = {(s, a): n for s, a, n in result.assignment.get("cells", [])}
     arms = ([HOLDOUT] if any(a == HOLDOUT for _, a in cells) else []) + list(DEFAULT_ARMS)
-    by_cell = {(v.segment, v.tone): v for v in result.variants}
+    by_cell: dict[tuple[str, str], list[Any]] = {}
+    for v in result.variants:
+        by_cell.setdefault((v.segment, v.tone), []).append(v)
     substituted = {tuple(c) for c in result.delivery.get("substituted", [])}
     unsent = set(result.delivery.get("unsent", []))
     table = Table(title=Text(f"cpo run {result.run_dir.name}"))
@@ -375,23 +391,25 @@ def _summary_table(result: Any) -> Any:
         row = [Text(segment.name), Text(str(segment.size))]
         for arm in arms:
             n = cells.get((segment.name, arm))
-            v = by_cell.get((segment.name, arm))
-            if arm == HOLDOUT:
+            own = by_cell.get((segment.name, arm), [])
+            invalid = sum(not v.valid for v in own)
+            if n is None:
+                mark = "-"
+            elif arm == HOLDOUT:
                 mark = ""
-            elif segment.name in unsent:
-                mark = " not sent"
             elif (segment.name, arm) in substituted:
                 mark = " → control"
-            elif v is None:
+            elif segment.name in unsent and (not own or invalid):
+                mark = " not sent"
+            elif not own:
                 mark = " ✗"
             else:
-                mark = " ✓" if v.valid else " ✗"
+                mark = " ✓" if not invalid else (" ✗" if invalid == len(own) else f" ({invalid} ✗)")
             row.append(Text(f"{'' if n is None else n}{mark}"))
-        own = [by_cell[(segment.name, a)] for a in DEFAULT_ARMS if (segment.name, a) in by_cell]
-        costs = [v.usage.cost_usd for v in own]
-        total = sum((c for c in costs if c is not None), Decimal(0)) if own and None not in costs else None
-        from cpo.costs import format_usd
-
-        row += [Text(f"{sum(v.valid for v in own)}/{len(DEFAULT_ARMS)}"), Text(format_usd(total))]
+        mine = [v for a in DEFAULT_ARMS for v in by_cell.get((segment.name, a), [])]
+        costs = [v.usage.cost_usd for v in mine]
+        total = sum((c for c in costs if c is not None), Decimal(0)) if mine and None not in costs else None
+        expected = len(DEFAULT_ARMS) if not result.per_customer else len(mine)
+        row += [Text(f"{sum(v.valid for v in mine)}/{expected}"), Text(format_usd(total))]
         table.add_row(*row)
     return table

@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=_positive_int(0, 2**31 - 1), metavar="N", help=f"assignment seed [{DEFAULT_SEED}]")
     run.add_argument(
+        "--per-customer",
+        action="store_true",
+        help="one email per customer from their own figures, in their arm's tone (at most 500 customers)",
+    )
+    run.add_argument(
         "--render",
         action="store_true",
         help="also write rendered/<customer id>.eml per customer (merge fields filled; at most 10,000 customers)",

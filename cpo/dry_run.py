@@ -20,6 +20,7 @@ from cpo.agents.segmentation import segment_customers
 from cpo.content import load_snippets
 from cpo.costs import format_usd
 from cpo.pipeline import Inputs
+from cpo.pipeline import personal_requests_for as personal
 from cpo.pricing import TokenCounts
 from cpo.tokens import count_tokens
 
@@ -36,15 +37,20 @@ def dry_run(inputs: Inputs, ctx: Any, *, say: Callable[..., None], console: Call
         suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
         loaded = load_customers(Path(inputs["customers"]), suppress=suppress, connection=con)
         segments = segment_customers(loaded, campaign.rules)
+        if inputs.get("per_customer"):
+            requests = personal(loaded, segments, campaign, snippets, inputs)
+        else:
+            requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
     finally:
         con.close()
-    requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
 
     table = Table(title=Text(f"dry run: {Path(inputs['customers']).name}"))
     for col in ("segment", "rule", "customers", "share", "emails"):
         table.add_column(col, justify="right" if col in ("customers", "share", "emails") else "left")
     for s in segments:
         emails = len(DEFAULT_ARMS) if s.size else 0
+        if inputs.get("per_customer"):
+            emails = sum(r.segment.name == s.name for r in requests)
         table.add_row(Text(s.name), Text(s.rule), Text(str(s.size)), Text(f"{s.share:.1%}"), Text(str(emails)))
     console().print(table)
     say(

@@ -26,7 +26,7 @@ from langgraph.types import Send
 from cpo.agents.assignment import DEFAULT_ARMS, assign_customers
 from cpo.agents.campaign import load_campaign
 from cpo.agents.export import RENDER_LIMIT, export_campaign, render_emails
-from cpo.agents.generation import email_requests
+from cpo.agents.generation import PER_CUSTOMER_LIMIT, email_requests, personal_requests
 from cpo.agents.load import LoadedCustomers, load_customers
 from cpo.agents.segmentation import Segment, segment_customers
 from cpo.content import load_snippets
@@ -46,6 +46,7 @@ class Inputs(TypedDict):
     seed: int
     run_dir: str
     render: NotRequired[bool]  # also write one rendered email per customer (small lists only)
+    per_customer: NotRequired[bool]  # one email per customer, for its arm's tone (small lists only)
 
 
 def _merged(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:
@@ -145,6 +146,24 @@ async def _flush_ledgers(config: RunnableConfig) -> None:
             await tracker.ledger.aflush()
 
 
+def personal_requests_for(
+    loaded: LoadedCustomers, segments: list[Segment], campaign: Any, snippets: Any, inputs: Inputs
+) -> list[EmailRequest]:
+    """--per-customer: assign first (the tone is the customer's arm), then one request per distinct profile."""
+    if loaded.eligible > PER_CUSTOMER_LIMIT:
+        raise InputError(
+            f"--per-customer writes an email per customer and {loaded.eligible} customers are more than "
+            f"{PER_CUSTOMER_LIMIT}; leave it out, or pass a smaller list"
+        )
+    assign_customers(loaded, seed=inputs["seed"], weights=campaign.allocation or None, holdout=campaign.holdout)
+    pairs = personal_requests(loaded, segments, campaign, snippets)
+    con: Any = loaded.connection
+    con.execute("CREATE OR REPLACE TABLE personal (customer_id VARCHAR, request_key VARCHAR)")
+    if pairs:
+        con.executemany("INSERT INTO personal VALUES (?, ?)", [(c, request_key(r)) for c, r in pairs])
+    return list({request_key(r): r for _, r in pairs}.values())
+
+
 def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     """The compiled graph; invoke it with `{"inputs": Inputs}` and `{"configurable": {"thread_id": run_id}}`."""
 
@@ -164,9 +183,12 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
             segments = segment_customers(loaded, campaign.rules)
             if tools.on_excluded is not None:
                 tools.on_excluded([(str(i), str(r)) for i, r in con.execute("SELECT * FROM excluded").fetchall()])
+            if inputs.get("per_customer"):
+                requests = personal_requests_for(loaded, segments, campaign, snippets, inputs)
+            else:
+                requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
         finally:
             con.close()
-        requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
         return {
             "counts": {"total": loaded.total, "no_consent": loaded.no_consent, "suppressed": loaded.suppressed},
             "segments": [s.__dict__ for s in segments],
@@ -238,7 +260,16 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
         variants, campaign, run_dir = ordered_variants(state), _campaign(inputs), Path(inputs["run_dir"])
         try:
             loaded = _reopened(con, inputs, state["counts"])
-            delivery = export_campaign(loaded, _segments(state), variants, campaign, run_dir, DEFAULT_ARMS)
+            personal = None
+            if inputs.get("per_customer"):
+                own = {k: EmailVariant.model_validate(v) for k, v in (state.get("variants") or {}).items()}
+                personal = {
+                    str(customer): own[key].variant_id if key in own and own[key].valid else ""
+                    for customer, key in con.execute("SELECT customer_id, request_key FROM personal").fetchall()
+                }
+            delivery = export_campaign(
+                loaded, _segments(state), variants, campaign, run_dir, DEFAULT_ARMS, personal=personal
+            )
             rendered = render_emails(loaded, variants, campaign, run_dir) if inputs.get("render") else None
         finally:
             con.close()

@@ -96,6 +96,7 @@ class RunResult:
     assignment: dict[str, Any] = field(default_factory=dict)
     delivery: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    per_customer: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -270,6 +271,7 @@ class CampaignRunner:
         result.not_run = len(state.get("skipped") or {})
         result.stopped_by, result.stop_message = self.guard.stopped_by, self.guard.stop_message
         result.segments = [Segment(**s) for s in state.get("segments", [])]
+        result.per_customer = bool(self.inputs.get("per_customer"))
         result.counts = dict(state.get("counts", {}))
         result.assignment = dict(state.get("assignment", {})) if not state.get("skipped") else {}
         result.delivery = dict(state.get("delivery", {})) if not state.get("skipped") else {}

@@ -267,3 +267,50 @@ def test_render_refuses_a_list_too_long_to_write_a_file_per_customer(
     err = capsys.readouterr().err
     assert err.startswith("error: --render writes a file per customer and 241 customers are more than 100;")
     assert err.count("\n") == 1 and [p.name for p in Path("runs").iterdir()] == ["ledger.sqlite"]
+
+
+def test_per_customer_writes_each_customer_an_email_from_their_own_figures(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cpo.agents.segmentation import PROMPT_FEATURES
+
+    rows = SAMPLE.read_text(encoding="utf-8").splitlines()
+    Path("vip.csv").write_text("\n".join(rows[:31]) + "\n", encoding="utf-8")  # 30 customers
+    assert main(["run", "--customers", "vip.csv", "--per-customer", "--dry-run"]) == 0
+    assert "emails: 30 first drafts" in capsys.readouterr().out  # one email per customer
+    assert main(["run", "--customers", "vip.csv", "--per-customer"]) == 0
+    capsys.readouterr()
+    run_dir = the_run_dir()
+    variants = json.loads((run_dir / "variants.json").read_text())
+    with (run_dir / "send_list.csv").open(encoding="utf-8") as handle:
+        sent = list(csv.DictReader(handle))
+    with (run_dir / "assignments.csv").open(encoding="utf-8") as handle:
+        arms = {row["customer_id"]: row["arm"] for row in csv.DictReader(handle)}
+    assert len(sent) == 30 and len(variants) == 30
+    by_id = {v["variant_id"]: v for v in variants}
+    assert all(by_id[row["variant_id"]]["tone"] == arms[row["customer_id"]] for row in sent)  # the arm's tone
+
+    from cpo.agents.campaign import load_campaign
+    from cpo.agents.load import load_customers
+    from cpo.agents.segmentation import segment_customers
+    from cpo.content import load_snippets
+    from cpo.pipeline import personal_requests_for
+
+    loaded = load_customers(Path("vip.csv"))
+    segments = segment_customers(loaded)
+    inputs = {"customers": "vip.csv", "campaign": None, "suppress": None, "seed": 2027, "run_dir": "."}
+    requests = personal_requests_for(loaded, segments, load_campaign(), load_snippets(), inputs)  # type: ignore[arg-type]
+    names = {row.split(",")[1] for row in rows[1:31]}
+    for request in requests:  # only whitelisted figures reach a prompt: never a name or a location
+        assert set(request.segment.features) <= {"tier", *PROMPT_FEATURES}
+        assert not any(name in request.model_dump_json() for name in names)
+    assert len({json.dumps(r.segment.features, sort_keys=True) for r in requests}) > 20  # their own figures
+
+
+def test_per_customer_refuses_a_long_list_before_paying(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cpo.pipeline.PER_CUSTOMER_LIMIT", 100)
+    assert main(["run", "--per-customer"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --per-customer writes an email per customer and 241 customers are more than 100")

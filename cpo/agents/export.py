@@ -100,14 +100,31 @@ def export_campaign(
     campaign: Campaign,
     run_dir: Path,
     arms: tuple[str, ...],
+    personal: dict[str, str] | None = None,
 ) -> Delivery:
-    """Write templates.json, segments.csv, assignments.csv and send_list.csv into `run_dir`."""
-    delivery = plan_delivery(variants, arms, [s.name for s in segments if s.size])
+    """Write templates.json, segments.csv, assignments.csv and send_list.csv into `run_dir`.
+
+    `personal` (`--per-customer`) gives each customer's own variant id ("" when it is invalid: not sent)
+    instead of one variant per segment x arm.
+    """
+    delivery = plan_delivery(variants, arms, [s.name for s in segments if s.size]) if personal is None else None
     con: Any = loaded.connection
-    con.execute("CREATE OR REPLACE TEMP TABLE delivery (segment VARCHAR, arm VARCHAR, variant_id VARCHAR)")
-    rows = [(s, a, v) for (s, a), v in delivery.plan.items()]
-    if rows:
-        con.executemany("INSERT INTO delivery VALUES (?, ?, ?)", rows)
+    if personal is None:
+        assert delivery is not None
+        con.execute("CREATE OR REPLACE TEMP TABLE delivery (segment VARCHAR, arm VARCHAR, variant_id VARCHAR)")
+        rows = [(s, a, v) for (s, a), v in delivery.plan.items()]
+        if rows:
+            con.executemany("INSERT INTO delivery VALUES (?, ?, ?)", rows)
+        join = "LEFT JOIN delivery d ON d.segment = a.segment AND d.arm = a.arm"
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE delivery (customer_id VARCHAR, variant_id VARCHAR)")
+        if personal:
+            con.executemany("INSERT INTO delivery VALUES (?, ?)", list(personal.items()))
+        join = "LEFT JOIN delivery d ON d.customer_id = a.customer_id"
+        unsent = sorted({str(s) for (s,) in con.execute(
+            "SELECT DISTINCT a.segment FROM assignments a JOIN delivery d USING (customer_id) WHERE d.variant_id = ''"
+        ).fetchall()})  # fmt: skip
+        delivery = Delivery(plan={}, substituted=[], unsent=unsent)
     con.execute("CREATE OR REPLACE TEMP TABLE segment_rules (segment VARCHAR, rule VARCHAR)")
     con.executemany("INSERT INTO segment_rules VALUES (?, ?)", [(s.name, s.rule) for s in segments])
     write_templates(run_dir / "templates.json", variants, campaign)
@@ -118,8 +135,7 @@ def export_campaign(
         f"SELECT a.customer_id, a.segment, r.rule, a.arm, CASE WHEN a.arm = '{HOLDOUT}' THEN '' "
         "ELSE coalesce(d.variant_id, '') END AS delivered_variant, "
         f"{first_name} AS first_name "
-        "FROM assignments a JOIN customers c USING (customer_id) "
-        "LEFT JOIN delivery d ON d.segment = a.segment AND d.arm = a.arm "
+        f"FROM assignments a JOIN customers c USING (customer_id) {join} "
         "LEFT JOIN segment_rules r ON r.segment = a.segment"
     )
     target = str(run_dir).replace("'", "''")

@@ -1,5 +1,8 @@
 """Generation agent: one email request per segment x arm, built from the segment's summary only.
 
+`personal_requests` (`cpo run --per-customer`) makes one request per assigned customer instead, from
+that customer's own whitelisted features, for the tone of the customer's arm.
+
 The request carries the segment's whitelisted features (tier and behavioural means, see
 `Segment.features`), the campaign's offer and approved snippets for that segment, and the sender. The
 email chain does the rest; running the requests (concurrency, budget, Ctrl-C) is the runner's job.
@@ -7,10 +10,16 @@ email chain does the rest; running the requests (concurrency, budget, Ctrl-C) is
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+from cpo.agents.assignment import HOLDOUT
 from cpo.agents.campaign import Campaign
-from cpo.agents.segmentation import Segment
+from cpo.agents.load import LoadedCustomers
+from cpo.agents.segmentation import PROMPT_FEATURES, Segment
 from cpo.errors import InputError
 from cpo.models import EmailRequest, SegmentProfile, Snippet, Tone
+
+PER_CUSTOMER_LIMIT = 500  # --per-customer pays for an email per customer: for small high-value lists only
 
 
 def email_requests(
@@ -35,3 +44,46 @@ def email_requests(
                 EmailRequest(segment=profile, offer=offer.offer, tone=arm, snippets=chosen, sender=campaign.sender)
             )
     return requests
+
+
+def personal_requests(
+    loaded: LoadedCustomers, segments: list[Segment], campaign: Campaign, snippets: dict[str, Snippet]
+) -> list[tuple[str, EmailRequest]]:
+    """(customer id, request) for every customer with an arm (the `assignments` table), in customer order.
+
+    The profile holds only the customer's tier and behavioural figures (the same whitelist as segment
+    means), never their name or location; customers with the same figures and arm share one email.
+    """
+    con: Any = loaded.connection
+    columns = [c for c in PROMPT_FEATURES if c in loaded.columns]
+    rows = con.execute(
+        f"SELECT a.customer_id, a.segment, a.arm, c.tier{''.join(f', c.{col}' for col in columns)} "
+        "FROM assignments a JOIN customers c USING (customer_id) WHERE a.arm <> ? ORDER BY a.customer_id",
+        [HOLDOUT],
+    ).fetchall()
+    rules = {s.name: s.rule for s in segments}
+    out = []
+    for customer_id, segment, arm, tier, *values in rows:
+        offer = campaign.offer_for(segment)
+        if offer is None:
+            raise InputError(f"the campaign has no offer for segment {segment!r} and no 'default' offer")
+        one = Segment(
+            name=segment,
+            rule=rules.get(segment, ""),
+            size=1,
+            share=0.0,
+            tier=tier,
+            means={col: float(v) for col, v in zip(columns, values, strict=True) if v is not None},
+        )
+        profile = SegmentProfile(
+            name=segment, description=f"one customer of this segment; rule: {one.rule}", features=one.features()
+        )
+        request = EmailRequest(
+            segment=profile,
+            offer=offer.offer,
+            tone=cast(Tone, arm),
+            snippets=[snippets[s] for s in offer.snippets],
+            sender=campaign.sender,
+        )
+        out.append((str(customer_id), request))
+    return out
