@@ -13,14 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cpo.agents.assignment import DEFAULT_ARMS
-from cpo.agents.campaign import load_campaign
-from cpo.agents.generation import email_requests
-from cpo.agents.load import load_customers
-from cpo.agents.segmentation import segment_customers
-from cpo.content import load_snippets
 from cpo.costs import format_usd
-from cpo.pipeline import Inputs
-from cpo.pipeline import personal_requests_for as personal
+from cpo.pipeline import Inputs, plan_campaign
 from cpo.pricing import TokenCounts
 from cpo.tokens import count_tokens
 
@@ -30,17 +24,9 @@ def dry_run(inputs: Inputs, ctx: Any, *, say: Callable[..., None], console: Call
     from rich.table import Table
     from rich.text import Text
 
-    snippets = load_snippets()
-    campaign = load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None, snippets)
     con = duckdb.connect()
     try:
-        suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
-        loaded = load_customers(Path(inputs["customers"]), suppress=suppress, connection=con)
-        segments = segment_customers(loaded, campaign.rules)
-        if inputs.get("per_customer"):
-            requests = personal(loaded, segments, campaign, snippets, inputs)
-        else:
-            requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
+        loaded, segments, requests = plan_campaign(inputs, con)
     finally:
         con.close()
 

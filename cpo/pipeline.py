@@ -164,29 +164,36 @@ def personal_requests_for(
     return list({request_key(r): r for _, r in pairs}.values())
 
 
+def plan_campaign(
+    inputs: Inputs, con: Any, on_excluded: Callable[[list[tuple[str, str]]], None] | None = None
+) -> tuple[LoadedCustomers, list[Segment], list[EmailRequest]]:
+    """Load and segment the customers into `con` and list the emails to write: a run's first stage, and
+    all of a dry run (so both fail on the same input with the same one-line error)."""
+    snippets = load_snippets()
+    campaign = load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None, snippets)
+    suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
+    loaded = load_customers(Path(inputs["customers"]), suppress=suppress, connection=con)
+    if inputs.get("render") and loaded.eligible > RENDER_LIMIT:
+        raise InputError(
+            f"--render writes a file per customer and {loaded.eligible} customers are more than "
+            f"{RENDER_LIMIT}; leave it out (templates.json and send_list.csv hold the same emails)"
+        )
+    segments = segment_customers(loaded, campaign.rules)
+    if on_excluded is not None:
+        on_excluded([(str(i), str(r)) for i, r in con.execute("SELECT * FROM excluded").fetchall()])
+    if inputs.get("per_customer"):
+        return loaded, segments, personal_requests_for(loaded, segments, campaign, snippets, inputs)
+    return loaded, segments, email_requests(segments, campaign, snippets, DEFAULT_ARMS)
+
+
 def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     """The compiled graph; invoke it with `{"inputs": Inputs}` and `{"configurable": {"thread_id": run_id}}`."""
 
     def load_segment(state: CampaignState) -> CampaignState:
         inputs = state["inputs"]
-        snippets = load_snippets()
-        campaign = load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None, snippets)
         con = _connect(inputs)
         try:
-            suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
-            loaded = load_customers(Path(inputs["customers"]), suppress=suppress, connection=con)
-            if inputs.get("render") and loaded.eligible > RENDER_LIMIT:
-                raise InputError(
-                    f"--render writes a file per customer and {loaded.eligible} customers are more than "
-                    f"{RENDER_LIMIT}; leave it out (templates.json and send_list.csv hold the same emails)"
-                )
-            segments = segment_customers(loaded, campaign.rules)
-            if tools.on_excluded is not None:
-                tools.on_excluded([(str(i), str(r)) for i, r in con.execute("SELECT * FROM excluded").fetchall()])
-            if inputs.get("per_customer"):
-                requests = personal_requests_for(loaded, segments, campaign, snippets, inputs)
-            else:
-                requests = email_requests(segments, campaign, snippets, DEFAULT_ARMS)
+            loaded, segments, requests = plan_campaign(inputs, con, tools.on_excluded)
         finally:
             con.close()
         return {

@@ -274,6 +274,11 @@ def test_the_entra_hint_names_the_extra(capsys: pytest.CaptureFixture[str], monk
             "error: customer file customers.csv: not UTF-8 text",
         ),
         (
+            lambda: Path("campaign.yaml").write_text("name: x\nrules: segment_rules.yaml\n"),
+            ["run", "--config", "campaign.yaml"],
+            "error: campaign file campaign.yaml: unsubscribe: Field required",
+        ),
+        (
             lambda: Path(".env").write_bytes(b"CPO_MODEL_NAME=caf\xe9\n"),
             ["run"],
             "error: .env: not UTF-8 text (byte 0xe9",
@@ -284,7 +289,15 @@ def test_the_entra_hint_names_the_extra(capsys: pytest.CaptureFixture[str], monk
             "error: cannot create the runs directory afile/runs",
         ),
     ],
-    ids=["limits-yaml", "limits-key", "segments-utf8", "customers-utf8", "dotenv-utf8", "out-unwritable"],
+    ids=[
+        "limits-yaml",
+        "limits-key",
+        "segments-utf8",
+        "customers-utf8",
+        "campaign-key",
+        "dotenv-utf8",
+        "out-unwritable",
+    ],
 )
 def test_bad_files_are_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str], setup: Any, args: list[str], message: str
