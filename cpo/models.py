@@ -41,6 +41,8 @@ class Snippet(BaseModel):
     section: str = ""
     text: str = Field(min_length=1)
     facts: tuple[Fact, ...] = ()
+    # Who may be told this: "all", or tiers (Bronze, Silver, Gold, Platinum). Retrieval filters on it.
+    audience: tuple[str, ...] = ("all",)
 
 
 class SegmentProfile(BaseModel):
