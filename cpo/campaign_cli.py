@@ -20,7 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from cpo.errors import InputError
-from cpo.pipeline import RUN_FILE, Inputs, check_resume, input_fingerprint, record_run
+from cpo.pipeline import RUN_FILE, Inputs, check_resume, input_fingerprint, record_audit_head, record_run
+
+INDEX_FILE = "content-index.sqlite"
+
+
+def content_index(runs_dir: Path) -> Any:
+    """Azure AI Search when AZURE_SEARCH_ENDPOINT is set (filled by `cpo index`), else the embedded FTS5
+    index in the runs directory, rebuilt whenever the approved content changed."""
+    import os
+
+    if os.environ.get("AZURE_SEARCH_ENDPOINT", "").strip():
+        from cpo.agents.azure_search import AzureSearchIndex
+
+        return AzureSearchIndex.from_env()
+    from cpo.pipeline import embedded_index
+
+    return embedded_index(path=runs_dir / INDEX_FILE)
+
 
 # Options a resumed run takes from its run.json: changing them would mix emails made two ways.
 RECORDED = (
@@ -38,11 +55,24 @@ RECORDED = (
 DEFAULTS: dict[str, Any] = {"max_repairs": 2, "judge": False}
 STAGE_LABELS = {
     "load_segment": "load + segment",
+    "retrieve": "retrieve content",
     "generate": "generate emails",
+    "screen": "screen",
+    "review": "review",
     "assign": "assign arms",
     "export": "export",
 }
-OUTPUTS = ("segments.csv", "variants.json", "templates.json", "assignments.csv", "send_list.csv", "costs.json")
+OUTPUTS = (
+    "segments.csv",
+    "retrieval.json",
+    "variants.json",
+    "screening.json",
+    "safety_audit.csv",
+    "templates.json",
+    "assignments.csv",
+    "send_list.csv",
+    "costs.json",
+)
 
 
 def _versions() -> dict[str, str]:
@@ -117,13 +147,14 @@ def run_campaign(args: argparse.Namespace, context: Any, *, say: Callable[..., N
             "run_dir": "",
             "render": bool(args.render),
             "per_customer": bool(args.per_customer),
+            "review": bool(args.review),
         }
         load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None)  # one-line error before any file
     fingerprint = input_fingerprint(inputs, args.prompts, args.limits)
     if args.dry_run:
         from cpo.dry_run import dry_run
 
-        return dry_run(inputs, ctx, say=say, console=console)
+        return dry_run(inputs, ctx, content_index(args.out or ctx.settings.runs_dir), say=say, console=console)
     if recorded is not None:
         check_resume(run_dir, inputs, fingerprint)
         ctx.tracker.session_id = recorded["session_id"]
@@ -273,10 +304,19 @@ async def _drive(
     def say_line(line: str) -> None:
         (progress.console if progress.live.is_started else err).print(line, markup=False, highlight=False)
 
+    run_dir = Path(inputs["run_dir"])
+
+    def on_audit(head: str, rows: int) -> None:  # two copies of the head: run.json and the cost ledger
+        record_audit_head(run_dir, head, rows)
+        if ctx.tracker.ledger is not None:
+            ctx.tracker.ledger.record_audit_head(meta["run_id"], head, rows)
+
     runner = CampaignRunner(
         inputs,
         ctx.chain,
         ctx.tracker,
+        index=content_index(run_dir.parent),
+        on_audit=on_audit,
         run_id=meta["run_id"],
         root_run_id=meta["root_run_id"],
         concurrency=args.concurrency,
@@ -322,12 +362,24 @@ def _report(
             f"{SMALL_CELL} customers, too few to learn from (smallest: {segment} / {arm}, {n})",
             stderr=True,
         )
+    held = result.delivery.get("withheld") or {}
+    own = {(v.segment, v.tone): v for v in variants}
     for segment, arm in result.delivery.get("substituted", []):
-        say(f"{segment} / {arm}: its variant is invalid; those customers get the control instead")
+        v = own.get((segment, arm))
+        why = held.get(v.variant_id, "invalid") if v is not None and v.valid else "invalid or not generated"
+        say(f"{segment} / {arm}: its variant is {why}; those customers get the control instead")
     for segment in result.delivery.get("unsent", []):
         say(f"{segment}: not sent (no valid control to fall back on)")
     for v in (v for v in variants if not v.valid):
         say(f"invalid {v.segment} / {v.tone}: {'; '.join(v.validation.reasons)}")
+    if result.screening:
+        blocked = [d for d in result.screening.values() if d["blocked"]]
+        backend = next(iter(result.screening.values()))["backend"]
+        say(f"screened: {len(result.screening)} variants ({backend}), {len(blocked)} blocked")
+        for d in blocked:
+            say(f"blocked {d['segment']} / {d['tone']}: {'; '.join(d['reasons'])}")
+    for d in (d for d in result.review.values() if d.get("decision") == "reject"):
+        say(f"rejected in review by {d.get('reviewer')}: {d.get('reason')}")
     if variants:
         say(quality_line(variants))
         known = [v.usage.cost_usd for v in variants if v.usage.cost_usd is not None]
@@ -359,6 +411,13 @@ def _report(
         say(f"budget reached: {produced}; {result.not_run} not generated ({result.stop_message}){resume}", stderr=True)
     elif result.stopped_by in ("auth", "config"):
         say(f"error: {result.stop_message}; stopped after {produced}", stderr=True)
+    elif result.stopped_by == "review":
+        waiting = sum(not d["blocked"] for d in result.screening.values())
+        say(
+            f"paused for review: {waiting} variant(s) await a decision: cpo review {result.run_dir}, "
+            f"then cpo run --resume {result.run_dir}",
+            stderr=True,
+        )
     code = int(result.exit_code)
     if code == 0 and strict and any(not v.valid for v in variants):
         return 1

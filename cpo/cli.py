@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=_positive_int(0, 2**31 - 1), metavar="N", help=f"assignment seed [{DEFAULT_SEED}]")
     run.add_argument(
+        "--review",
+        action="store_true",
+        help="pause after screening until each variant is approved or rejected with `cpo review` (exit 4)",
+    )
+    run.add_argument(
         "--per-customer",
         action="store_true",
         help="one email per customer from their own figures, in their arm's tone (at most 500 customers)",
@@ -201,6 +206,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="ledger file [CPO_LEDGER, else <CPO_RUNS_DIR or ./runs>/ledger.sqlite]",
     )
     costs.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+
+    review = commands.add_parser(
+        "review",
+        help="list a paused run's variants for review, or record approve/reject decisions",
+        description="List the variants of a run paused by `cpo run --review` (subject, body, citations, screening), "
+        "or record decisions; each is a row of the run's audit chain. Then: cpo run --resume RUN_DIR.",
+    )
+    review.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    review.add_argument("--approve", nargs="+", default=[], metavar="ID", help="variant ids to approve")
+    review.add_argument("--reject", nargs="+", default=[], metavar="ID", help="variant ids to reject (needs --reason)")
+    review.add_argument("--approve-rest", action="store_true", help="approve every variant still awaiting a decision")
+    review.add_argument("--reviewer", default="", metavar="NAME", help="who decides (required to decide)")
+    review.add_argument("--reason", default="", metavar="TEXT", help="why (required to reject)")
+
+    audit = commands.add_parser("audit", help="check a run's tamper-evident safety audit")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser, required=True)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="verify RUN_DIR/safety_audit.csv: its hash chain and its head against run.json and the ledger",
+    )
+    verify.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
+    index = commands.add_parser(
+        "index",
+        help="(re)build the approved-content index that retrieval searches",
+        description="Build the embedded SQLite FTS5 index in <runs dir>/content-index.sqlite (cpo run also "
+        "rebuilds it when the content changed), or upload the content to Azure AI Search when "
+        "AZURE_SEARCH_ENDPOINT and AZURE_SEARCH_INDEX are set.",
+    )
+    index.add_argument("--out", type=Path, metavar="DIR", help="runs directory [CPO_RUNS_DIR or ./runs]")
 
     check = commands.add_parser(
         "check",
@@ -526,8 +561,113 @@ def cmd_check(args: argparse.Namespace) -> int:
         tracker.close()
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from rich.text import Text
+
+    from cpo.review import record_decisions, review_items
+
+    items = review_items(args.run_dir)
+    approve = list(args.approve)
+    if args.approve_rest:
+        decided = set(approve) | set(args.reject)
+        approve += [i.variant.variant_id for i in items if not i.screening["blocked"] and i.decision is None
+                    and i.variant.variant_id not in decided]  # fmt: skip
+    if approve or args.reject:
+        ledger = _ledger_of(args.run_dir)
+        try:
+            left = record_decisions(
+                args.run_dir, approve=approve, reject=args.reject, reviewer=args.reviewer, reason=args.reason,
+                ledger=ledger,
+            )  # fmt: skip
+        finally:
+            if ledger is not None:
+                ledger.close()
+        say(f"recorded {len(approve)} approval(s) and {len(args.reject)} rejection(s) by {args.reviewer}")
+        if left:
+            say(f"{left} variant(s) still await a decision")
+        else:
+            say(f"every variant is decided: cpo run --resume {args.run_dir}")
+        return 0
+    out = _console()
+    for item in items:
+        v, screening = item.variant, item.screening
+        state = "blocked" if screening["blocked"] else (item.decision or {}).get("decision", "awaiting decision")
+        out.rule(Text(f"{v.variant_id}  ({v.segment} / {v.tone})  {state}"))
+        say(f"{v.subject}\n")
+        say(v.body)
+        say("")
+        for c in v.citations:
+            say(f"[{c.id}] {c.title} ({c.section})")
+        severities = ", ".join(f"{k} {n}" for k, n in screening.get("severities", {}).items())
+        verdict = "; ".join(screening["reasons"]) or "passed"
+        say(f"screening ({screening['backend']}): {severities or 'none'}; {verdict}")
+    waiting = sum(1 for i in items if not i.screening["blocked"] and i.decision is None)
+    say(f"{waiting} of {len(items)} variant(s) await a decision: cpo review {args.run_dir} --approve ID ... "
+        "--reject ID ... --reviewer NAME --reason TEXT")  # fmt: skip
+    return 0
+
+
+def _ledger_of(run_dir: Path) -> Any:
+    """The cost ledger a run recorded in its run.json, open for writing, if it is there."""
+    import json
+
+    from cpo.ledger import Ledger
+
+    try:
+        path = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("ledger")
+    except (OSError, ValueError):
+        return None
+    return Ledger(path) if path and Path(path).is_file() else None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from cpo.audit import AUDIT_FILE, recorded_heads, verify
+    from cpo.errors import InputError
+
+    if not (args.run_dir / "run.json").is_file():
+        raise InputError(f"{args.run_dir} has no run.json: not a cpo run directory")
+    run_id, heads = recorded_heads(args.run_dir)
+    verdict = verify(args.run_dir / AUDIT_FILE, run_id, heads)
+    if verdict.ok:
+        anchors = " and ".join(k for k, h in heads.items() if h is not None) or "nothing (no head recorded)"
+        say(f"ok: {verdict.rows} rows, head {verdict.head[:16]}, matching {anchors}")
+        return 0
+    say(f"error: {args.run_dir / AUDIT_FILE}: {verdict.problem}", stderr=True)
+    return 1
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import os
+
+    from cpo.content import load_snippets
+    from cpo.settings import Settings
+
+    snippets = list(load_snippets().values())
+    if os.environ.get("AZURE_SEARCH_ENDPOINT", "").strip():
+        from cpo.agents.azure_search import AzureSearchIndex
+
+        remote = AzureSearchIndex.from_env()
+        remote.build(snippets)
+        say(f"uploaded {len(snippets)} snippets to Azure AI Search index {os.environ.get('AZURE_SEARCH_INDEX')}")
+        return 0
+    from cpo.agents.sqlite_index import SqliteFtsIndex
+    from cpo.campaign_cli import INDEX_FILE
+
+    path = (args.out or Settings().runs_dir) / INDEX_FILE
+    local = SqliteFtsIndex(path)
+    try:
+        local.build(snippets)
+    finally:
+        local.close()
+    say(f"indexed {len(snippets)} snippets in {path}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
+    "review": cmd_review,
+    "audit": cmd_audit,
+    "index": cmd_index,
     "generate": cmd_generate,
     "try-prompts": cmd_try_prompts,
     "costs": cmd_costs,

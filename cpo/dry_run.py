@@ -19,25 +19,28 @@ from cpo.pricing import TokenCounts
 from cpo.tokens import count_tokens
 
 
-def dry_run(inputs: Inputs, ctx: Any, *, say: Callable[..., None], console: Callable[..., Any]) -> int:
+def dry_run(inputs: Inputs, ctx: Any, index: Any, *, say: Callable[..., None], console: Callable[..., Any]) -> int:
     import duckdb
     from rich.table import Table
     from rich.text import Text
 
     con = duckdb.connect()
     try:
-        loaded, segments, requests = plan_campaign(inputs, con)
+        loaded, segments, found, requests = plan_campaign(inputs, con, index)
     finally:
         con.close()
 
     table = Table(title=Text(f"dry run: {Path(inputs['customers']).name}"))
-    for col in ("segment", "rule", "customers", "share", "emails"):
+    for col in ("segment", "rule", "customers", "share", "emails", "snippets (retrieved)"):
         table.add_column(col, justify="right" if col in ("customers", "share", "emails") else "left")
     for s in segments:
         emails = len(DEFAULT_ARMS) if s.size else 0
         if inputs.get("per_customer"):
             emails = sum(r.segment.name == s.name for r in requests)
-        table.add_row(Text(s.name), Text(s.rule), Text(str(s.size)), Text(f"{s.share:.1%}"), Text(str(emails)))
+        used = ", ".join(found[s.name].used) if s.name in found else ""
+        table.add_row(
+            Text(s.name), Text(s.rule), Text(str(s.size)), Text(f"{s.share:.1%}"), Text(str(emails)), Text(used)
+        )
     console().print(table)
     say(
         f"customers: {loaded.total} in the file, {loaded.no_consent} without consent, {loaded.suppressed} "

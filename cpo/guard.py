@@ -15,7 +15,7 @@ import openai
 from cpo.cancel import StopSignal
 from cpo.errors import BudgetExceeded, ConfigError, Interrupted
 
-StopReason = Literal["budget", "auth", "config", "interrupted"]
+StopReason = Literal["budget", "auth", "config", "interrupted", "review"]
 Outcome = Literal["failed", "skipped"]
 
 

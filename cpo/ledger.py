@@ -30,7 +30,7 @@ from cpo.pricing import TokenCounts
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 5.0
 
 CALLS_V1 = """
@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 ALTER TABLE calls ADD COLUMN email_id TEXT;
 ALTER TABLE calls ADD COLUMN email_name TEXT;
 """,
+    4: """
+CREATE TABLE IF NOT EXISTS audit_heads (
+    run_id TEXT PRIMARY KEY,
+    head TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    ts TEXT NOT NULL
+);
+""",
 }
 # How `_grouped` groups and names rows: per session, per run, or per email (a standalone email is its own run).
 GROUPINGS = {
@@ -102,6 +110,13 @@ class CallRow:
 class _SessionRow:
     session_id: str
     name: str | None
+
+
+@dataclass(frozen=True)
+class _AuditHead:
+    run_id: str
+    head: str
+    rows: int
 
 
 _FLUSH = object()
@@ -189,6 +204,16 @@ class Ledger:
         """Record a session's name (e.g. the command that ran it) once, before its calls."""
         self._enqueue(_SessionRow(session_id, name))
 
+    def record_audit_head(self, run_id: str, head: str, rows: int) -> None:
+        """The safety audit's latest hash for a run: a second copy, outside the run directory."""
+        self._enqueue(_AuditHead(run_id, head, rows))
+
+    def audit_head(self, run_id: str) -> str | None:
+        if self.version < 4:
+            return None
+        found = self._query("SELECT head FROM audit_heads WHERE run_id = ?", [run_id])
+        return str(found[0]["head"]) if found else None
+
     def append(self, row: CallRow) -> None:
         """Queue one call for writing; never blocks on the disk."""
         self._enqueue(row)
@@ -227,7 +252,7 @@ class Ledger:
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)
-            rows = [item for item in batch if isinstance(item, CallRow | _SessionRow)]
+            rows = [item for item in batch if isinstance(item, CallRow | _SessionRow | _AuditHead)]
             if rows:
                 if conn is None:
                     self._failed(sqlite3.OperationalError("the ledger could not be opened by its writer"), len(rows))
@@ -241,10 +266,16 @@ class Ledger:
                     conn.close()
                 return
 
-    def _write(self, conn: sqlite3.Connection, rows: list[CallRow | _SessionRow]) -> None:
+    def _write(self, conn: sqlite3.Connection, rows: list[CallRow | _SessionRow | _AuditHead]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for row in rows:
+                if isinstance(row, _AuditHead):
+                    conn.execute(
+                        "INSERT OR REPLACE INTO audit_heads (run_id, head, rows, ts) VALUES (?,?,?,?)",
+                        (row.run_id, row.head, row.rows, _now()),
+                    )
+                    continue
                 if isinstance(row, _SessionRow):
                     conn.execute(
                         "INSERT OR IGNORE INTO sessions (session_id, name, started) VALUES (?,?,?)",

@@ -21,21 +21,29 @@ from typing import Annotated, Any, NotRequired, TypedDict
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Send
+from langgraph.types import Send, interrupt
 
 from cpo.agents.assignment import DEFAULT_ARMS, assign_customers
 from cpo.agents.campaign import load_campaign
+from cpo.agents.content_index import ContentIndex
 from cpo.agents.export import RENDER_LIMIT, export_campaign, render_emails
 from cpo.agents.generation import PER_CUSTOMER_LIMIT, email_requests, personal_requests
 from cpo.agents.load import LoadedCustomers, load_customers
+from cpo.agents.retrieval import SegmentRetrieval, retrieve
+from cpo.agents.safety import SafetyPolicy, Screen, build_screen, load_policy, screen_variant
 from cpo.agents.segmentation import Segment, segment_customers
+from cpo.agents.sqlite_index import SqliteFtsIndex
+from cpo.audit import AuditLog
 from cpo.content import load_snippets
 from cpo.costs import trackers_in
 from cpo.errors import InputError
 from cpo.guard import Guard, one_line
-from cpo.models import EmailRequest, EmailVariant
+from cpo.models import EmailRequest, EmailVariant, Snippet
 
 DATABASE = "customers.duckdb"
+RETRIEVAL_FILE = "retrieval.json"
+SCREENING_FILE = "screening.json"
+REVIEW_FILE = "review.json"
 EMAILS = "emails"
 
 
@@ -47,6 +55,7 @@ class Inputs(TypedDict):
     run_dir: str
     render: NotRequired[bool]  # also write one rendered email per customer (small lists only)
     per_customer: NotRequired[bool]  # one email per customer, for its arm's tone (small lists only)
+    review: NotRequired[bool]  # pause after screening until a person approves or rejects each variant
 
 
 def _merged(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:
@@ -62,6 +71,9 @@ class CampaignState(TypedDict, total=False):
     variants: Annotated[dict[str, dict[str, Any]] | None, _merged]  # request key -> EmailVariant
     failures: Annotated[dict[str, str] | None, _merged]  # request key -> the error, in one line
     skipped: Annotated[dict[str, str] | None, _merged]  # request key -> why it was not generated (budget, Ctrl-C)
+    retrieval: dict[str, dict[str, Any]]  # segment -> what retrieval searched, found and chose
+    screening: dict[str, dict[str, Any]]  # variant id -> SafetyDecision
+    review: dict[str, dict[str, Any]]  # variant id -> {"decision": "approve" | "reject", "reviewer", "reason"}
     assignment: dict[str, Any]
     delivery: dict[str, Any]
 
@@ -81,6 +93,10 @@ class Tools:
     chain: Runnable[EmailRequest, EmailVariant]
     guard: Guard = field(default_factory=Guard)
     on_excluded: Callable[[list[tuple[str, str]]], None] | None = None  # (customer id, reason) pairs, for the log
+    index: ContentIndex | None = None  # approved content to retrieve from; default: embedded SQLite FTS5
+    screen: Screen | None = None  # safety severities; default: the local policy
+    policy: SafetyPolicy | None = None  # threshold and compliance rules; default: data/safety_policy.yaml
+    on_audit: Callable[[str, int], None] | None = None  # (head hash, rows) after each audit append
 
 
 def request_key(request: EmailRequest) -> str:
@@ -147,7 +163,12 @@ async def _flush_ledgers(config: RunnableConfig) -> None:
 
 
 def personal_requests_for(
-    loaded: LoadedCustomers, segments: list[Segment], campaign: Any, snippets: Any, inputs: Inputs
+    loaded: LoadedCustomers,
+    segments: list[Segment],
+    campaign: Any,
+    snippets: Any,
+    inputs: Inputs,
+    chosen: dict[str, list[str]] | None = None,
 ) -> list[EmailRequest]:
     """--per-customer: assign first (the tone is the customer's arm), then one request per distinct profile."""
     if loaded.eligible > PER_CUSTOMER_LIMIT:
@@ -156,7 +177,7 @@ def personal_requests_for(
             f"{PER_CUSTOMER_LIMIT}; leave it out, or pass a smaller list"
         )
     assign_customers(loaded, seed=inputs["seed"], weights=campaign.allocation or None, holdout=campaign.holdout)
-    pairs = personal_requests(loaded, segments, campaign, snippets)
+    pairs = personal_requests(loaded, segments, campaign, snippets, chosen)
     con: Any = loaded.connection
     con.execute("CREATE OR REPLACE TABLE personal (customer_id VARCHAR, request_key VARCHAR)")
     if pairs:
@@ -164,13 +185,11 @@ def personal_requests_for(
     return list({request_key(r): r for _, r in pairs}.values())
 
 
-def plan_campaign(
+def load_and_segment(
     inputs: Inputs, con: Any, on_excluded: Callable[[list[tuple[str, str]]], None] | None = None
-) -> tuple[LoadedCustomers, list[Segment], list[EmailRequest]]:
-    """Load and segment the customers into `con` and list the emails to write: a run's first stage, and
-    all of a dry run (so both fail on the same input with the same one-line error)."""
-    snippets = load_snippets()
-    campaign = load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None, snippets)
+) -> tuple[LoadedCustomers, list[Segment]]:
+    """Load the customers into `con` and segment them: the run's first stage (and a dry run's)."""
+    campaign = _campaign(inputs)
     suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
     loaded = load_customers(Path(inputs["customers"]), suppress=suppress, connection=con)
     if inputs.get("render") and loaded.eligible > RENDER_LIMIT:
@@ -181,9 +200,46 @@ def plan_campaign(
     segments = segment_customers(loaded, campaign.rules)
     if on_excluded is not None:
         on_excluded([(str(i), str(r)) for i, r in con.execute("SELECT * FROM excluded").fetchall()])
+    return loaded, segments
+
+
+def plan_emails(
+    inputs: Inputs, loaded: LoadedCustomers, segments: list[Segment], index: ContentIndex
+) -> tuple[dict[str, SegmentRetrieval], list[EmailRequest]]:
+    """Retrieve each segment's approved content and list the emails to write (per segment x arm, or per
+    customer), each citing only what its segment's retrieval chose."""
+    snippets = load_snippets()
+    campaign = load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None, snippets)
+    found = retrieve(segments, campaign, snippets, index)
+    chosen = {name: r.used for name, r in found.items()}
     if inputs.get("per_customer"):
-        return loaded, segments, personal_requests_for(loaded, segments, campaign, snippets, inputs)
-    return loaded, segments, email_requests(segments, campaign, snippets, DEFAULT_ARMS)
+        return found, personal_requests_for(loaded, segments, campaign, snippets, inputs, chosen)
+    return found, email_requests(segments, campaign, snippets, DEFAULT_ARMS, chosen)
+
+
+def plan_campaign(
+    inputs: Inputs, con: Any, index: ContentIndex
+) -> tuple[LoadedCustomers, list[Segment], dict[str, SegmentRetrieval], list[EmailRequest]]:
+    """All of a dry run: load, segment, retrieve and list the emails, as a run's first stages do."""
+    loaded, segments = load_and_segment(inputs, con)
+    found, requests = plan_emails(inputs, loaded, segments, index)
+    return loaded, segments, found, requests
+
+
+def embedded_index(snippets: list[Snippet] | None = None, path: Path | None = None) -> SqliteFtsIndex:
+    """The SQLite FTS5 index of the approved content, (re)built if the content changed."""
+    index = SqliteFtsIndex(path or ":memory:")
+    index.ensure(snippets if snippets is not None else list(load_snippets().values()))
+    return index
+
+
+def withheld(state: Mapping[str, Any]) -> dict[str, str]:
+    """Variants that must not be sent, with why: blocked by screening, or rejected in review."""
+    out = {v: "blocked: " + "; ".join(d["reasons"]) for v, d in (state.get("screening") or {}).items() if d["blocked"]}
+    for v, d in (state.get("review") or {}).items():
+        if d.get("decision") == "reject":
+            out[v] = f"rejected by {d.get('reviewer') or 'a reviewer'}: {d.get('reason') or 'no reason given'}"
+    return out
 
 
 def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
@@ -193,17 +249,28 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
         inputs = state["inputs"]
         con = _connect(inputs)
         try:
-            loaded, segments, requests = plan_campaign(inputs, con, tools.on_excluded)
+            loaded, segments = load_and_segment(inputs, con, tools.on_excluded)
         finally:
             con.close()
         return {
             "counts": {"total": loaded.total, "no_consent": loaded.no_consent, "suppressed": loaded.suppressed},
             "segments": [s.__dict__ for s in segments],
-            "requests": [r.model_dump(mode="json") for r in requests],
             "variants": None,
             "failures": None,
             "skipped": None,
         }
+
+    def retrieve_content(state: CampaignState) -> CampaignState:
+        inputs = state["inputs"]
+        index = tools.index or embedded_index()
+        con = _connect(inputs)
+        try:
+            found, requests = plan_emails(inputs, _reopened(con, inputs, state["counts"]), _segments(state), index)
+        finally:
+            con.close()
+        retrieval = {name: r.to_json() for name, r in found.items()}
+        _write_atomically(Path(inputs["run_dir"]) / RETRIEVAL_FILE, json.dumps(retrieval, indent=2) + "\n")
+        return {"retrieval": retrieval, "requests": [r.model_dump(mode="json") for r in requests]}
 
     def fan_out(state: CampaignState) -> list[Send]:
         run_dir = state["inputs"]["run_dir"]
@@ -237,7 +304,45 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
 
     def go_on(state: CampaignState) -> str:
         """A stopped run (budget, Ctrl-C, credentials) ends here; `--resume` generates what is missing."""
-        return END if state.get("skipped") else "assign"
+        return END if state.get("skipped") else "screen"
+
+    def screen(state: CampaignState, config: RunnableConfig) -> CampaignState:
+        """Screen every variant as it would be sent; each decision is a row of the audit chain."""
+        inputs = state["inputs"]
+        campaign = _campaign(inputs)
+        policy = tools.policy or load_policy()
+        backend = tools.screen or build_screen(policy)
+        requests = {request_key(r): r for r in (EmailRequest.model_validate(x) for x in state.get("requests", []))}
+        run_id = str(config.get("configurable", {}).get("thread_id") or Path(inputs["run_dir"]).name)
+        audit = AuditLog(Path(inputs["run_dir"]), run_id)
+        decisions: dict[str, dict[str, Any]] = {}
+        for key, data in (state.get("variants") or {}).items():
+            variant = EmailVariant.model_validate(data)
+            if variant.variant_id in decisions:
+                continue
+            cited = list(requests[key].snippets) if key in requests else []
+            decision = screen_variant(variant, footer=campaign.unsubscribe, screen=backend, policy=policy, cited=cited)
+            decisions[variant.variant_id] = decision.model_dump()
+            audit.append(
+                variant_id=variant.variant_id,
+                backend=decision.backend,
+                decision="block" if decision.blocked else "pass",
+                content_sha256=decision.content_sha256,
+                severities=decision.severities,
+                reasons=decision.reasons,
+            )
+            if tools.on_audit is not None:
+                tools.on_audit(audit.head, audit.count)
+        _write_atomically(Path(inputs["run_dir"]) / SCREENING_FILE, json.dumps(decisions, indent=2) + "\n")
+        return {"screening": decisions}
+
+    def review(state: CampaignState) -> CampaignState:
+        """With --review, pause for a person: `cpo review` records decisions, `--resume` brings them here."""
+        if not state["inputs"].get("review"):
+            return {}
+        pending = sorted(v for v, d in (state.get("screening") or {}).items() if not d["blocked"])
+        decisions = interrupt({"awaiting_review": pending})
+        return {"review": {v: decisions[v] for v in pending if v in decisions}}
 
     def assign(state: CampaignState) -> CampaignState:
         inputs = state["inputs"]
@@ -265,33 +370,49 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
         inputs = state["inputs"]
         con = _connect(inputs)
         variants, campaign, run_dir = ordered_variants(state), _campaign(inputs), Path(inputs["run_dir"])
+        held = withheld(state)
         try:
             loaded = _reopened(con, inputs, state["counts"])
             personal = None
             if inputs.get("per_customer"):
                 own = {k: EmailVariant.model_validate(v) for k, v in (state.get("variants") or {}).items()}
                 personal = {
-                    str(customer): own[key].variant_id if key in own and own[key].valid else ""
+                    str(customer): own[key].variant_id
+                    if key in own and own[key].valid and own[key].variant_id not in held
+                    else ""
                     for customer, key in con.execute("SELECT customer_id, request_key FROM personal").fetchall()
                 }
             delivery = export_campaign(
-                loaded, _segments(state), variants, campaign, run_dir, DEFAULT_ARMS, personal=personal
+                loaded, _segments(state), variants, campaign, run_dir, DEFAULT_ARMS, personal=personal, withheld=held
             )
             rendered = render_emails(loaded, variants, campaign, run_dir) if inputs.get("render") else None
         finally:
             con.close()
-        return {"delivery": {"substituted": delivery.substituted, "unsent": delivery.unsent, "rendered": rendered}}
+        return {
+            "delivery": {
+                "substituted": delivery.substituted,
+                "unsent": delivery.unsent,
+                "rendered": rendered,
+                "withheld": held,
+            }
+        }
 
     graph = StateGraph(CampaignState)
     graph.add_node("load_segment", load_segment)
+    graph.add_node("retrieve", retrieve_content)
     graph.add_node("generate", generate)  # type: ignore[arg-type]  # a Send payload, not the graph state
     graph.add_node("gather", gather)
+    graph.add_node("screen", screen)
+    graph.add_node("review", review)
     graph.add_node("assign", assign)
     graph.add_node("export", export)
     graph.add_edge(START, "load_segment")
-    graph.add_conditional_edges("load_segment", fan_out, ["generate"])
+    graph.add_edge("load_segment", "retrieve")
+    graph.add_conditional_edges("retrieve", fan_out, ["generate"])
     graph.add_edge("generate", "gather")
-    graph.add_conditional_edges("gather", go_on, ["assign", END])
+    graph.add_conditional_edges("gather", go_on, ["screen", END])
+    graph.add_edge("screen", "review")
+    graph.add_edge("review", "assign")
     graph.add_edge("assign", "export")
     graph.add_edge("export", END)
     return graph.compile(checkpointer=checkpointer)
@@ -340,9 +461,29 @@ def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None, limits: P
     return out
 
 
+AUDIT_KEYS = ("audit_head", "audit_rows")
+
+
 def record_run(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str], **extra: Any) -> None:
-    """Write run.json: the inputs, their fingerprint and whatever the caller adds (versions, model)."""
-    _write_atomically(run_dir / RUN_FILE, json.dumps({"inputs": inputs, "fingerprint": fingerprint, **extra}, indent=2))
+    """Write run.json: the inputs, their fingerprint and whatever the caller adds (versions, model).
+
+    The audit chain's head, recorded as screening and review append to it, is kept unless given.
+    """
+    path = run_dir / RUN_FILE
+    kept = {}
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        kept = {k: old[k] for k in AUDIT_KEYS if k in old}
+    record = {"inputs": inputs, "fingerprint": fingerprint, **kept, **extra}
+    _write_atomically(path, json.dumps(record, indent=2))
+
+
+def record_audit_head(run_dir: Path, head: str, rows: int) -> None:
+    """Put the audit chain's latest hash into run.json (one of its two recorded copies)."""
+    path = run_dir / RUN_FILE
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    record.update({"audit_head": head, "audit_rows": rows})
+    _write_atomically(path, json.dumps(record, indent=2))
 
 
 def check_resume(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str]) -> None:

@@ -29,21 +29,24 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import Runnable
+from langgraph.types import Command
 
+from cpo.agents.content_index import ContentIndex
 from cpo.agents.segmentation import Segment
 from cpo.cancel import current_stop
 from cpo.costs import CostTracker
+from cpo.errors import InputError
 from cpo.guard import Guard, one_line
 from cpo.models import EmailRequest, EmailVariant
-from cpo.pipeline import EMAILS, Inputs, Tools, build_pipeline, ordered_variants, request_key
+from cpo.pipeline import EMAILS, REVIEW_FILE, Inputs, Tools, build_pipeline, ordered_variants, request_key
 from cpo.runlog import RunLog
 
 __all__ = ["CampaignRunner", "RunResult", "one_line", "open_checkpointer"]
 
 GRACE_S = 0.5
-EXIT_FAILED, EXIT_CONFIG, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_FAILED, EXIT_CONFIG, EXIT_BUDGET, EXIT_REVIEW, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 CHECKPOINTS = "checkpoints.sqlite"
-STAGES = ("load_segment", "generate", "assign", "export")
+STAGES = ("load_segment", "retrieve", "generate", "screen", "review", "assign", "export")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -80,6 +83,20 @@ async def open_checkpointer(run_dir: Path, url: str | None = None) -> AsyncItera
         yield AsyncSqliteSaver(conn)
 
 
+def review_decisions(run_dir: Path, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The decisions `cpo review` recorded, for every variant awaiting one; a one-line error if any is missing."""
+    path = run_dir / REVIEW_FILE
+    decisions: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    pending = [v for v, d in (state.get("screening") or {}).items() if not d["blocked"]]
+    missing = [v for v in pending if v not in decisions]
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(pending)} variants await a review decision (e.g. {missing[0]}): "
+            f"cpo review {run_dir}"
+        )
+    return decisions
+
+
 @dataclass
 class RunResult:
     """What a run produced and why it ended."""
@@ -89,7 +106,7 @@ class RunResult:
     variants: list[EmailVariant] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     not_run: int = 0
-    stopped_by: str | None = None  # "budget" | "auth" | "config" | "interrupted"
+    stopped_by: str | None = None  # "budget" | "auth" | "config" | "interrupted" | "review"
     stop_message: str | None = None
     segments: list[Segment] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -97,9 +114,14 @@ class RunResult:
     delivery: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     per_customer: bool = False
+    screening: dict[str, Any] = field(default_factory=dict)
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    review: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
+        if self.stopped_by == "review":
+            return EXIT_REVIEW
         if self.stopped_by == "interrupted":
             return EXIT_INTERRUPTED
         if self.stopped_by == "budget":
@@ -122,6 +144,8 @@ class CampaignRunner:
         root_run_id: str,
         concurrency: int = 4,
         checkpoint_url: str | None = None,
+        index: ContentIndex | None = None,
+        on_audit: Callable[[str, int], None] | None = None,
         log: RunLog | None = None,
         extra: dict[str, Any] | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
@@ -132,6 +156,7 @@ class CampaignRunner:
         self.run_id, self.root_run_id = run_id, root_run_id
         self.guard = Guard(concurrency)
         self.checkpoint_url = checkpoint_url
+        self.index, self.on_audit = index, on_audit
         self.log = log
         self.extra = extra or {}
         self.on_progress = on_progress
@@ -177,7 +202,8 @@ class CampaignRunner:
         try:
             async with open_checkpointer(self.run_dir, self.checkpoint_url) as saver:
                 on_excluded = self.log.excluded if self.log is not None else None
-                graph = build_pipeline(Tools(self.chain, self.guard, on_excluded), saver)
+                tools = Tools(self.chain, self.guard, on_excluded, index=self.index, on_audit=self.on_audit)
+                graph = build_pipeline(tools, saver)
                 config: Any = {
                     "configurable": {"thread_id": self.run_id},
                     "callbacks": [self.tracker],
@@ -186,12 +212,18 @@ class CampaignRunner:
                 }
                 snapshot = await graph.aget_state(config)
                 start: Any = {"inputs": self.inputs}
-                if snapshot.next:  # killed mid-way: go on from the last checkpoint
+                if snapshot.next:  # killed mid-way, or paused for review: go on from the last checkpoint
                     start, self.resumed_from_checkpoint = None, True
                     self._state = dict(snapshot.values)
-                    self._started_generation()
+                    if any(task.interrupts for task in snapshot.tasks):
+                        start = Command(resume=review_decisions(self.run_dir, self._state))
+                    else:
+                        self._started_generation()
                 async for chunk in graph.astream(start, config, stream_mode="updates"):
                     for node, update in chunk.items():
+                        if node == "__interrupt__":
+                            self.guard.halt("review")
+                            continue
                         self._on_update(node, update or {})
                 self._state = dict((await graph.aget_state(config)).values)
         finally:
@@ -220,11 +252,28 @@ class CampaignRunner:
             self._progress("load_segment", 1, 1)
             if self.log is not None:
                 self.log.event("segments", counts=update["counts"], segments=[s["name"] for s in update["segments"]])
-            self._started_generation()
         elif node == "generate":
             self._one_email(update)
         elif node == "gather":
             self._lap("generate")
+        elif node == "retrieve":
+            self._state.update(update)
+            self._lap("retrieve")
+            self._progress("retrieve", 1, 1)
+            self._started_generation()
+        elif node in ("screen", "review"):
+            self._state.update(update)
+            self._lap(node)
+            self._progress(node, 1, 1)
+            if self.log is not None and node == "screen":
+                for decision in (update.get("screening") or {}).values():
+                    self.log.event(
+                        "screened",
+                        variant_id=decision["variant_id"],
+                        blocked=decision["blocked"],
+                        reasons=decision["reasons"],
+                        backend=decision["backend"],
+                    )
         elif node in ("assign", "export"):
             self._state.update(update)
             self._lap(node)
@@ -275,6 +324,9 @@ class CampaignRunner:
         result.counts = dict(state.get("counts", {}))
         result.assignment = dict(state.get("assignment", {})) if not state.get("skipped") else {}
         result.delivery = dict(state.get("delivery", {})) if not state.get("skipped") else {}
+        result.screening = dict(state.get("screening") or {})
+        result.retrieval = dict(state.get("retrieval") or {})
+        result.review = dict(state.get("review") or {})
 
     # -- Ctrl-C -----------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import html
 import json
 import re
 import unicodedata
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -42,22 +43,32 @@ class Delivery:
     unsent: list[str]  # segments whose control is unusable too
 
 
-def plan_delivery(variants: list[EmailVariant], arms: tuple[str, ...], segments: list[str] | None = None) -> Delivery:
-    """The arm's own valid variant, else the segment's valid control, else nothing.
+def plan_delivery(
+    variants: list[EmailVariant],
+    arms: tuple[str, ...],
+    segments: list[str] | None = None,
+    withheld: Collection[str] = (),
+) -> Delivery:
+    """The arm's own usable variant, else the segment's usable control, else nothing. Usable: valid, and
+    not withheld (blocked by screening or rejected in review).
 
     `segments` names every segment with customers, so one whose emails all failed is reported unsent too.
     """
     by_cell: dict[tuple[str, str], EmailVariant] = {(v.segment, v.tone): v for v in variants}
+
+    def usable(v: EmailVariant) -> bool:
+        return v.valid and v.variant_id not in withheld
+
     plan: dict[tuple[str, str], str] = {}
     substituted, unsent = [], []
     for segment in dict.fromkeys([*(segments or []), *(v.segment for v in variants)]):
         control = by_cell.get((segment, "control"))
-        fallback = control.variant_id if control is not None and control.valid else NOT_SENT
+        fallback = control.variant_id if control is not None and usable(control) else NOT_SENT
         if not fallback:
             unsent.append(segment)
         for arm in arms:
             own = by_cell.get((segment, arm))
-            if own is not None and own.valid:
+            if own is not None and usable(own):
                 plan[(segment, arm)] = own.variant_id
             else:
                 plan[(segment, arm)] = fallback
@@ -66,13 +77,19 @@ def plan_delivery(variants: list[EmailVariant], arms: tuple[str, ...], segments:
     return Delivery(plan=plan, substituted=substituted, unsent=unsent)
 
 
-def write_templates(path: Path, variants: list[EmailVariant], campaign: Campaign) -> None:
+def write_templates(
+    path: Path, variants: list[EmailVariant], campaign: Campaign, withheld: Mapping[str, str] | None = None
+) -> None:
+    """One template per variant; `sendable` is false for invalid or withheld ones (with the reason)."""
+    withheld = withheld or {}
     templates = [
         {
             "variant_id": v.variant_id,
             "segment": v.segment,
             "arm": v.tone,
             "valid": v.valid,
+            "sendable": v.valid and v.variant_id not in withheld,
+            "withheld": withheld.get(v.variant_id),
             "subject": v.subject,
             "body": f"{v.body}\n\n--\n{campaign.unsubscribe}",
             "merge_fields": ["first_name", "unsubscribe_url"],
@@ -101,13 +118,15 @@ def export_campaign(
     run_dir: Path,
     arms: tuple[str, ...],
     personal: dict[str, str] | None = None,
+    withheld: Mapping[str, str] | None = None,
 ) -> Delivery:
     """Write templates.json, segments.csv, assignments.csv and send_list.csv into `run_dir`.
 
     `personal` (`--per-customer`) gives each customer's own variant id ("" when it is invalid: not sent)
     instead of one variant per segment x arm.
     """
-    delivery = plan_delivery(variants, arms, [s.name for s in segments if s.size]) if personal is None else None
+    names = [s.name for s in segments if s.size]
+    delivery = plan_delivery(variants, arms, names, withheld or {}) if personal is None else None
     con: Any = loaded.connection
     if personal is None:
         assert delivery is not None
@@ -127,7 +146,7 @@ def export_campaign(
         delivery = Delivery(plan={}, substituted=[], unsent=unsent)
     con.execute("CREATE OR REPLACE TEMP TABLE segment_rules (segment VARCHAR, rule VARCHAR)")
     con.executemany("INSERT INTO segment_rules VALUES (?, ?)", [(s.name, s.rule) for s in segments])
-    write_templates(run_dir / "templates.json", variants, campaign)
+    write_templates(run_dir / "templates.json", variants, campaign, withheld)
     write_segments(run_dir / "segments.csv", segments)
     first_name = "c.first_name" if "first_name" in loaded.columns else "NULL"
     con.execute(

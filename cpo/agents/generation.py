@@ -23,9 +23,16 @@ PER_CUSTOMER_LIMIT = 500  # --per-customer pays for an email per customer: for s
 
 
 def email_requests(
-    segments: list[Segment], campaign: Campaign, snippets: dict[str, Snippet], arms: tuple[Tone, ...]
+    segments: list[Segment],
+    campaign: Campaign,
+    snippets: dict[str, Snippet],
+    arms: tuple[Tone, ...],
+    chosen: dict[str, list[str]] | None = None,
 ) -> list[EmailRequest]:
-    """Requests for every non-empty segment and every arm, in segment then arm order."""
+    """Requests for every non-empty segment and every arm, in segment then arm order.
+
+    `chosen` gives each segment's snippets (retrieval's); without it, the ones the campaign names.
+    """
     requests = []
     for segment in segments:
         if segment.size == 0:
@@ -38,16 +45,21 @@ def email_requests(
             description=f"{segment.size} customers; rule: {segment.rule}",
             features=segment.features(),
         )
-        chosen = [snippets[s] for s in offer.snippets]
+        ids = chosen[segment.name] if chosen and segment.name in chosen else offer.snippets
+        cited = [snippets[s] for s in ids]
         for arm in arms:
             requests.append(
-                EmailRequest(segment=profile, offer=offer.offer, tone=arm, snippets=chosen, sender=campaign.sender)
+                EmailRequest(segment=profile, offer=offer.offer, tone=arm, snippets=cited, sender=campaign.sender)
             )
     return requests
 
 
 def personal_requests(
-    loaded: LoadedCustomers, segments: list[Segment], campaign: Campaign, snippets: dict[str, Snippet]
+    loaded: LoadedCustomers,
+    segments: list[Segment],
+    campaign: Campaign,
+    snippets: dict[str, Snippet],
+    chosen: dict[str, list[str]] | None = None,
 ) -> list[tuple[str, EmailRequest]]:
     """(customer id, request) for every customer with an arm (the `assignments` table), in customer order.
 
@@ -82,7 +94,7 @@ def personal_requests(
             segment=profile,
             offer=offer.offer,
             tone=cast(Tone, arm),
-            snippets=[snippets[s] for s in offer.snippets],
+            snippets=[snippets[s] for s in (chosen or {}).get(segment, offer.snippets)],
             sender=campaign.sender,
         )
         out.append((str(customer_id), request))

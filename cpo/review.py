@@ -1,0 +1,94 @@
+"""Human review of a paused run (`cpo run --review`): list the variants, record approve/reject decisions.
+
+Each decision is a row of the run's audit chain (reviewer, reason, the sha256 of the content decided
+on) and is kept in `review.json`, which `cpo run --resume` hands to the paused graph. A rejected
+variant falls back like a blocked one: its customers get the segment's control, or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cpo.audit import AuditLog
+from cpo.errors import InputError
+from cpo.models import EmailVariant
+from cpo.pipeline import REVIEW_FILE, RUN_FILE, SCREENING_FILE, record_audit_head
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    variant: EmailVariant
+    screening: dict[str, Any]
+    decision: dict[str, Any] | None
+
+
+def _load(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    for name in (RUN_FILE, SCREENING_FILE, "variants.json"):
+        if not (run_dir / name).is_file():
+            raise InputError(f"{run_dir} has no {name}: not a run that was screened (cpo run --review)")
+    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    screening = json.loads((run_dir / SCREENING_FILE).read_text(encoding="utf-8"))
+    path = run_dir / REVIEW_FILE
+    decisions = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return record, screening, decisions
+
+
+def review_items(run_dir: Path) -> list[ReviewItem]:
+    """Every screened variant with its screening result and decision so far (blocked ones need none)."""
+    _, screening, decisions = _load(run_dir)
+    variants = [EmailVariant.model_validate(v) for v in json.loads((run_dir / "variants.json").read_text("utf-8"))]
+    return [
+        ReviewItem(v, screening[v.variant_id], decisions.get(v.variant_id))
+        for v in variants
+        if v.variant_id in screening
+    ]
+
+
+def record_decisions(
+    run_dir: Path,
+    *,
+    approve: list[str],
+    reject: list[str],
+    reviewer: str,
+    reason: str,
+    ledger: Any = None,
+) -> int:
+    """Record decisions (audit rows first, then review.json); returns how many variants still await one."""
+    record, screening, decisions = _load(run_dir)
+    if not reviewer.strip():
+        raise InputError("a decision needs a reviewer: pass --reviewer NAME")
+    if reject and not reason.strip():
+        raise InputError("a rejection needs a reason: pass --reason TEXT")
+    both = sorted(set(approve) & set(reject))
+    if both:
+        raise InputError(f"variant {both[0]} is both approved and rejected")
+    for variant_id in [*approve, *reject]:
+        if variant_id not in screening:
+            raise InputError(f"no variant {variant_id!r} in {run_dir / SCREENING_FILE}")
+        if screening[variant_id]["blocked"]:
+            raise InputError(f"variant {variant_id} was blocked by screening and cannot be approved or rejected")
+    audit = AuditLog(run_dir, str(record.get("run_id") or run_dir.name))
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    for decision, ids in (("approve", approve), ("reject", reject)):
+        for variant_id in ids:
+            audit.append(
+                variant_id=variant_id,
+                backend="review",
+                decision=decision,
+                content_sha256=screening[variant_id]["content_sha256"],
+                reasons=[reason] if reason else [],
+                reviewer=reviewer,
+            )
+            decisions[variant_id] = {"decision": decision, "reviewer": reviewer, "reason": reason, "time_utc": now}
+    record_audit_head(run_dir, audit.head, audit.count)
+    if ledger is not None:
+        ledger.record_audit_head(str(record.get("run_id") or run_dir.name), audit.head, audit.count)
+    tmp = run_dir / f".{REVIEW_FILE}.tmp"
+    tmp.write_text(json.dumps(decisions, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / REVIEW_FILE)
+    return sum(1 for v, d in screening.items() if not d["blocked"] and v not in decisions)
