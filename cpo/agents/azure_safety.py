@@ -73,7 +73,9 @@ def _safety_sdk() -> type[ContentSafetyClient]:
     try:
         from azure.ai.contentsafety import ContentSafetyClient
     except ImportError:
-        raise ConfigError(f"Azure AI Content Safety needs the azure-ai-contentsafety package: {SERVICES_HINT}") from None
+        raise ConfigError(
+            f"Azure AI Content Safety needs the azure-ai-contentsafety package: {SERVICES_HINT}"
+        ) from None
     return ContentSafetyClient
 
 
@@ -96,7 +98,8 @@ class AzureContentSafety:
     def from_env(cls, **client_kwargs: Any) -> AzureContentSafety:
         """From AZURE_CONTENT_SAFETY_ENDPOINT and AZURE_CONTENT_SAFETY_KEY (else Entra ID)."""
         endpoint = required_env(
-            "AZURE_CONTENT_SAFETY_ENDPOINT", "the Content Safety endpoint, https://<resource>.cognitiveservices.azure.com"
+            "AZURE_CONTENT_SAFETY_ENDPOINT",
+            "the Content Safety endpoint, https://<resource>.cognitiveservices.azure.com",
         )
         endpoint_host(endpoint, "AZURE_CONTENT_SAFETY_ENDPOINT")
         _safety_sdk()
@@ -149,7 +152,9 @@ class AzureContentSafety:
             detail = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else "", self._secret, 160)
             return ScreeningUnavailable(f"{where}: Entra ID sign-in failed: {detail}")
         if isinstance(exc, HttpResponseError) and status is not None:
-            return ScreeningUnavailable(f"{where} answered HTTP {status}: {one_line(http_message(exc), self._secret, 200)}")
+            return ScreeningUnavailable(
+                f"{where} answered HTTP {status}: {one_line(http_message(exc), self._secret, 200)}"
+            )
         if isinstance(exc, ServiceRequestError):
             return ScreeningUnavailable(f"{where} is unreachable: {transport_reason(exc)}")
         return ScreeningUnavailable(f"{where} did not answer: {one_line(transport_reason(exc), self._secret)}")

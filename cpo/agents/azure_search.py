@@ -180,7 +180,9 @@ class AzureSearchIndex:
     @classmethod
     def from_env(cls, **client_kwargs: Any) -> AzureSearchIndex:
         """From AZURE_SEARCH_ENDPOINT, AZURE_SEARCH_INDEX and AZURE_SEARCH_KEY (else Entra ID)."""
-        endpoint = required_env("AZURE_SEARCH_ENDPOINT", "the Azure AI Search endpoint, https://<service>.search.windows.net")
+        endpoint = required_env(
+            "AZURE_SEARCH_ENDPOINT", "the Azure AI Search endpoint, https://<service>.search.windows.net"
+        )
         index = required_env("AZURE_SEARCH_INDEX", "the name of the Azure AI Search index for the approved content")
         endpoint_host(endpoint, "AZURE_SEARCH_ENDPOINT")
         _search_sdk()
@@ -291,4 +293,6 @@ class AzureSearchIndex:
             return SearchUnavailable(f"{where} answered HTTP {status} while {doing}: {detail}")
         if isinstance(exc, ServiceRequestError):
             return SearchUnavailable(f"{where} is unreachable while {doing}: {transport_reason(exc)}")
-        return SearchUnavailable(f"{where} did not answer while {doing}: {one_line(transport_reason(exc), self._secret)}")
+        return SearchUnavailable(
+            f"{where} did not answer while {doing}: {one_line(transport_reason(exc), self._secret)}"
+        )
