@@ -25,9 +25,10 @@ from cpo.pipeline import RUN_FILE, Inputs, check_resume, input_fingerprint, reco
 INDEX_FILE = "content-index.sqlite"
 
 
-def content_index(runs_dir: Path) -> Any:
+def content_index(runs_dir: Path | None) -> Any:
     """Azure AI Search when AZURE_SEARCH_ENDPOINT is set (filled by `cpo index`), else the embedded FTS5
-    index in the runs directory, rebuilt whenever the approved content changed."""
+    index in the runs directory (in memory when None: a dry run writes nothing), rebuilt whenever the
+    approved content changed."""
     import os
 
     if os.environ.get("AZURE_SEARCH_ENDPOINT", "").strip():
@@ -36,7 +37,7 @@ def content_index(runs_dir: Path) -> Any:
         return AzureSearchIndex.from_env()
     from cpo.pipeline import embedded_index
 
-    return embedded_index(path=runs_dir / INDEX_FILE)
+    return embedded_index(path=None if runs_dir is None else runs_dir / INDEX_FILE)
 
 
 # Options a resumed run takes from its run.json: changing them would mix emails made two ways.
@@ -154,7 +155,7 @@ def run_campaign(args: argparse.Namespace, context: Any, *, say: Callable[..., N
     if args.dry_run:
         from cpo.dry_run import dry_run
 
-        return dry_run(inputs, ctx, content_index(args.out or ctx.settings.runs_dir), say=say, console=console)
+        return dry_run(inputs, ctx, content_index(None), say=say, console=console)
     if recorded is not None:
         check_resume(run_dir, inputs, fingerprint)
         ctx.tracker.session_id = recorded["session_id"]

@@ -171,11 +171,6 @@ def personal_requests_for(
     chosen: dict[str, list[str]] | None = None,
 ) -> list[EmailRequest]:
     """--per-customer: assign first (the tone is the customer's arm), then one request per distinct profile."""
-    if loaded.eligible > PER_CUSTOMER_LIMIT:
-        raise InputError(
-            f"--per-customer writes an email per customer and {loaded.eligible} customers are more than "
-            f"{PER_CUSTOMER_LIMIT}; leave it out, or pass a smaller list"
-        )
     assign_customers(loaded, seed=inputs["seed"], weights=campaign.allocation or None, holdout=campaign.holdout)
     pairs = personal_requests(loaded, segments, campaign, snippets, chosen)
     con: Any = loaded.connection
@@ -196,6 +191,11 @@ def load_and_segment(
         raise InputError(
             f"--render writes a file per customer and {loaded.eligible} customers are more than "
             f"{RENDER_LIMIT}; leave it out (templates.json and send_list.csv hold the same emails)"
+        )
+    if inputs.get("per_customer") and loaded.eligible > PER_CUSTOMER_LIMIT:
+        raise InputError(
+            f"--per-customer writes an email per customer and {loaded.eligible} customers are more than "
+            f"{PER_CUSTOMER_LIMIT}; leave it out, or pass a smaller list"
         )
     segments = segment_customers(loaded, campaign.rules)
     if on_excluded is not None:

@@ -40,7 +40,12 @@ def test_the_sample_campaign_runs_end_to_end(tmp_path: Path) -> None:
     tracker = CostTracker()
     out = asyncio.run(run_graph(tmp_path, build_email_chain(OfflineChatModel()), tracker))
     assert len(out["variants"]) == 20 and tracker.session.calls == 20  # 5 segments x 4 arms
-    assert out["assignment"]["total"] == 241 and out["delivery"] == {"substituted": [], "unsent": [], "rendered": None}
+    assert out["assignment"]["total"] == 241 and out["delivery"] == {
+        "substituted": [],
+        "unsent": [],
+        "rendered": None,
+        "withheld": {},
+    }
     for name in ("segments.csv", "assignments.csv", "send_list.csv", "templates.json"):
         assert (tmp_path / name).is_file(), name
     with (tmp_path / "assignments.csv").open(encoding="utf-8") as handle:

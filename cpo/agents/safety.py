@@ -167,5 +167,5 @@ def build_screen(policy: SafetyPolicy) -> Screen:
     if os.environ.get("AZURE_CONTENT_SAFETY_ENDPOINT", "").strip():
         from cpo.agents.azure_safety import AzureContentSafety
 
-        return AzureContentSafety.from_env()  # type: ignore[no-any-return]
+        return AzureContentSafety.from_env()
     return LocalScreen(policy)
