@@ -449,3 +449,67 @@ def test_safety_from_env(safety_service: ContentSafetyEmulator, monkeypatch: pyt
     monkeypatch.setenv("AZURE_CONTENT_SAFETY_ENDPOINT", safety_service.endpoint)
     monkeypatch.setenv("AZURE_CONTENT_SAFETY_KEY", safety_service.api_key)
     assert AzureContentSafety.from_env(**FAST).analyze("a brawl")["Violence"] == 3
+
+
+# --- a whole campaign on the Azure backends ------------------------------------------------------------------
+
+
+def campaign_env(monkeypatch: pytest.MonkeyPatch, search: SearchEmulator, screen: ContentSafetyEmulator) -> None:
+    monkeypatch.setenv("AZURE_SEARCH_ENDPOINT", search.endpoint)
+    monkeypatch.setenv("AZURE_SEARCH_INDEX", INDEX)
+    monkeypatch.setenv("AZURE_SEARCH_KEY", search.api_key)
+    monkeypatch.setenv("AZURE_CONTENT_SAFETY_ENDPOINT", screen.endpoint)
+    monkeypatch.setenv("AZURE_CONTENT_SAFETY_KEY", screen.api_key)
+    for cls in (AzureSearchIndex, AzureContentSafety):  # no retries: a failing service fails at once
+        original = cls.from_env.__func__  # type: ignore[attr-defined]
+        monkeypatch.setattr(cls, "from_env", classmethod(lambda c, _o=original: _o(c, **FAST)))
+
+
+def test_cpo_run_retrieves_from_azure_search_and_screens_with_content_safety(
+    search_service: SearchEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+    import json
+    from pathlib import Path
+
+    from cpo.cli import main
+
+    with ContentSafetyEmulator(triggers={"Platinum": {"Hate": 4}}) as screen:
+        campaign_env(monkeypatch, search_service, screen)
+        assert main(["index"]) == 0
+        assert "uploaded 29 snippets to Azure AI Search index approved-content" in capsys.readouterr().out
+        assert main(["run"]) == 0
+        out = capsys.readouterr().out
+        (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+        retrieval = json.loads((run_dir / "retrieval.json").read_text())
+        assert {r["backend"] for r in retrieval.values()} == {"azure-ai-search"}
+        assert all(r["hits"] for r in retrieval.values())
+        screening = json.loads((run_dir / "screening.json").read_text())
+        assert {d["backend"] for d in screening.values()} == {"azure-content-safety"}
+        blocked = {v: d for v, d in screening.items() if d["blocked"]}
+        assert blocked and all(d["severities"]["Hate"] == 4 for d in blocked.values())
+        assert f"screened: 20 variants (azure-content-safety), {len(blocked)} blocked" in out
+        assert len(screen.texts()) == 20  # subject, body and footer of each variant: one request each
+        with (run_dir / "send_list.csv").open(encoding="utf-8") as handle:
+            assert not {row["variant_id"] for row in csv.DictReader(handle)} & set(blocked)
+
+
+def test_an_unavailable_content_safety_service_blocks_everything(
+    search_service: SearchEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    from pathlib import Path
+
+    from cpo.cli import main
+
+    with ContentSafetyEmulator() as screen:
+        screen.fail_status = 500
+        campaign_env(monkeypatch, search_service, screen)
+        assert main(["index"]) == 0
+        assert main(["run"]) == 0
+        out = capsys.readouterr().out
+        (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+        screening = json.loads((run_dir / "screening.json").read_text())
+        assert all(d["blocked"] and d["reasons"][0].startswith("screening unavailable") for d in screening.values())
+        assert "screened: 20 variants (azure-content-safety), 20 blocked" in out
+        assert out.count("not sent (no valid control to fall back on)") == 5  # fail closed: nothing goes out
