@@ -139,8 +139,8 @@ def screen_variant(
     }
     reasons: list[str] = []
     try:
-        found = screen.analyze(text)
-        severities = {c: int(found.get(c, 0)) for c in CATEGORIES}
+        analysis = screen.analyze(text)
+        severities = {c: int(analysis.get(c, 0)) for c in CATEGORIES}
     except Exception as exc:  # fail closed, whatever the backend raised
         brief = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return SafetyDecision(**decision, blocked=True, reasons=[f"{UNAVAILABLE}: {brief}"], severities={})
