@@ -243,7 +243,7 @@ def test_a_bad_campaign_file_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"campaign file .*: holdout: Input should be less than 1"):
         load_campaign(path)
     path.write_text(
-        good.replace("gold-platinum-perks, member-discount", "gold-platinum-perks, no-such-snippet").replace(
+        good.replace("gold-early-sale-access, member-discount", "gold-early-sale-access, no-such-snippet").replace(
             "rules: segment_rules.yaml", f"rules: {bundled('data') / 'segment_rules.yaml'}"
         ),
         encoding="utf-8",

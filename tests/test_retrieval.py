@@ -82,8 +82,21 @@ def test_an_offer_naming_content_for_another_tier_is_refused(snippets: dict[str,
     campaign = load_campaign().model_copy(
         update={"offers": {"default": Offer(offer="Join Northwind Plus.", snippets=[platinum_only.id])}}
     )
-    with pytest.raises(InputError, match=f"names snippet '{platinum_only.id}', which is for Platinum only, not Gold"):
+    with pytest.raises(InputError, match=f"names snippet '{platinum_only.id}', which is for Platinum only, and the "):
         retrieve_for_segment(segment("Gold"), campaign, snippets, index)
+    mixed = Segment(name="Mixed", rule="true", size=10, share=1.0, tier="Platinum", tiers=["Gold", "Platinum"])
+    with pytest.raises(InputError, match="and the segment has Gold, Platinum customers"):  # the mode is not enough
+        retrieve_for_segment(mixed, campaign, snippets, index)
+
+
+def test_a_segment_with_several_tiers_gets_only_content_for_all_of_them(
+    snippets: dict[str, Snippet], index: Any
+) -> None:
+    mixed = Segment(name="Mixed", rule="true", size=10, share=1.0, tier="Gold", tiers=["Gold", "Silver"])
+    result = retrieve_for_segment(mixed, load_campaign(), snippets, index)
+    for snippet_id in result.used + [h["id"] for h in result.hits]:
+        audience = set(snippets[snippet_id].audience)
+        assert "all" in audience or {"Gold", "Silver"} <= audience, snippet_id
 
 
 def test_no_match_falls_back_to_general_content_and_says_so(

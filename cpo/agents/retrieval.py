@@ -1,10 +1,11 @@
 """Retrieval agent: the approved snippets each segment's emails may cite, found by searching the content.
 
 The query is made from the segment (its name, tier and what its behavioural means say about it) and
-its offer. The audience filter keeps only content for everyone or for the segment's tier, so a Gold
-segment is never given a Platinum-only perk. The snippets the campaign names for the offer (they back
-its numbers) come first and must pass the same filter; the best other hits fill up the rest. When
-nothing matches, general content is used and the fallback is logged and recorded in retrieval.json.
+its offer. The audience filter keeps only content for everyone or for every tier among the segment's
+customers, so a segment with Gold customers is never given a Platinum-only perk. The snippets the
+campaign names for the offer (they back its numbers) come first and must pass the same filter; the
+best other hits fill up the rest. When nothing matches, general content is used and the fallback is
+logged and recorded in retrieval.json.
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ class SegmentRetrieval:
     """What retrieval did for one segment, as retrieval.json records it."""
 
     segment: str
-    audience: str | None
+    audience: str | None  # the tier searched for (the most common one); hits are kept only if allowed for
     query: str
     hits: list[dict[str, Any]]
     used: list[str]
     fallback: bool = False
     backend: str = ""
     notes: list[str] = field(default_factory=list)
+    tiers: list[str] = field(default_factory=list)  # every tier among the segment's customers
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,8 +83,9 @@ def segment_query(segment: Segment, offer: str) -> str:
     return " ".join(w for w in words if w)
 
 
-def _allowed(snippet: Snippet, audience: str | None) -> bool:
-    return "all" in snippet.audience or (audience is not None and audience in snippet.audience)
+def allowed(snippet: Snippet, tiers: list[str]) -> bool:
+    """Content for everyone, or for every tier the segment's customers have."""
+    return "all" in snippet.audience or (bool(tiers) and set(tiers) <= set(snippet.audience))
 
 
 def retrieve_for_segment(
@@ -92,17 +95,19 @@ def retrieve_for_segment(
     if offer is None:
         raise InputError(f"the campaign has no offer for segment {segment.name!r} and no 'default' offer")
     audience = segment.tier
+    tiers = segment.tiers or ([audience] if audience else [])
     for snippet_id in offer.snippets:
         snippet = snippets[snippet_id]
-        if not _allowed(snippet, audience):
+        if not allowed(snippet, tiers):
             raise InputError(
                 f"the campaign's offer for {segment.name!r} names snippet {snippet_id!r}, which is for "
-                f"{', '.join(snippet.audience)} only, not {audience or 'an untiered segment'}"
+                f"{', '.join(snippet.audience)} only, and the segment has {', '.join(tiers) or 'untiered'} customers"
             )
     retriever = ContentRetriever(index=index, snippets=snippets, audience=audience)
     query = segment_query(segment, offer.offer)
     found = [ContentHit.model_validate(d.metadata) for d in retriever.invoke(query)]
-    result = SegmentRetrieval(segment=segment.name, audience=audience, query=query, hits=[], used=[])
+    found = [h for h in found if h.id in snippets and allowed(snippets[h.id], tiers)]
+    result = SegmentRetrieval(segment=segment.name, audience=audience, query=query, hits=[], used=[], tiers=tiers)
     result.backend = getattr(index, "name", type(index).__name__)
     if not found:
         log.warning("retrieval: no approved content matched %s's query; using general content", segment.name)
@@ -114,7 +119,7 @@ def retrieve_for_segment(
     for hit in found:
         if len(used) >= max(PER_EMAIL, len(offer.snippets)):
             break
-        if hit.id not in used and hit.id in snippets and _allowed(snippets[hit.id], audience):
+        if hit.id not in used and hit.id in snippets and allowed(snippets[hit.id], tiers):
             used.append(hit.id)
     result.used = used
     return result

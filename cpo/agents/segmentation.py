@@ -51,6 +51,7 @@ class Segment:
     share: float
     tier: str | None
     means: dict[str, float] = field(default_factory=dict)
+    tiers: list[str] = field(default_factory=list)  # every tier among its customers: who its emails reach
 
     def features(self) -> dict[str, str | int | float]:
         """The whitelisted profile for prompts: the most common tier and the behavioural means.
@@ -112,7 +113,8 @@ def segment_customers(loaded: LoadedCustomers, rules_path: Path | None = None) -
     rows = {
         row[0]: row
         for row in con.execute(
-            f"SELECT segment, count(*), mode(tier), {means} FROM customers GROUP BY segment"
+            f"SELECT segment, count(*), mode(tier), {means}, list(DISTINCT tier ORDER BY tier) "
+            "FROM customers GROUP BY segment"
         ).fetchall()
     }
     segments = []
@@ -126,7 +128,8 @@ def segment_customers(loaded: LoadedCustomers, rules_path: Path | None = None) -
                 size=size,
                 share=size / total,
                 tier=row[2] if row else None,
-                means={c: float(v) for c, v in zip(numeric, row[3:], strict=True) if v is not None} if row else {},
+                means={c: float(v) for c, v in zip(numeric, row[3:-1], strict=True) if v is not None} if row else {},
+                tiers=[str(t) for t in row[-1] if t is not None] if row else [],
             )
         )
     return segments
