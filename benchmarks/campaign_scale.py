@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("load_segment", "generate", "assign", "export")
+STAGES = ("load_segment", "retrieve", "generate", "screen", "review", "assign", "export")
 
 
 def clean_env(work: Path) -> dict[str, str]:
