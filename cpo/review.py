@@ -32,6 +32,8 @@ def _load(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dic
         if not (run_dir / name).is_file():
             raise InputError(f"{run_dir} has no {name}: not a run that was screened (cpo run --review)")
     record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    if not record.get("inputs", {}).get("review"):
+        raise InputError(f"{run_dir} was not run with --review: its variants were exported without review")
     screening = json.loads((run_dir / SCREENING_FILE).read_text(encoding="utf-8"))
     path = run_dir / REVIEW_FILE
     decisions = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

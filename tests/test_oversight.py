@@ -178,6 +178,8 @@ def audited(capsys: pytest.CaptureFixture[str]) -> Path:
 def test_audit_verify_passes_an_untouched_run(capsys: pytest.CaptureFixture[str], audited: Path) -> None:
     code, out = verify(capsys, audited)
     assert code == 0 and out.startswith("ok: 20 rows, head ") and "matching run.json and the cost ledger" in out
+    assert main(["review", str(audited), "--approve-rest", "--reviewer", "ana"]) == 2  # nothing to review
+    assert capsys.readouterr().err.endswith("was not run with --review: its variants were exported without review\n")
 
 
 def test_an_edited_row_is_detected(capsys: pytest.CaptureFixture[str], audited: Path) -> None:
