@@ -87,14 +87,25 @@ def test_waits_never_pass_the_enclosing_deadline(live_server: Any) -> None:
     assert "no time left before the deadline" in " ".join(caught.value.__notes__)
 
 
+def ended_by_the_deadline(exc: BaseException) -> bool:
+    """The deadline passed during an attempt, or left no time for the next one (the last error, with a note)."""
+    notes = " ".join(getattr(exc, "__notes__", []))
+    return isinstance(exc, DeadlineExceeded) or "no time left before the deadline" in notes
+
+
 def test_an_email_deadline_covers_all_attempts_and_repairs(live_server: Any) -> None:
-    """4 attempts of 0.4 s would take 1.6 s plus backoff; the email's 1 s deadline ends it at 1 s."""
+    """4 attempts of 0.4 s would take 1.6 s plus backoff; the email's 1 s deadline ends it at 1 s.
+
+    Which error ends it depends on timing: the deadline passing during the second attempt
+    (DeadlineExceeded), or a retry wait that no longer fits (the timeout, noted so); both within 1.3 s.
+    """
     live_server.script("gpt-4o-mini", *[hang(5) for _ in range(4)])
     settings = azure_settings(live_server.endpoint, timeout=0.4, max_retries=3, email_deadline=1.0)
     chain = build_email_chain(build_chat_model(settings), settings=settings)
     started = time.perf_counter()
-    with pytest.raises(DeadlineExceeded, match=r"deadline of 1 s passed"):
+    with pytest.raises(Exception) as caught:
         chain.invoke(BUNDLE.request("High-Value Recent", "urgent"))
+    assert ended_by_the_deadline(caught.value), caught.value
     assert time.perf_counter() - started < 1.3
 
 
@@ -103,8 +114,9 @@ async def test_the_async_email_deadline_is_the_same(live_server: Any) -> None:
     settings = azure_settings(live_server.endpoint, timeout=0.4, max_retries=3, email_deadline=1.0)
     chain = build_email_chain(build_chat_model(settings), settings=settings)
     started = time.perf_counter()
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(Exception) as caught:
         await chain.ainvoke(BUNDLE.request("High-Value Recent", "urgent"))
+    assert ended_by_the_deadline(caught.value), caught.value
     assert time.perf_counter() - started < 1.3
 
 
