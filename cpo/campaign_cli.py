@@ -137,6 +137,7 @@ def run_campaign(args: argparse.Namespace, context: Any, *, say: Callable[..., N
     if recorded is not None:
         run_dir = args.resume
         inputs: Inputs = recorded["inputs"]
+        _same_directory(recorded, inputs, run_dir)
         inputs["run_dir"] = str(run_dir)
     else:
         customers = args.customers or bundled("data") / "customers.csv"
@@ -207,6 +208,18 @@ def run_campaign(args: argparse.Namespace, context: Any, *, say: Callable[..., N
     return code
 
 
+def _same_directory(recorded: dict[str, Any], inputs: Inputs, run_dir: Path) -> None:
+    """Relative input paths mean what they meant where the run started: resume from there."""
+    started_in = recorded.get("cwd")
+    paths = {"customers": inputs["customers"], "campaign": inputs["campaign"], "suppress": inputs["suppress"]}
+    relative = [k for k, v in paths.items() if v and not Path(v).is_absolute()]
+    if started_in and relative and Path(started_in).resolve() != Path.cwd().resolve():
+        raise InputError(
+            f"{run_dir} was started in {started_in} with a relative {relative[0]} path; resume it from there: "
+            f"cd {started_in} && cpo run --resume {Path(run_dir).resolve()}"
+        )
+
+
 def _prior_spend(ctx: Any, recorded: dict[str, Any] | None) -> Decimal | None:
     """What the session spent before this resume: it counts against --max-usd."""
     if recorded is None or ctx.tracker.ledger is None:
@@ -223,7 +236,7 @@ def _run_meta(
     args: argparse.Namespace, ctx: Any, inputs: Inputs, recorded: dict[str, Any] | None, ledger: Path | None
 ) -> dict[str, Any]:
     if recorded is not None:
-        keep = ("run_id", "root_run_id", "session_id", "started", "options", "versions", "prompt_versions")
+        keep = ("run_id", "root_run_id", "session_id", "started", "cwd", "options", "versions", "prompt_versions")
         return {
             **{k: recorded[k] for k in keep if k in recorded},
             "model": ctx.settings.describe(),
@@ -238,6 +251,7 @@ def _run_meta(
         "root_run_id": str(uuid.uuid4()),
         "session_id": ctx.tracker.session_id,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cwd": str(Path.cwd()),
         "options": {
             "prompts": str(args.prompts.resolve()) if args.prompts else None,
             "limits": str(args.limits.resolve()) if args.limits else None,

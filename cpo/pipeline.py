@@ -30,7 +30,7 @@ from cpo.agents.export import RENDER_LIMIT, export_campaign, render_emails
 from cpo.agents.generation import PER_CUSTOMER_LIMIT, email_requests, personal_requests
 from cpo.agents.load import LoadedCustomers, load_customers
 from cpo.agents.retrieval import SegmentRetrieval, retrieve
-from cpo.agents.safety import SafetyPolicy, Screen, build_screen, load_policy, screen_variant
+from cpo.agents.safety import SafetyPolicy, Screen, build_screen, default_policy_file, load_policy, screen_variant
 from cpo.agents.segmentation import Segment, segment_customers
 from cpo.agents.sqlite_index import SqliteFtsIndex
 from cpo.audit import AuditLog
@@ -233,6 +233,20 @@ def embedded_index(snippets: list[Snippet] | None = None, path: Path | None = No
     return index
 
 
+def _earlier_screening(run_dir: Path, backend: str) -> dict[str, dict[str, Any]]:
+    """Decisions an earlier pass of this run made and audited (a resumed run keeps them: the inputs, the
+    policy included, are fingerprinted, and a variant id names its content), by the same backend."""
+    path = run_dir / SCREENING_FILE
+    if not path.is_file():
+        return {}
+    found: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+    return {v: d for v, d in found.items() if d.get("backend") == backend and not _unavailable(d)}
+
+
+def _unavailable(decision: Mapping[str, Any]) -> bool:
+    return any(str(r).startswith("screening unavailable") for r in decision.get("reasons", []))
+
+
 def withheld(state: Mapping[str, Any]) -> dict[str, str]:
     """Variants that must not be sent, with why: blocked by screening, or rejected in review."""
     out = {v: "blocked: " + "; ".join(d["reasons"]) for v, d in (state.get("screening") or {}).items() if d["blocked"]}
@@ -315,10 +329,14 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
         requests = {request_key(r): r for r in (EmailRequest.model_validate(x) for x in state.get("requests", []))}
         run_id = str(config.get("configurable", {}).get("thread_id") or Path(inputs["run_dir"]).name)
         audit = AuditLog(Path(inputs["run_dir"]), run_id)
+        earlier = _earlier_screening(Path(inputs["run_dir"]), backend.name)
         decisions: dict[str, dict[str, Any]] = {}
         for key, data in (state.get("variants") or {}).items():
             variant = EmailVariant.model_validate(data)
             if variant.variant_id in decisions:
+                continue
+            if variant.variant_id in earlier:  # screened by an earlier pass of this run: already audited
+                decisions[variant.variant_id] = earlier[variant.variant_id]
                 continue
             cited = list(requests[key].snippets) if key in requests else []
             decision = screen_variant(variant, footer=campaign.unsubscribe, screen=backend, policy=policy, cited=cited)
@@ -442,6 +460,7 @@ def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None, limits: P
         "suppress": [Path(inputs["suppress"])] if inputs["suppress"] else [],
         "prompts": [prompts / name for name in FILES if (prompts / name).is_file()],
         "content": sorted(default_content_dir().glob("*.md")),
+        "safety_policy": [default_policy_file()],
     }
     if limits is not None:
         files["limits"] = [limits]

@@ -315,3 +315,17 @@ def test_per_customer_refuses_a_long_list_before_paying(
     assert main(["run", "--per-customer"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --per-customer writes an email per customer and 241 customers are more than 100")
+
+
+def test_a_run_with_relative_paths_is_resumed_from_where_it_started(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path("customers.csv").write_bytes(SAMPLE.read_bytes())
+    assert main(["run", "--customers", "customers.csv"]) == 0
+    run_dir = the_run_dir().resolve()
+    capsys.readouterr()
+    Path("elsewhere").mkdir()
+    monkeypatch.chdir("elsewhere")
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "with a relative customers path; resume it from there: cd " in err and err.count("\n") == 1

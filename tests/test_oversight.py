@@ -247,3 +247,12 @@ def test_review_pauses_then_approvals_and_rejections_resume_the_run(capsys: pyte
     assert len(decisions) == 20 and {r["reviewer"] for r in decisions} == {"ana"}
     assert sum(r["decision"] == "reject" and r["reasons"] == "off-brand" for r in decisions) == 5
     assert verify(capsys, folder)[0] == 0
+
+
+def test_a_resumed_run_keeps_its_screening_instead_of_auditing_it_twice(
+    capsys: pytest.CaptureFixture[str], audited: Path
+) -> None:
+    assert main(["run", "--resume", str(audited)]) == 0
+    capsys.readouterr()
+    assert len(audit_rows(audited)) == 20  # the same variants, screened once
+    assert verify(capsys, audited)[0] == 0
