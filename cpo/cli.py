@@ -5,7 +5,8 @@ argument errors answer at once; each command imports what it uses. Every string 
 the user or a model is printed as data, never as Rich markup.
 
 Exit codes: 0 done; 1 some emails failed (or, with --strict, are invalid), or the endpoint failed;
-2 bad input, configuration or credentials; 3 the budget was reached; 130 interrupted (Ctrl-C).
+2 bad input, configuration or credentials; 3 the budget was reached; 4 paused for review
+(`cpo run --review`); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ LIMITS_HELP = """\
   max_urgency_phrases [1]                            more than this many in a subject is a violation
   allowed_caps [USD, FAQ, NOTE]                      all-caps words the subject may contain"""
 DEFAULT_SEED = 2027
-EXIT_CODES = "exit codes: 0 done, 1 failures, 2 bad input/configuration/credentials, 3 budget reached, 130 Ctrl-C"
+EXIT_CODES = (
+    "exit codes: 0 done, 1 failures, 2 bad input/configuration/credentials, 3 budget reached, "
+    "4 paused for review (cpo run --review), 130 Ctrl-C"
+)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -119,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run a campaign: segment customers, write tone variants, assign arms, export",
-        description="Run a campaign from a customer file: load and segment the customers, write the three "
-        "tones plus a control per segment, assign every customer to an arm and export what an email platform "
+        description="Run a campaign from a customer file: load and segment the customers, retrieve the approved "
+        "content each segment may be told, write the three tones plus a control per segment, screen them "
+        "(audited in safety_audit.csv), assign every customer to an arm and export what an email platform "
         "imports, into <runs dir>/<timestamp>/. Every call is appended to <runs dir>/ledger.sqlite. A stopped "
         "or killed run goes on with --resume RUN_DIR, without paying again for the emails it kept.",
         epilog=f"{LIMITS_HELP}\n\n{EXIT_CODES}",
@@ -130,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", type=Path, metavar="FILE", help="campaign file (YAML) [the sample campaign]")
     run.add_argument(
-        "--suppress", type=Path, metavar="FILE", help="customer ids to leave out (CSV with customer_id, or one a line)"
+        "--suppress",
+        type=Path,
+        metavar="FILE",
+        help="customer ids to leave out (a CSV with customer_id, or one id per line)",
     )
     run.add_argument("--seed", type=_positive_int(0, 2**31 - 1), metavar="N", help=f"assignment seed [{DEFAULT_SEED}]")
     run.add_argument(
