@@ -53,7 +53,7 @@ RECORDED = (
     "max_repairs",
     "judge",
 )
-DEFAULTS: dict[str, Any] = {"max_repairs": 2, "judge": False}
+DEFAULTS: dict[str, Any] = {"max_repairs": 2, "judge": False, "seed": 2027}
 STAGE_LABELS = {
     "load_segment": "load + segment",
     "retrieve": "retrieve content",
@@ -145,7 +145,7 @@ def run_campaign(args: argparse.Namespace, context: Any, *, say: Callable[..., N
             "customers": _file(customers, "customer file") or "",
             "campaign": _file(args.config, "campaign file"),
             "suppress": _file(args.suppress, "suppression file"),
-            "seed": args.seed if args.seed is not None else 2027,
+            "seed": args.seed if args.seed is not None else DEFAULTS["seed"],
             "run_dir": "",
             "render": bool(args.render),
             "per_customer": bool(args.per_customer),

@@ -33,7 +33,6 @@ LIMITS_HELP = """\
   urgency_phrases [act now, last chance, ...]         phrases counted in the subject
   max_urgency_phrases [1]                            more than this many in a subject is a violation
   allowed_caps [USD, FAQ, NOTE]                      all-caps words the subject may contain"""
-DEFAULT_SEED = 2027
 EXIT_CODES = (
     "exit codes: 0 done, 1 failures, 2 bad input/configuration/credentials, 3 budget reached, "
     "4 paused for review (cpo run --review), 130 Ctrl-C"
@@ -140,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="customer ids to leave out (a CSV with customer_id, or one id per line)",
     )
-    run.add_argument("--seed", type=_positive_int(0, 2**31 - 1), metavar="N", help=f"assignment seed [{DEFAULT_SEED}]")
+    run.add_argument("--seed", type=_positive_int(0, 2**31 - 1), metavar="N", help="assignment seed [2027]")
     run.add_argument(
         "--review",
         action="store_true",
