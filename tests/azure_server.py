@@ -484,7 +484,7 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128
     allow_reuse_address = True
-    owner: AzureTestServer
+    owner: LoopbackServer
 
     def server_bind(self) -> None:
         """Bind without `socket.getfqdn`, which can stall for seconds on a machine without DNS."""
@@ -560,54 +560,27 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
 
-class AzureTestServer:
-    """The fake Azure OpenAI resource: scripted replies first, then per-deployment scenarios.
+class LoopbackServer:
+    """A ThreadingHTTPServer on a loopback address (a free port unless one is given), serving from a daemon
+    thread; every request goes to `_handle`. Shared by the Azure OpenAI test server and the Azure service
+    emulators (`azure_services.py`)."""
 
-    `requests` gets every parsed body as it arrives. `billed` gets one entry per answer, appended
-    before the response is written so a client that has its result can already see it; a request
-    whose client hung up while the server waited (a timeout) is not answered and so not billed.
-    Scenario attempts are counted only when no scripted reply was queued.
+    thread_name = "loopback-server"
 
-    `responder`, when given, is called with the parsed request JSON whenever no scripted reply is
-    queued for the deployment; a Reply it returns is used (latency still applies), None falls
-    through to the scenario behaviour. It runs on the handler thread, so it must be thread-safe.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        latency: float = 0.0,
-        api_key: str = "test-key",
-        responder: Callable[[dict[str, Any]], Reply | None] | None = None,
-    ) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.latency = latency
-        self.api_key = api_key
-        self.responder = responder
         self.endpoint = ""
-        self.billed: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._queues: dict[str, deque[Reply]] = {}
-        self._attempts: dict[tuple[str, str], int] = {}
-        self._counter = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        # Answer one request at a time, as llama-cpp-python's server does (the others wait in line).
-        self.serial = False
-        self._serial = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> AzureTestServer:
+    def start(self) -> Any:
         """Bind and serve in a daemon thread; `endpoint` is valid afterwards."""
         if self._httpd is not None:
-            raise RuntimeError("AzureTestServer is already running")
+            raise RuntimeError(f"{type(self).__name__} is already running")
         self._stopping = threading.Event()
         server_class = _IPv6Server if ":" in self.host else _Server
         httpd = server_class((self.host, self.port), _Handler)
@@ -617,7 +590,7 @@ class AzureTestServer:
         shown = f"[{self.host}]" if ":" in self.host else self.host
         self.endpoint = f"http://{shown}:{port}"
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="azure-test-server", daemon=True
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
         )
         self._thread.start()
         return self
@@ -639,13 +612,70 @@ class AzureTestServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> AzureTestServer:
+    def __enter__(self) -> Any:
         return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _handle(self, handler: _Handler) -> None:
+        raise NotImplementedError
+
+
+class AzureTestServer(LoopbackServer):
+    """The fake Azure OpenAI resource: scripted replies first, then per-deployment scenarios.
+
+    `requests` gets every parsed body as it arrives. `billed` gets one entry per answer, appended
+    before the response is written so a client that has its result can already see it; a request
+    whose client hung up while the server waited (a timeout) is not answered and so not billed.
+    Scenario attempts are counted only when no scripted reply was queued.
+
+    `responder`, when given, is called with the parsed request JSON whenever no scripted reply is
+    queued for the deployment; a Reply it returns is used (latency still applies), None falls
+    through to the scenario behaviour. It runs on the handler thread, so it must be thread-safe.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency: float = 0.0,
+        api_key: str = "test-key",
+        responder: Callable[[dict[str, Any]], Reply | None] | None = None,
+    ) -> None:
+        super().__init__(host, port)
+        self.latency = latency
+        self.api_key = api_key
+        self.responder = responder
+        self.billed: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        self._queues: dict[str, deque[Reply]] = {}
+        self._attempts: dict[tuple[str, str], int] = {}
+        self._counter = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        # Answer one request at a time, as llama-cpp-python's server does (the others wait in line).
+        self.serial = False
+        self._serial = threading.Lock()
+
+    thread_name = "azure-test-server"
+
+    def start(self) -> AzureTestServer:
+        started: AzureTestServer = super().start()
+        return started
+
+    def __enter__(self) -> AzureTestServer:
+        return self.start()
 
     def script(self, deployment: str, *replies: Reply) -> None:
         """Queue replies (FIFO) for a deployment, or for a model name on the /v1 route."""
@@ -659,13 +689,6 @@ class AzureTestServer:
             self._attempts.clear()
             self.billed.clear()
             self.requests.clear()
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
 
     def _scenario(self, deployment: str, body_key: str, prompt_tokens: int) -> Reply:
         """The built-in behaviour of the special deployment names; attempts count per distinct body."""

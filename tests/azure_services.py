@@ -22,18 +22,14 @@ to hang (`delay`). Standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import socket
-import socketserver
-import sys
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from azure_server import LoopbackServer, _Handler
 
 # Azure AI Search answers a wrong admin/query key with 403 and this message (and 401 when none is sent).
 SEARCH_KEY_REJECTED: dict[str, Any] = {
@@ -71,135 +67,22 @@ class Recorded:
     body: Any
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that never blocks on close and skips the reverse-DNS lookup in bind."""
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    owner: _Emulator
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that time out and hang up are expected; stay quiet about them."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)) or self.owner._stopping.is_set():
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server_version = "AzureServiceEmulator/1.0"
-    sys_version = ""
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.owner._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        finally:
-            self.server.owner._track(self.connection, False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the per-request stderr line."""
-
-    def do_GET(self) -> None:
-        self.server.owner._dispatch(self)
-
-    def do_POST(self) -> None:
-        self.server.owner._dispatch(self)
-
-    def do_PUT(self) -> None:
-        self.server.owner._dispatch(self)
-
-    def do_DELETE(self) -> None:
-        self.server.owner._dispatch(self)
-
-    def read_body(self) -> bytes:
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-
-class _Emulator:
-    """A ThreadingHTTPServer on loopback (a free port unless one is given), serving from a daemon thread."""
+class _Emulator(LoopbackServer):
+    """An Azure service on loopback: records every request, answers with `_answer`."""
 
     thread_name = "azure-service-emulator"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str = "test-key") -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.api_key = api_key
-        self.endpoint = ""
         self.requests: list[Recorded] = []
         # When set, every request that passes authentication is answered with this status.
         self.fail_status: int | None = None
         # Seconds to wait before answering (a hang, when longer than the client's read timeout).
         self.delay = 0.0
-        self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self._stopping = threading.Event()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> _Emulator:
-        if self._httpd is not None:
-            raise RuntimeError(f"{type(self).__name__} is already running")
-        self._stopping = threading.Event()
-        httpd = _Server((self.host, self.port), _Handler)
-        httpd.owner = self
-        self._httpd = httpd
-        self.endpoint = f"http://{self.host}:{httpd.server_address[1]}"
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, wake hanging handlers and drop kept-alive connections."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        self._stopping.set()
-        httpd.shutdown()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Any:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
-
-    def _dispatch(self, handler: _Handler) -> None:
+    def _handle(self, handler: _Handler) -> None:
+        """Called by the shared handler (`azure_server._Handler`) for every request."""
         try:
             raw = handler.read_body()
         except (ConnectionError, OSError, ValueError):
