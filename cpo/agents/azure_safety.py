@@ -17,12 +17,10 @@ from typing import TYPE_CHECKING, Any
 from cpo.agents.azure_search import (
     DEFAULT_CLIENT_KWARGS,
     SERVICES_HINT,
+    describe_azure_error,
     endpoint_host,
     env_credential,
-    http_message,
-    one_line,
     required_env,
-    transport_reason,
 )
 from cpo.errors import ConfigError, CpoError
 
@@ -138,23 +136,11 @@ class AzureContentSafety:
         return found
 
     def _error(self, exc: Exception) -> ScreeningUnavailable:
-        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
-
-        status = getattr(exc, "status_code", None)
-        where = f"Azure AI Content Safety at {self.host}"
-        if isinstance(exc, HttpResponseError) and status in (401, 403):
-            detail = one_line(http_message(exc), self._secret, 160)
-            return ScreeningUnavailable(
-                f"{where} refused the credentials (HTTP {status}: {detail}): check AZURE_CONTENT_SAFETY_KEY, "
-                "or the signed-in identity's Cognitive Services User role"
-            )
-        if isinstance(exc, ClientAuthenticationError):  # azure-identity could not get a token
-            detail = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else "", self._secret, 160)
-            return ScreeningUnavailable(f"{where}: Entra ID sign-in failed: {detail}")
-        if isinstance(exc, HttpResponseError) and status is not None:
-            return ScreeningUnavailable(
-                f"{where} answered HTTP {status}: {one_line(http_message(exc), self._secret, 200)}"
-            )
-        if isinstance(exc, ServiceRequestError):
-            return ScreeningUnavailable(f"{where} is unreachable: {transport_reason(exc)}")
-        return ScreeningUnavailable(f"{where} did not answer: {one_line(transport_reason(exc), self._secret)}")
+        """Every failure, refused credentials included, is unavailability: the caller fails closed."""
+        _, line = describe_azure_error(
+            exc,
+            f"Azure AI Content Safety at {self.host}",
+            self._secret,
+            "check AZURE_CONTENT_SAFETY_KEY, or the signed-in identity's Cognitive Services User role",
+        )
+        return ScreeningUnavailable(line)

@@ -129,6 +129,27 @@ def http_message(exc: Any) -> str:
 # --- the index ---------------------------------------------------------------------------------------------
 
 
+def describe_azure_error(
+    exc: Exception, where: str, secret: str | None, credentials_hint: str, doing: str = ""
+) -> tuple[bool, str]:
+    """(the credentials were refused?, one line) for an Azure SDK error; the key never appears in it."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    status = getattr(exc, "status_code", None)
+    during = f" while {doing}" if doing else ""
+    if isinstance(exc, HttpResponseError) and status in (401, 403):
+        detail = one_line(http_message(exc), secret, 160)
+        return True, f"{where} refused the credentials (HTTP {status}: {detail}){during}: {credentials_hint}"
+    if isinstance(exc, ClientAuthenticationError):  # azure-identity could not get a token
+        detail = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else "", secret, 160)
+        return True, f"{where}: Entra ID sign-in failed{during}: {detail}"
+    if isinstance(exc, HttpResponseError) and status is not None:
+        return False, f"{where} answered HTTP {status}{during}: {one_line(http_message(exc), secret, 200)}"
+    if isinstance(exc, ServiceRequestError):
+        return False, f"{where} is unreachable{during}: {transport_reason(exc)}"
+    return False, f"{where} did not answer{during}: {one_line(transport_reason(exc), secret)}"
+
+
 def audience_filter(audience: str | None) -> str:
     """The OData filter for snippets meant for everyone, or for everyone and one tier."""
     if audience is None or audience == "all":
@@ -275,24 +296,11 @@ class AzureSearchIndex:
 
     def _error(self, exc: Exception, doing: str) -> CpoError:
         """One line for an SDK error: refused credentials are configuration, the rest unavailability."""
-        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
-
-        status = getattr(exc, "status_code", None)
-        where = f"Azure AI Search at {self.host}"
-        if isinstance(exc, HttpResponseError) and status in (401, 403):
-            detail = one_line(http_message(exc), self._secret, 160)
-            return ConfigError(
-                f"{where} refused the credentials (HTTP {status}: {detail}) while {doing}: "
-                "check AZURE_SEARCH_KEY, or the signed-in identity's Search roles"
-            )
-        if isinstance(exc, ClientAuthenticationError):  # azure-identity could not get a token
-            detail = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else "", self._secret, 160)
-            return ConfigError(f"{where}: Entra ID sign-in failed while {doing}: {detail}")
-        if isinstance(exc, HttpResponseError) and status is not None:
-            detail = one_line(http_message(exc), self._secret, 200)
-            return SearchUnavailable(f"{where} answered HTTP {status} while {doing}: {detail}")
-        if isinstance(exc, ServiceRequestError):
-            return SearchUnavailable(f"{where} is unreachable while {doing}: {transport_reason(exc)}")
-        return SearchUnavailable(
-            f"{where} did not answer while {doing}: {one_line(transport_reason(exc), self._secret)}"
+        refused, line = describe_azure_error(
+            exc,
+            f"Azure AI Search at {self.host}",
+            self._secret,
+            "check AZURE_SEARCH_KEY, or the signed-in identity's Search roles",
+            doing,
         )
+        return ConfigError(line) if refused else SearchUnavailable(line)
