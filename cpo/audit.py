@@ -137,16 +137,28 @@ def verify(path: Path, run_id: str, recorded_heads: dict[str, str | None]) -> Ve
     return Verdict(True, len(rows), previous)
 
 
+def run_record(run_dir: Path) -> tuple[str, dict[str, Any]]:
+    """A run's id and its run.json."""
+    record: dict[str, Any] = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    return str(record.get("run_id") or run_dir.name), record
+
+
+def run_ledger(record: dict[str, Any], *, readonly: bool) -> Any:
+    """The cost ledger a run recorded in its run.json, opened, or None when it is not there."""
+    path = record.get("ledger")
+    if not path or not Path(path).is_file():
+        return None
+    from cpo.ledger import Ledger
+
+    return Ledger(path, readonly=readonly)
+
+
 def recorded_heads(run_dir: Path) -> tuple[str, dict[str, str | None]]:
     """The run id and the audit heads recorded for it in run.json and (if it can be read) the ledger."""
-    record: dict[str, Any] = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    run_id = str(record.get("run_id") or run_dir.name)
+    run_id, record = run_record(run_dir)
     heads: dict[str, str | None] = {"run.json": record.get("audit_head")}
-    ledger = record.get("ledger")
-    if ledger and Path(ledger).is_file():
-        from cpo.ledger import Ledger
-
-        book = Ledger(ledger, readonly=True)
+    book = run_ledger(record, readonly=True)
+    if book is not None:
         try:
             heads["the cost ledger"] = book.audit_head(run_id)
         finally:

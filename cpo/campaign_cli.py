@@ -224,9 +224,8 @@ def _prior_spend(ctx: Any, recorded: dict[str, Any] | None) -> Decimal | None:
     """What the session spent before this resume: it counts against --max-usd."""
     if recorded is None or ctx.tracker.ledger is None:
         return None
-    ledger = ctx.tracker.ledger
-    rows = [r for r in ledger.sessions(limit=1_000_000) if r["id"] == ctx.tracker.session_id]
-    spent = rows[0]["cost_usd"] if rows else Decimal(0)
+    found = ctx.tracker.ledger.session(ctx.tracker.session_id)
+    spent = found["cost_usd"] if found else Decimal(0)
     if ctx.tracker.budget is not None and spent is not None:
         ctx.tracker.budget.settled += spent
     return spent if isinstance(spent, Decimal) else None
@@ -235,13 +234,14 @@ def _prior_spend(ctx: Any, recorded: dict[str, Any] | None) -> Decimal | None:
 def _run_meta(
     args: argparse.Namespace, ctx: Any, inputs: Inputs, recorded: dict[str, Any] | None, ledger: Path | None
 ) -> dict[str, Any]:
+    checkpointer = "postgres" if ctx.settings.checkpoint_url else "sqlite"
     if recorded is not None:
         keep = ("run_id", "root_run_id", "session_id", "started", "cwd", "options", "versions", "prompt_versions")
         return {
             **{k: recorded[k] for k in keep if k in recorded},
             "model": ctx.settings.describe(),
             "resumed": [*recorded.get("resumed", []), datetime.now(UTC).isoformat(timespec="seconds")],
-            "checkpointer": "postgres" if ctx.settings.checkpoint_url else "sqlite",
+            "checkpointer": checkpointer,
             "ledger": str(ledger) if ledger else None,
         }
     from cpo.models import TONES
@@ -262,7 +262,7 @@ def _run_meta(
         "prompt_versions": {tone: ctx.chain.prompts.version(tone) for tone in TONES},
         "model": ctx.settings.describe(),
         "source": ctx.source,
-        "checkpointer": "postgres" if ctx.settings.checkpoint_url else "sqlite",
+        "checkpointer": checkpointer,
         "ledger": str(ledger) if ledger else None,
     }
 
@@ -322,9 +322,7 @@ async def _drive(
     run_dir = Path(inputs["run_dir"])
 
     def on_audit(head: str, rows: int) -> None:  # two copies of the head: run.json and the cost ledger
-        record_audit_head(run_dir, head, rows)
-        if ctx.tracker.ledger is not None:
-            ctx.tracker.ledger.record_audit_head(meta["run_id"], head, rows)
+        record_audit_head(run_dir, head, rows, ctx.tracker.ledger)
 
     runner = CampaignRunner(
         inputs,

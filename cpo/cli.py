@@ -580,15 +580,9 @@ def cmd_review(args: argparse.Namespace) -> int:
         approve += [i.variant.variant_id for i in items if not i.screening["blocked"] and i.decision is None
                     and i.variant.variant_id not in decided]  # fmt: skip
     if approve or args.reject:
-        ledger = _ledger_of(args.run_dir)
-        try:
-            left = record_decisions(
-                args.run_dir, approve=approve, reject=args.reject, reviewer=args.reviewer, reason=args.reason,
-                ledger=ledger,
-            )  # fmt: skip
-        finally:
-            if ledger is not None:
-                ledger.close()
+        left = record_decisions(
+            args.run_dir, approve=approve, reject=args.reject, reviewer=args.reviewer, reason=args.reason
+        )
         say(f"recorded {len(approve)} approval(s) and {len(args.reject)} rejection(s) by {args.reviewer}")
         if left:
             say(f"{left} variant(s) still await a decision")
@@ -612,19 +606,6 @@ def cmd_review(args: argparse.Namespace) -> int:
     say(f"{waiting} of {len(items)} variant(s) await a decision: cpo review {args.run_dir} --approve ID ... "
         "--reject ID ... --reviewer NAME --reason TEXT")  # fmt: skip
     return 0
-
-
-def _ledger_of(run_dir: Path) -> Any:
-    """The cost ledger a run recorded in its run.json, open for writing, if it is there."""
-    import json
-
-    from cpo.ledger import Ledger
-
-    try:
-        path = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("ledger")
-    except (OSError, ValueError):
-        return None
-    return Ledger(path) if path and Path(path).is_file() else None
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from cpo.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,7 @@ class EndpointNotes:
         if self.path is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(snapshot, encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomically(self.path, snapshot)
         except OSError as exc:
             log.warning("could not save endpoint notes to %s: %s", self.path, exc.strerror or exc)
 

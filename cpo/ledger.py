@@ -379,6 +379,11 @@ class Ledger:
         """Most recent sessions first, with exact summed cost (None if any call was unpriced)."""
         return self._grouped("session_id", limit)
 
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        """One session's totals, or None when it has no calls yet."""
+        found = self._grouped("session_id", 1, session_id)
+        return found[0] if found else None
+
     def runs(self, session_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Most recent runs first, optionally of one session."""
         return self._grouped("run_id", limit, session_id)

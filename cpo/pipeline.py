@@ -1,6 +1,7 @@
 """The campaign pipeline: a LangGraph graph that only wires the agents.
 
-    load_segment -> generate (one task per segment x arm, fanned out) -> assign -> export
+    load_segment -> retrieve -> generate (one task per segment x arm, fanned out) -> gather
+      -> screen -> review -> assign -> export
 
 Durable: compiled with a checkpointer (AsyncSqliteSaver in the run directory by default), the run id is
 the thread id, and resuming a thread re-runs only the tasks that had not finished: emails already
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +30,22 @@ from cpo.agents.export import RENDER_LIMIT, export_campaign, render_emails
 from cpo.agents.generation import PER_CUSTOMER_LIMIT, email_requests, personal_requests
 from cpo.agents.load import LoadedCustomers, load_customers
 from cpo.agents.retrieval import SegmentRetrieval, retrieve
-from cpo.agents.safety import SafetyPolicy, Screen, build_screen, default_policy_file, load_policy, screen_variant
+from cpo.agents.safety import (
+    UNAVAILABLE,
+    SafetyPolicy,
+    Screen,
+    build_screen,
+    default_policy_file,
+    load_policy,
+    screen_variant,
+)
 from cpo.agents.segmentation import Segment, segment_customers
 from cpo.agents.sqlite_index import SqliteFtsIndex
 from cpo.audit import AuditLog
 from cpo.content import load_snippets
 from cpo.costs import trackers_in
 from cpo.errors import InputError
+from cpo.files import write_atomically
 from cpo.guard import Guard, one_line
 from cpo.models import EmailRequest, EmailVariant, Snippet
 
@@ -58,7 +67,7 @@ class Inputs(TypedDict):
     review: NotRequired[bool]  # pause after screening until a person approves or rejects each variant
 
 
-def _merged(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:
+def merged(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:
     """Entries keyed by request; `None` clears them (a new pass over a finished thread starts empty)."""
     return {} if new is None else {**(old or {}), **new}
 
@@ -68,9 +77,9 @@ class CampaignState(TypedDict, total=False):
     counts: dict[str, int]
     segments: list[dict[str, Any]]
     requests: list[dict[str, Any]]
-    variants: Annotated[dict[str, dict[str, Any]] | None, _merged]  # request key -> EmailVariant
-    failures: Annotated[dict[str, str] | None, _merged]  # request key -> the error, in one line
-    skipped: Annotated[dict[str, str] | None, _merged]  # request key -> why it was not generated (budget, Ctrl-C)
+    variants: Annotated[dict[str, dict[str, Any]] | None, merged]  # request key -> EmailVariant
+    failures: Annotated[dict[str, str] | None, merged]  # request key -> the error, in one line
+    skipped: Annotated[dict[str, str] | None, merged]  # request key -> why it was not generated (budget, Ctrl-C)
     retrieval: dict[str, dict[str, Any]]  # segment -> what retrieval searched, found and chose
     screening: dict[str, dict[str, Any]]  # variant id -> SafetyDecision
     review: dict[str, dict[str, Any]]  # variant id -> {"decision": "approve" | "reject", "reviewer", "reason"}
@@ -114,13 +123,6 @@ def _email_file(run_dir: Path, key: str) -> Path:
     return run_dir / EMAILS / f"{key}.json"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _connect(inputs: Inputs) -> Any:
     import duckdb
 
@@ -144,8 +146,8 @@ def _segments(state: CampaignState) -> list[Segment]:
     return [Segment(**s) for s in state.get("segments", [])]
 
 
-def _campaign(inputs: Inputs) -> Any:
-    return load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None)
+def _campaign(inputs: Inputs, snippets: dict[str, Snippet] | None = None) -> Any:
+    return load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None, snippets)
 
 
 def ordered_variants(state: Mapping[str, Any]) -> list[EmailVariant]:
@@ -209,7 +211,7 @@ def plan_emails(
     """Retrieve each segment's approved content and list the emails to write (per segment x arm, or per
     customer), each citing only what its segment's retrieval chose."""
     snippets = load_snippets()
-    campaign = load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None, snippets)
+    campaign = _campaign(inputs, snippets)
     found = retrieve(segments, campaign, snippets, index)
     chosen = {name: r.used for name, r in found.items()}
     if inputs.get("per_customer"):
@@ -244,7 +246,7 @@ def _earlier_screening(run_dir: Path, backend: str) -> dict[str, dict[str, Any]]
 
 
 def _unavailable(decision: Mapping[str, Any]) -> bool:
-    return any(str(r).startswith("screening unavailable") for r in decision.get("reasons", []))
+    return any(str(r).startswith(UNAVAILABLE) for r in decision.get("reasons", []))
 
 
 def withheld(state: Mapping[str, Any]) -> dict[str, str]:
@@ -283,7 +285,7 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
         finally:
             con.close()
         retrieval = {name: r.to_json() for name, r in found.items()}
-        _write_atomically(Path(inputs["run_dir"]) / RETRIEVAL_FILE, json.dumps(retrieval, indent=2) + "\n")
+        write_atomically(Path(inputs["run_dir"]) / RETRIEVAL_FILE, json.dumps(retrieval, indent=2) + "\n")
         return {"retrieval": retrieval, "requests": [r.model_dump(mode="json") for r in requests]}
 
     def fan_out(state: CampaignState) -> list[Send]:
@@ -309,7 +311,7 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
         data = variant.model_dump(mode="json")
         if UNFINISHED.isdisjoint(variant.validation.codes):
             await _flush_ledgers(config)
-            _write_atomically(saved, json.dumps(data))
+            write_atomically(saved, json.dumps(data))
         return {"variants": {key: data}}
 
     def gather(state: CampaignState) -> CampaignState:
@@ -351,7 +353,7 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
             )
             if tools.on_audit is not None:
                 tools.on_audit(audit.head, audit.count)
-        _write_atomically(Path(inputs["run_dir"]) / SCREENING_FILE, json.dumps(decisions, indent=2) + "\n")
+        write_atomically(Path(inputs["run_dir"]) / SCREENING_FILE, json.dumps(decisions, indent=2) + "\n")
         return {"screening": decisions}
 
     def review(state: CampaignState) -> CampaignState:
@@ -494,15 +496,17 @@ def record_run(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str], **ext
         old = json.loads(path.read_text(encoding="utf-8"))
         kept = {k: old[k] for k in AUDIT_KEYS if k in old}
     record = {"inputs": inputs, "fingerprint": fingerprint, **kept, **extra}
-    _write_atomically(path, json.dumps(record, indent=2))
+    write_atomically(path, json.dumps(record, indent=2))
 
 
-def record_audit_head(run_dir: Path, head: str, rows: int) -> None:
-    """Put the audit chain's latest hash into run.json (one of its two recorded copies)."""
+def record_audit_head(run_dir: Path, head: str, rows: int, ledger: Any = None) -> None:
+    """Put the audit chain's latest hash into run.json and, when given, the cost ledger: its two copies."""
     path = run_dir / RUN_FILE
     record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     record.update({"audit_head": head, "audit_rows": rows})
-    _write_atomically(path, json.dumps(record, indent=2))
+    write_atomically(path, json.dumps(record, indent=2))
+    if ledger is not None:
+        ledger.record_audit_head(str(record.get("run_id") or run_dir.name), head, rows)
 
 
 def check_resume(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str]) -> None:

@@ -8,14 +8,14 @@ variant falls back like a blocked one: its customers get the segment's control, 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cpo.audit import AuditLog
+from cpo.audit import AuditLog, run_ledger, run_record
 from cpo.errors import InputError
+from cpo.files import write_atomically
 from cpo.models import EmailVariant
 from cpo.pipeline import REVIEW_FILE, RUN_FILE, SCREENING_FILE, record_audit_head
 
@@ -27,22 +27,23 @@ class ReviewItem:
     decision: dict[str, Any] | None
 
 
-def _load(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+def _load(run_dir: Path) -> tuple[str, dict[str, Any], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The run's id, run.json, screening decisions and review decisions so far."""
     for name in (RUN_FILE, SCREENING_FILE, "variants.json"):
         if not (run_dir / name).is_file():
             raise InputError(f"{run_dir} has no {name}: not a run that was screened (cpo run --review)")
-    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    run_id, record = run_record(run_dir)
     if not record.get("inputs", {}).get("review"):
         raise InputError(f"{run_dir} was not run with --review: its variants were exported without review")
     screening = json.loads((run_dir / SCREENING_FILE).read_text(encoding="utf-8"))
     path = run_dir / REVIEW_FILE
     decisions = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return record, screening, decisions
+    return run_id, record, screening, decisions
 
 
 def review_items(run_dir: Path) -> list[ReviewItem]:
     """Every screened variant with its screening result and decision so far (blocked ones need none)."""
-    _, screening, decisions = _load(run_dir)
+    _, _, screening, decisions = _load(run_dir)
     variants = [EmailVariant.model_validate(v) for v in json.loads((run_dir / "variants.json").read_text("utf-8"))]
     return [
         ReviewItem(v, screening[v.variant_id], decisions.get(v.variant_id))
@@ -58,10 +59,12 @@ def record_decisions(
     reject: list[str],
     reviewer: str,
     reason: str,
-    ledger: Any = None,
 ) -> int:
-    """Record decisions (audit rows first, then review.json); returns how many variants still await one."""
-    record, screening, decisions = _load(run_dir)
+    """Record decisions (audit rows first, then review.json); returns how many variants still await one.
+
+    The audit's head goes to run.json and to the run's cost ledger, as screening's does.
+    """
+    run_id, record, screening, decisions = _load(run_dir)
     if not reviewer.strip():
         raise InputError("a decision needs a reviewer: pass --reviewer NAME")
     if reject and not reason.strip():
@@ -74,7 +77,7 @@ def record_decisions(
             raise InputError(f"no variant {variant_id!r} in {run_dir / SCREENING_FILE}")
         if screening[variant_id]["blocked"]:
             raise InputError(f"variant {variant_id} was blocked by screening and cannot be approved or rejected")
-    audit = AuditLog(run_dir, str(record.get("run_id") or run_dir.name))
+    audit = AuditLog(run_dir, run_id)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     for decision, ids in (("approve", approve), ("reject", reject)):
         for variant_id in ids:
@@ -87,10 +90,11 @@ def record_decisions(
                 reviewer=reviewer,
             )
             decisions[variant_id] = {"decision": decision, "reviewer": reviewer, "reason": reason, "time_utc": now}
-    record_audit_head(run_dir, audit.head, audit.count)
-    if ledger is not None:
-        ledger.record_audit_head(str(record.get("run_id") or run_dir.name), audit.head, audit.count)
-    tmp = run_dir / f".{REVIEW_FILE}.tmp"
-    tmp.write_text(json.dumps(decisions, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / REVIEW_FILE)
+    ledger = run_ledger(record, readonly=False)
+    try:
+        record_audit_head(run_dir, audit.head, audit.count, ledger)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    write_atomically(run_dir / REVIEW_FILE, json.dumps(decisions, indent=2) + "\n")
     return sum(1 for v, d in screening.items() if not d["blocked"] and v not in decisions)

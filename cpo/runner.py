@@ -36,9 +36,19 @@ from cpo.agents.segmentation import Segment
 from cpo.cancel import current_stop
 from cpo.costs import CostTracker
 from cpo.errors import InputError
+from cpo.files import write_atomically
 from cpo.guard import Guard, one_line
 from cpo.models import EmailRequest, EmailVariant
-from cpo.pipeline import EMAILS, REVIEW_FILE, Inputs, Tools, build_pipeline, ordered_variants, request_key
+from cpo.pipeline import (
+    EMAILS,
+    REVIEW_FILE,
+    Inputs,
+    Tools,
+    build_pipeline,
+    merged,
+    ordered_variants,
+    request_key,
+)
 from cpo.runlog import RunLog
 
 __all__ = ["CampaignRunner", "RunResult", "one_line", "open_checkpointer"]
@@ -46,14 +56,13 @@ __all__ = ["CampaignRunner", "RunResult", "one_line", "open_checkpointer"]
 GRACE_S = 0.5
 EXIT_FAILED, EXIT_CONFIG, EXIT_BUDGET, EXIT_REVIEW, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 CHECKPOINTS = "checkpoints.sqlite"
-STAGES = ("load_segment", "retrieve", "generate", "screen", "review", "assign", "export")
+# The graph's nodes that are a stage of their own (generate's tasks and gather are counted as one stage).
+STAGE_NODES = frozenset({"load_segment", "retrieve", "screen", "review", "assign", "export"})
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write atomically so an interrupted run never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2, default=str))
 
 
 def produced_line(produced: int, total: int, tracker: CostTracker) -> str:
@@ -115,7 +124,6 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     per_customer: bool = False
     screening: dict[str, Any] = field(default_factory=dict)
-    retrieval: dict[str, Any] = field(default_factory=dict)
     review: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,7 +170,6 @@ class CampaignRunner:
         self.on_progress = on_progress
         self.say = say
         self.result = RunResult(run_dir=self.run_dir)
-        self.resumed_from_checkpoint = False
         self._state: dict[str, Any] = {}
         self._sigints = 0
         self._started = time.perf_counter()
@@ -213,7 +220,7 @@ class CampaignRunner:
                 snapshot = await graph.aget_state(config)
                 start: Any = {"inputs": self.inputs}
                 if snapshot.next:  # killed mid-way, or paused for review: go on from the last checkpoint
-                    start, self.resumed_from_checkpoint = None, True
+                    start = None
                     self._state = dict(snapshot.values)
                     if any(task.interrupts for task in snapshot.tasks):
                         start = Command(resume=review_decisions(self.run_dir, self._state))
@@ -246,46 +253,42 @@ class CampaignRunner:
             self.log.event("stage", stage=stage, seconds=self.result.timings[stage])
 
     def _on_update(self, node: str, update: dict[str, Any]) -> None:
-        if node == "load_segment":
-            self._state.update(update)
-            self._lap("load_segment")
-            self._progress("load_segment", 1, 1)
-            if self.log is not None:
-                self.log.event("segments", counts=update["counts"], segments=[s["name"] for s in update["segments"]])
-        elif node == "generate":
+        """One node finished: generate tasks count emails; every other node ends its stage."""
+        if node == "generate":
             self._one_email(update)
-        elif node == "gather":
+            return
+        if node == "gather":  # after the last email task
             self._lap("generate")
-        elif node == "retrieve":
-            self._state.update(update)
-            self._lap("retrieve")
-            self._progress("retrieve", 1, 1)
+            return
+        if node not in STAGE_NODES:  # e.g. LangGraph's own "__metadata__" on a resumed thread
+            return
+        self._state.update(update)
+        self._lap(node)
+        self._progress(node, 1, 1)
+        self._log_stage(node, update)
+        if node == "retrieve":
             self._started_generation()
-        elif node in ("screen", "review"):
-            self._state.update(update)
-            self._lap(node)
-            self._progress(node, 1, 1)
-            if self.log is not None and node == "screen":
-                for decision in (update.get("screening") or {}).values():
-                    self.log.event(
-                        "screened",
-                        variant_id=decision["variant_id"],
-                        blocked=decision["blocked"],
-                        reasons=decision["reasons"],
-                        backend=decision["backend"],
-                    )
+
+    def _log_stage(self, node: str, update: dict[str, Any]) -> None:
+        if self.log is None:
+            return
+        if node == "load_segment":
+            self.log.event("segments", counts=update["counts"], segments=[s["name"] for s in update["segments"]])
+        elif node == "screen":
+            for decision in (update.get("screening") or {}).values():
+                self.log.event(
+                    "screened",
+                    variant_id=decision["variant_id"],
+                    blocked=decision["blocked"],
+                    reasons=decision["reasons"],
+                    backend=decision["backend"],
+                )
         elif node in ("assign", "export"):
-            self._state.update(update)
-            self._lap(node)
-            self._progress(node, 1, 1)
-            if self.log is not None:
-                self.log.event(node, **update)
+            self.log.event(node, **update)
 
     def _one_email(self, update: dict[str, Any]) -> None:
         for name in ("variants", "failures", "skipped"):
-            merged = dict(self._state.get(name) or {})
-            merged.update(update.get(name) or {})
-            self._state[name] = merged
+            self._state[name] = merged(self._state.get(name), update.get(name) or {})
         done = sum(len(self._state.get(n) or {}) for n in ("variants", "failures", "skipped"))
         self._progress("generate", done, self.result.total)
         if self.log is None:
@@ -325,7 +328,6 @@ class CampaignRunner:
         result.assignment = dict(state.get("assignment", {})) if not state.get("skipped") else {}
         result.delivery = dict(state.get("delivery", {})) if not state.get("skipped") else {}
         result.screening = dict(state.get("screening") or {})
-        result.retrieval = dict(state.get("retrieval") or {})
         result.review = dict(state.get("review") or {})
 
     # -- Ctrl-C -----------------------------------------------------------------------------------
