@@ -48,6 +48,7 @@ RECORDED = (
     "seed",
     "render",
     "per_customer",
+    "review",
     "prompts",
     "limits",
     "max_repairs",

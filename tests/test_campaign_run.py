@@ -171,6 +171,8 @@ def test_resume_refuses_changed_inputs_and_changed_options(capsys: pytest.Captur
     )
     assert main(["run", "--resume", str(run_dir), "--seed", "5"]) == 2
     assert capsys.readouterr().err.startswith("error: --resume goes on with the options in")
+    assert main(["run", "--resume", str(run_dir), "--review"]) == 2  # review is decided when a run starts
+    assert capsys.readouterr().err.endswith("; leave out --review\n")
 
 
 def test_a_bad_customer_file_leaves_no_run_behind(capsys: pytest.CaptureFixture[str]) -> None:
