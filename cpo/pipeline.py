@@ -26,7 +26,7 @@ from langgraph.types import Send, interrupt
 from cpo.agents.assignment import DEFAULT_ARMS, assign_customers
 from cpo.agents.campaign import load_campaign
 from cpo.agents.content_index import ContentIndex
-from cpo.agents.export import RENDER_LIMIT, export_campaign, render_emails
+from cpo.agents.export import RENDER_LIMIT, export_campaign, render_emails, sendable
 from cpo.agents.generation import PER_CUSTOMER_LIMIT, email_requests, personal_requests
 from cpo.agents.load import LoadedCustomers, load_customers
 from cpo.agents.retrieval import SegmentRetrieval, retrieve
@@ -397,9 +397,7 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
             if inputs.get("per_customer"):
                 own = {k: EmailVariant.model_validate(v) for k, v in (state.get("variants") or {}).items()}
                 personal = {
-                    str(customer): own[key].variant_id
-                    if key in own and own[key].valid and own[key].variant_id not in held
-                    else ""
+                    str(customer): own[key].variant_id if key in own and sendable(own[key], held) else ""
                     for customer, key in con.execute("SELECT customer_id, request_key FROM personal").fetchall()
                 }
             delivery = export_campaign(

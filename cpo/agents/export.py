@@ -43,32 +43,33 @@ class Delivery:
     unsent: list[str]  # segments whose control is unusable too
 
 
+def sendable(variant: EmailVariant, withheld: Collection[str] = ()) -> bool:
+    """A variant may be sent: it is valid and not withheld (blocked by screening or rejected in review)."""
+    return variant.valid and variant.variant_id not in withheld
+
+
 def plan_delivery(
     variants: list[EmailVariant],
     arms: tuple[str, ...],
     segments: list[str] | None = None,
     withheld: Collection[str] = (),
 ) -> Delivery:
-    """The arm's own usable variant, else the segment's usable control, else nothing. Usable: valid, and
-    not withheld (blocked by screening or rejected in review).
+    """The arm's own sendable variant, else the segment's sendable control, else nothing.
 
     `segments` names every segment with customers, so one whose emails all failed is reported unsent too.
     """
     by_cell: dict[tuple[str, str], EmailVariant] = {(v.segment, v.tone): v for v in variants}
 
-    def usable(v: EmailVariant) -> bool:
-        return v.valid and v.variant_id not in withheld
-
     plan: dict[tuple[str, str], str] = {}
     substituted, unsent = [], []
     for segment in dict.fromkeys([*(segments or []), *(v.segment for v in variants)]):
         control = by_cell.get((segment, "control"))
-        fallback = control.variant_id if control is not None and usable(control) else NOT_SENT
+        fallback = control.variant_id if control is not None and sendable(control, withheld) else NOT_SENT
         if not fallback:
             unsent.append(segment)
         for arm in arms:
             own = by_cell.get((segment, arm))
-            if own is not None and usable(own):
+            if own is not None and sendable(own, withheld):
                 plan[(segment, arm)] = own.variant_id
             else:
                 plan[(segment, arm)] = fallback
@@ -88,7 +89,7 @@ def write_templates(
             "segment": v.segment,
             "arm": v.tone,
             "valid": v.valid,
-            "sendable": v.valid and v.variant_id not in withheld,
+            "sendable": sendable(v, withheld),
             "withheld": withheld.get(v.variant_id),
             "subject": v.subject,
             "body": f"{v.body}\n\n--\n{campaign.unsubscribe}",
