@@ -2,7 +2,7 @@
 
 Scenario A: N emails (default 96) through `chain.batch(..., max_concurrency=C)` (default 16) with the
 server sleeping L seconds (default 0.3) before every answer. The server's responder drafts a valid
-email from the request's own prompt (cpo.offline.read_brief + draft_email), so each email is valid
+email from the request's own prompt (cpo.llm.offline.read_brief + draft_email), so each email is valid
 on its first call and the run is bound by latency and client overhead only. The ideal wall time is
 ceil(N / C) waves x L; efficiency = ideal / actual, PASS if efficiency >= 0.85.
 
@@ -53,7 +53,7 @@ from azure_server import AzureTestServer, Reply, email_drafter  # noqa: E402
 from langchain_core.runnables import Runnable  # noqa: E402
 
 from cpo import ContentBundle, CostTracker, EmailRequest, EmailVariant, Settings, build_email_chain  # noqa: E402
-from cpo.models import TONES  # noqa: E402
+from cpo.core.models import TONES  # noqa: E402
 
 DEPLOYMENT = "gpt-4o-mini"
 API_KEY = "test-key"

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from cpo.chains.grounding import GroundingProblem, check_grounding
-from cpo.content import ContentBundle
-from cpo.models import TONES, EmailRequest, Snippet
+from cpo.core.models import TONES, EmailRequest, Snippet
+from cpo.email.content import ContentBundle
+from cpo.email.grounding import GroundingProblem, check_grounding
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,8 +82,8 @@ def offline_drafts(bundle: ContentBundle) -> list[tuple[EmailRequest, str, str, 
     """(request, subject, body, cited ids) for every segment x tone, from the offline model via the chain."""
     requests = [bundle.request(segment.name, tone) for segment in bundle.segments for tone in TONES]
     try:
-        from cpo.chains.email import build_email_chain
-        from cpo.offline import OfflineChatModel
+        from cpo.email.chain import build_email_chain
+        from cpo.llm.offline import OfflineChatModel
 
         chain = build_email_chain(OfflineChatModel())
         drafts = []
@@ -92,10 +92,10 @@ def offline_drafts(bundle: ContentBundle) -> list[tuple[EmailRequest, str, str, 
             drafts.append((request, variant.subject, variant.body, [c.id for c in variant.citations]))
         return drafts
     except Exception as exc:  # the chain is being changed elsewhere: draft without it, and say so
-        print(f"(email chain unavailable: {type(exc).__name__}: {exc}; drafting with cpo.offline.draft_email)")
-        from cpo.offline import draft_email, read_brief
-        from cpo.prompts import PromptSet
-        from cpo.validation import ValidationLimits
+        print(f"(email chain unavailable: {type(exc).__name__}: {exc}; drafting with cpo.llm.offline.draft_email)")
+        from cpo.email.prompts import PromptSet
+        from cpo.email.validation import ValidationLimits
+        from cpo.llm.offline import draft_email, read_brief
 
         prompts, limits = PromptSet.load(), ValidationLimits()
         drafts = []

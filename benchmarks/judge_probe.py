@@ -32,7 +32,7 @@ def main() -> int:
             del os.environ[key]
         os.environ.update(local_llm.environment_for(server))
         from cpo import ContentBundle, Settings, build_chat_model
-        from cpo.prompts import PromptSet
+        from cpo.email.prompts import PromptSet
 
         model = build_chat_model(Settings(), temperature=0.2, seed=7)
         request = ContentBundle.load().request("New Customer", "informational")

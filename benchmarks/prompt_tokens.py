@@ -27,9 +27,9 @@ import httpx
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from cpo import ContentBundle, EmailDraft, Settings, build_chat_model, build_email_chain, count_tokens
-from cpo.models import TONES
-from cpo.prompts import PromptSet
-from cpo.validation import ValidationLimits
+from cpo.core.models import TONES
+from cpo.email.prompts import PromptSet
+from cpo.email.validation import ValidationLimits
 
 MODEL = "gpt-4o-mini"
 

@@ -120,11 +120,11 @@ def main() -> int:
 
 def run(server: Any, args: argparse.Namespace) -> int:
     from cpo import ContentBundle, CostTracker, __version__
-    from cpo.chains.email import build_email_chain
-    from cpo.endpoints import EndpointNotes
-    from cpo.llm import build_chat_model
-    from cpo.settings import Settings
-    from cpo.validation import ValidationLimits
+    from cpo.core.settings import Settings
+    from cpo.email.chain import build_email_chain
+    from cpo.email.validation import ValidationLimits
+    from cpo.llm.endpoints import EndpointNotes
+    from cpo.llm.factory import build_chat_model
 
     settings = Settings()
     model = build_chat_model(settings, temperature=args.temperature, seed=args.seed)

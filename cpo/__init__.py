@@ -12,32 +12,33 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 _EXPORTS: dict[str, str] = {
-    "BudgetExceeded": "cpo.errors",
-    "ConfigError": "cpo.errors",
-    "CpoError": "cpo.errors",
-    "DeadlineExceeded": "cpo.errors",
-    "InputError": "cpo.errors",
-    "LedgerError": "cpo.errors",
-    "Settings": "cpo.settings",
-    "count_tokens": "cpo.tokens",
-    "PriceBook": "cpo.pricing",
-    "CostTracker": "cpo.costs",
-    "Usage": "cpo.costs",
-    "UsageCounts": "cpo.costs",
-    "build_chat_model": "cpo.llm",
-    "model_source": "cpo.llm",
-    "OfflineChatModel": "cpo.offline",
-    "Citation": "cpo.models",
-    "EmailDraft": "cpo.models",
-    "EmailRequest": "cpo.models",
-    "EmailVariant": "cpo.models",
-    "SegmentProfile": "cpo.models",
-    "Snippet": "cpo.models",
-    "ValidationReport": "cpo.models",
-    "ContentBundle": "cpo.content",
-    "ValidationLimits": "cpo.validation",
-    "validate_draft": "cpo.validation",
-    "build_email_chain": "cpo.chains",
+    "BudgetExceeded": "cpo.core.errors",
+    "ConfigError": "cpo.core.errors",
+    "CpoError": "cpo.core.errors",
+    "DeadlineExceeded": "cpo.core.errors",
+    "InputError": "cpo.core.errors",
+    "LedgerError": "cpo.core.errors",
+    "Settings": "cpo.core.settings",
+    "count_tokens": "cpo.net.tokens",
+    "PriceBook": "cpo.accounting.pricing",
+    "CostTracker": "cpo.accounting.tracker",
+    "Usage": "cpo.core.usage",
+    "UsageCounts": "cpo.core.usage",
+    "build_chat_model": "cpo.llm.factory",
+    "model_source": "cpo.llm.factory",
+    "OfflineChatModel": "cpo.llm.offline",
+    "Citation": "cpo.core.models",
+    "EmailDraft": "cpo.core.models",
+    "EmailRequest": "cpo.core.models",
+    "EmailVariant": "cpo.core.models",
+    "SegmentProfile": "cpo.core.models",
+    "Snippet": "cpo.core.models",
+    "ValidationReport": "cpo.core.models",
+    "Vocabulary": "cpo.core.models",
+    "ContentBundle": "cpo.email.content",
+    "ValidationLimits": "cpo.email.validation",
+    "validate_draft": "cpo.email.validation",
+    "build_email_chain": "cpo.email.chain",
 }
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "UsageCounts",
     "ValidationLimits",
     "ValidationReport",
+    "Vocabulary",
     "build_chat_model",
     "build_email_chain",
     "count_tokens",
@@ -84,12 +86,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from cpo.chains import build_email_chain
-    from cpo.content import ContentBundle
-    from cpo.costs import CostTracker, Usage, UsageCounts
-    from cpo.errors import BudgetExceeded, ConfigError, CpoError, DeadlineExceeded, InputError, LedgerError
-    from cpo.llm import build_chat_model, model_source
-    from cpo.models import (
+    from cpo.accounting.pricing import PriceBook
+    from cpo.accounting.tracker import CostTracker
+    from cpo.core.errors import BudgetExceeded, ConfigError, CpoError, DeadlineExceeded, InputError, LedgerError
+    from cpo.core.models import (
         Citation,
         EmailDraft,
         EmailRequest,
@@ -97,9 +97,13 @@ if TYPE_CHECKING:
         SegmentProfile,
         Snippet,
         ValidationReport,
+        Vocabulary,
     )
-    from cpo.offline import OfflineChatModel
-    from cpo.pricing import PriceBook
-    from cpo.settings import Settings
-    from cpo.tokens import count_tokens
-    from cpo.validation import ValidationLimits, validate_draft
+    from cpo.core.settings import Settings
+    from cpo.core.usage import Usage, UsageCounts
+    from cpo.email.chain import build_email_chain
+    from cpo.email.content import ContentBundle
+    from cpo.email.validation import ValidationLimits, validate_draft
+    from cpo.llm.factory import build_chat_model, model_source
+    from cpo.llm.offline import OfflineChatModel
+    from cpo.net.tokens import count_tokens

@@ -109,7 +109,7 @@ _DEFAULT_ERROR_BODIES: dict[int, dict[str, Any]] = {
 
 def _count(text: str) -> int:
     """Tokens as Azure counts them for gpt-4o-mini (o200k_base), with cpo's offline encoding files."""
-    from cpo.tokens import count_text_tokens
+    from cpo.net.tokens import count_text_tokens
 
     return count_text_tokens(text, "gpt-4o-mini")
 
@@ -949,7 +949,7 @@ def email_drafter(request: dict[str, Any]) -> Reply | None:
     cpo's offline drafter. Other requests fall through (None)."""
     from langchain_core.messages import convert_to_messages
 
-    from cpo.offline import draft_email, read_brief
+    from cpo.llm.offline import draft_email, read_brief
 
     brief = read_brief(convert_to_messages(request.get("messages") or []))
     return None if brief is None else ok(tool_args=draft_email(brief))
@@ -964,7 +964,7 @@ def flawed_drafter(request: dict[str, Any]) -> Reply | None:
     the subject fix is answered with three short subjects."""
     from langchain_core.messages import convert_to_messages
 
-    from cpo.offline import draft_email, read_brief
+    from cpo.llm.offline import draft_email, read_brief
 
     messages = request.get("messages") or []
     if any(SUBJECT_FIX_MARK in _text_of(m.get("content")) for m in messages):

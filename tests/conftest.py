@@ -177,7 +177,7 @@ def sent_bodies(azure_server: Any, vcr: Any) -> list[dict[str, Any]]:
 @pytest.fixture(autouse=True)
 def _fresh_endpoint_notes() -> Iterator[None]:
     """What one test taught the process about an endpoint (its structured-output method) stays in it."""
-    from cpo.endpoints import notes_for
+    from cpo.llm.endpoints import notes_for
 
     notes_for(None).clear()
     yield

@@ -21,9 +21,9 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.tools import tool
 
 from cpo import ContentBundle, CostTracker, LedgerError, PriceBook, Settings, build_chat_model, build_email_chain
-from cpo.ledger import SCHEMA_VERSION, CallRow, Ledger
-from cpo.offline import OfflineChatModel
-from cpo.pricing import TokenCounts
+from cpo.accounting.ledger import SCHEMA_VERSION, CallRow, Ledger
+from cpo.core.usage import TokenCounts
+from cpo.llm.offline import OfflineChatModel
 
 BUNDLE = ContentBundle.load()
 MINI_IN, MINI_OUT = Decimal("0.15"), Decimal("0.60")
@@ -342,7 +342,7 @@ def test_a_reply_without_usage_is_counted_locally_output_included(live_server: A
     )
     session = tracker.session
     assert reply.content == text and session.estimated_calls == 1
-    from cpo.tokens import count_text_tokens, count_tokens
+    from cpo.net.tokens import count_text_tokens, count_tokens
 
     assert session.output_tokens == count_text_tokens(text) > 10
     assert session.input_tokens == count_tokens([("human", "Hi.")])

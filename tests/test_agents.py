@@ -7,17 +7,17 @@ from typing import Any
 
 import pytest
 
-from cpo.agents.assignment import DEFAULT_ARMS, HOLDOUT, assign_customers
-from cpo.agents.campaign import load_campaign
-from cpo.agents.export import export_campaign, plan_delivery
-from cpo.agents.generation import email_requests
-from cpo.agents.load import load_customers
-from cpo.agents.segmentation import segment_customers
-from cpo.chains.email import build_email_chain
-from cpo.content import load_snippets
-from cpo.errors import InputError
-from cpo.offline import OfflineChatModel
-from cpo.resources import bundled
+from cpo.campaign.agents.assignment import DEFAULT_ARMS, HOLDOUT, assign_customers
+from cpo.campaign.agents.export import export_campaign, plan_delivery
+from cpo.campaign.agents.generation import email_requests
+from cpo.campaign.agents.load import load_customers
+from cpo.campaign.agents.segmentation import segment_customers
+from cpo.campaign.campaign_file import load_campaign
+from cpo.core.errors import InputError
+from cpo.core.resources import bundled
+from cpo.email.chain import build_email_chain
+from cpo.email.content import load_snippets
+from cpo.llm.offline import OfflineChatModel
 
 SAMPLE = bundled("data") / "customers.csv"
 HEADER = "customer_id,first_name,tier,purchase_frequency,avg_order_value,last_engagement_days,email_opt_in"

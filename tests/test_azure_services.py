@@ -14,16 +14,16 @@ import pytest
 from azure.core.credentials import AzureKeyCredential
 from azure_services import ContentSafetyEmulator, SearchEmulator, closed_port_endpoint, parse_any_filter
 
-from cpo.agents.azure_safety import (
+from cpo.campaign.backends.azure_safety import (
     CATEGORIES,
     MAX_TEXT,
     AzureContentSafety,
     ScreeningUnavailable,
     split_text,
 )
-from cpo.agents.azure_search import AzureSearchIndex, SearchUnavailable, audience_filter, plain_query
-from cpo.errors import ConfigError
-from cpo.models import Snippet
+from cpo.campaign.backends.azure_search import AzureSearchIndex, SearchUnavailable, audience_filter, plain_query
+from cpo.core.errors import ConfigError
+from cpo.core.models import Snippet
 
 # Fail fast: no retries and short timeouts (production defaults are 3 retries, 10 s / 60 s).
 FAST: dict[str, Any] = {"retry_total": 0, "connection_timeout": 2.0, "read_timeout": 5.0}
@@ -337,7 +337,7 @@ def test_without_a_key_entra_id_is_default_azure_credential(monkeypatch: pytest.
 
 def test_importing_cpo_and_the_backends_does_not_import_the_sdks() -> None:
     code = (
-        "import sys, cpo, cpo.agents.azure_search, cpo.agents.azure_safety\n"
+        "import sys, cpo, cpo.campaign.backends.azure_search, cpo.campaign.backends.azure_safety\n"
         "loaded = [m for m in sys.modules if m.startswith(('azure.search', 'azure.ai.contentsafety'))]\n"
         "assert not loaded, loaded\n"
     )

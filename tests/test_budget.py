@@ -12,9 +12,9 @@ from azure_server import email_drafter, ok
 from conftest import TEST_KEY, azure_settings
 
 from cpo import BudgetExceeded, ContentBundle, CostTracker, build_chat_model, build_email_chain
+from cpo.accounting.ledger import Ledger
 from cpo.cli import main
-from cpo.ledger import Ledger
-from cpo.models import TONES
+from cpo.core.models import TONES
 
 pytestmark = pytest.mark.live_server
 BUNDLE = ContentBundle.load()

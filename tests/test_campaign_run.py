@@ -22,7 +22,7 @@ from azure_server import flawed_drafter
 from test_runner import azure_env, start_run, the_run_dir
 
 from cpo.cli import main
-from cpo.resources import bundled
+from cpo.core.resources import bundled
 
 EMAILS = 20
 SAMPLE = bundled("data") / "customers.csv"
@@ -199,7 +199,7 @@ def test_suppressed_and_unconsenting_customers_are_left_out_and_counted(capsys: 
 
 
 def test_the_log_names_customers_only_by_keyed_hash(capsys: pytest.CaptureFixture[str]) -> None:
-    from cpo.privacy import IdHasher
+    from cpo.core.privacy import IdHasher
 
     Path("suppress.txt").write_text("C000001\n", encoding="utf-8")
     assert main(["run", "--suppress", "suppress.txt"]) == 0
@@ -265,7 +265,7 @@ def test_render_fills_merge_fields_escaped_for_each_customer(capsys: pytest.Capt
 def test_render_refuses_a_list_too_long_to_write_a_file_per_customer(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("cpo.pipeline.RENDER_LIMIT", 100)
+    monkeypatch.setattr("cpo.campaign.planning.RENDER_LIMIT", 100)
     assert main(["run", "--render"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --render writes a file per customer and 241 customers are more than 100;")
@@ -275,7 +275,7 @@ def test_render_refuses_a_list_too_long_to_write_a_file_per_customer(
 def test_per_customer_writes_each_customer_an_email_from_their_own_figures(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from cpo.agents.segmentation import PROMPT_FEATURES
+    from cpo.campaign.agents.segmentation import PROMPT_FEATURES
 
     rows = SAMPLE.read_text(encoding="utf-8").splitlines()
     Path("vip.csv").write_text("\n".join(rows[:31]) + "\n", encoding="utf-8")  # 30 customers
@@ -293,11 +293,11 @@ def test_per_customer_writes_each_customer_an_email_from_their_own_figures(
     by_id = {v["variant_id"]: v for v in variants}
     assert all(by_id[row["variant_id"]]["tone"] == arms[row["customer_id"]] for row in sent)  # the arm's tone
 
-    from cpo.agents.campaign import load_campaign
-    from cpo.agents.load import load_customers
-    from cpo.agents.segmentation import segment_customers
-    from cpo.content import load_snippets
-    from cpo.pipeline import personal_requests_for
+    from cpo.campaign.agents.load import load_customers
+    from cpo.campaign.agents.segmentation import segment_customers
+    from cpo.campaign.campaign_file import load_campaign
+    from cpo.campaign.planning import personal_requests_for
+    from cpo.email.content import load_snippets
 
     loaded = load_customers(Path("vip.csv"))
     segments = segment_customers(loaded)
@@ -313,7 +313,7 @@ def test_per_customer_writes_each_customer_an_email_from_their_own_figures(
 def test_per_customer_refuses_a_long_list_before_paying(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("cpo.pipeline.PER_CUSTOMER_LIMIT", 100)
+    monkeypatch.setattr("cpo.campaign.planning.PER_CUSTOMER_LIMIT", 100)
     assert main(["run", "--per-customer"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --per-customer writes an email per customer and 241 customers are more than 100")

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from azure_server import JSON_SCHEMA_UNSUPPORTED_BODY, email_drafter, error, ok
 
-from cpo.checks import Parallelism, concurrency_warning
 from cpo.cli import main
-from cpo.endpoints import EndpointNotes, endpoint_key
-from cpo.llm import build_chat_model
-from cpo.settings import Settings
+from cpo.core.settings import Settings
+from cpo.llm.endpoints import EndpointNotes, endpoint_key
+from cpo.llm.factory import build_chat_model
+from cpo.llm.parallelism import Parallelism, concurrency_warning
 
 MODEL = "qwen2.5"
 

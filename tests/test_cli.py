@@ -13,10 +13,10 @@ import pytest
 from azure_server import email_drafter, error
 from conftest import TEST_KEY
 
-from cpo.campaign_cli import OUTPUTS
+from cpo.campaign.rundir import OUTPUTS
 from cpo.cli import main
-from cpo.models import TONES
-from cpo.resources import bundled
+from cpo.core.models import TONES
+from cpo.core.resources import bundled
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

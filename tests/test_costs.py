@@ -16,8 +16,8 @@ from langchain_core.runnables import RunnableLambda
 from pydantic import BaseModel
 
 from cpo import BudgetExceeded, CostTracker, PriceBook, Usage, build_chat_model
-from cpo.ledger import Ledger
-from cpo.pricing import TokenCounts
+from cpo.accounting.ledger import Ledger
+from cpo.core.usage import TokenCounts
 
 # gpt-4o-mini list price, USD per million tokens (input, cached input, output): the reference the
 # tracker's figures are checked against, independent of the price table it uses.

@@ -12,7 +12,8 @@ from azure_server import error, hang, ok, rate_limited, trickling
 from conftest import azure_settings
 
 from cpo import ContentBundle, CostTracker, DeadlineExceeded, build_chat_model, build_email_chain
-from cpo.http import AsyncBoundedTransport, BoundedTransport, deadline_scope, env_proxy_for
+from cpo.core.deadlines import deadline_scope
+from cpo.net.transport import AsyncBoundedTransport, BoundedTransport, env_proxy_for
 
 pytestmark = pytest.mark.live_server
 BUNDLE = ContentBundle.load()
@@ -135,7 +136,7 @@ def test_a_timed_out_attempt_is_a_call_of_unknown_cost(live_server: Any) -> None
 
 def test_the_transports_wrap_httpcores_network_backend() -> None:
     """cpo relies on httpx2 transports keeping their httpcore pool in `_pool`: pin it."""
-    from cpo.http import _AsyncBackend, _Backend
+    from cpo.net.transport import _AsyncBackend, _Backend
 
     assert isinstance(BoundedTransport()._pool._network_backend, _Backend)
     assert isinstance(AsyncBoundedTransport()._pool._network_backend, _AsyncBackend)

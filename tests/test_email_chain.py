@@ -22,11 +22,11 @@ from cpo import (
     build_chat_model,
     build_email_chain,
 )
-from cpo.chains.normalize import body_as_sent
-from cpo.models import TONES
-from cpo.offline import draft_email, read_brief
-from cpo.prompts import PromptSet
-from cpo.resources import bundled
+from cpo.core.models import TONES
+from cpo.core.resources import bundled
+from cpo.email.normalize import body_as_sent
+from cpo.email.prompts import PromptSet
+from cpo.llm.offline import draft_email, read_brief
 
 BUNDLE = ContentBundle.load()
 SEGMENT = "High-Value Recent"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import time
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cpo.chains.grounding import GroundingProblem, check_grounding
-from cpo.content import ContentBundle, load_snippets
-from cpo.models import Fact, Snippet
+from cpo.core.models import Fact, Snippet, Vocabulary
+from cpo.email import grounding
+from cpo.email.content import ContentBundle, load_snippets
+from cpo.email.grounding import GroundingProblem, check_grounding
 
 CASES: list[dict[str, Any]] = yaml.safe_load((Path(__file__).parent / "grounding_cases.yaml").read_text("utf-8"))
 SNIPPETS = load_snippets()
@@ -239,3 +241,52 @@ def test_checking_an_email_is_fast() -> None:
     for _ in range(50):
         check_grounding(text, snippets, offer, others=list(SNIPPETS.values()))
     assert (time.perf_counter() - start) / 50 < 0.01
+
+
+def test_tiers_come_from_the_vocabulary() -> None:
+    plans = Vocabulary(tiers=("Basic", "Pro"), brand_words=())
+    perks = Snippet(
+        id="perks", title="Perks", text="Basic members get a $25 credit.", facts=(Fact(value="$25", entity="Basic"),)
+    )
+    [problem] = check_grounding("Pro members get a $25 credit.", [perks], vocabulary=plans)
+    assert problem.code == "wrong_entity"
+    assert problem.message == '"$25": the cited snippet perks gives $25 for Basic, not for Pro'
+    assert check_grounding("Basic members get a $25 credit.", [perks], vocabulary=plans) == []
+    # a tier is named as written: "go pro" in lower case names no tier
+    assert check_grounding("Go pro for a $25 credit.", [perks], vocabulary=plans) == []
+    # with the default vocabulary "Pro" is no tier, so nothing ties the credit to another tier
+    assert check_grounding("Pro members get a $25 credit.", [perks]) == []
+
+
+def test_brand_words_come_from_the_vocabulary() -> None:
+    club = Snippet(
+        id="club",
+        title="Club",
+        text="Members save 10%. Acme Club members also get $5 off.",
+        facts=(Fact(value="10%", entity="members"), Fact(value="$5", entity="Acme Club members")),
+    )
+    text = "Acme Club members save 10%."
+    # brand words before a name do not change whom it names: the members' 10% holds for Acme Club members
+    assert check_grounding(text, [club], vocabulary=Vocabulary(brand_words=("Acme", "Club"))) == []
+    # without them "Acme Club members" is an entity of its own, which the snippet gives $5, not 10%
+    [problem] = check_grounding(text, [club], vocabulary=Vocabulary(brand_words=()))
+    assert problem.code == "wrong_entity"
+    assert problem.message == '"10%": the cited snippet club gives 10% for members; for Acme Club members it gives $5'
+
+
+RETAILER_WORDS = ("northwind", "bronze", "silver", "gold", "platinum")
+
+
+def test_the_checker_names_no_retailer_words() -> None:
+    # the sample retailer's words live in the Vocabulary defaults and data files, never in the generic checker
+    modules = sorted(Path(grounding.__file__).parent.rglob("*.py"))
+    assert len(modules) >= 6
+    found = [
+        f"{module.name}:{node.lineno}: {node.value!r}"
+        for module in modules
+        for node in ast.walk(ast.parse(module.read_text("utf-8")))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and any(word in node.value.lower() for word in RETAILER_WORDS)
+    ]
+    assert found == []

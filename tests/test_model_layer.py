@@ -15,8 +15,8 @@ from conftest import azure_settings, http_requests
 from langchain_openai import AzureChatOpenAI, ChatOpenAI
 
 from cpo import ConfigError, Settings, build_chat_model, model_source
-from cpo.offline import OfflineChatModel
-from cpo.retries import RetryPolicy
+from cpo.llm.offline import OfflineChatModel
+from cpo.net.retries import RetryPolicy
 
 
 def test_azure_model_has_explicit_timeout_and_cpo_owned_retries() -> None:

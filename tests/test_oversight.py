@@ -9,20 +9,14 @@ from typing import Any
 
 import pytest
 
-from cpo.agents.safety import (
-    CATEGORIES,
-    LocalScreen,
-    SafetyPolicy,
-    load_policy,
-    screen_variant,
-)
-from cpo.audit import AUDIT_FILE, FIELDS, row_hash
-from cpo.chains.email import build_email_chain
+from cpo.campaign.agents.safety import CATEGORIES, LocalScreen, SafetyPolicy, load_policy, screen_variant
+from cpo.campaign.audit import AUDIT_FILE, FIELDS, row_hash
 from cpo.cli import main
-from cpo.content import ContentBundle
-from cpo.errors import InputError
-from cpo.models import EmailVariant, Snippet
-from cpo.offline import OfflineChatModel
+from cpo.core.errors import InputError
+from cpo.core.models import EmailVariant, Snippet
+from cpo.email.chain import build_email_chain
+from cpo.email.content import ContentBundle
+from cpo.llm.offline import OfflineChatModel
 
 FOOTER = "Unsubscribe: {{ unsubscribe_url }}"
 
@@ -139,16 +133,16 @@ def verify(capsys: pytest.CaptureFixture[str], folder: Path) -> tuple[int, str]:
 def test_a_blocked_variant_falls_back_to_control_and_is_audited(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cpo.pipeline
+    import cpo.campaign.screening
 
-    real = cpo.pipeline.screen_variant
+    real = cpo.campaign.screening.screen_variant
 
     def blocking_urgent(variant: EmailVariant, **kwargs: Any) -> Any:
         if variant.tone == "urgent":
             variant = with_body(variant, "Act now, it is risk-free.")
         return real(variant, **kwargs)
 
-    monkeypatch.setattr(cpo.pipeline, "screen_variant", blocking_urgent)
+    monkeypatch.setattr(cpo.campaign.screening, "screen_variant", blocking_urgent)
     assert main(["run"]) == 0
     out = capsys.readouterr().out
     folder = run_dir()

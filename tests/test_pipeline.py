@@ -12,12 +12,13 @@ import pytest
 from langchain_core.runnables import RunnableLambda
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from cpo.chains.email import build_email_chain
-from cpo.costs import CostTracker
-from cpo.models import EmailRequest, EmailVariant
-from cpo.offline import OfflineChatModel
-from cpo.pipeline import Tools, build_pipeline
-from cpo.resources import bundled
+from cpo.accounting.tracker import CostTracker
+from cpo.campaign.graph import build_pipeline
+from cpo.campaign.nodes import Tools
+from cpo.core.models import EmailRequest, EmailVariant
+from cpo.core.resources import bundled
+from cpo.email.chain import build_email_chain
+from cpo.llm.offline import OfflineChatModel
 
 CUSTOMERS = str(bundled("data") / "customers.csv")
 
@@ -104,8 +105,8 @@ def test_resume_re_runs_only_the_emails_that_did_not_finish(tmp_path: Path) -> N
 
 
 def test_resume_refuses_changed_inputs(tmp_path: Path) -> None:
-    from cpo.errors import InputError
-    from cpo.pipeline import check_resume, input_fingerprint, record_run
+    from cpo.campaign.rundir import check_resume, input_fingerprint, record_run
+    from cpo.core.errors import InputError
 
     customers = tmp_path / "customers.csv"
     customers.write_bytes(Path(CUSTOMERS).read_bytes())

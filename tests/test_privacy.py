@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cpo.errors import ConfigError
-from cpo.privacy import IdHasher, key_file
+from cpo.core.errors import ConfigError
+from cpo.core.privacy import IdHasher, key_file
 
 
 def test_the_key_is_created_once_private_and_gives_stable_hashes(tmp_path: Path) -> None:
@@ -45,8 +45,8 @@ def test_an_unwritable_key_location_is_one_line(tmp_path: Path) -> None:
 def test_importing_cpo_creates_no_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    import cpo.privacy
+    import cpo.core.privacy
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    importlib.reload(cpo.privacy)
+    importlib.reload(cpo.core.privacy)
     assert not (tmp_path / "cpo").exists()

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from cpo import ContentBundle, CostTracker, Settings, build_chat_model
-from cpo.chains.email import build_email_chain
-from cpo.endpoints import EndpointNotes
+from cpo.email.chain import build_email_chain
+from cpo.llm.endpoints import EndpointNotes
 
 FOLDER = Path(__file__).resolve().parent.parent / "cassettes" / "real_model"
 SUMMARY = FOLDER / "summary.json"

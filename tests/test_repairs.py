@@ -17,14 +17,14 @@ from langchain_core.tracers.base import BaseTracer
 from langchain_core.tracers.schemas import Run
 
 from cpo import ContentBundle, CostTracker, EmailRequest, EmailVariant, Settings, build_chat_model
-from cpo.chains.email import build_email_chain
-from cpo.chains.normalize import body_as_sent, normalize, word_count
-from cpo.endpoints import EndpointNotes
-from cpo.errors import ConfigError
-from cpo.models import GREETING_TAG, EmailDraft
-from cpo.offline import OfflineChatModel, draft_email, read_brief
-from cpo.prompts import PromptSet
-from cpo.validation import ValidationLimits, validate_draft
+from cpo.core.errors import ConfigError
+from cpo.core.models import GREETING_TAG, EmailDraft
+from cpo.email.chain import build_email_chain
+from cpo.email.normalize import body_as_sent, normalize, word_count
+from cpo.email.prompts import PromptSet
+from cpo.email.validation import ValidationLimits, validate_draft
+from cpo.llm.endpoints import EndpointNotes
+from cpo.llm.offline import OfflineChatModel, draft_email, read_brief
 
 BUNDLE = ContentBundle.load()
 SEGMENT = "High-Value Recent"
@@ -313,7 +313,7 @@ def test_a_refusal_is_counted_apart_and_the_method_is_remembered_across_processe
 
 @pytest.mark.live_server
 def test_a_refusal_is_recorded_apart_in_the_ledger(live_server: Any, tmp_path: Any) -> None:
-    from cpo.ledger import Ledger
+    from cpo.accounting.ledger import Ledger
 
     request = BUNDLE.request(SEGMENT, "urgent")
     live_server.script(MODEL, error(500, JSON_SCHEMA_UNSUPPORTED_BODY), ok(tool_args=good(request), model=MODEL))

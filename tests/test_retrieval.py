@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
-from cpo.agents.campaign import Campaign, Offer, load_campaign
-from cpo.agents.retrieval import ContentRetriever, retrieve_for_segment
-from cpo.agents.segmentation import Segment
-from cpo.agents.sqlite_index import SqliteFtsIndex, match_expression
+from cpo.campaign.agents.retrieval import ContentRetriever, retrieve_for_segment
+from cpo.campaign.agents.segmentation import Segment
+from cpo.campaign.backends.sqlite_index import SqliteFtsIndex, match_expression
+from cpo.campaign.campaign_file import Campaign, Offer, load_campaign
 from cpo.cli import main
-from cpo.content import load_snippets
-from cpo.errors import InputError
-from cpo.models import Snippet
+from cpo.core.errors import InputError
+from cpo.core.models import Snippet
+from cpo.email.content import load_snippets
 
 CASES = yaml.safe_load((Path(__file__).parent / "retrieval_cases.yaml").read_text(encoding="utf-8"))
 

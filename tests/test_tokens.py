@@ -8,7 +8,7 @@ import sys
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from cpo.tokens import count_tokens, encoding_name_for, verify_shipped_encodings
+from cpo.net.tokens import count_tokens, encoding_name_for, verify_shipped_encodings
 
 
 def test_shipped_encodings_match_tiktokens_published_hashes() -> None:
@@ -39,7 +39,7 @@ def test_counting_works_with_no_network_and_an_empty_cache(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
     env.update(HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", HOME=str(tmp_path))
     out = subprocess.run(
-        [sys.executable, "-c", "from cpo.tokens import count_tokens; print(count_tokens('Hello, world!'))"],
+        [sys.executable, "-c", "from cpo.net.tokens import count_tokens; print(count_tokens('Hello, world!'))"],
         env=env,
         capture_output=True,
         text=True,
@@ -53,7 +53,7 @@ def test_importing_and_counting_leave_the_environment_alone(tmp_path) -> None:
     """Before: `import cpo` set TIKTOKEN_CACHE_DIR for the whole process, and tiktoken then wrote other
     encodings into the installed package (failing on a read-only site-packages)."""
     probe = (
-        "import os, cpo; from cpo.tokens import count_tokens; before = dict(os.environ); "
+        "import os, cpo; from cpo.net.tokens import count_tokens; before = dict(os.environ); "
         "n = count_tokens('Hello, world!'); import tiktoken; "
         "print(n, 'TIKTOKEN_CACHE_DIR' in os.environ, dict(os.environ) == before)"
     )
@@ -66,7 +66,7 @@ def test_counting_ignores_an_unusable_tiktoken_cache(tmp_path) -> None:
     """A cache directory that cannot exist (under a file) would fail any read or write through tiktoken's cache."""
     (tmp_path / "file").write_text("x")
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "file" / "cache"), "HTTPS_PROXY": "http://127.0.0.1:9"}
-    probe = "from cpo.tokens import count_tokens; print(count_tokens('tiktoken is great!', 'gpt-4'))"
+    probe = "from cpo.net.tokens import count_tokens; print(count_tokens('tiktoken is great!', 'gpt-4'))"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "6"
 
@@ -75,7 +75,7 @@ def test_the_shipped_encodings_are_tiktokens_own(tmp_path) -> None:
     """cpo builds the encodings itself; they must tokenize exactly as tiktoken's, special tokens included."""
     import shutil
 
-    from cpo.tokens import SHIPPED_ENCODINGS, get_encoding, shipped_file
+    from cpo.net.tokens import SHIPPED_ENCODINGS, get_encoding, shipped_file
 
     cache_names = {  # tiktoken's cache file name: sha1 of the download URL
         "o200k_base": "fb374d419588a4632f3f557e76b4b70aebbca790",

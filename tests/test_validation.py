@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cpo import ConfigError, ContentBundle, EmailDraft, EmailRequest, ValidationLimits, validate_draft
-from cpo.validation import numbers_in
+from cpo.email.validation import numbers_in
 
 REQUEST = ContentBundle.load().request("High-Value Recent", "urgent")
 FILLER = " ".join(["Our team is here to help you make the most of your membership every single day."] * 10)

@@ -1,19 +1,18 @@
-"""LCEL chains built on the chat model factory.
+"""Compatibility: `from cpo.chains import build_email_chain` as scripts written before the layered packages do.
 
-`build_email_chain` is loaded on first use, so `cpo.validation` can import the grounding checker in
-this package without importing the chain (which imports the validation) first.
+The email chain lives in `cpo.email.chain`. Nothing inside cpo imports this package.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_email_chain"]
+__all__ = ["EmailChain", "build_email_chain"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "build_email_chain":
-        from cpo.chains.email import build_email_chain
+    if name in __all__:
+        from cpo.email import chain
 
-        return build_email_chain
+        return getattr(chain, name)
     raise AttributeError(f"module 'cpo.chains' has no attribute {name!r}")

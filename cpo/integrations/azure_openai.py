@@ -21,12 +21,13 @@ import openai
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
-from cpo.costs import CostTracker
-from cpo.errors import ConfigError
-from cpo.llm import ContentFilteredError, build_chat_model
-from cpo.pricing import TokenCounts
-from cpo.retries import is_transient
-from cpo.settings import Settings
+from cpo.accounting.tracker import CostTracker
+from cpo.core.errors import ConfigError
+from cpo.core.settings import Settings
+from cpo.core.usage import TokenCounts
+from cpo.llm.chat_models import ContentFilteredError
+from cpo.llm.factory import build_chat_model
+from cpo.net.faults import is_transient
 
 DEFAULT_SYSTEM_MESSAGE = "You are a marketing copywriter."
 MIN_MAX_TOKENS = 16

@@ -1,0 +1,168 @@
+"""USD prices for token usage: genai-prices' maintained table, overridable by a user price file.
+
+Lookup order for a call: a price-file entry for the Azure deployment (Global, Data Zone, Regional and
+provisioned deployments of one model bill differently); else the model the response reports
+(`gpt-4o-mini-2024-07-18`), from the price file or genai-prices; never the deployment name taken as a
+model name. An unknown model has no price (None, one log line), never $0 and never another model's price.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cpo.core.errors import ConfigError
+from cpo.core.settings import Settings
+from cpo.core.usage import TokenCounts
+
+log = logging.getLogger(__name__)
+
+OFFLINE_MODEL = "cpo-offline"
+PER_MTOK = Decimal(1_000_000)
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(default=None, ge=0)
+
+    def cost(self, counts: TokenCounts) -> Decimal:
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        uncached = counts.input_tokens - counts.cached_input_tokens
+        return (
+            uncached * self.input + counts.cached_input_tokens * cached_rate + counts.output_tokens * self.output
+        ) / PER_MTOK
+
+
+class DeploymentPrice(ModelPrice):
+    """Prices of one Azure deployment, optionally naming the model it serves."""
+
+    model: str | None = None
+
+
+class PriceFile(BaseModel):
+    """Schema of the user price file (YAML): deployments (a model name, or prices) and model prices."""
+
+    model_config = ConfigDict(extra="forbid")
+    deployments: dict[str, str | DeploymentPrice] = Field(default_factory=dict)
+    models: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> PriceFile:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"CPO_PRICE_FILE: {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"CPO_PRICE_FILE: {path} is a directory, not a YAML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"CPO_PRICE_FILE: {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"CPO_PRICE_FILE: cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"CPO_PRICE_FILE: {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"CPO_PRICE_FILE: {path}: expected a mapping with 'deployments' and/or 'models'")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"CPO_PRICE_FILE: {path}: {key}: {err['msg']}") from None
+
+
+class PriceBook:
+    """Looks up prices: the price file first (deployment, then model), then genai-prices, else unknown."""
+
+    def __init__(
+        self,
+        price_file: Path | None = None,
+        *,
+        provider_id: str | None = "azure",
+        provider_api_url: str | None = None,
+    ) -> None:
+        self.user = PriceFile.load(price_file) if price_file else PriceFile()
+        self.provider_id = provider_id
+        self.provider_api_url = provider_api_url
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def deployment_model(self, deployment: str | None) -> str | None:
+        """The model a deployment serves according to the price file, if it says."""
+        entry = self.user.deployments.get(deployment) if deployment else None
+        return entry if isinstance(entry, str) else (entry.model if entry is not None else None)
+
+    def resolve_model(self, reported: str | None, deployment: str | None = None) -> str | None:
+        """The real model name: as reported by the provider, else the price file's deployment mapping."""
+        return reported or self.deployment_model(deployment)
+
+    def cost(
+        self, model: str | None, counts: TokenCounts, *, deployment: str | None = None, warn: bool = True
+    ) -> Decimal | None:
+        """USD for these tokens, or None (with one log line per model) when the price is unknown.
+
+        A price-file entry for the deployment wins; else the model (the reply's, or the price file's
+        mapping of the deployment), priced by the price file, then genai-prices.
+        """
+        entry = self.user.deployments.get(deployment) if deployment else None
+        if isinstance(entry, DeploymentPrice):
+            return entry.cost(counts)
+        name = model or self.deployment_model(deployment)
+        cost = self._model_cost(name, counts) if name else None
+        if cost is None and warn:
+            self._warn_unknown(name or "<unreported>")
+        return cost
+
+    def is_priced(self, model: str | None, deployment: str | None = None) -> bool:
+        return self.cost(model, TokenCounts(), deployment=deployment, warn=False) is not None
+
+    def _model_cost(self, model: str, counts: TokenCounts) -> Decimal | None:
+        if model == OFFLINE_MODEL:
+            return Decimal(0)
+        if model in self.user.models:
+            return self.user.models[model].cost(counts)
+        if not (self.provider_id or self.provider_api_url):
+            return None
+        from genai_prices import Usage as _GPUsage
+        from genai_prices import calc_price
+
+        usage = _GPUsage(
+            input_tokens=counts.input_tokens,
+            cache_read_tokens=counts.cached_input_tokens,
+            output_tokens=counts.output_tokens,
+        )
+        try:
+            if self.provider_id:
+                return Decimal(calc_price(usage, model, provider_id=self.provider_id).total_price)
+            return Decimal(calc_price(usage, model, provider_api_url=self.provider_api_url).total_price)
+        except LookupError:
+            return None
+
+    def _warn_unknown(self, model: str) -> None:
+        with self._lock:
+            if model in self._warned:
+                return
+            self._warned.add(model)
+        log.warning(
+            "no price known for model %r: its cost is reported as unknown; add it to a price file (CPO_PRICE_FILE)",
+            model,
+        )
+
+
+def price_book_for(settings: Settings) -> PriceBook:
+    """Prices for the configured provider: Azure's table (also for offline what-ifs); a self-hosted
+    OpenAI-compatible server is priced only if genai-prices knows its URL or the price file names the model."""
+    provider = settings.provider
+    return PriceBook(
+        settings.price_file,
+        provider_id=None if provider == "openai-compatible" else "azure",
+        provider_api_url=settings.openai_base_url if provider == "openai-compatible" else None,
+    )

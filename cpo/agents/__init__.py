@@ -1,1 +1,0 @@
-"""The agents of the campaign pipeline, one module each, testable without the graph."""

@@ -1,0 +1,235 @@
+"""Export agent: what an email platform imports, written from DuckDB so a million rows stay cheap.
+
+- `templates.json`: one template per variant, its merge tags in the platform's syntax (Liquid:
+  `{{ first_name | default: "there" }}`) and the campaign's unsubscribe footer added here.
+- `assignments.csv`: customer id, segment, the rule that matched, the assigned arm, and the variant delivered: the arm's
+  own when it is valid, else the segment's control; nothing when the control is unusable too.
+- `send_list.csv`: the customers who get an email, with their variant and merge-field values.
+- `segments.csv`: one row per segment (size, share, feature means).
+
+Bodies are written once per variant, never once per customer; `render_emails` (`cpo run --render`) writes
+one rendered message per customer, for small lists only.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+import unicodedata
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+from cpo.campaign.agents.assignment import HOLDOUT
+from cpo.campaign.agents.load import LoadedCustomers
+from cpo.campaign.agents.segmentation import Segment
+from cpo.campaign.campaign_file import Campaign
+from cpo.core.models import EmailVariant
+
+NOT_SENT = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Which variant each segment x arm gets, and the cells that get nothing."""
+
+    plan: dict[tuple[str, str], str]  # (segment, arm) -> variant id, or NOT_SENT
+    substituted: list[tuple[str, str]]  # cells whose own variant was invalid: control sent instead
+    unsent: list[str]  # segments whose control is unusable too
+
+
+def sendable(variant: EmailVariant, withheld: Collection[str] = ()) -> bool:
+    """A variant may be sent: it is valid and not withheld (blocked by screening or rejected in review)."""
+    return variant.valid and variant.variant_id not in withheld
+
+
+def plan_delivery(
+    variants: list[EmailVariant],
+    arms: tuple[str, ...],
+    segments: list[str] | None = None,
+    withheld: Collection[str] = (),
+) -> Delivery:
+    """The arm's own sendable variant, else the segment's sendable control, else nothing.
+
+    `segments` names every segment with customers, so one whose emails all failed is reported unsent too.
+    """
+    by_cell: dict[tuple[str, str], EmailVariant] = {(v.segment, v.tone): v for v in variants}
+
+    plan: dict[tuple[str, str], str] = {}
+    substituted, unsent = [], []
+    for segment in dict.fromkeys([*(segments or []), *(v.segment for v in variants)]):
+        control = by_cell.get((segment, "control"))
+        fallback = control.variant_id if control is not None and sendable(control, withheld) else NOT_SENT
+        if not fallback:
+            unsent.append(segment)
+        for arm in arms:
+            own = by_cell.get((segment, arm))
+            if own is not None and sendable(own, withheld):
+                plan[(segment, arm)] = own.variant_id
+            else:
+                plan[(segment, arm)] = fallback
+                if arm != "control" and fallback:
+                    substituted.append((segment, arm))
+    return Delivery(plan=plan, substituted=substituted, unsent=unsent)
+
+
+def personal_delivery(
+    loaded: LoadedCustomers, variants: Mapping[str, EmailVariant], withheld: Collection[str] = ()
+) -> dict[str, str]:
+    """--per-customer: each customer's own variant id (by the request key recorded for them), or NOT_SENT."""
+    con: Any = loaded.connection
+    rows = con.execute("SELECT customer_id, request_key FROM personal").fetchall()
+    return {
+        str(customer): variants[key].variant_id if key in variants and sendable(variants[key], withheld) else NOT_SENT
+        for customer, key in rows
+    }
+
+
+def write_templates(
+    path: Path, variants: list[EmailVariant], campaign: Campaign, withheld: Mapping[str, str] | None = None
+) -> None:
+    """One template per variant; `sendable` is false for invalid or withheld ones (with the reason)."""
+    withheld = withheld or {}
+    templates = [
+        {
+            "variant_id": v.variant_id,
+            "segment": v.segment,
+            "arm": v.tone,
+            "valid": v.valid,
+            "sendable": sendable(v, withheld),
+            "withheld": withheld.get(v.variant_id),
+            "subject": v.subject,
+            "body": campaign.footed(v.body),
+            "merge_fields": ["first_name", "unsubscribe_url"],
+            "citations": [c.id for c in v.citations],
+        }
+        for v in variants
+    ]
+    path.write_text(json.dumps(templates, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_segments(path: Path, segments: list[Segment]) -> None:
+    keys = sorted({k for s in segments for k in s.means})
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["segment", "rule", "size", "share", "tier", *(f"mean_{k}" for k in keys)])
+        for s in segments:
+            means = [round(s.means[k], 4) if k in s.means else "" for k in keys]
+            writer.writerow([s.name, s.rule, s.size, round(s.share, 4), s.tier or "", *means])
+
+
+def export_campaign(
+    loaded: LoadedCustomers,
+    segments: list[Segment],
+    variants: list[EmailVariant],
+    campaign: Campaign,
+    run_dir: Path,
+    arms: tuple[str, ...],
+    personal: dict[str, str] | None = None,
+    withheld: Mapping[str, str] | None = None,
+) -> Delivery:
+    """Write templates.json, segments.csv, assignments.csv and send_list.csv into `run_dir`.
+
+    `personal` (`--per-customer`) gives each customer's own variant id ("" when it is invalid: not sent)
+    instead of one variant per segment x arm.
+    """
+    names = [s.name for s in segments if s.size]
+    delivery = plan_delivery(variants, arms, names, withheld or {}) if personal is None else None
+    con: Any = loaded.connection
+    if personal is None:
+        assert delivery is not None
+        con.execute("CREATE OR REPLACE TEMP TABLE delivery (segment VARCHAR, arm VARCHAR, variant_id VARCHAR)")
+        rows = [(s, a, v) for (s, a), v in delivery.plan.items()]
+        if rows:
+            con.executemany("INSERT INTO delivery VALUES (?, ?, ?)", rows)
+        join = "LEFT JOIN delivery d ON d.segment = a.segment AND d.arm = a.arm"
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE delivery (customer_id VARCHAR, variant_id VARCHAR)")
+        if personal:
+            con.executemany("INSERT INTO delivery VALUES (?, ?)", list(personal.items()))
+        join = "LEFT JOIN delivery d ON d.customer_id = a.customer_id"
+        unsent = sorted({str(s) for (s,) in con.execute(
+            "SELECT DISTINCT a.segment FROM assignments a JOIN delivery d USING (customer_id) WHERE d.variant_id = ''"
+        ).fetchall()})  # fmt: skip
+        delivery = Delivery(plan={}, substituted=[], unsent=unsent)
+    con.execute("CREATE OR REPLACE TEMP TABLE segment_rules (segment VARCHAR, rule VARCHAR)")
+    con.executemany("INSERT INTO segment_rules VALUES (?, ?)", [(s.name, s.rule) for s in segments])
+    write_templates(run_dir / "templates.json", variants, campaign, withheld)
+    write_segments(run_dir / "segments.csv", segments)
+    first_name = "c.first_name" if "first_name" in loaded.columns else "NULL"
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE delivered AS "
+        f"SELECT a.customer_id, a.segment, r.rule, a.arm, CASE WHEN a.arm = '{HOLDOUT}' THEN '' "
+        "ELSE coalesce(d.variant_id, '') END AS delivered_variant, "
+        f"{first_name} AS first_name "
+        f"FROM assignments a JOIN customers c USING (customer_id) {join} "
+        "LEFT JOIN segment_rules r ON r.segment = a.segment"
+    )
+    target = str(run_dir).replace("'", "''")
+    con.execute(
+        "COPY (SELECT customer_id, segment, rule, arm, delivered_variant FROM delivered ORDER BY customer_id) "
+        f"TO '{target}/assignments.csv' (HEADER, DELIMITER ',')"
+    )
+    con.execute(
+        "COPY (SELECT customer_id, arm, delivered_variant AS variant_id, first_name FROM delivered "
+        f"WHERE delivered_variant <> '' ORDER BY customer_id) TO '{target}/send_list.csv' (HEADER, DELIMITER ',')"
+    )
+    return delivery
+
+
+RENDER_LIMIT = 10_000  # --render writes a file per customer: beyond this, use templates.json + send_list.csv
+MERGE_TAG = re.compile(r'\{\{\s*(\w+)\s*(?:\|\s*default:\s*"([^"]*)"\s*)?\}\}')
+
+
+def _plain(value: str) -> str:
+    """A merge value as text: control characters (line breaks included) removed, so it cannot add lines."""
+    return "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in value).strip()
+
+
+def fill(template: str, values: dict[str, str], *, as_html: bool = False) -> str:
+    """Fill Liquid merge tags (`{{ name | default: "x" }}`); in HTML the template and values are escaped."""
+    out: list[str] = []
+    last = 0
+    for match in MERGE_TAG.finditer(template):
+        text = template[last : match.start()]
+        value = _plain(values.get(match.group(1), "")) or (match.group(2) or "")
+        out += [html.escape(text), html.escape(value)] if as_html else [text, value]
+        last = match.end()
+    tail = template[last:]
+    out.append(html.escape(tail) if as_html else tail)
+    return "".join(out)
+
+
+def _file_name(customer_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", customer_id)[:80]
+    return f"{safe}.eml"
+
+
+def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaign: Campaign, run_dir: Path) -> int:
+    """`rendered/<customer id>.eml`: each sent customer's email with its merge fields filled (text and HTML)."""
+    by_id = {v.variant_id: v for v in variants}
+    folder = run_dir / "rendered"
+    folder.mkdir(exist_ok=True)
+    con: Any = loaded.connection
+    rows = con.execute(
+        "SELECT customer_id, coalesce(first_name, ''), delivered_variant FROM delivered "
+        "WHERE delivered_variant <> '' ORDER BY customer_id"
+    ).fetchall()
+    for customer_id, first_name, variant_id in rows:
+        v = by_id[variant_id]
+        values = {"first_name": first_name, "unsubscribe_url": campaign.unsubscribe_url}
+        body = campaign.footed(v.body)
+        message = EmailMessage(policy=SMTP)
+        message["Subject"] = v.subject
+        message["From"] = f"{campaign.sender.brand} <{campaign.from_address}>"
+        message["X-Cpo-Variant"] = v.variant_id
+        message.set_content(fill(body, values))
+        paragraphs = fill(body, values, as_html=True).split("\n\n")
+        message.add_alternative("".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs), subtype="html")
+        (folder / _file_name(str(customer_id))).write_bytes(bytes(message))
+    return len(rows)

@@ -1,0 +1,109 @@
+"""Generation agent: one email request per segment x arm, built from the segment's summary only.
+
+`personal_requests` (`cpo run --per-customer`) makes one request per assigned customer instead, from
+that customer's own whitelisted features, for the tone of the customer's arm.
+
+The request carries the segment's whitelisted features (tier and behavioural means, see
+`Segment.features`), the campaign's offer and approved snippets for that segment, and the sender. The
+email chain does the rest; running the requests (concurrency, budget, Ctrl-C) is the runner's job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from cpo.campaign.agents.assignment import HOLDOUT
+from cpo.campaign.agents.load import LoadedCustomers
+from cpo.campaign.agents.segmentation import PROMPT_FEATURES, Segment
+from cpo.campaign.campaign_file import Campaign
+from cpo.core.errors import InputError
+from cpo.core.models import EmailRequest, SegmentProfile, Snippet, Tone
+
+PER_CUSTOMER_LIMIT = 500  # --per-customer pays for an email per customer: for small high-value lists only
+
+
+def email_requests(
+    segments: list[Segment],
+    campaign: Campaign,
+    snippets: dict[str, Snippet],
+    arms: tuple[Tone, ...],
+    chosen: dict[str, list[str]] | None = None,
+) -> list[EmailRequest]:
+    """Requests for every non-empty segment and every arm, in segment then arm order.
+
+    `chosen` gives each segment's snippets (retrieval's); without it, the ones the campaign names.
+    """
+    requests = []
+    for segment in segments:
+        if segment.size == 0:
+            continue
+        offer = campaign.offer_for(segment.name)
+        if offer is None:
+            raise InputError(f"the campaign has no offer for segment {segment.name!r} and no 'default' offer")
+        profile = SegmentProfile(
+            name=segment.name,
+            description=f"{segment.size} customers; rule: {segment.rule}",
+            features=segment.features(),
+        )
+        ids = chosen[segment.name] if chosen and segment.name in chosen else offer.snippets
+        cited = [snippets[s] for s in ids]
+        for arm in arms:
+            requests.append(
+                EmailRequest(
+                    segment=profile,
+                    offer=offer.offer,
+                    tone=arm,
+                    snippets=cited,
+                    sender=campaign.sender,
+                    vocabulary=campaign.vocabulary,
+                )
+            )
+    return requests
+
+
+def personal_requests(
+    loaded: LoadedCustomers,
+    segments: list[Segment],
+    campaign: Campaign,
+    snippets: dict[str, Snippet],
+    chosen: dict[str, list[str]] | None = None,
+) -> list[tuple[str, EmailRequest]]:
+    """(customer id, request) for every customer with an arm (the `assignments` table), in customer order.
+
+    The profile holds only the customer's tier and behavioural figures (the same whitelist as segment
+    means), never their name or location; customers with the same figures and arm share one email.
+    """
+    con: Any = loaded.connection
+    columns = [c for c in PROMPT_FEATURES if c in loaded.columns]
+    rows = con.execute(
+        f"SELECT a.customer_id, a.segment, a.arm, c.tier{''.join(f', c.{col}' for col in columns)} "
+        "FROM assignments a JOIN customers c USING (customer_id) WHERE a.arm <> ? ORDER BY a.customer_id",
+        [HOLDOUT],
+    ).fetchall()
+    rules = {s.name: s.rule for s in segments}
+    out = []
+    for customer_id, segment, arm, tier, *values in rows:
+        offer = campaign.offer_for(segment)
+        if offer is None:
+            raise InputError(f"the campaign has no offer for segment {segment!r} and no 'default' offer")
+        one = Segment(
+            name=segment,
+            rule=rules.get(segment, ""),
+            size=1,
+            share=0.0,
+            tier=tier,
+            means={col: float(v) for col, v in zip(columns, values, strict=True) if v is not None},
+        )
+        profile = SegmentProfile(
+            name=segment, description=f"one customer of this segment; rule: {one.rule}", features=one.features()
+        )
+        request = EmailRequest(
+            segment=profile,
+            offer=offer.offer,
+            tone=cast(Tone, arm),
+            snippets=[snippets[s] for s in (chosen or {}).get(segment, offer.snippets)],
+            sender=campaign.sender,
+            vocabulary=campaign.vocabulary,
+        )
+        out.append((str(customer_id), request))
+    return out

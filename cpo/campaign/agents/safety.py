@@ -1,0 +1,162 @@
+"""Safety agent: screen every variant as it would be sent (subject, body, unsubscribe footer) before export.
+
+Severities per category (Hate, Violence, SelfHarm, Sexual; 0-7) come from Azure AI Content Safety when
+AZURE_CONTENT_SAFETY_ENDPOINT is set, else from the local policy (`data/safety_policy.yaml`). The
+policy's marketing-compliance rules (unsupported guarantees, "risk-free", the footer) apply with either.
+The rule is stated once: **a variant is blocked when a severity is at or above the threshold** (default
+4), or a compliance rule matches. Screening fails closed: an error blocks with "screening unavailable".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cpo.campaign.campaign_file import footed
+from cpo.core.errors import InputError
+from cpo.core.files import load_yaml_model
+from cpo.core.models import EmailVariant, Snippet
+from cpo.core.resources import bundled
+
+CATEGORIES = ("Hate", "Violence", "SelfHarm", "Sexual")
+UNAVAILABLE = "screening unavailable"
+UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
+
+
+class ComplianceRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    patterns: list[str] = Field(min_length=1)
+    unless_cited: bool = False
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {pattern!r} ({exc})") from None
+        return value
+
+
+class SafetyPolicy(BaseModel):
+    """The local policy file: threshold, terms per category with severities, compliance rules."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: int = Field(4, ge=1, le=7)
+    categories: dict[str, dict[str, int]] = Field(default_factory=dict)
+    compliance: list[ComplianceRule] = Field(default_factory=list)
+    footer_required: bool = True
+
+    @field_validator("categories")
+    @classmethod
+    def _known(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        for category, terms in value.items():
+            if category not in CATEGORIES:
+                raise ValueError(f"unknown category {category!r}; categories are {', '.join(CATEGORIES)}")
+            for term, severity in terms.items():
+                if not 0 <= severity <= 7:
+                    raise ValueError(f"{category}.{term}: severity must be 0-7 (got {severity})")
+        return value
+
+
+def default_policy_file() -> Path:
+    return bundled("data") / "safety_policy.yaml"
+
+
+def load_policy(path: Path | None = None) -> SafetyPolicy:
+    return load_yaml_model(path or default_policy_file(), SafetyPolicy, "safety policy", InputError)
+
+
+class Screen(Protocol):
+    """Severity per category (0-7) of a text; raises when it cannot tell."""
+
+    name: str
+
+    def analyze(self, text: str) -> dict[str, int]: ...
+
+
+class LocalScreen:
+    """The policy's terms: a category's severity is that of its most severe term found (whole words)."""
+
+    name = "local-policy"
+
+    def __init__(self, policy: SafetyPolicy) -> None:
+        self.terms = [
+            (category, re.compile(rf"(?<![\w-]){re.escape(term)}(?![\w-])", re.I), severity)
+            for category, terms in policy.categories.items()
+            for term, severity in terms.items()
+        ]
+
+    def analyze(self, text: str) -> dict[str, int]:
+        out = dict.fromkeys(CATEGORIES, 0)
+        for category, pattern, severity in self.terms:
+            if severity > out[category] and pattern.search(text):
+                out[category] = severity
+        return out
+
+
+class SafetyDecision(BaseModel):
+    """One variant's screening result, as the audit and the summary record it."""
+
+    variant_id: str
+    segment: str
+    tone: str
+    backend: str
+    blocked: bool
+    reasons: list[str] = Field(default_factory=list)
+    severities: dict[str, int] = Field(default_factory=dict)
+    threshold: int
+    content_sha256: str
+
+
+def sent_text(variant: EmailVariant, footer: str) -> str:
+    """What a customer receives of a variant: its subject, and its body with the campaign's footer."""
+    return f"{variant.subject}\n\n{footed(variant.body, footer)}"
+
+
+def screen_variant(
+    variant: EmailVariant,
+    *,
+    footer: str,
+    screen: Screen,
+    policy: SafetyPolicy,
+    cited: list[Snippet] | None = None,
+) -> SafetyDecision:
+    """Screen one variant; any error of the screen blocks it ("screening unavailable": fail closed)."""
+    text = sent_text(variant, footer)
+    decision: dict[str, Any] = {
+        "variant_id": variant.variant_id,
+        "segment": variant.segment,
+        "tone": variant.tone,
+        "backend": screen.name,
+        "threshold": policy.threshold,
+        "content_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }
+    reasons: list[str] = []
+    try:
+        analysis = screen.analyze(text)
+        severities = {c: int(analysis.get(c, 0)) for c in CATEGORIES}
+    except Exception as exc:  # fail closed, whatever the backend raised
+        brief = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return SafetyDecision(**decision, blocked=True, reasons=[f"{UNAVAILABLE}: {brief}"], severities={})
+    reasons += [
+        f"{category} severity {severity} is at or above the threshold {policy.threshold}"
+        for category, severity in severities.items()
+        if severity >= policy.threshold
+    ]
+    quoted = " ".join(s.text for s in cited or [])
+    for rule in policy.compliance:
+        for pattern in rule.patterns:
+            found = re.search(pattern, text, re.I)
+            if found and not (rule.unless_cited and re.search(pattern, quoted, re.I)):
+                reasons.append(f"{rule.name}: {found.group(0)!r}")
+                break
+    if policy.footer_required and not UNSUBSCRIBE_TAG.search(footer):
+        reasons.append("the unsubscribe footer has no {{ unsubscribe_url }} link")
+    return SafetyDecision(**decision, blocked=bool(reasons), reasons=reasons, severities=severities)

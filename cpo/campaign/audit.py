@@ -1,0 +1,163 @@
+"""The safety audit: `safety_audit.csv`, append-only and tamper-evident.
+
+One row per screened variant and per review decision. Each row carries the sha256 of the previous row
+(the first row's "previous" is the sha256 of the run id) and its own hash over all its fields, so an
+edited row, a removed or reordered row, or a truncated file breaks the chain. The chain's head (the
+last row's hash) is recorded in `run.json` and in the cost ledger, so rewriting the whole file with a
+fresh, consistent chain is detected too: its head no longer matches. `cpo audit verify RUN_DIR` checks.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cpo.campaign.rundir import read_record, run_id_of
+
+AUDIT_FILE = "safety_audit.csv"
+FIELDS = (
+    "time_utc",
+    "run_id",
+    "variant_id",
+    "backend",
+    "decision",
+    "severities",
+    "reasons",
+    "reviewer",
+    "content_sha256",
+    "prev_hash",
+    "row_hash",
+)
+
+
+def genesis(run_id: str) -> str:
+    return hashlib.sha256(f"cpo-audit:{run_id}".encode()).hexdigest()
+
+
+def row_hash(row: dict[str, str]) -> str:
+    """sha256 over every field but the hash itself, in a fixed order."""
+    canonical = json.dumps([row[f] for f in FIELDS if f != "row_hash"], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class AuditLog:
+    """Appends rows to a run's audit file; `head` is the hash of its last row."""
+
+    def __init__(self, run_dir: Path, run_id: str) -> None:
+        self.path = run_dir / AUDIT_FILE
+        self.run_id = run_id
+        rows = read_rows(self.path) if self.path.is_file() else []
+        self.head = rows[-1]["row_hash"] if rows else genesis(run_id)
+        self.count = len(rows)
+
+    def append(
+        self,
+        *,
+        variant_id: str,
+        backend: str,
+        decision: str,
+        content_sha256: str,
+        severities: dict[str, int] | None = None,
+        reasons: list[str] | None = None,
+        reviewer: str = "",
+    ) -> str:
+        row = {
+            "time_utc": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "run_id": self.run_id,
+            "variant_id": variant_id,
+            "backend": backend,
+            "decision": decision,
+            "severities": json.dumps(severities or {}, sort_keys=True),
+            "reasons": "; ".join(reasons or []),
+            "reviewer": reviewer,
+            "content_sha256": content_sha256,
+            "prev_hash": self.head,
+        }
+        row["row_hash"] = row_hash(row)
+        new = not self.path.is_file()
+        with self.path.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.head, self.count = row["row_hash"], self.count + 1
+        return self.head
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    rows: int
+    head: str
+    problem: str = ""
+
+
+def verify(path: Path, run_id: str, recorded_heads: dict[str, str | None]) -> Verdict:
+    """Check the chain row by row, then its head against every recorded head (run.json, the ledger)."""
+    if not path.is_file():
+        return Verdict(False, 0, "", f"{path} does not exist")
+    try:
+        rows = read_rows(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return Verdict(False, 0, "", f"{path} cannot be read: {exc}")
+    previous = genesis(run_id)
+    for number, row in enumerate(rows, start=2):  # line numbers: the header is line 1
+        if set(FIELDS) - set(row) or None in row.values():
+            return Verdict(False, number - 2, previous, f"line {number}: not an audit row (fields missing)")
+        if row["prev_hash"] != previous:
+            return Verdict(
+                False,
+                number - 2,
+                previous,
+                f"line {number}: its previous-row hash does not match (a row was removed or reordered before it)",
+            )
+        if row_hash(row) != row["row_hash"]:
+            return Verdict(False, number - 2, previous, f"line {number}: its hash does not match its content (edited)")
+        previous = row["row_hash"]
+    for where, head in recorded_heads.items():
+        if head is not None and head != previous:
+            return Verdict(
+                False,
+                len(rows),
+                previous,
+                f"the file's last hash does not match the one recorded in {where} "
+                "(rows were removed from the end, or the file was rewritten)",
+            )
+    return Verdict(True, len(rows), previous)
+
+
+def run_ledger(record: dict[str, Any], *, readonly: bool) -> Any:
+    """The cost ledger a run recorded in its run.json, opened, or None when it is not there."""
+    path = record.get("ledger")
+    if not path or not Path(path).is_file():
+        return None
+    from cpo.accounting.ledger import Ledger
+
+    return Ledger(path, readonly=readonly)
+
+
+def recorded_heads(run_dir: Path) -> tuple[str, dict[str, str | None]]:
+    """The run id and the audit heads recorded for it in run.json and (if it can be read) the ledger."""
+    record = read_record(run_dir, "cannot verify")
+    run_id = run_id_of(run_dir, record)
+    heads: dict[str, str | None] = {"run.json": record.get("audit_head")}
+    book = run_ledger(record, readonly=True)
+    if book is not None:
+        try:
+            heads["the cost ledger"] = book.audit_head(run_id)
+        finally:
+            book.close()
+    return run_id, heads

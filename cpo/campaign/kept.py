@@ -1,0 +1,67 @@
+"""How a resumed run avoids paying twice: every email is kept on disk, by its request, the moment it is paid for.
+
+A request's key is a hash of everything the email is made from (segment summary, offer, tone, snippets,
+sender, vocabulary), so the same request finds the same kept email. LangGraph's checkpoint can miss the
+writes of tasks that finish at the instant another task fails (measured: up to 8 of 17 finished emails
+re-ran on resume); `emails/<key>.json` is written before the task returns, after the email's calls are
+committed to the cost ledger, so a resumed run finds every email that was paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from cpo.core.files import write_atomically
+from cpo.core.models import EmailRequest, EmailVariant, Vocabulary
+
+EMAILS = "emails"
+# A kept draft whose email stopped for one of these reasons is not final: a resumed run generates it again.
+UNFINISHED = frozenset({"budget", "interrupted"})
+
+
+def request_key(request: EmailRequest) -> str:
+    """A request's identity: the same segment summary, offer, tone, snippets, sender and vocabulary give the same key.
+
+    The default vocabulary is left out of the hash, so a request hashes exactly as it did before requests
+    carried one: run directories written by earlier versions resume without generating anything again.
+    """
+    default = request.vocabulary == Vocabulary()
+    dumped = request.model_dump_json(exclude={"vocabulary"} if default else None)
+    return hashlib.sha256(dumped.encode()).hexdigest()[:20]
+
+
+def is_final(variant: EmailVariant) -> bool:
+    """Kept for good, or to be generated again on resume (its email was stopped by the budget or Ctrl-C)."""
+    return UNFINISHED.isdisjoint(variant.validation.codes)
+
+
+class KeptEmails:
+    """The `emails/` folder of a run directory: one JSON file per paid email, named by its request key."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = Path(run_dir) / EMAILS
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The email kept for this request, or None."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+
+    def keep(self, key: str, data: dict[str, Any]) -> None:
+        """Write one email (call only once its costs are committed to the ledger)."""
+        write_atomically(self.path(key), json.dumps(data))
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Every kept email, by request key."""
+        return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.folder.glob("*.json"))}
+
+    def exists(self) -> bool:
+        return self.folder.exists()

@@ -1,0 +1,211 @@
+"""The campaign graph's nodes, as plain functions: each takes the state (and what it uses, `Tools`) and
+returns a partial update. `cpo.campaign.graph` only wires them; each is tested on its own.
+
+The model, the checkpointer and the cost tracker are never created here: the chain comes in `Tools`,
+the tracker with the graph's callbacks (`config["callbacks"]`), so every email's calls land on the
+campaign's root run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph.graph import END
+from langgraph.types import Send, interrupt
+
+from cpo.accounting.tracker import trackers_in
+from cpo.campaign import stages
+from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers
+from cpo.campaign.agents.export import export_campaign, personal_delivery, render_emails
+from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy
+from cpo.campaign.agents.segmentation import Segment
+from cpo.campaign.audit import AuditLog
+from cpo.campaign.backends import build_screen, embedded_index
+from cpo.campaign.backends.content_index import ContentIndex
+from cpo.campaign.guard import Guard
+from cpo.campaign.kept import KeptEmails, is_final, request_key
+from cpo.campaign.planning import campaign_of, connect, load_and_segment, plan_emails, reopened
+from cpo.campaign.rundir import RETRIEVAL_FILE, SCREENING_FILE, write_json
+from cpo.campaign.screening import earlier_screening, screen_variants
+from cpo.campaign.state import CampaignState, ordered_variants, withheld
+from cpo.core.models import EmailRequest, EmailVariant
+from cpo.net.faults import one_line
+
+
+@dataclass(frozen=True)
+class Tools:
+    """What the nodes use and must not create: the email chain and the guard that bounds and stops generation."""
+
+    chain: Runnable[EmailRequest, EmailVariant]
+    guard: Guard = field(default_factory=Guard)
+    on_excluded: Callable[[list[tuple[str, str]]], None] | None = None  # (customer id, reason) pairs, for the log
+    index: ContentIndex | None = None  # approved content to retrieve from; default: embedded SQLite FTS5
+    screen: Screen | None = None  # safety severities; default: the local policy
+    policy: SafetyPolicy | None = None  # threshold and compliance rules; default: data/safety_policy.yaml
+    on_audit: Callable[[str, int], None] | None = None  # (head hash, rows) after each audit append
+
+
+def _segments(state: CampaignState) -> list[Segment]:
+    return [Segment(**s) for s in state.get("segments", [])]
+
+
+def load_segment(state: CampaignState, tools: Tools) -> CampaignState:
+    """Load the customers into the run's database and segment them; a new pass starts with no emails."""
+    inputs = state["inputs"]
+    con = connect(inputs)
+    try:
+        loaded, segments = load_and_segment(inputs, con, tools.on_excluded)
+    finally:
+        con.close()
+    return {
+        "counts": {"total": loaded.total, "no_consent": loaded.no_consent, "suppressed": loaded.suppressed},
+        "segments": [s.__dict__ for s in segments],
+        "variants": None,
+        "failures": None,
+        "skipped": None,
+    }
+
+
+def retrieve_content(state: CampaignState, tools: Tools) -> CampaignState:
+    """Each segment's approved content (written to retrieval.json) and the emails to write."""
+    inputs = state["inputs"]
+    index = tools.index or embedded_index()
+    con = connect(inputs)
+    try:
+        found, requests = plan_emails(inputs, reopened(con, inputs, state["counts"]), _segments(state), index)
+    finally:
+        con.close()
+    retrieval = {name: r.to_json() for name, r in found.items()}
+    write_json(Path(inputs["run_dir"]), RETRIEVAL_FILE, retrieval)
+    return {"retrieval": retrieval, "requests": [r.model_dump(mode="json") for r in requests]}
+
+
+def fan_out(state: CampaignState) -> list[Send]:
+    """One `generate` task per email request."""
+    run_dir = state["inputs"]["run_dir"]
+    return [Send(stages.GENERATE, {"request": r, "run_dir": run_dir}) for r in state.get("requests", [])]
+
+
+async def generate(payload: dict[str, Any], config: RunnableConfig, tools: Tools) -> CampaignState:
+    """One email: the kept one if it was paid for before, else the chain's, within the guard's bounds."""
+    request = EmailRequest.model_validate(payload["request"])
+    key = request_key(request)
+    kept = KeptEmails(Path(payload["run_dir"]))
+    earlier = kept.get(key)
+    if earlier is not None:  # generated before an interruption: not paid for again
+        return {"variants": {key: earlier}}
+    guard = tools.guard
+    async with guard.slots:
+        if not guard.dispatching:
+            return {"skipped": {key: guard.stopped_by or "stopped"}}
+        try:
+            variant = await tools.chain.ainvoke(request, config)
+        except Exception as exc:
+            if guard.outcome(exc) == "skipped":
+                return {"skipped": {key: guard.stopped_by or "interrupted"}}
+            return {"failures": {key: one_line(exc)}}
+    data = variant.model_dump(mode="json")
+    if is_final(variant):
+        # Ledger before file: an email is kept only once its calls are committed to the cost ledger.
+        for tracker in trackers_in(config.get("callbacks")):
+            if tracker.ledger is not None:
+                await tracker.ledger.aflush()
+        kept.keep(key, data)
+    return {"variants": {key: data}}
+
+
+def gather(state: CampaignState) -> CampaignState:
+    """Every email task has returned; nothing to change, `go_on` decides whether to go on."""
+    return {}
+
+
+def go_on(state: CampaignState) -> str:
+    """A stopped run (budget, Ctrl-C, credentials) ends here; `--resume` generates what is missing."""
+    return END if state.get("skipped") else stages.SCREEN
+
+
+def screen(state: CampaignState, config: RunnableConfig, tools: Tools) -> CampaignState:
+    """Screen every variant as it would be sent; each decision is a row of the audit chain (screening.json)."""
+    inputs = state["inputs"]
+    run_dir = Path(inputs["run_dir"])
+    policy = tools.policy or load_policy()
+    backend = tools.screen or build_screen(policy)
+    requests = {request_key(r): r for r in (EmailRequest.model_validate(x) for x in state.get("requests", []))}
+    run_id = str(config.get("configurable", {}).get("thread_id") or run_dir.name)
+    decisions = screen_variants(
+        state.get("variants") or {},
+        requests,
+        footer=campaign_of(inputs).unsubscribe,
+        screen=backend,
+        policy=policy,
+        audit=AuditLog(run_dir, run_id),
+        earlier=earlier_screening(run_dir, backend.name),
+        on_audit=tools.on_audit,
+    )
+    write_json(run_dir, SCREENING_FILE, decisions)
+    return {"screening": decisions}
+
+
+def review(state: CampaignState) -> CampaignState:
+    """With --review, pause for a person: `cpo review` records decisions, `--resume` brings them here."""
+    if not state["inputs"].get("review"):
+        return {}
+    pending = sorted(v for v, d in (state.get("screening") or {}).items() if not d["blocked"])
+    decisions = interrupt({"awaiting_review": pending})
+    return {"review": {v: decisions[v] for v in pending if v in decisions}}
+
+
+def assign(state: CampaignState) -> CampaignState:
+    """Every customer to one arm, deterministically from the seed and their id."""
+    inputs = state["inputs"]
+    campaign = campaign_of(inputs)
+    con = connect(inputs)
+    try:
+        result = assign_customers(
+            reopened(con, inputs, state["counts"]),
+            seed=inputs["seed"],
+            weights=campaign.allocation or None,
+            holdout=campaign.holdout,
+        )
+    finally:
+        con.close()
+    return {
+        "assignment": {
+            "total": result.total,
+            "per_arm": result.per_arm(),
+            "cells": [[s, a, n] for (s, a), n in sorted(result.cells.items())],
+            "small_cells": result.small_cells(),
+        }
+    }
+
+
+def export(state: CampaignState) -> CampaignState:
+    """What an email platform imports (and, with --render, one rendered email per customer)."""
+    inputs = state["inputs"]
+    variants, campaign, run_dir = ordered_variants(state), campaign_of(inputs), Path(inputs["run_dir"])
+    held = withheld(state)
+    con = connect(inputs)
+    try:
+        loaded = reopened(con, inputs, state["counts"])
+        personal = None
+        if inputs.get("per_customer"):
+            own = {k: EmailVariant.model_validate(v) for k, v in (state.get("variants") or {}).items()}
+            personal = personal_delivery(loaded, own, held)
+        delivery = export_campaign(
+            loaded, _segments(state), variants, campaign, run_dir, DEFAULT_ARMS, personal=personal, withheld=held
+        )
+        rendered = render_emails(loaded, variants, campaign, run_dir) if inputs.get("render") else None
+    finally:
+        con.close()
+    return {
+        "delivery": {
+            "substituted": delivery.substituted,
+            "unsent": delivery.unsent,
+            "rendered": rendered,
+            "withheld": held,
+        }
+    }

@@ -1,0 +1,152 @@
+"""The run directory: the names of its files, and `run.json`, which this module alone reads and writes.
+
+`run.json` records a run's inputs and their sha256 fingerprint, its options, versions, model, session
+and root run ids, stage seconds, status and exit code, and the safety audit's head. `--resume` takes
+the inputs and options from it and refuses inputs that changed since; `cpo audit verify` and
+`cpo review` read the run's id, ledger and audit head from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from cpo.campaign.campaign_file import default_campaign_file, load_campaign
+from cpo.campaign.state import Inputs
+from cpo.core.errors import InputError
+from cpo.core.files import write_atomically
+
+RUN_FILE = "run.json"
+DATABASE = "customers.duckdb"
+RETRIEVAL_FILE = "retrieval.json"
+SCREENING_FILE = "screening.json"
+REVIEW_FILE = "review.json"
+VARIANTS_FILE = "variants.json"
+COSTS_FILE = "costs.json"
+LOG_FILE = "log.jsonl"
+# What a finished run wrote, in the order `cpo run` lists them.
+OUTPUTS = (
+    "segments.csv",
+    RETRIEVAL_FILE,
+    VARIANTS_FILE,
+    SCREENING_FILE,
+    "safety_audit.csv",
+    "templates.json",
+    "assignments.csv",
+    "send_list.csv",
+    COSTS_FILE,
+)
+AUDIT_KEYS = ("audit_head", "audit_rows")
+
+
+def read_record(run_dir: Path, doing: str = "cannot resume") -> dict[str, Any]:
+    """A run's run.json; a missing, unreadable or hand-broken file is one line starting with `doing`."""
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"{doing} {run_dir}: it has no {RUN_FILE} (not a cpo run directory)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{doing} {run_dir}: {RUN_FILE} is unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{doing} {run_dir}: {RUN_FILE} is not a JSON object")
+    return data
+
+
+def run_id_of(run_dir: Path, record: dict[str, Any]) -> str:
+    """The run's id (the graph's thread id): as recorded, else the directory's name."""
+    return str(record.get("run_id") or run_dir.name)
+
+
+def record_run(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str], **extra: Any) -> None:
+    """Write run.json: the inputs, their fingerprint and whatever the caller adds (versions, model).
+
+    The audit chain's head, recorded as screening and review append to it, is kept unless given.
+    """
+    path = run_dir / RUN_FILE
+    kept = {}
+    if path.is_file():
+        old = read_record(run_dir, "cannot update")
+        kept = {k: old[k] for k in AUDIT_KEYS if k in old}
+    record = {"inputs": inputs, "fingerprint": fingerprint, **kept, **extra}
+    write_atomically(path, json.dumps(record, indent=2))
+
+
+def record_audit_head(run_dir: Path, head: str, rows: int, ledger: Any = None) -> None:
+    """Put the audit chain's latest hash into run.json and, when given, the cost ledger: its two copies."""
+    path = run_dir / RUN_FILE
+    record = read_record(run_dir, "cannot update") if path.is_file() else {}
+    record.update({"audit_head": head, "audit_rows": rows})
+    write_atomically(path, json.dumps(record, indent=2))
+    if ledger is not None:
+        ledger.record_audit_head(run_id_of(run_dir, record), head, rows)
+
+
+def read_json(run_dir: Path, name: str, default: Any = None) -> Any:
+    """One of the run's JSON files (screening.json, review.json, variants.json), or `default` if absent."""
+    path = run_dir / name
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is unreadable ({exc})") from None
+
+
+def write_json(run_dir: Path, name: str, data: Any) -> None:
+    """Replace one of the run's JSON files atomically: a reader or a kill -9 never sees half of it."""
+    write_atomically(run_dir / name, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None, limits: Path | None = None) -> dict[str, str]:
+    """sha256 of every input a campaign is built from: customers, campaign, rules, suppression, prompts, content,
+    the safety policy (and the limits file, when one is given).
+
+    `--resume` compares it with the run's `run.json` and refuses changed inputs: emails generated from
+    the old ones would be mixed with new ones.
+    """
+    from cpo.campaign.agents.safety import default_policy_file
+    from cpo.core.resources import bundled
+    from cpo.email.content import default_content_dir
+    from cpo.email.prompts import FILES
+
+    campaign_path = Path(inputs["campaign"]) if inputs["campaign"] else None
+    campaign = load_campaign(campaign_path)
+    prompts = prompts_dir or bundled("prompts")
+    files: dict[str, list[Path]] = {
+        "customers": [Path(inputs["customers"])],
+        "campaign": [campaign_path or default_campaign_file()],
+        "rules": [campaign.rules],
+        "suppress": [Path(inputs["suppress"])] if inputs["suppress"] else [],
+        "prompts": [prompts / name for name in FILES if (prompts / name).is_file()],
+        "content": sorted(default_content_dir().glob("*.md")),
+        "safety_policy": [default_policy_file()],
+    }
+    if limits is not None:
+        files["limits"] = [limits]
+    out = {}
+    for name, paths in files.items():
+        digest = hashlib.sha256()
+        for path in paths:
+            digest.update(path.name.encode() + b"\0")
+            try:
+                with path.open("rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+            except OSError as exc:
+                raise InputError(f"cannot read the {name} file {path}: {exc.strerror or exc}") from None
+        out[name] = digest.hexdigest()
+    out["seed"] = str(inputs["seed"])
+    return out
+
+
+def check_resume(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str]) -> None:
+    """Refuse to resume a run whose inputs changed, naming the first input that did."""
+    recorded = read_record(run_dir).get("fingerprint", {})
+    changed = [name for name in fingerprint if recorded.get(name) != fingerprint[name]]
+    if changed:
+        raise InputError(
+            f"cannot resume {run_dir}: its {changed[0]} changed since the run started; start a new run instead"
+        )

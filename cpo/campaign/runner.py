@@ -1,0 +1,313 @@
+"""`cpo run` as a library: drive the campaign graph, keep every paid email, report progress and stops.
+
+Promises, each tested in `tests/test_runner.py` and `tests/test_campaign_run.py`:
+
+- **Ledger before file.** An email is kept (in `emails/`, then `variants.json`) only after its calls
+  are committed to the cost ledger, so a killed run never leaves a produced email without its cost.
+- **Resume.** The graph is checkpointed (SQLite in the run directory, or Postgres); `--resume` goes on
+  from the last checkpoint in the same cost session and never pays again for a kept email.
+- **Ctrl-C.** The first SIGINT stops new emails, gives calls in flight a short grace period, then
+  cancels them (each becomes a call of unknown cost); emails whose calls completed are kept, the files
+  are written and the run ends with "interrupted: ..." and exit code 130. A second SIGINT writes the
+  files and exits at once.
+- **Budget.** A refusal stops new emails; calls in flight finish; exit code 3.
+- **Authentication.** The first 401/403 stops the run instead of failing every email the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import Runnable
+from langgraph.types import Command
+
+from cpo.accounting.tracker import CostTracker
+from cpo.campaign import stages
+from cpo.campaign.agents.segmentation import Segment
+from cpo.campaign.backends.content_index import ContentIndex
+from cpo.campaign.checkpoints import open_checkpointer
+from cpo.campaign.graph import build_pipeline
+from cpo.campaign.guard import Guard
+from cpo.campaign.kept import KeptEmails, request_key
+from cpo.campaign.nodes import Tools
+from cpo.campaign.rundir import COSTS_FILE, REVIEW_FILE, VARIANTS_FILE, read_json, write_json
+from cpo.campaign.runlog import RunLog
+from cpo.campaign.state import Inputs, merged, ordered_variants
+from cpo.core.cancel import current_stop
+from cpo.core.errors import ExitCode, InputError
+from cpo.core.models import EmailRequest, EmailVariant
+
+__all__ = ["CampaignRunner", "RunResult", "open_checkpointer"]
+
+GRACE_S = 0.5
+
+
+def produced_line(produced: int, total: int, tracker: CostTracker) -> str:
+    """'N of M emails, $X spent' (calls of unknown cost shown beside the known sum)."""
+    return f"{produced} of {total} emails, {tracker.session.cost_display} spent"
+
+
+def review_decisions(run_dir: Path, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The decisions `cpo review` recorded, for every variant awaiting one; a one-line error if any is missing."""
+    decisions: dict[str, dict[str, Any]] = read_json(run_dir, REVIEW_FILE, {})
+    pending = [v for v, d in (state.get("screening") or {}).items() if not d["blocked"]]
+    missing = [v for v in pending if v not in decisions]
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(pending)} variants await a review decision (e.g. {missing[0]}): "
+            f"cpo review {run_dir}"
+        )
+    return decisions
+
+
+@dataclass
+class RunResult:
+    """What a run produced and why it ended."""
+
+    run_dir: Path
+    total: int = 0
+    variants: list[EmailVariant] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    not_run: int = 0
+    stopped_by: str | None = None  # "budget" | "auth" | "config" | "interrupted" | "review"
+    stop_message: str | None = None
+    segments: list[Segment] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    assignment: dict[str, Any] = field(default_factory=dict)
+    delivery: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    per_customer: bool = False
+    screening: dict[str, Any] = field(default_factory=dict)
+    review: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.stopped_by == "review":
+            return ExitCode.REVIEW
+        if self.stopped_by == "interrupted":
+            return ExitCode.INTERRUPTED
+        if self.stopped_by == "budget":
+            return ExitCode.BUDGET
+        if self.stopped_by in ("auth", "config"):
+            return ExitCode.BAD_INPUT
+        return ExitCode.FAILED if self.failures else ExitCode.OK
+
+
+class CampaignRunner:
+    """Runs (or resumes) one campaign thread of the graph with at most `concurrency` emails in flight."""
+
+    def __init__(
+        self,
+        inputs: Inputs,
+        chain: Runnable[EmailRequest, EmailVariant],
+        tracker: CostTracker,
+        *,
+        run_id: str,
+        root_run_id: str,
+        concurrency: int = 4,
+        checkpoint_url: str | None = None,
+        index: ContentIndex | None = None,
+        on_audit: Callable[[str, int], None] | None = None,
+        log: RunLog | None = None,
+        extra: dict[str, Any] | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+        say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    ) -> None:
+        self.inputs, self.chain, self.tracker = inputs, chain, tracker
+        self.run_dir = Path(inputs["run_dir"])
+        self.run_id, self.root_run_id = run_id, root_run_id
+        self.guard = Guard(concurrency)
+        self.checkpoint_url = checkpoint_url
+        self.index, self.on_audit = index, on_audit
+        self.log = log
+        self.extra = extra or {}
+        self.on_progress = on_progress
+        self.say = say
+        self.result = RunResult(run_dir=self.run_dir)
+        self._state: dict[str, Any] = {}
+        self._sigints = 0
+        self._started = time.perf_counter()
+        self._mark = self._started
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def _kept_variants(self) -> list[EmailVariant]:
+        """Emails in request order: those in graph state, else those kept on disk (after a second Ctrl-C)."""
+        state = dict(self._state)
+        state["variants"] = {**KeptEmails(self.run_dir).all(), **(state.get("variants") or {})}
+        return ordered_variants(state)
+
+    def save(self) -> None:
+        """variants.json (emails whose costs are committed) and costs.json, both replaced atomically."""
+        produced = self._kept_variants()
+        write_json(self.run_dir, VARIANTS_FILE, [v.model_dump(mode="json") for v in produced])
+        write_json(
+            self.run_dir,
+            COSTS_FILE,
+            {
+                **self.tracker.summary(),
+                **self.extra,
+                "emails": {"requested": self.result.total, "produced": len(produced)},
+                "stopped_by": self.guard.stopped_by,
+                "variants": {v.variant_id: {"run_id": v.run_id, **v.usage.to_json_dict()} for v in produced},
+                "errors": self.result.failures,
+            },
+        )
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        loop = asyncio.get_running_loop()
+        token = current_stop.set(self.guard.signal)
+        installed = self._install_sigint(loop)
+        try:
+            async with open_checkpointer(self.run_dir, self.checkpoint_url) as saver:
+                on_excluded = self.log.excluded if self.log is not None else None
+                tools = Tools(self.chain, self.guard, on_excluded, index=self.index, on_audit=self.on_audit)
+                graph = build_pipeline(tools, saver)
+                config: Any = {
+                    "configurable": {"thread_id": self.run_id},
+                    "callbacks": [self.tracker],
+                    "run_id": self.root_run_id,
+                    "run_name": f"campaign {self.run_id}",
+                }
+                snapshot = await graph.aget_state(config)
+                start: Any = {"inputs": self.inputs}
+                if snapshot.next:  # killed mid-way, or paused for review: go on from the last checkpoint
+                    start = None
+                    self._state = dict(snapshot.values)
+                    if any(task.interrupts for task in snapshot.tasks):
+                        start = Command(resume=review_decisions(self.run_dir, self._state))
+                    else:
+                        self._started_generation()
+                async for chunk in graph.astream(start, config, stream_mode="updates"):
+                    for node, update in chunk.items():
+                        if node == "__interrupt__":
+                            self.guard.halt("review")
+                            continue
+                        self._on_update(node, update or {})
+                self._state = dict((await graph.aget_state(config)).values)
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+            current_stop.reset(token)
+        self._finish()
+        self.save()
+        return self.result
+
+    def _started_generation(self) -> None:
+        self.result.total = len(self._state.get("requests", []))
+        self._progress(stages.GENERATE, 0, self.result.total)
+
+    def _lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.result.timings[stage] = round(now - self._mark, 3)
+        self._mark = now
+        if self.log is not None:
+            self.log.event("stage", stage=stage, seconds=self.result.timings[stage])
+
+    def _on_update(self, node: str, update: dict[str, Any]) -> None:
+        """One node finished: generate tasks count emails; every other node ends its stage."""
+        if node == stages.GENERATE:
+            self._one_email(update)
+            return
+        if node == stages.GATHER:  # after the last email task
+            self._lap(stages.GENERATE)
+            return
+        if node not in stages.STAGE_NODES:  # e.g. LangGraph's own "__metadata__" on a resumed thread
+            return
+        self._state.update(update)
+        self._lap(node)
+        self._progress(node, 1, 1)
+        self._log_stage(node, update)
+        if node == stages.RETRIEVE:
+            self._started_generation()
+
+    def _log_stage(self, node: str, update: dict[str, Any]) -> None:
+        if self.log is None:
+            return
+        if node == stages.LOAD_SEGMENT:
+            self.log.event("segments", counts=update["counts"], segments=[s["name"] for s in update["segments"]])
+        elif node == stages.SCREEN:
+            for decision in (update.get("screening") or {}).values():
+                self.log.event(
+                    "screened",
+                    variant_id=decision["variant_id"],
+                    blocked=decision["blocked"],
+                    reasons=decision["reasons"],
+                    backend=decision["backend"],
+                )
+        elif node in (stages.ASSIGN, stages.EXPORT):
+            self.log.event(node, **update)
+
+    def _one_email(self, update: dict[str, Any]) -> None:
+        for name in ("variants", "failures", "skipped"):
+            self._state[name] = merged(self._state.get(name), update.get(name) or {})
+        done = sum(len(self._state.get(n) or {}) for n in ("variants", "failures", "skipped"))
+        self._progress(stages.GENERATE, done, self.result.total)
+        if self.log is None:
+            return
+        for data in (update.get("variants") or {}).values():
+            v = EmailVariant.model_validate(data)
+            self.log.event(
+                "email",
+                segment=v.segment,
+                tone=v.tone,
+                variant_id=v.variant_id,
+                valid=v.valid,
+                issues=sorted(v.validation.codes),
+                attempts=v.attempts,
+                tokens=v.usage.total_tokens,
+                cost=v.usage.cost_display,
+            )
+        for key, error in (update.get("failures") or {}).items():
+            self.log.event("email_failed", request=key, error=error)
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
+
+    def _finish(self) -> None:
+        state, result = self._state, self.result
+        requests = [EmailRequest.model_validate(r) for r in state.get("requests", [])]
+        labels = {request_key(r): f"{r.segment.name} / {r.tone}" for r in requests}
+        result.total = len(requests)
+        result.variants = ordered_variants(state)
+        result.failures = [f"{labels.get(k, k)}: {e}" for k, e in (state.get("failures") or {}).items()]
+        result.not_run = len(state.get("skipped") or {})
+        result.stopped_by, result.stop_message = self.guard.stopped_by, self.guard.stop_message
+        result.segments = [Segment(**s) for s in state.get("segments", [])]
+        result.per_customer = bool(self.inputs.get("per_customer"))
+        result.counts = dict(state.get("counts", {}))
+        result.assignment = dict(state.get("assignment", {})) if not state.get("skipped") else {}
+        result.delivery = dict(state.get("delivery", {})) if not state.get("skipped") else {}
+        result.screening = dict(state.get("screening") or {})
+        result.review = dict(state.get("review") or {})
+
+    # -- Ctrl-C -----------------------------------------------------------------------------------
+
+    def _install_sigint(self, loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            loop.add_signal_handler(signal.SIGINT, self._on_sigint, loop)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+            return False
+        return True
+
+    def _on_sigint(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sigints += 1
+        if self._sigints > 1:
+            self.save()
+            line = produced_line(len(self._kept_variants()), self.result.total, self.tracker)
+            self.say(f"interrupted again: {line}; exiting now")
+            os._exit(ExitCode.INTERRUPTED)
+        self.guard.halt("interrupted")
+        self.say(f"stopping: waiting up to {GRACE_S:g} s for calls in flight (Ctrl-C again to quit now)")
+        loop.call_later(GRACE_S, self.guard.signal.stop)

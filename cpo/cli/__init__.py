@@ -1,0 +1,73 @@
+"""The `cpo` command line: a thin shell over the library. Errors become one line and an exit code.
+
+Only the standard library is imported at start-up, so `cpo --help`, `cpo --version` and argument
+errors answer at once; each command's module is imported when it runs. Every string that comes from
+the user or a model is printed as data, never as Rich markup (`cpo.cli.output`). Exit codes are
+`cpo.core.errors.ExitCode`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from importlib import import_module
+
+from cpo.cli.output import say, setup_logging
+from cpo.cli.parser import build_parser
+from cpo.core.errors import ExitCode
+
+__all__ = ["build_parser", "main"]
+
+# Command -> (module, function): imported when the command runs.
+COMMANDS = {
+    "run": ("cpo.cli.run", "cmd_run"),
+    "review": ("cpo.cli.commands", "cmd_review"),
+    "audit": ("cpo.cli.commands", "cmd_audit"),
+    "index": ("cpo.cli.commands", "cmd_index"),
+    "generate": ("cpo.cli.commands", "cmd_generate"),
+    "try-prompts": ("cpo.cli.commands", "cmd_try_prompts"),
+    "costs": ("cpo.cli.commands", "cmd_costs"),
+    "check": ("cpo.cli.check", "cmd_check"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a command and turn expected errors into one line on stderr and an exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:
+        parser.print_help()
+        return ExitCode.BAD_INPUT
+    setup_logging()
+    args.session_name = shlex.join(["cpo", *(sys.argv[1:] if argv is None else argv)])
+    module, name = COMMANDS[args.command]
+    try:
+        return int(getattr(import_module(module), name)(args))
+    except KeyboardInterrupt:
+        say("interrupted", stderr=True)
+        return ExitCode.INTERRUPTED
+    except Exception as exc:
+        return _fail(exc)
+
+
+def _fail(exc: Exception) -> int:
+    """The one place an error becomes a line and an exit code; anything unexpected keeps its traceback."""
+    from cpo.core.errors import CpoError
+
+    if isinstance(exc, CpoError):
+        say(f"error: {exc}", stderr=True)
+        return int(exc.exit_code)
+    import openai
+
+    from cpo.net.faults import one_line
+
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        say(f"error: the endpoint refused the credentials: {one_line(exc)}", stderr=True)
+        return ExitCode.BAD_INPUT
+    if isinstance(exc, openai.OpenAIError):
+        say(f"error: the model endpoint failed: {one_line(exc)}", stderr=True)
+        return ExitCode.FAILED
+    raise exc

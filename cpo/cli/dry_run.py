@@ -1,0 +1,74 @@
+"""`cpo run --dry-run`: check every input, show the segments and what the emails would cost; write nothing.
+
+The customers are loaded and segmented in memory exactly as a real run would, so a bad file fails here
+with the same one-line error. The cost is a range for the first drafts, computed from their prompts
+(counted locally) and the output limit; repairs add calls only for failing drafts and are not guessed.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from cpo.campaign.agents.assignment import DEFAULT_ARMS
+from cpo.campaign.planning import plan_campaign
+from cpo.campaign.state import Inputs
+from cpo.cli.output import console, say
+from cpo.core.usage import TokenCounts, format_usd
+from cpo.net.tokens import count_tokens
+
+
+def dry_run(inputs: Inputs, ctx: Any, index: Any) -> int:
+    """Print the segments, their snippets and the first drafts' cost range; return the exit code (0)."""
+    import duckdb
+    from rich.table import Table
+    from rich.text import Text
+
+    con = duckdb.connect()
+    try:
+        loaded, segments, found, requests = plan_campaign(inputs, con, index)
+    finally:
+        con.close()
+
+    table = Table(title=Text(f"dry run: {Path(inputs['customers']).name}"))
+    for col in ("segment", "rule", "customers", "share", "emails", "snippets (retrieved)"):
+        table.add_column(col, justify="right" if col in ("customers", "share", "emails") else "left")
+    for s in segments:
+        emails = len(DEFAULT_ARMS) if s.size else 0
+        if inputs.get("per_customer"):
+            emails = sum(r.segment.name == s.name for r in requests)
+        used = ", ".join(found[s.name].used) if s.name in found else ""
+        table.add_row(
+            Text(s.name), Text(s.rule), Text(str(s.size)), Text(f"{s.share:.1%}"), Text(str(emails)), Text(used)
+        )
+    console().print(table)
+    say(
+        f"customers: {loaded.total} in the file, {loaded.no_consent} without consent, {loaded.suppressed} "
+        f"suppressed, {loaded.eligible} in the campaign"
+    )
+
+    model = "cpo-offline" if ctx.source == "offline" else ctx.tracker.model_hint({"model": ctx.settings.model_name})
+    prompt_tokens = sum(count_tokens(ctx.chain.prompts.render(r, ctx.limits), model) for r in requests)
+    output_limit = ctx.settings.max_output_tokens
+    low = ctx.tracker.prices.cost(model, TokenCounts(input_tokens=prompt_tokens), warn=False) if model else None
+    high = (
+        ctx.tracker.prices.cost(
+            model, TokenCounts(input_tokens=prompt_tokens, output_tokens=output_limit * len(requests)), warn=False
+        )
+        if model
+        else None
+    )
+    say(
+        f"emails: {len(requests)} first drafts, {prompt_tokens} prompt tokens (counted locally), at most "
+        f"{output_limit} output tokens each"
+    )
+    if low is None or high is None:
+        say(f"cost: unknown, no price for model {model or '(not named: set CPO_MODEL_NAME)'}")
+    else:
+        say(f"cost of the first drafts: {format_usd(low)} to {format_usd(high)} ({model})")
+    repairs = ctx.chain.max_repairs
+    if repairs and (high is None or high > Decimal(0)):
+        say(f"repairs (up to {repairs} rounds) add calls for drafts that fail their checks; cap them with --max-usd")
+    say("dry run: nothing was written and no model was called")
+    return 0

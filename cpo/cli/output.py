@@ -1,0 +1,89 @@
+"""What the CLI prints: plain lines (never markup), Rich tables of data, and cpo's warnings on stderr.
+
+Every string that comes from the user or a model is printed as data: `say` prints plain text, and
+tables are built from `rich.text.Text`, never from markup strings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cpo.core.models import EmailVariant
+    from cpo.core.usage import Usage
+
+
+def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output is not squeezed into 80 columns: wide tables stay readable in logs and CI.
+    return Console(file=stream, soft_wrap=True, width=None if stream.isatty() else 160, highlight=False, emoji=False)
+
+
+def say(text: str, *, stderr: bool = False) -> None:
+    """One plain line: never markup, never highlighted."""
+    print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
+
+
+class StderrLines(logging.Handler):
+    """cpo's log records (warnings and up) as `warning: ...` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        say(f"{record.levelname.lower()}: {record.getMessage()}", stderr=True)
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("cpo")
+    if not any(isinstance(h, StderrLines) for h in logger.handlers):
+        logger.addHandler(StderrLines(logging.WARNING))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def tick(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def totals_line(label: str, usage: Usage) -> str:
+    refused = f", {usage.refused_calls} format refusal(s), not billed" if usage.refused_calls else ""
+    return (
+        f"{label}: {usage.calls} calls ({usage.failed_calls} failed{refused}), {usage.input_tokens} input + "
+        f"{usage.output_tokens} output = {usage.total_tokens} tokens, {usage.cost_display}"
+    )
+
+
+def quality_line(variants: list[EmailVariant]) -> str:
+    """'valid: 7 of 8 (5 first time, 2 after repairs; 6 with no normalization)'."""
+    valid = [v for v in variants if v.valid]
+    first = sum(v.attempts == 1 for v in valid)
+    untouched = sum(v.valid_before_normalization for v in valid)
+    return (
+        f"valid: {len(valid)} of {len(variants)} ({first} first time, {len(valid) - first} after repairs; "
+        f"{untouched} with no normalization)"
+    )
+
+
+def variants_table(variants: list[EmailVariant], title: str) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title))
+    for col in ("segment", "tone", "valid", "subject", "tokens", "cost", "attempts"):
+        numeric = col in ("tokens", "cost", "attempts")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "subject")
+    for v in variants:
+        table.add_row(
+            Text(v.segment),
+            Text(v.tone),
+            Text(tick(v.valid), style="green" if v.valid else "red"),
+            Text(v.subject),
+            Text(str(v.usage.total_tokens)),
+            Text(v.usage.cost_display),
+            Text(str(v.attempts)),
+        )
+    return table

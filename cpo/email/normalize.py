@@ -1,0 +1,121 @@
+"""The closed list of changes cpo makes to a model's email text, and the body as sent.
+
+The model writes the subject and the paragraphs; cpo writes the greeting and the sign-off from the
+request's `Sender`. Before checking, cpo applies only these normalizations, each recorded on the
+variant so nobody mistakes cpo's edits for the model's work:
+
+- `subject_label`: a leading `Subject:` label removed from the subject, or a `Subject: ...` line from
+  the top of the body.
+- `markdown_emphasis`: `**bold**`, `__bold__` and `*italic*` markers removed, the words kept.
+- `greeting_replaced`: a greeting the model wrote anyway (`Dear [Customer Name],`) removed, because
+  cpo's own greeting is added.
+- `sign_off_replaced`: a sign-off the model wrote anyway (`Best regards,\\n[Your Name]`) removed, because
+  cpo's own sign-off is added.
+
+Nothing else: text is never truncated, padded or reworded here. A draft that is too long or too short
+goes back to the model with the measured length and the target.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cpo.core.models import EmailDraft, EmailRequest, Normalization
+
+SUBJECT_LABEL = re.compile(r"^\s*[*_#>\s]*subject\s*[*_]*\s*:\s*[*_]*\s*", re.IGNORECASE)
+BODY_SUBJECT_LINE = re.compile(r"\A\s*[*_#>\s]*subject\s*[*_]*\s*:[^\n]*\n+", re.IGNORECASE)
+EMPHASIS = (
+    re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL),
+    re.compile(r"(?<![\w_])__(?=\S)(.+?)(?<=\S)__(?![\w_])", re.DOTALL),
+    re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])"),
+)
+GREETING = re.compile(
+    r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening))\b[^\n]{0,60}?[,:!.]?[ \t]*$",
+    re.IGNORECASE,
+)
+CLOSING = re.compile(
+    r"^(?:(?:best|kind|warm|warmest|with)?\s*regards|best(?: wishes)?|warm(?:est)? wishes|sincerely|"
+    r"yours(?: sincerely| truly)?|cheers|thanks|thank you|many thanks|all the best|talk soon)\b[^\n]{0,30}[,!.]?$",
+    re.IGNORECASE,
+)
+SIGNATURE_LINE_WORDS = 7
+MERGE_TAG = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*(?:\|\s*default:\s*\"(?P<fallback>[^\"]*)\"\s*)?\}\}")
+
+
+def _strip_greeting(body: str) -> tuple[str, str | None]:
+    lines = body.lstrip().split("\n")
+    first = lines[0].strip()
+    if first and len(first.split()) <= 8 and GREETING.match(first):
+        return "\n".join(lines[1:]).lstrip("\n"), first
+    return body, None
+
+
+def _strip_sign_off(body: str) -> tuple[str, str | None]:
+    """A closing line near the end followed only by short signature lines (names, titles, placeholders)."""
+    lines = body.rstrip().split("\n")
+    for i in range(len(lines) - 1, max(-1, len(lines) - 6), -1):
+        line = lines[i].strip()
+        if CLOSING.match(line) and len(line.split()) <= 5:
+            tail = [t.strip() for t in lines[i + 1 :] if t.strip()]
+            if all(len(t.split()) <= SIGNATURE_LINE_WORDS for t in tail):
+                return "\n".join(lines[:i]).rstrip(), "\n".join([line, *tail])
+            return body, None
+    return body, None
+
+
+def normalize(draft: EmailDraft) -> tuple[EmailDraft, list[Normalization]]:
+    """The draft after the closed list of normalizations, and what was changed."""
+    done: list[Normalization] = []
+    subject, body = draft.subject.strip(), draft.body.strip()
+
+    if SUBJECT_LABEL.match(subject):
+        subject = SUBJECT_LABEL.sub("", subject, count=1).strip()
+        done.append(Normalization(code="subject_label", detail="removed a 'Subject:' label from the subject"))
+    if BODY_SUBJECT_LINE.match(body):
+        body = BODY_SUBJECT_LINE.sub("", body, count=1).strip()
+        done.append(Normalization(code="subject_label", detail="removed a 'Subject: ...' line from the body"))
+
+    marked = 0
+    for pattern in EMPHASIS:
+        subject, n_subject = pattern.subn(r"\1", subject)
+        body, n_body = pattern.subn(r"\1", body)
+        marked += n_subject + n_body
+    if marked:
+        done.append(
+            Normalization(code="markdown_emphasis", detail=f"removed {marked} markdown emphasis marker pair(s)")
+        )
+
+    body, greeting = _strip_greeting(body)
+    if greeting is not None:
+        done.append(Normalization(code="greeting_replaced", detail=f"replaced the model's greeting {greeting!r}"))
+    body, sign_off = _strip_sign_off(body)
+    if sign_off is not None:
+        done.append(Normalization(code="sign_off_replaced", detail=f"replaced the model's sign-off {sign_off!r}"))
+    return draft.model_copy(update={"subject": subject, "body": body}), done
+
+
+def paragraphs(text: str) -> list[str]:
+    """Paragraphs separated by blank lines, each with its inner whitespace kept."""
+    return [p.strip() for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+
+
+def body_as_sent(request: EmailRequest, model_body: str) -> str:
+    """cpo's greeting, the model's paragraphs, cpo's sign-off: the text the limits apply to."""
+    sender = request.sender
+    greeting = sender.greeting_line(request.merge_fields.get("first_name"))
+    return "\n\n".join([greeting, *paragraphs(model_body), sender.sign_off])
+
+
+def as_read(text: str) -> str:
+    """The text as a customer reads it: each Liquid merge tag shown as its fallback (or removed)."""
+    return MERGE_TAG.sub(lambda m: m.group("fallback") or "", text)
+
+
+def word_count(text: str) -> int:
+    """Words as a reader sees them, so `{{ first_name | default: "there" }}` counts as one word."""
+    return len(as_read(text).split())
+
+
+def frame_words(request: EmailRequest) -> int:
+    """Words cpo adds around the model's paragraphs."""
+    return word_count(body_as_sent(request, ""))

@@ -1,0 +1,192 @@
+"""Checks every draft must pass before it is reported valid: format, length, citations, grounding, lint."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cpo.core.errors import ConfigError
+from cpo.core.files import load_yaml_model
+from cpo.core.models import GREETING_TAG, EmailDraft, EmailRequest, ValidationIssue, ValidationReport
+from cpo.email.grounding import check_grounding
+from cpo.email.normalize import frame_words, word_count
+
+NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:[.,]\d+)*%?")
+LABEL = re.compile(r"^\s*[*_#>`\s]*(subject|body|title|preview)\s*[*_]*\s*:", re.IGNORECASE | re.MULTILINE)
+MARKDOWN = re.compile(r"\*\*|__|^\s*#{1,6}\s|`|\[[^\]]+\]\([^)]+\)", re.MULTILINE)
+PLACEHOLDER = re.compile(
+    r"\{\{[^{}]*\}\}|\{%[^%]*%\}|\[(?:[A-Z][\w .'-]*|[a-z_]+)\]|\{\{?\s*[A-Za-z_][\w.]*\s*\}?\}"
+    r"|<\s*[a-z_]+\s*>|%[A-Z_]+%|\bXX+\b"
+)
+CAPS_WORD = re.compile(r"\b[A-Z]{4,}\b")
+
+
+class ValidationLimits(BaseModel):
+    """Tunable limits (defaults from the earlier spec); load overrides from YAML with `from_file`."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject_min_chars: int = Field(1, ge=1)
+    subject_max_chars: int = Field(60, ge=1)
+    body_min_words: int = Field(150, ge=1)
+    body_max_words: int = Field(200, ge=1)
+    min_citations: int = Field(2, ge=0)
+    urgency_phrases: list[str] = Field(
+        default_factory=lambda: [
+            "act now",
+            "last chance",
+            "limited time",
+            "hurry",
+            "urgent",
+            "today only",
+            "don't miss",
+            "final hours",
+            "expires",
+            "now or never",
+            "once in a lifetime",
+            "ends tonight",
+        ]
+    )
+    max_urgency_phrases: int = Field(1, ge=0)
+    allowed_caps: list[str] = Field(default_factory=lambda: ["USD", "FAQ", "NOTE"])
+
+    @classmethod
+    def from_file(cls, path: Path) -> ValidationLimits:
+        return load_yaml_model(path, cls, "limits file", ConfigError, empty_ok=True)
+
+
+def numbers_in(text: str) -> set[str]:
+    """Normalised numeric tokens: '$4.99' -> '4.99', '2,418' -> '2418', '35%' -> '35'."""
+    out = set()
+    for match in NUMBER.findall(text):
+        value = match.lstrip("$").rstrip("%").rstrip(".,")
+        out.add(value.replace(",", ""))
+    return out
+
+
+SUBJECT_CODES = frozenset(
+    {"subject_length", "subject_format", "subject_caps", "subject_punctuation", "subject_urgency"}
+)
+
+
+def validate_draft(
+    draft: EmailDraft, request: EmailRequest, limits: ValidationLimits | None = None
+) -> ValidationReport:
+    """Every rule the email as sent must pass; valid only if no issue was found.
+
+    `draft.body` is the body as sent (cpo's greeting and sign-off included). Each message states the
+    measured value and the target in units a model can act on, because it doubles as the repair request.
+    """
+    limits = limits or ValidationLimits()
+    issues: list[ValidationIssue] = []
+
+    def fail(code: str, message: str, field: str, excerpts: list[str] | None = None) -> None:
+        issues.append(
+            ValidationIssue(code=code, message=message, field=field, excerpts=excerpts or [])  # type: ignore[arg-type]
+        )
+
+    subject, body = draft.subject.strip(), draft.body.strip()
+    words = word_count(body)
+    if len(subject) > limits.subject_max_chars:
+        fail(
+            "subject_length",
+            f"the subject is {len(subject)} characters; rewrite it in at most {limits.subject_max_chars}",
+            "subject",
+        )
+    elif len(subject) < limits.subject_min_chars:
+        fail(
+            "subject_length",
+            f"the subject is empty; write one of at most {limits.subject_max_chars} characters",
+            "subject",
+        )
+    if LABEL.search(subject) or MARKDOWN.search(subject):
+        fail("subject_format", "the subject has a 'Subject:' label or markdown; write plain text only", "subject")
+    if LABEL.search(body) or MARKDOWN.search(body):
+        found = [m.group(0).strip() for m in (LABEL.search(body), MARKDOWN.search(body)) if m]
+        fail(
+            "body_format",
+            "the body has 'Subject:'/'Body:' labels or markdown (**, #, `); write plain text",
+            "body",
+            found,
+        )
+    if not limits.body_min_words <= words <= limits.body_max_words:
+        frame = frame_words(request)
+        own = words - frame
+        low, high = max(1, limits.body_min_words - frame), limits.body_max_words - frame
+        verb = "add to" if words < limits.body_min_words else "cut"
+        fail(
+            "body_length",
+            f"the body is {words} words with greeting and sign-off (limit {limits.body_min_words}-"
+            f"{limits.body_max_words}); your paragraphs are {own} words: {verb} them to {low}-{high} words in total",
+            "body",
+        )
+
+    cited: list[str] = []
+    unknown: list[str] = []
+    for cid in dict.fromkeys(c.strip() for c in draft.citations):
+        (cited if request.snippet(cid) else unknown).append(cid)
+    if unknown:
+        fail(
+            "unknown_citation",
+            f"citations {', '.join(repr(u) for u in unknown)} are not supplied snippets; "
+            f"cite only: {', '.join(s.id for s in request.snippets)}",
+            "citations",
+        )
+    if len(cited) < limits.min_citations:
+        fail(
+            "too_few_citations",
+            f"the email cites {len(cited)} valid snippet(s); cite at least {limits.min_citations} of: "
+            f"{', '.join(s.id for s in request.snippets)}",
+            "citations",
+        )
+
+    for problem in check_grounding(
+        f"{subject}\n\n{body}",
+        [s for s in request.snippets if s.id in cited],
+        request.offer,
+        others=[s for s in request.snippets if s.id not in cited],
+        vocabulary=request.vocabulary,
+    ):
+        in_subject = bool(problem.sentence.strip()) and problem.sentence.strip() in subject
+        fail("ungrounded_claim", problem.message, "subject" if in_subject else "body", [problem.sentence.strip()])
+
+    shown = f"{subject}\n{body}".replace(GREETING_TAG, "")
+    placeholders = sorted(set(PLACEHOLDER.findall(shown)))
+    if placeholders:
+        fail(
+            "placeholder",
+            f"unresolved placeholders {', '.join(placeholders)}; write the words themselves (cpo adds the greeting "
+            "and sign-off)",
+            "subject" if all(p in subject for p in placeholders) else "body",
+            placeholders,
+        )
+
+    _lint_subject(subject, limits, fail)
+    return ValidationReport(
+        valid=not issues, issues=issues, subject_chars=len(subject), body_words=words, citations=len(cited)
+    )
+
+
+def _lint_subject(subject: str, limits: ValidationLimits, fail: Callable[[str, str, str], None]) -> None:
+    """Spam-trigger lint: shouting, stacked punctuation, piled-up urgency."""
+    letters = [c for c in subject if c.isalpha()]
+    caps = [w for w in CAPS_WORD.findall(subject) if w not in limits.allowed_caps]
+    if (len(letters) >= 8 and sum(c.isupper() for c in letters) / len(letters) > 0.6) or caps:
+        fail(
+            "subject_caps",
+            f"the subject shouts in capitals ({', '.join(caps) or 'mostly upper case'}); use sentence case",
+            "subject",
+        )
+    if re.search(r"[!?]{2,}", subject):
+        fail("subject_punctuation", "the subject stacks exclamation or question marks; use one at most", "subject")
+    lowered = subject.lower()
+    found = [p for p in limits.urgency_phrases if p in lowered]
+    if len(found) > limits.max_urgency_phrases:
+        fail(
+            "subject_urgency",
+            f"the subject stacks {len(found)} urgency phrases ({', '.join(found)}); "
+            f"keep at most {limits.max_urgency_phrases}",
+            "subject",
+        )
