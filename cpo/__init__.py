@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from cpo.core.version import __version__ as __version__
 
 _EXPORTS: dict[str, str] = {
     "BudgetExceeded": "cpo.core.errors",

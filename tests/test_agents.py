@@ -255,6 +255,55 @@ def test_a_bad_campaign_file_names_the_key(tmp_path: Path) -> None:
         load_campaign(path)
 
 
+def campaign_copy(tmp_path: Path, extra: str) -> Path:
+    """The sample campaign file with `extra` YAML appended, its rules path made absolute."""
+    good = (bundled("data") / "campaign.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "campaign.yaml"
+    rules = f"rules: {bundled('data') / 'segment_rules.yaml'}"
+    path.write_text(good.replace("rules: segment_rules.yaml", rules) + extra, encoding="utf-8")
+    return path
+
+
+def test_the_campaign_files_tiers_and_brand_words_reach_every_request(tmp_path: Path) -> None:
+    from cpo.core.models import Vocabulary
+
+    snippets = load_snippets()
+    default = load_campaign(snippets=snippets)
+    assert default.vocabulary == Vocabulary()  # the sample names none: the defaults
+    own = load_campaign(campaign_copy(tmp_path, "tiers: [Basic, Pro]\nbrand_words: [Acme]\n"), snippets)
+    assert own.vocabulary == Vocabulary(tiers=("Basic", "Pro"), brand_words=("Acme",))
+    loaded = load_customers(SAMPLE)
+    requests = email_requests(segment_customers(loaded, own.rules), own, snippets, DEFAULT_ARMS)
+    assert requests and all(r.vocabulary == own.vocabulary for r in requests)
+
+
+def test_the_request_vocabulary_is_what_validation_checks_entities_with() -> None:
+    """A wrong tier is caught for the tiers the campaign names, not for the sample's."""
+    from cpo.core.models import EmailDraft, Fact, Snippet, Vocabulary
+    from cpo.email.content import ContentBundle
+    from cpo.email.validation import validate_draft
+
+    base = ContentBundle.load().request("High-Value Recent", "friendly")
+    credit = Snippet(id="pro-credit", title="Credit", text="Basic members get a $25 credit.",
+                     facts=(Fact(value="$25", unit="USD", entity="Basic"),))  # fmt: skip
+    request = base.model_copy(update={"snippets": [*base.snippets, credit]})
+    draft = EmailDraft(subject="A credit for you", body="Pro members get a $25 credit.", citations=["pro-credit"])
+    codes = {i.message for i in validate_draft(draft, request).issues if i.code == "ungrounded_claim"}
+    assert not codes  # "Pro" is no tier of the sample: nothing ties the $25 to another tier
+    custom = request.model_copy(update={"vocabulary": Vocabulary(tiers=("Basic", "Pro"), brand_words=())})
+    codes = {i.message for i in validate_draft(draft, custom).issues if i.code == "ungrounded_claim"}
+    assert any("$25" in m and "Basic" in m for m in codes)
+
+
+def test_tiers_and_brand_words_must_be_words(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"campaign file .*: tiers: .*non-empty word"):
+        load_campaign(campaign_copy(tmp_path, 'tiers: [Gold, " "]\n'))
+    with pytest.raises(InputError, match=r"campaign file .*: tiers: .*unique"):
+        load_campaign(campaign_copy(tmp_path, "tiers: [Gold, gold]\n"))
+    with pytest.raises(InputError, match=r"campaign file .*: tiers: List should have at least 1 item"):
+        load_campaign(campaign_copy(tmp_path, "tiers: []\n"))
+
+
 def run_campaign(tmp_path: Path) -> tuple[Any, list[Any], list[Any], Any]:
     snippets = load_snippets()
     campaign = load_campaign(snippets=snippets)

@@ -134,14 +134,6 @@ def test_a_timed_out_attempt_is_a_call_of_unknown_cost(live_server: Any) -> None
     assert tracker.budget is not None and tracker.budget.settled > session.cost_usd  # the reservation is kept
 
 
-def test_the_transports_wrap_httpcores_network_backend() -> None:
-    """cpo relies on httpx2 transports keeping their httpcore pool in `_pool`: pin it."""
-    from cpo.net.transport import _AsyncBackend, _Backend
-
-    assert isinstance(BoundedTransport()._pool._network_backend, _Backend)
-    assert isinstance(AsyncBoundedTransport()._pool._network_backend, _AsyncBackend)
-
-
 def test_environment_proxies_are_resolved_for_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """httpx ignores proxy variables once a transport is given, so cpo resolves them itself."""
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")

@@ -156,28 +156,6 @@ def test_endpoint_without_key_uses_an_entra_token_provider(monkeypatch: pytest.M
     assert model.openai_api_key is None
 
 
-def test_langchain_openai_still_raises_the_content_filter_error_cpo_converts() -> None:
-    """CpoAzureChatOpenAI relies on AzureChatOpenAI._create_chat_result raising a ValueError that says
-    "content filter" for a content-filtered answer; pin that, since it is not a public contract."""
-    body = {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "finish_reason": "content_filter", "message": {"role": "assistant", "content": None}}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12},
-    }
-    plain = AzureChatOpenAI(
-        azure_endpoint="https://r.openai.azure.com", azure_deployment="d", api_key="k", api_version="2024-10-21"
-    )
-    with pytest.raises(ValueError, match="content filter"):
-        plain._create_chat_result(body)
-    ours = build_chat_model(azure_settings())
-    with pytest.raises(openai.ContentFilterFinishReasonError) as caught:
-        ours._create_chat_result(body)
-    assert caught.value.completion.usage.prompt_tokens == 12
-
-
 @pytest.mark.live_server
 def test_one_model_serves_two_event_loops(live_server: Any) -> None:
     """A script may call asyncio.run twice; the second must not reuse the first loop's connections."""

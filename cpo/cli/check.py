@@ -16,6 +16,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 
 from cpo.cli.output import say
+from cpo.core.errors import ExitCode
 from cpo.llm.endpoints import EndpointNotes, endpoint_key
 from cpo.llm.parallelism import measure_parallelism
 
@@ -35,14 +36,14 @@ def check_endpoint(
             "AZURE_OPENAI_DEPLOYMENT_NAME (or OPENAI_BASE_URL and CPO_MODEL_NAME); until then cpo uses its "
             "offline drafting model"
         )
-        return 1
+        return ExitCode.FAILED
     config: RunnableConfig = {"callbacks": callbacks or [], "run_name": "cpo check"}
     key = endpoint_key(model)
     try:
         reply = model.bind(max_tokens=20).invoke("Say 'Connection successful'", config)
     except Exception as exc:  # every failure becomes one line: that is the point of a check
         say(f"❌ {settings.describe()}: {one_line(exc)}")
-        return 1
+        return ExitCode.FAILED
     served_by = reply.response_metadata.get("model_name") or "model not reported"
     say(f"✅ {settings.describe()} answered ({served_by}): {' '.join(str(reply.content).split())[:80]}")
 
@@ -52,7 +53,7 @@ def check_endpoint(
         method = chain.probe_method(config)
     except Exception as exc:
         say(f"❌ structured output: no method worked ({one_line(exc)})")
-        return 1
+        return ExitCode.FAILED
     tried = "" if method == before else f" ({before} refused)"
     say(f"✅ structured output: {method}{tried}; remembered for this endpoint")
 
@@ -60,12 +61,12 @@ def check_endpoint(
         measured = asyncio.run(measure_parallelism(model, config))
     except Exception as exc:
         say(f"❌ parallelism not measured: {one_line(exc)}")
-        return 1
+        return ExitCode.FAILED
     notes.note(key, parallel=measured.parallel, pair_ratio=round(measured.ratio, 2))
     say(f"{'✅' if measured.parallel else 'ℹ️'} {measured.describe()}")
     if not measured.parallel:
         say("   use `cpo run --concurrency 1` with this endpoint: queued requests wait and can time out")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:

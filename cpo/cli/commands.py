@@ -10,7 +10,8 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from cpo.cli.context import CommandContext
-from cpo.cli.output import console, say, tick, totals_line
+from cpo.cli.output import console, print_email, say, tick, totals_line
+from cpo.core.errors import ExitCode
 
 if TYPE_CHECKING:
     from cpo.core.models import EmailVariant
@@ -39,19 +40,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         say(variant.model_dump_json(indent=2))
     else:
         print_variant(variant)
-    return 0 if variant.valid else 1
+    return ExitCode.OK if variant.valid else ExitCode.FAILED
 
 
 def print_variant(v: EmailVariant) -> None:
-    from rich.text import Text
 
-    out = console()
-    out.rule(Text(f"{v.segment} / {v.tone}  {tick(v.valid)}"))
-    say(f"{v.subject}\n")
-    say(v.body)
-    say("")
-    for c in v.citations:
-        say(f"[{c.id}] {c.title} ({c.section})")
+    print_email(f"{v.segment} / {v.tone}  {tick(v.valid)}", v)
     for reason in v.validation.reasons:
         say(f"✗ {reason}")
     say(
@@ -103,9 +97,9 @@ def cmd_try_prompts(args: argparse.Namespace) -> int:
     say(totals_line("session", ctx.tracker.session))
     if failed:
         say(f"{failed} of 3 tones failed their checks")
-        return 1
+        return ExitCode.FAILED
     say("all 3 tones passed their checks")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
@@ -132,7 +126,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
         book.close()
     if args.as_json:
         say(json.dumps(rows, default=str, indent=2))
-        return 0
+        return ExitCode.OK
     from rich.table import Table
     from rich.text import Text
 
@@ -158,11 +152,10 @@ def cmd_costs(args: argparse.Namespace) -> int:
         }
         table.add_row(*(Text(str(cells[c])) for c in columns))
     console().print(table)
-    return 0
+    return ExitCode.OK
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from rich.text import Text
 
     from cpo.campaign.review import record_decisions, review_items
 
@@ -181,57 +174,46 @@ def cmd_review(args: argparse.Namespace) -> int:
             say(f"{left} variant(s) still await a decision")
         else:
             say(f"every variant is decided: cpo run --resume {args.run_dir}")
-        return 0
-    out = console()
+        return ExitCode.OK
     for item in items:
         v, screening = item.variant, item.screening
         state = "blocked" if screening["blocked"] else (item.decision or {}).get("decision", "awaiting decision")
-        out.rule(Text(f"{v.variant_id}  ({v.segment} / {v.tone})  {state}"))
-        say(f"{v.subject}\n")
-        say(v.body)
-        say("")
-        for c in v.citations:
-            say(f"[{c.id}] {c.title} ({c.section})")
+        print_email(f"{v.variant_id}  ({v.segment} / {v.tone})  {state}", v)
         severities = ", ".join(f"{k} {n}" for k, n in screening.get("severities", {}).items())
         verdict = "; ".join(screening["reasons"]) or "passed"
         say(f"screening ({screening['backend']}): {severities or 'none'}; {verdict}")
     waiting = sum(1 for i in items if not i.screening["blocked"] and i.decision is None)
     say(f"{waiting} of {len(items)} variant(s) await a decision: cpo review {args.run_dir} --approve ID ... "
         "--reject ID ... --reviewer NAME --reason TEXT")  # fmt: skip
-    return 0
+    return ExitCode.OK
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from cpo.campaign.audit import AUDIT_FILE, recorded_heads, verify
-    from cpo.core.errors import InputError
 
-    if not (args.run_dir / "run.json").is_file():
-        raise InputError(f"{args.run_dir} has no run.json: not a cpo run directory")
     run_id, heads = recorded_heads(args.run_dir)
     verdict = verify(args.run_dir / AUDIT_FILE, run_id, heads)
     if verdict.ok:
         anchors = " and ".join(k for k, h in heads.items() if h is not None) or "nothing (no head recorded)"
         say(f"ok: {verdict.rows} rows, head {verdict.head[:16]}, matching {anchors}")
-        return 0
+        return ExitCode.OK
     say(f"error: {args.run_dir / AUDIT_FILE}: {verdict.problem}", stderr=True)
-    return 1
+    return ExitCode.FAILED
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    import os
-
+    from cpo.campaign.backends import INDEX_FILE, uses_azure_search
     from cpo.core.settings import Settings
     from cpo.email.content import load_snippets
 
     snippets = list(load_snippets().values())
-    if os.environ.get("AZURE_SEARCH_ENDPOINT", "").strip():
+    if uses_azure_search():
         from cpo.campaign.backends.azure_search import AzureSearchIndex
 
         remote = AzureSearchIndex.from_env()
         remote.build(snippets)
-        say(f"uploaded {len(snippets)} snippets to Azure AI Search index {os.environ.get('AZURE_SEARCH_INDEX')}")
-        return 0
-    from cpo.campaign.backends import INDEX_FILE
+        say(f"uploaded {len(snippets)} snippets to Azure AI Search index {remote.index}")
+        return ExitCode.OK
     from cpo.campaign.backends.sqlite_index import SqliteFtsIndex
 
     path = (args.out or Settings().runs_dir) / INDEX_FILE
@@ -241,4 +223,4 @@ def cmd_index(args: argparse.Namespace) -> int:
     finally:
         local.close()
     say(f"indexed {len(snippets)} snippets in {path}")
-    return 0
+    return ExitCode.OK

@@ -15,6 +15,7 @@ from cpo.campaign.agents.assignment import DEFAULT_ARMS
 from cpo.campaign.planning import plan_campaign
 from cpo.campaign.state import Inputs
 from cpo.cli.output import console, say
+from cpo.core.errors import ExitCode
 from cpo.core.usage import TokenCounts, format_usd
 from cpo.net.tokens import count_tokens
 
@@ -71,4 +72,4 @@ def dry_run(inputs: Inputs, ctx: Any, index: Any) -> int:
     if repairs and (high is None or high > Decimal(0)):
         say(f"repairs (up to {repairs} rounds) add calls for drafts that fail their checks; cap them with --max-usd")
     say("dry run: nothing was written and no model was called")
-    return 0
+    return ExitCode.OK

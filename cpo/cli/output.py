@@ -87,3 +87,15 @@ def variants_table(variants: list[EmailVariant], title: str) -> Any:
             Text(str(v.attempts)),
         )
     return table
+
+
+def print_email(title: str, v: EmailVariant) -> None:
+    """An email as a reader sees it, under a rule with `title`: subject, body, the snippets it cites."""
+    from rich.text import Text
+
+    console().rule(Text(title))
+    say(f"{v.subject}\n")
+    say(v.body)
+    say("")
+    for c in v.citations:
+        say(f"[{c.id}] {c.title} ({c.section})")

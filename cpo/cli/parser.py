@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _version() -> str:
-    from cpo import __version__
+    from cpo.core.version import __version__
 
     return f"cpo {__version__}"
 

@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {"max_repairs": 2, "judge": False, "seed": 2027}
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from cpo import __version__
+    from cpo.core.version import __version__
 
     out = {"cpo": __version__}
     for name in ("langgraph", "langchain-core", "langchain-openai", "openai", "duckdb"):
