@@ -82,7 +82,7 @@ def test_imports_go_only_downward() -> None:
     upward = [
         f"{source} (line {line}) imports {target}"
         for source, target, line in edges()
-        if target in FACADES and source not in FACADES or layer(target) > layer(source)
+        if (target in FACADES and source not in FACADES) or layer(target) > layer(source)
     ]
     assert not upward, "imports from a lower package to a higher one:\n" + "\n".join(upward)
 

@@ -13,7 +13,7 @@ from conftest import azure_settings
 
 from cpo import ContentBundle, CostTracker, DeadlineExceeded, build_chat_model, build_email_chain
 from cpo.core.deadlines import deadline_scope
-from cpo.net.transport import AsyncBoundedTransport, BoundedTransport, env_proxy_for
+from cpo.net.transport import env_proxy_for
 
 pytestmark = pytest.mark.live_server
 BUNDLE = ContentBundle.load()
