@@ -175,6 +175,25 @@ def test_resume_refuses_changed_inputs_and_changed_options(capsys: pytest.Captur
     assert capsys.readouterr().err.endswith("; leave out --review\n")
 
 
+def test_a_run_json_edited_by_hand_is_one_line_when_resuming(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 0
+    run_dir = the_run_dir()
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    capsys.readouterr()
+    for broken, message in (
+        ({k: v for k, v in record.items() if k != "inputs"}, "run.json has no inputs (was it edited by hand?)"),
+        ({**record, "inputs": {"seed": 1}}, "run.json has no inputs.customers (was it edited by hand?)"),
+        ({**record, "session_id": ""}, "run.json has no session_id (was it edited by hand?)"),
+        ([record], "run.json is not a JSON object"),
+    ):
+        (run_dir / "run.json").write_text(json.dumps(broken), encoding="utf-8")
+        assert main(["run", "--resume", str(run_dir)]) == 2
+        assert capsys.readouterr().err == f"error: cannot resume {run_dir}: {message}\n"
+    (run_dir / "run.json").write_text("{not json", encoding="utf-8")
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot resume {run_dir}: run.json is unreadable (")
+
+
 def test_a_bad_customer_file_leaves_no_run_behind(capsys: pytest.CaptureFixture[str]) -> None:
     Path("customers.csv").write_text(
         "customer_id,tier,purchase_frequency,avg_order_value,last_engagement_days\nC1,Gold,often,10,3\n",

@@ -55,6 +55,20 @@ def read_record(run_dir: Path, doing: str = "cannot resume") -> dict[str, Any]:
     return data
 
 
+def resumable_record(run_dir: Path) -> dict[str, Any]:
+    """run.json of a run to resume, with what resuming needs; a file edited by hand is one line naming the key."""
+    record = read_record(run_dir)
+    inputs = record.get("inputs")
+    missing = [k for k in ("inputs", "fingerprint", "session_id") if not record.get(k)]
+    if not missing and isinstance(inputs, dict):
+        missing = [f"inputs.{k}" for k in ("customers", "campaign", "suppress", "seed") if k not in inputs]
+    elif not missing:
+        missing = ["inputs"]
+    if missing:
+        raise InputError(f"cannot resume {run_dir}: {RUN_FILE} has no {missing[0]} (was it edited by hand?)")
+    return record
+
+
 def run_id_of(run_dir: Path, record: dict[str, Any]) -> str:
     """The run's id (the graph's thread id): as recorded, else the directory's name."""
     return str(record.get("run_id") or run_dir.name)

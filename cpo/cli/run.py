@@ -20,7 +20,14 @@ from typing import Any
 
 from cpo.campaign.backends import content_index
 from cpo.campaign.kept import KeptEmails
-from cpo.campaign.rundir import RUN_FILE, check_resume, input_fingerprint, read_record, record_audit_head, record_run
+from cpo.campaign.rundir import (
+    RUN_FILE,
+    check_resume,
+    input_fingerprint,
+    record_audit_head,
+    record_run,
+    resumable_record,
+)
 from cpo.campaign.stages import STAGE_LABELS
 from cpo.campaign.state import Inputs
 from cpo.cli.context import CommandContext
@@ -74,7 +81,7 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, name) not in (None, False):
             flag = "--" + name.replace("_", "-")
             raise InputError(f"--resume goes on with the options in {args.resume / RUN_FILE}; leave out {flag}")
-    recorded = read_record(args.resume)
+    recorded = resumable_record(args.resume)
     options = recorded.get("options", {})
     for name in ("prompts", "limits"):
         setattr(args, name, Path(options[name]) if options.get(name) else None)
