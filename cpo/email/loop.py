@@ -127,7 +127,9 @@ class EmailLoop:
         if fallback is not None and not self.fallback_used and call.kind != "judge" and is_transient(exc):
             self.d.announce_fallback(exc)
             self.model, self.source, self.fallback_used = fallback, "offline", True
-            self.call = Call(call.step, fallback, call.messages, call.kind)
+            # The offline drafter writes whole emails only: a targeted repair is asked of it as a fresh email.
+            whole = call.kind == "email"
+            self.call = Call(call.step if whole else "fresh", fallback, call.messages if whole else self.base)
             return
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError) or self.report is None:
             raise exc  # nothing paid for to keep, or a fault that ends the run
