@@ -15,6 +15,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
@@ -327,23 +328,51 @@ def test_an_authentication_failure_is_re_raised_even_after_a_paid_draft(status: 
         ),
     ],
 )
-def test_a_refused_structured_output_method_asks_the_same_call_again_one_method_down(error: Exception) -> None:
-    announced: list[Exception] = []
-    loop = make_loop(openai_compatible(), method="json_schema", fallback=OfflineChatModel(), announce=announced.append)
+def test_a_refused_structured_output_method_is_asked_again_within_the_same_step(error: Exception) -> None:
+    """The chain's step sends the call again by the next method: one step of the email, one run in the trace,
+    and never the offline fallback (a refusal is not a fault)."""
+    from langchain_core.runnables import RunnableLambda
+
+    from cpo.email.chain import build_email_chain
+
+    chain = build_email_chain(openai_compatible(), offline_fallback=True)
+    chain.methods.method = "json_schema"
+    loop = EmailLoop(chain.drafting(), ContentBundle.load().request("High-Value Recent", "friendly"), CostTracker())
     call = send(loop)
-    assert call.method == "json_schema"
+    sent: list[str] = []
 
-    loop.failed(error)  # does not raise, does not end the loop
+    def scripted(bound_call: Call) -> Any:
+        method = chain.methods.method
+        bound_call.method = method
+        sent.append(method)
+        if method == "json_schema":
+            return RunnableLambda(lambda _: (_ for _ in ()).throw(error))
+        return RunnableLambda(lambda _: email(good(call)))
 
-    assert loop.next_call() is call
-    assert loop.d.methods.method == "function_calling" and loop.attempts == 1
-    assert announced == [] and not loop.fallback_used  # a refusal is not a fault: no offline fallback
-    assert send(loop).method == "function_calling"
+    chain.methods.prepared = scripted  # type: ignore[method-assign]
+    runs: list[str] = []
 
-    loop.answered(email(good(call)))
+    class Names(BaseCallbackHandler):
+        def on_chain_start(self, serialized: Any, inputs: Any, *, name: str | None = None, **kw: Any) -> None:
+            runs.append(name or "")
+
+    reply = chain._step(call).invoke(call.messages, {"callbacks": [Names()]})
+    assert sent == ["json_schema", "function_calling"] and chain.methods.method == "function_calling"
+    assert runs.count("draft") == 1  # one step run, the refusal inside it
+    loop.answered(reply)
     variant = loop.variant()
     assert variant.valid and variant.attempts == 1 and [s.step for s in variant.steps] == ["draft"]
     assert variant.source == "openai-compatible" and not variant.fallback_used
+
+
+def test_a_refusal_reaching_the_loop_is_an_ordinary_failure() -> None:
+    """The loop itself does not retry refusals (the step does): before a paid draft the error is raised."""
+    loop = make_loop(openai_compatible(), method="json_schema", fallback=None)
+    send(loop)
+    error = refusal()
+    with pytest.raises(openai.BadRequestError) as raised:
+        loop.failed(error)
+    assert raised.value is error
 
 
 def test_a_transient_error_moves_the_email_to_the_offline_fallback_once() -> None:

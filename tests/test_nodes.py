@@ -34,11 +34,11 @@ from cpo.accounting.tracker import CostTracker
 from cpo.campaign import nodes, stages
 from cpo.campaign.agents.assignment import DEFAULT_ARMS, SMALL_CELL
 from cpo.campaign.agents.safety import CATEGORIES, load_policy
-from cpo.campaign.audit import AUDIT_FILE, read_rows, verify
+from cpo.campaign.audit import read_rows, verify
 from cpo.campaign.guard import Guard
 from cpo.campaign.kept import KeptEmails, request_key
 from cpo.campaign.nodes import Tools
-from cpo.campaign.rundir import DATABASE, RETRIEVAL_FILE, SCREENING_FILE
+from cpo.campaign.rundir import AUDIT_FILE, DATABASE, RETRIEVAL_FILE, SCREENING_FILE
 from cpo.campaign.state import CampaignState, Inputs
 from cpo.core.errors import BudgetExceeded
 from cpo.core.models import EmailRequest, EmailVariant, ValidationIssue

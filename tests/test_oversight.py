@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from cpo.campaign.agents.safety import CATEGORIES, LocalScreen, SafetyPolicy, load_policy, screen_variant
-from cpo.campaign.audit import AUDIT_FILE, FIELDS, row_hash
+from cpo.campaign.audit import FIELDS, row_hash
+from cpo.campaign.rundir import AUDIT_FILE
 from cpo.cli import main
 from cpo.core.errors import InputError
 from cpo.core.models import EmailVariant, Snippet

@@ -18,9 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cpo.campaign.rundir import read_record, run_id_of
+from cpo.campaign.rundir import AUDIT_FILE, read_record, run_id_of
 
-AUDIT_FILE = "safety_audit.csv"
 FIELDS = (
     "time_utc",
     "run_id",

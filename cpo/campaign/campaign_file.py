@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cpo.core.errors import InputError
 from cpo.core.files import load_yaml_model
-from cpo.core.models import DEFAULT_TIERS, Sender, Snippet, Vocabulary
+from cpo.core.models import DEFAULT_TIERS, Sender, Snippet, Vocabulary, vocabulary_words
 from cpo.core.resources import bundled
 from cpo.email.content import load_snippets
 
@@ -45,11 +45,7 @@ class Campaign(BaseModel):
     @field_validator("tiers", "brand_words")
     @classmethod
     def _words(cls, value: list[str]) -> list[str]:
-        if any(not word.strip() for word in value):
-            raise ValueError("every entry must be a non-empty word")
-        if len({w.strip().lower() for w in value}) != len(value):
-            raise ValueError("entries must be unique")
-        return [word.strip() for word in value]
+        return vocabulary_words(value)
 
     @property
     def vocabulary(self) -> Vocabulary:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cpo.campaign.agents.export import ASSIGNMENTS_FILE, SEGMENTS_FILE, SEND_LIST_FILE, TEMPLATES_FILE
 from cpo.campaign.campaign_file import default_campaign_file, load_campaign
 from cpo.campaign.state import Inputs
 from cpo.core.errors import InputError
@@ -26,16 +27,17 @@ REVIEW_FILE = "review.json"
 VARIANTS_FILE = "variants.json"
 COSTS_FILE = "costs.json"
 LOG_FILE = "log.jsonl"
-# What a finished run wrote, in the order `cpo run` lists them.
+AUDIT_FILE = "safety_audit.csv"
+# What a finished run wrote, in the order `cpo run` lists them (the export agent names its own files).
 OUTPUTS = (
-    "segments.csv",
+    SEGMENTS_FILE,
     RETRIEVAL_FILE,
     VARIANTS_FILE,
     SCREENING_FILE,
-    "safety_audit.csv",
-    "templates.json",
-    "assignments.csv",
-    "send_list.csv",
+    AUDIT_FILE,
+    TEMPLATES_FILE,
+    ASSIGNMENTS_FILE,
+    SEND_LIST_FILE,
     COSTS_FILE,
 )
 AUDIT_KEYS = ("audit_head", "audit_rows")
@@ -109,9 +111,9 @@ def read_json(run_dir: Path, name: str, default: Any = None) -> Any:
         raise InputError(f"{path} is unreadable ({exc})") from None
 
 
-def write_json(run_dir: Path, name: str, data: Any) -> None:
+def write_json(run_dir: Path, name: str, data: Any, *, end: str = "\n") -> None:
     """Replace one of the run's JSON files atomically: a reader or a kill -9 never sees half of it."""
-    write_atomically(run_dir / name, json.dumps(data, indent=2, default=str) + "\n")
+    write_atomically(run_dir / name, json.dumps(data, indent=2, default=str) + end)
 
 
 def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None, limits: Path | None = None) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The run's JSON log (`log.jsonl`): one event per line, for audits and for following a run with `tail -f`.
 
-Customer ids never appear in it: they are keyed hashes (`cpo.privacy.IdHasher`), so the log can be
+Customer ids never appear in it: they are keyed hashes (`cpo.core.privacy.IdHasher`), so the log can be
 shared without the customer file. cpo's own log records (warnings and up) are copied into it too.
 """
 

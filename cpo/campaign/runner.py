@@ -45,7 +45,7 @@ from cpo.core.cancel import current_stop
 from cpo.core.errors import ExitCode, InputError
 from cpo.core.models import EmailRequest, EmailVariant
 
-__all__ = ["CampaignRunner", "RunResult", "open_checkpointer"]
+__all__ = ["CampaignRunner", "RunResult"]
 
 GRACE_S = 0.5
 
@@ -148,7 +148,7 @@ class CampaignRunner:
     def save(self) -> None:
         """variants.json (emails whose costs are committed) and costs.json, both replaced atomically."""
         produced = self._kept_variants()
-        write_json(self.run_dir, VARIANTS_FILE, [v.model_dump(mode="json") for v in produced])
+        write_json(self.run_dir, VARIANTS_FILE, [v.model_dump(mode="json") for v in produced], end="")
         write_json(
             self.run_dir,
             COSTS_FILE,
@@ -160,6 +160,7 @@ class CampaignRunner:
                 "variants": {v.variant_id: {"run_id": v.run_id, **v.usage.to_json_dict()} for v in produced},
                 "errors": self.result.failures,
             },
+            end="",
         )
 
     # -- running ----------------------------------------------------------------------------------

@@ -13,10 +13,6 @@ REVIEW = "review"
 ASSIGN = "assign"
 EXPORT = "export"
 
-# The path functions of the graph's conditional edges: their names are in checkpoints too.
-FAN_OUT = "fan_out"
-GO_ON = "go_on"
-
 # Stage -> label, in the order a run goes through them ("generate" covers its tasks and "gather").
 STAGE_LABELS = {
     LOAD_SEGMENT: "load + segment",

@@ -1,6 +1,6 @@
-"""Compatibility: `from cpo.chains import build_email_chain` as scripts written before the layered packages do.
-
-The email chain lives in `cpo.email.chain`. Nothing inside cpo imports this package.
+"""Compatibility: `cpo.chains` (and `cpo.chains.email`, `cpo.chains.grounding`) as scripts written before the
+layered packages import them. The email chain lives in `cpo.email.chain`, the grounding check in
+`cpo.email.grounding`. Nothing inside cpo imports this package.
 """
 
 from __future__ import annotations

@@ -73,7 +73,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     from cpo.accounting.ledger import Ledger
     from cpo.accounting.pricing import price_book_for
     from cpo.accounting.tracker import CostTracker
-    from cpo.cli.check import check_endpoint
     from cpo.core.settings import Settings
     from cpo.llm.endpoints import FILE_NAME, EndpointNotes
 

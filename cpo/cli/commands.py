@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from cpo.cli.context import CommandContext
 from cpo.cli.output import console, print_email, say, tick, totals_line
+from cpo.cli.parser import TONES
 from cpo.core.errors import ExitCode
 
 if TYPE_CHECKING:
     from cpo.core.models import EmailVariant
-
-TONES = ("urgent", "informational", "friendly", "control")
 
 
 def _bundle(args: argparse.Namespace) -> Any:
@@ -189,8 +188,12 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from cpo.campaign.audit import AUDIT_FILE, recorded_heads, verify
+    from cpo.campaign.audit import recorded_heads, verify
+    from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE
+    from cpo.core.errors import InputError
 
+    if not (args.run_dir / RUN_FILE).is_file():
+        raise InputError(f"{args.run_dir} has no {RUN_FILE}: not a cpo run directory")
     run_id, heads = recorded_heads(args.run_dir)
     verdict = verify(args.run_dir / AUDIT_FILE, run_id, heads)
     if verdict.ok:

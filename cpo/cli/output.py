@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -66,27 +66,6 @@ def quality_line(variants: list[EmailVariant]) -> str:
         f"valid: {len(valid)} of {len(variants)} ({first} first time, {len(valid) - first} after repairs; "
         f"{untouched} with no normalization)"
     )
-
-
-def variants_table(variants: list[EmailVariant], title: str) -> Any:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(title))
-    for col in ("segment", "tone", "valid", "subject", "tokens", "cost", "attempts"):
-        numeric = col in ("tokens", "cost", "attempts")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "subject")
-    for v in variants:
-        table.add_row(
-            Text(v.segment),
-            Text(v.tone),
-            Text(tick(v.valid), style="green" if v.valid else "red"),
-            Text(v.subject),
-            Text(str(v.usage.total_tokens)),
-            Text(v.usage.cost_display),
-            Text(str(v.attempts)),
-        )
-    return table
 
 
 def print_email(title: str, v: EmailVariant) -> None:

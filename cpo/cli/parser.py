@@ -8,6 +8,7 @@ from typing import Any
 
 from cpo.core.errors import ExitCode
 
+# The tones as `cpo.core.models.TONES` lists them (a test keeps the two equal): the parser imports no pydantic.
 TONES = ("urgent", "informational", "friendly", "control")
 LIMITS_HELP = """\
 --limits FILE is YAML with any of these keys (defaults in brackets):
@@ -33,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(ExitCode.BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _version() -> str:
@@ -67,12 +68,18 @@ def _usd(text: str) -> str:
     return text
 
 
-def _drafting_options(p: argparse.ArgumentParser, *, repairs: int | None, shown_repairs: int | None = None) -> None:
-    """How emails are drafted and checked: the same options for run, generate and try-prompts.
+def _email_options(
+    p: argparse.ArgumentParser, *, repairs: int | None, shown_repairs: int | None = None, content: bool = False
+) -> None:
+    """How emails are drafted and checked, declared once for run, generate and try-prompts.
 
-    `cpo run` leaves --max-repairs unset (None) so that a resumed run can tell it was not given.
+    `content` adds the hand-written profiles and snippets that generate and try-prompts work on. `cpo run`
+    leaves --max-repairs unset (None) so that a resumed run can tell it was not given.
     """
     shown = repairs if shown_repairs is None else shown_repairs
+    if content:
+        p.add_argument("--segments", type=Path, metavar="FILE", help="segments file (JSON/YAML); default: the sample")
+        p.add_argument("--content", type=Path, metavar="DIR", help="directory of approved snippets (*.md)")
     p.add_argument("--prompts", type=Path, metavar="DIR", help="directory overriding prompt files")
     p.add_argument("--limits", type=Path, metavar="FILE", help="YAML file overriding validation limits (below)")
     p.add_argument(
@@ -82,20 +89,17 @@ def _drafting_options(p: argparse.ArgumentParser, *, repairs: int | None, shown_
         metavar="N",
         help=f"repair rounds for a failing draft (each rewrites every failing part once), 0-5 [{shown}]",
     )
+    if content:
+        p.add_argument(
+            "--snippets", type=_positive_int(1, 10), default=3, metavar="N", help="snippets per email, 1-10 [3]"
+        )
+        p.add_argument(
+            "--sender", type=Path, metavar="FILE", help="YAML with brand, greeting, sign_off; default: the sample"
+        )
     p.add_argument(
         "--judge",
         action="store_true",
         help="also check each sentence against the cited snippets with the configured model (billed to the run)",
-    )
-
-
-def _content_options(p: argparse.ArgumentParser) -> None:
-    """The hand-written segment profiles and content that generate and try-prompts work on."""
-    p.add_argument("--segments", type=Path, metavar="FILE", help="segments file (JSON/YAML); default: the sample")
-    p.add_argument("--content", type=Path, metavar="DIR", help="directory of approved snippets (*.md)")
-    p.add_argument("--snippets", type=_positive_int(1, 10), default=3, metavar="N", help="snippets per email, 1-10 [3]")
-    p.add_argument(
-        "--sender", type=Path, metavar="FILE", help="YAML with brand, greeting, sign_off; default: the sample"
     )
 
 
@@ -150,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the inputs, show segments and estimated cost; write nothing",
     )
-    _drafting_options(run, repairs=None, shown_repairs=2)
+    _email_options(run, repairs=None, shown_repairs=2)
     run.add_argument("--out", type=Path, metavar="DIR", help="runs directory [CPO_RUNS_DIR or ./runs]")
     run.add_argument(
         "--concurrency", type=_positive_int(1, 64), default=4, metavar="N", help="emails in flight, 1-64 [4]"
@@ -166,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate one email and print it", epilog=LIMITS_HELP)
     generate.add_argument("--segment", required=True, help="segment name, e.g. 'High-Value Recent'")
     generate.add_argument("--tone", choices=TONES, default="friendly", help="[friendly]")
-    _drafting_options(generate, repairs=2)
-    _content_options(generate)
+    _email_options(generate, repairs=2, content=True)
     generate.add_argument("--json", action="store_true", dest="as_json", help="print the EmailVariant as JSON")
 
     tries = commands.add_parser(
@@ -176,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=LIMITS_HELP,
     )
     tries.add_argument("--segment", help="segment name [the first one]")
-    _drafting_options(tries, repairs=0)
-    _content_options(tries)
+    _email_options(tries, repairs=0, content=True)
 
     costs = commands.add_parser("costs", help="spend per session, or per run of one session, from the ledger")
     costs.add_argument(

@@ -24,6 +24,13 @@ class ExitCode(IntEnum):
         )
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """An error as one short line: the first line of its message, or its type's name when it has none."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]
+
+
 class CpoError(Exception):
     """Base class for errors cpo expects and reports without a traceback."""
 

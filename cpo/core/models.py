@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -89,6 +90,15 @@ class Sender(BaseModel):
 DEFAULT_TIERS = ("Bronze", "Silver", "Gold", "Platinum")
 
 
+def vocabulary_words(words: Sequence[str]) -> list[str]:
+    """Tiers or brand words as a vocabulary takes them: non-empty, stripped, unique regardless of case."""
+    if any(not word.strip() for word in words):
+        raise ValueError("every entry must be a non-empty word")
+    if len({word.strip().lower() for word in words}) != len(words):
+        raise ValueError("entries must be unique")
+    return [word.strip() for word in words]
+
+
 class Vocabulary(BaseModel):
     """The retailer's words the grounding check reads entities with: data, set per campaign file.
 
@@ -104,9 +114,7 @@ class Vocabulary(BaseModel):
     @field_validator("tiers", "brand_words")
     @classmethod
     def _words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not word.strip() for word in value):
-            raise ValueError("must be non-empty words")
-        return tuple(word.strip() for word in value)
+        return tuple(vocabulary_words(value))
 
 
 class EmailRequest(BaseModel):
@@ -162,7 +170,7 @@ class ValidationIssue(BaseModel):
 
 
 class Normalization(BaseModel):
-    """A change cpo made to the model's text, from a closed list (see `cpo.chains.normalize`)."""
+    """A change cpo made to the model's text, from a closed list (see `cpo.email.normalize`)."""
 
     code: str  # "markdown_emphasis" | "subject_label" | "greeting_replaced" | "sign_off_replaced"
     detail: str

@@ -42,6 +42,7 @@ from cpo.email.validation import ValidationLimits
 from cpo.llm.endpoints import EndpointNotes, notes_for
 from cpo.llm.factory import build_chat_model, model_source
 from cpo.llm.offline import OfflineChatModel
+from cpo.net.faults import brief
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +79,6 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
             remember=remember_method,
             max_output_tokens=max_output_tokens,
         )
-        self.drafting = Drafting(
-            prompts=prompts,
-            limits=limits,
-            max_repairs=max_repairs,
-            methods=self.methods,
-            fallback=fallback,
-            judge=judge,
-            announce_fallback=self._announce_fallback,
-        )
         self._lock = threading.Lock()
         self._fallback_announced = False
 
@@ -111,6 +103,18 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
     def notes(self) -> EndpointNotes:
         return self.methods.notes
 
+    def drafting(self) -> Drafting:
+        """What this chain's emails are drafted with, as its attributes say now (they may be changed)."""
+        return Drafting(
+            prompts=self.prompts,
+            limits=self.limits,
+            max_repairs=self.max_repairs,
+            methods=self.methods,
+            fallback=self.fallback,
+            judge=self.judge,
+            announce_fallback=self._announce_fallback,
+        )
+
     def probe_method(self, config: RunnableConfig | None = None) -> str:
         """Find the structured-output method that works, from the configured one down; remember it."""
         return self.methods.probe(config)
@@ -120,25 +124,36 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         with self._lock:
             first, self._fallback_announced = not self._fallback_announced, True
         if first:
-            brief = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             log.warning(
-                "the endpoint kept failing (%s: %s); using the offline drafting model for such emails "
+                "the endpoint kept failing (%s); using the offline drafting model for such emails "
                 "(CPO_OFFLINE_FALLBACK), marked fallback_used",
-                type(exc).__name__,
-                brief,
+                brief(exc, 160),
             )
 
     # -- one call, one check: their own runs in the trace ----------------------------------------
 
     def _step(self, call: Call) -> Runnable[list[BaseMessage], AIMessage]:
-        """The call as its own child run in the trace, named for the step, sent by the method in use."""
-        bound = self.methods.prepared(call)
+        """The call as its own child run in the trace, named for the step, sent by the method in use.
+
+        A refusal of the structured-output method is asked again inside the same step run, by the next method.
+        """
+        methods = self.methods
 
         def send(messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
-            return cast(AIMessage, bound.invoke(messages, config))
+            while True:
+                try:
+                    return cast(AIMessage, methods.prepared(call).invoke(messages, config))
+                except Exception as exc:
+                    if not methods.refused(call, exc):
+                        raise
 
         async def asend(messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
-            return cast(AIMessage, await bound.ainvoke(messages, config))
+            while True:
+                try:
+                    return cast(AIMessage, await methods.prepared(call).ainvoke(messages, config))
+                except Exception as exc:
+                    if not methods.refused(call, exc):
+                        raise
 
         return RunnableLambda(send, afunc=asend, name=call.name)
 
@@ -154,7 +169,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
     # -- the drivers ------------------------------------------------------------------------------
 
     def _drive(self, request: EmailRequest, local: CostTracker, config: RunnableConfig, run_manager: Any) -> Any:
-        loop = EmailLoop(self.drafting, request, local)
+        loop = EmailLoop(self.drafting(), request, local)
         with deadline_scope(self.deadline_s):
             while (call := loop.next_call()) is not None:
                 try:
@@ -166,7 +181,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
         return _owned(loop.variant(), run_manager)
 
     async def _adrive(self, request: EmailRequest, local: CostTracker, config: RunnableConfig, run_manager: Any) -> Any:
-        loop = EmailLoop(self.drafting, request, local)
+        loop = EmailLoop(self.drafting(), request, local)
         stop = current_stop.get()
         with deadline_scope(self.deadline_s):
             while (call := loop.next_call()) is not None:

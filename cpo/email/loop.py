@@ -118,11 +118,13 @@ class EmailLoop:
         return self.call
 
     def failed(self, exc: Exception) -> None:
-        """The current call raised: ask again (method refused, offline fallback), keep the paid draft, or re-raise."""
+        """The current call raised: ask again (offline fallback), keep the paid draft, or re-raise.
+
+        A refusal of the structured-output method never arrives here: the chain's step asks again by the next
+        method (`EmailChain._step`), so it stays one step of the email.
+        """
         call = self.call
         assert call is not None
-        if self.d.methods.refused(call, exc):
-            return  # the same call again, by the next structured-output method
         fallback = self.d.fallback
         if fallback is not None and not self.fallback_used and call.kind != "judge" and is_transient(exc):
             self.d.announce_fallback(exc)

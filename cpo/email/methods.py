@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
 
+from cpo.core.errors import first_line
 from cpo.core.models import EmailDraft
 from cpo.email.repairs import Call
 from cpo.llm.endpoints import EndpointNotes, endpoint_key
@@ -121,7 +122,7 @@ class StructuredOutput:
             log.warning(
                 "the endpoint refused structured output by %s (%s); using %s from now on%s",
                 failed,
-                str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__,
+                first_line(exc, 120),
                 self.method,
                 " (remembered for this endpoint)" if self.notes.path else "",
             )

@@ -236,7 +236,7 @@ PROFILE_WORDS: dict[str, tuple[str, tuple[tuple[float, str], ...], str]] = {
     ),
     "orders_per_year": ("orders", ((3, "occasional"), (11, "regular")), "frequent"),
     "avg_order_value_usd": ("order size", ((75, "small"), (300, "medium")), "large"),
-    # the same features as the customer file names them (segment means from cpo.agents.segmentation)
+    # the same features as the customer file names them (segment means from cpo.campaign.agents.segmentation)
     "last_engagement_days": ("last engagement", ((30, "recent"), (90, "a few months ago")), "long ago"),
     "purchase_frequency": ("orders", ((3, "occasional"), (11, "regular")), "frequent"),
     "avg_order_value": ("order size", ((75, "small"), (300, "medium")), "large"),

@@ -66,11 +66,6 @@ def numbers_in(text: str) -> set[str]:
     return out
 
 
-SUBJECT_CODES = frozenset(
-    {"subject_length", "subject_format", "subject_caps", "subject_punctuation", "subject_urgency"}
-)
-
-
 def validate_draft(
     draft: EmailDraft, request: EmailRequest, limits: ValidationLimits | None = None
 ) -> ValidationReport:

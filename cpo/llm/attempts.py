@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cpo.core.deadlines import deadline_error, time_left
+from cpo.net.faults import brief
 from cpo.net.retries import RetryPolicy
 
 if TYPE_CHECKING:
@@ -68,8 +69,3 @@ class Attempts:
         """The attempt is over: each tracker settles it (an unused reservation back, a cancelled call unknown)."""
         for tracker in self.trackers:
             tracker.close_call(attempt_id)
-
-
-def brief(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__

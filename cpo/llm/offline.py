@@ -132,7 +132,7 @@ FILLERS = {
 
 
 def _trait(profile: dict[str, str]) -> str:
-    """A qualitative phrase from the profile (its figures arrive as words: `cpo.prompts.PROFILE_WORDS`)."""
+    """A qualitative phrase from the profile (its figures arrive as words: `cpo.email.prompts.PROFILE_WORDS`)."""
     last, orders = profile.get("last purchase", ""), profile.get("orders", "")
     if last == "long ago":
         return "the orders you have placed with us over time"

@@ -12,6 +12,8 @@ import time
 import httpx2
 import openai
 
+from cpo.core.errors import first_line
+
 UNSUPPORTED_FORMAT_HINTS = ("response_format", "response format", "json_schema", "tool_choice", "tools", "function")
 
 
@@ -92,13 +94,18 @@ def retry_after_s(exc: BaseException) -> float | None:
 
 def one_line(exc: BaseException) -> str:
     """An error as one line; connection errors name the host they tried."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
         url = getattr(getattr(exc, "request", None), "url", None)
         where = f"{url.scheme}://{url.host}:{url.port}" if url is not None and url.port else str(url or "")
         cause = exc.__cause__
-        reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else text
+        reason = first_line(cause) if cause is not None and str(cause).strip() else text
         return f"cannot reach {where}: {reason}"
     notes = "; ".join(getattr(exc, "__notes__", []) or [])
     shown = f"{type(exc).__name__}: {text}" if isinstance(exc, openai.OpenAIError) else text
     return f"{shown} ({notes})" if notes else shown
+
+
+def brief(exc: BaseException, limit: int = 120) -> str:
+    """'APITimeoutError: Request timed out.': the error's type and its first line, for log lines."""
+    return f"{type(exc).__name__}: {first_line(exc, limit)}" if str(exc).strip() else type(exc).__name__

@@ -32,6 +32,10 @@ from cpo.campaign.campaign_file import Campaign
 from cpo.core.models import EmailVariant
 
 NOT_SENT = ""
+TEMPLATES_FILE = "templates.json"
+SEGMENTS_FILE = "segments.csv"
+ASSIGNMENTS_FILE = "assignments.csv"
+SEND_LIST_FILE = "send_list.csv"
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,8 @@ def export_campaign(
         delivery = Delivery(plan={}, substituted=[], unsent=unsent)
     con.execute("CREATE OR REPLACE TEMP TABLE segment_rules (segment VARCHAR, rule VARCHAR)")
     con.executemany("INSERT INTO segment_rules VALUES (?, ?)", [(s.name, s.rule) for s in segments])
-    write_templates(run_dir / "templates.json", variants, campaign, withheld)
-    write_segments(run_dir / "segments.csv", segments)
+    write_templates(run_dir / TEMPLATES_FILE, variants, campaign, withheld)
+    write_segments(run_dir / SEGMENTS_FILE, segments)
     first_name = "c.first_name" if "first_name" in loaded.columns else "NULL"
     con.execute(
         "CREATE OR REPLACE TEMP TABLE delivered AS "
@@ -173,11 +177,11 @@ def export_campaign(
     target = str(run_dir).replace("'", "''")
     con.execute(
         "COPY (SELECT customer_id, segment, rule, arm, delivered_variant FROM delivered ORDER BY customer_id) "
-        f"TO '{target}/assignments.csv' (HEADER, DELIMITER ',')"
+        f"TO '{target}/{ASSIGNMENTS_FILE}' (HEADER, DELIMITER ',')"
     )
     con.execute(
         "COPY (SELECT customer_id, arm, delivered_variant AS variant_id, first_name FROM delivered "
-        f"WHERE delivered_variant <> '' ORDER BY customer_id) TO '{target}/send_list.csv' (HEADER, DELIMITER ',')"
+        f"WHERE delivered_variant <> '' ORDER BY customer_id) TO '{target}/{SEND_LIST_FILE}' (HEADER, DELIMITER ',')"
     )
     return delivery
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpo.core.errors import InputError
+from cpo.core.errors import InputError, first_line
 
 REQUIRED = ("customer_id", "tier", "purchase_frequency", "avg_order_value", "last_engagement_days")
 NUMERIC = (
@@ -113,7 +113,7 @@ def _raw_table(con: Any, path: Path) -> None:
                 f"read_csv('{source}', header = true, all_varchar = true, auto_detect = true)"
             )
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         kind = path.suffix.lstrip(".") or "CSV"
         raise InputError(f"customer file {path}: cannot be read as {kind}: {first}") from None
 

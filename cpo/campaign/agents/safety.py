@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cpo.campaign.campaign_file import footed
-from cpo.core.errors import InputError
+from cpo.core.errors import InputError, first_line
 from cpo.core.files import load_yaml_model
 from cpo.core.models import EmailVariant, Snippet
 from cpo.core.resources import bundled
@@ -143,7 +143,7 @@ def screen_variant(
         analysis = screen.analyze(text)
         severities = {c: int(analysis.get(c, 0)) for c in CATEGORIES}
     except Exception as exc:  # fail closed, whatever the backend raised
-        brief = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        brief = first_line(exc)
         return SafetyDecision(**decision, blocked=True, reasons=[f"{UNAVAILABLE}: {brief}"], severities={})
     reasons += [
         f"{category} severity {severity} is at or above the threshold {policy.threshold}"

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cpo.campaign.agents.load import NUMERIC, LoadedCustomers
-from cpo.core.errors import InputError
+from cpo.core.errors import InputError, first_line
 from cpo.core.files import load_yaml_model
 from cpo.core.resources import bundled
 
@@ -93,7 +93,7 @@ def segment_customers(loaded: LoadedCustomers, rules_path: Path | None = None) -
         try:
             con.execute(f"SELECT count(*) FROM customers WHERE ({r.rule})").fetchone()
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0]
+            first = first_line(exc)
             raise InputError(f"rules file {path}: segment {r.name!r}: bad rule {r.rule!r}: {first}") from None
     cases = " ".join(f"WHEN ({r.rule}) THEN ?" for r in rules)
     params = [r.name for r in rules]

@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from cpo.core.errors import ConfigError
+from cpo.core.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureKeyCredential, TokenCredential
@@ -56,7 +56,7 @@ def env_credential(key_variable: str) -> AzureKeyCredential | TokenCredential:
     return AzureKeyCredential(key) if key else entra_credential(key_variable)
 
 
-def one_line(text: str, secret: str | None = None, limit: int = 300) -> str:
+def clean_line(text: str, secret: str | None = None, limit: int = 300) -> str:
     """Collapse whitespace, drop a secret if it slipped in, and cap the length."""
     if secret:
         text = text.replace(secret, "***")
@@ -81,8 +81,7 @@ def transport_reason(exc: BaseException) -> str:
         return "timed out"
     if "Bearer token authentication is not permitted for non-TLS" in text:
         return "Entra ID sign-in needs an https:// endpoint"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return first
+    return first_line(exc)
 
 
 def http_message(exc: Any) -> str:
@@ -104,13 +103,13 @@ def describe_azure_error(
     status = getattr(exc, "status_code", None)
     during = f" while {doing}" if doing else ""
     if isinstance(exc, HttpResponseError) and status in (401, 403):
-        detail = one_line(http_message(exc), secret, 160)
+        detail = clean_line(http_message(exc), secret, 160)
         return True, f"{where} refused the credentials (HTTP {status}: {detail}){during}: {credentials_hint}"
     if isinstance(exc, ClientAuthenticationError):  # azure-identity could not get a token
-        detail = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else "", secret, 160)
+        detail = clean_line(first_line(exc) if str(exc).strip() else "", secret, 160)
         return True, f"{where}: Entra ID sign-in failed{during}: {detail}"
     if isinstance(exc, HttpResponseError) and status is not None:
-        return False, f"{where} answered HTTP {status}{during}: {one_line(http_message(exc), secret, 200)}"
+        return False, f"{where} answered HTTP {status}{during}: {clean_line(http_message(exc), secret, 200)}"
     if isinstance(exc, ServiceRequestError):
         return False, f"{where} is unreachable{during}: {transport_reason(exc)}"
-    return False, f"{where} did not answer{during}: {one_line(transport_reason(exc), secret)}"
+    return False, f"{where} did not answer{during}: {clean_line(transport_reason(exc), secret)}"

@@ -22,7 +22,7 @@ from cpo.campaign.backends.azure_common import (
     env_credential,
     required_env,
 )
-from cpo.core.errors import ConfigError, CpoError
+from cpo.core.errors import ConfigError, CpoError, ExitCode
 
 if TYPE_CHECKING:
     from azure.ai.contentsafety import ContentSafetyClient
@@ -36,7 +36,7 @@ OVERLAP = 200  # characters a piece repeats from the end of the one before
 class ScreeningUnavailable(CpoError):
     """Content Safety gave no usable verdict; the caller blocks the text ("screening unavailable")."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 def split_text(text: str, limit: int = MAX_TEXT, overlap: int = OVERLAP) -> list[str]:

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 from cpo.campaign.backends.azure_common import (
     DEFAULT_CLIENT_KWARGS,
     SERVICES_HINT,
+    clean_line,
     describe_azure_error,
     endpoint_host,
     env_credential,
-    one_line,
     required_env,
 )
 from cpo.campaign.backends.content_index import ContentHit
-from cpo.core.errors import ConfigError, CpoError
+from cpo.core.errors import ConfigError, CpoError, ExitCode
 from cpo.core.models import Snippet
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ _QUERY_OPERATORS = re.compile(r"""[+\-&|!(){}\[\]^"~*?:\\/]""")
 class SearchUnavailable(CpoError):
     """Azure AI Search could not be reached or did not do what was asked (not a credentials problem)."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 def audience_filter(audience: str | None) -> str:
@@ -188,7 +188,7 @@ class AzureSearchIndex:
         failed = [r for r in results if not r.succeeded]
         if failed:
             first = failed[0]
-            detail = one_line(str(first.error_message or f"status {first.status_code}"), self._secret)
+            detail = clean_line(str(first.error_message or f"status {first.status_code}"), self._secret)
             raise SearchUnavailable(
                 f"Azure AI Search at {self.host}: {len(failed)} document(s) failed while {doing}; "
                 f"first {first.key!r}: {detail}"

@@ -1,6 +1,6 @@
 """What a content index returns and the interface every backend (embedded SQLite FTS5, Azure AI Search) has.
 
-Retrieval (`cpo.agents.retrieval`) queries an index with words from a segment's features and offer and
+Retrieval (`cpo.campaign.agents.retrieval`) queries an index with words from a segment's features and offer and
 an audience filter (the segment's tier); a hit carries its snippet's metadata and the backend's score.
 """
 
