@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from langchain_core.runnables import RunnableLambda
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from cpo.accounting.tracker import CostTracker
+from cpo.campaign.checkpoints import open_checkpointer
 from cpo.campaign.graph import build_pipeline
 from cpo.campaign.nodes import Tools
 from cpo.core.models import EmailRequest, EmailVariant
@@ -28,11 +28,8 @@ def inputs(run_dir: Path) -> dict[str, Any]:
 
 
 async def run_graph(run_dir: Path, chain: Any, tracker: CostTracker, *, resume: bool = False) -> Any:
-    import aiosqlite
-
-    # A generous busy timeout: a failed run's last checkpoint writes may still hold the file for a moment.
-    async with aiosqlite.connect(run_dir / "checkpoints.sqlite", timeout=30) as conn:
-        graph = build_pipeline(Tools(chain), AsyncSqliteSaver(conn))
+    async with open_checkpointer(run_dir) as saver:
+        graph = build_pipeline(Tools(chain), saver)
         config = {"configurable": {"thread_id": "run-1"}, "callbacks": [tracker]}
         return await graph.ainvoke(None if resume else {"inputs": inputs(run_dir)}, config)
 
@@ -137,3 +134,46 @@ def test_the_readmes_python_campaign_example_runs(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out.strip()
     assert "'control':" in out and out.endswith("{} 20")  # arms, nothing withheld, 20 emails
     assert Path("runs/from-python/send_list.csv").is_file()
+
+
+def test_a_failed_run_does_not_leave_the_checkpoint_file_locked_for_the_next_connection(tmp_path: Path) -> None:
+    """A cancelled checkpoint write can leave its cursor in a reference cycle: SQLite keeps the closed
+    connection (and its write lock) alive until the cycle is collected, and a resume in the same process
+    waited the busy timeout for every write. This builds that state on purpose; the next write must not wait."""
+    import gc
+
+    class Crash(Exception):
+        pass
+
+    insert = (
+        "INSERT INTO writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel) "
+        "VALUES (?, '', 'c', 'task', ?, 'x')"
+    )
+
+    async def crash_with_a_write_in_flight() -> None:
+        async with open_checkpointer(tmp_path) as saver:
+            await saver.setup()
+            for idx in range(3):
+                await saver.conn.execute(insert, ("seed", idx))
+            await saver.conn.commit()
+            reading = await saver.conn.execute("SELECT idx FROM writes WHERE thread_id = 'seed'")
+            await reading.fetchone()  # a read left part-way, as a cancelled checkpoint read leaves it
+            await saver.conn.execute(insert, ("t", 0))  # and a write transaction, never committed
+            cycle: list[Any] = [reading]
+            cycle.append(cycle)  # only the cycle collector can free the cursor (and finalize its statement)
+            del reading, cycle
+            raise Crash
+
+    async def write_again() -> None:
+        async with open_checkpointer(tmp_path) as saver:
+            await saver.setup()
+            await saver.conn.execute(insert, ("t", 1))
+            await saver.conn.commit()
+
+    gc.disable()  # as if the collector had not run yet (it runs when it likes; the failure was intermittent)
+    try:
+        with pytest.raises(Crash):
+            asyncio.run(crash_with_a_write_in_flight())
+        asyncio.run(asyncio.wait_for(write_again(), timeout=5))  # the busy timeout is 30 s: this waited for it
+    finally:
+        gc.enable()
