@@ -461,8 +461,8 @@ def campaign_env(monkeypatch: pytest.MonkeyPatch, search: SearchEmulator, screen
     monkeypatch.setenv("AZURE_CONTENT_SAFETY_ENDPOINT", screen.endpoint)
     monkeypatch.setenv("AZURE_CONTENT_SAFETY_KEY", screen.api_key)
     for cls in (AzureSearchIndex, AzureContentSafety):  # no retries: a failing service fails at once
-        original = cls.from_env.__func__  # type: ignore[attr-defined]
-        monkeypatch.setattr(cls, "from_env", classmethod(lambda c, _o=original: _o(c, **FAST)))
+        original = cls.from_settings.__func__  # type: ignore[attr-defined]
+        monkeypatch.setattr(cls, "from_settings", classmethod(lambda c, settings, _o=original: _o(c, settings, **FAST)))
 
 
 def test_cpo_run_retrieves_from_azure_search_and_screens_with_content_safety(

@@ -105,3 +105,43 @@ def test_a_dotenv_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings()
     assert str(caught.value) == ".env: not UTF-8 text (byte 0xe9 at offset 18); save it as UTF-8"
+
+
+def test_the_azure_services_are_read_from_dotenv_and_chosen_in_one_place(tmp_path: Path) -> None:
+    """AZURE_SEARCH_* and AZURE_CONTENT_SAFETY_* are settings like the others: `.env` works for them."""
+    from cpo.campaign.backends import content_index, uses_azure_content_safety, uses_azure_search
+    from cpo.campaign.backends.azure_search import AzureSearchIndex
+
+    assert not uses_azure_search() and not uses_azure_content_safety()
+    (tmp_path / ".env").write_text(
+        "AZURE_SEARCH_ENDPOINT=http://127.0.0.1:9/\nAZURE_SEARCH_INDEX=approved-content\nAZURE_SEARCH_KEY=sk\n"
+        "AZURE_CONTENT_SAFETY_ENDPOINT=http://127.0.0.1:9\nAZURE_CONTENT_SAFETY_KEY=ck\n",
+        encoding="utf-8",
+    )
+    settings = Settings()
+    assert settings.azure_search_endpoint == "http://127.0.0.1:9" and settings.azure_search_index == "approved-content"
+    assert settings.azure_search_key is not None and "sk" not in repr(settings)
+    assert uses_azure_search() and uses_azure_content_safety()
+    index = content_index(tmp_path)  # built from the settings, no request made
+    assert isinstance(index, AzureSearchIndex) and (index.endpoint, index.index) == (
+        "http://127.0.0.1:9",
+        "approved-content",
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AZURE_SEARCH_ENDPOINT": "https://x.search.windows.net"}, "AZURE_SEARCH_INDEX is not set; it is required"),
+        ({"AZURE_SEARCH_ENDPOINT": "x.search.windows.net"}, "AZURE_SEARCH_ENDPOINT: not an http(s) URL"),
+        ({"AZURE_CONTENT_SAFETY_ENDPOINT": "ftp://x"}, "AZURE_CONTENT_SAFETY_ENDPOINT: not an http(s) URL"),
+    ],
+)
+def test_azure_service_settings_are_checked_once_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        Settings()
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

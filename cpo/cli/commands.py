@@ -209,17 +209,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     from cpo.core.settings import Settings
     from cpo.email.content import load_snippets
 
+    settings = Settings()
     snippets = list(load_snippets().values())
-    if uses_azure_search():
+    if uses_azure_search(settings):
         from cpo.campaign.backends.azure_search import AzureSearchIndex
 
-        remote = AzureSearchIndex.from_env()
+        remote = AzureSearchIndex.from_settings(settings)
         remote.build(snippets)
         say(f"uploaded {len(snippets)} snippets to Azure AI Search index {remote.index}")
         return ExitCode.OK
     from cpo.campaign.backends.sqlite_index import SqliteFtsIndex
 
-    path = (args.out or Settings().runs_dir) / INDEX_FILE
+    path = (args.out or settings.runs_dir) / INDEX_FILE
     local = SqliteFtsIndex(path)
     try:
         local.build(snippets)

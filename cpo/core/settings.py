@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     runs_dir: Path = Field(Path("runs"), validation_alias=AliasChoices("CPO_RUNS_DIR", "runs_dir"))
     # Where `cpo run` checkpoints its graph: a Postgres URL shares runs between machines; else SQLite in the run.
     checkpoint_url: str | None = _env("CPO_CHECKPOINT_URL", "checkpoint_url")
+    # Azure AI Search as the content index, Azure AI Content Safety as the screen (else the embedded ones).
+    azure_search_endpoint: str | None = _env("AZURE_SEARCH_ENDPOINT", "azure_search_endpoint")
+    azure_search_index: str | None = _env("AZURE_SEARCH_INDEX", "azure_search_index")
+    azure_search_key: SecretStr | None = _env("AZURE_SEARCH_KEY", "azure_search_key")
+    azure_content_safety_endpoint: str | None = _env("AZURE_CONTENT_SAFETY_ENDPOINT", "azure_content_safety_endpoint")
+    azure_content_safety_key: SecretStr | None = _env("AZURE_CONTENT_SAFETY_KEY", "azure_content_safety_key")
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -70,7 +76,7 @@ class Settings(BaseSettings):
                 f".env: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
             ) from None
 
-    @field_validator("azure_endpoint", "openai_base_url")
+    @field_validator("azure_endpoint", "openai_base_url", "azure_search_endpoint", "azure_content_safety_endpoint")
     @classmethod
     def _url(cls, value: str | None, info: Any) -> str | None:
         if value is None or not value.strip():
@@ -89,6 +95,9 @@ class Settings(BaseSettings):
         "price_file",
         "prompts_dir",
         "ledger_path",
+        "azure_search_index",
+        "azure_search_key",
+        "azure_content_safety_key",
         mode="before",
     )
     @classmethod
@@ -104,6 +113,8 @@ class Settings(BaseSettings):
             raise ConfigError(f"AZURE_OPENAI_ENDPOINT is not set but {set_var} is")
         if self.openai_base_url and not self.model_name:
             raise ConfigError("CPO_MODEL_NAME is not set; it is required with OPENAI_BASE_URL")
+        if self.azure_search_endpoint and not self.azure_search_index:
+            raise ConfigError("AZURE_SEARCH_INDEX is not set; it is required with AZURE_SEARCH_ENDPOINT")
         wanted = self.provider_choice
         if wanted == "azure" and not self.azure_endpoint:
             raise ConfigError("CPO_PROVIDER=azure but AZURE_OPENAI_ENDPOINT is not set")

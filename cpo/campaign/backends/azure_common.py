@@ -1,10 +1,9 @@
-"""What both Azure services (AI Search, AI Content Safety) need: settings from the environment, credentials,
+"""What both Azure services (AI Search, AI Content Safety) need: required settings, credentials,
 and their SDK errors described in one line that names the service's host and never the key.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -12,6 +11,7 @@ from cpo.core.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureKeyCredential, TokenCredential
+    from pydantic import SecretStr
 
 SERVICES_HINT = "pip install 'cpo[azure-services]'"
 ENTRA_HINT = "pip install 'cpo[azure]'"
@@ -20,11 +20,10 @@ ENTRA_HINT = "pip install 'cpo[azure]'"
 DEFAULT_CLIENT_KWARGS: dict[str, Any] = {"retry_total": 3, "connection_timeout": 10.0, "read_timeout": 60.0}
 
 
-def required_env(name: str, what: str) -> str:
+def required(value: str | None, variable: str, what: str) -> str:
     """A setting that must be present; its absence is one line naming the variable."""
-    value = os.environ.get(name, "").strip()
     if not value:
-        raise ConfigError(f"{name} is not set: {what}")
+        raise ConfigError(f"{variable} is not set: {what}")
     return value
 
 
@@ -48,12 +47,11 @@ def entra_credential(key_variable: str) -> TokenCredential:
     return credential
 
 
-def env_credential(key_variable: str) -> AzureKeyCredential | TokenCredential:
-    """An AzureKeyCredential from `key_variable` when it is set, else Entra ID."""
+def credential(key: SecretStr | None, key_variable: str) -> AzureKeyCredential | TokenCredential:
+    """An AzureKeyCredential from the key when one is set (`key_variable`), else Entra ID."""
     from azure.core.credentials import AzureKeyCredential
 
-    key = os.environ.get(key_variable, "").strip()
-    return AzureKeyCredential(key) if key else entra_credential(key_variable)
+    return AzureKeyCredential(key.get_secret_value()) if key is not None else entra_credential(key_variable)
 
 
 def clean_line(text: str, secret: str | None = None, limit: int = 300) -> str:

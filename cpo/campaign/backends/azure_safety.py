@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 from cpo.campaign.backends.azure_common import (
     DEFAULT_CLIENT_KWARGS,
     SERVICES_HINT,
+    credential,
     describe_azure_error,
     endpoint_host,
-    env_credential,
-    required_env,
+    required,
 )
 from cpo.core.errors import ConfigError, CpoError, ExitCode
+from cpo.core.settings import Settings
 
 if TYPE_CHECKING:
     from azure.ai.contentsafety import ContentSafetyClient
@@ -93,15 +94,21 @@ class AzureContentSafety:
         self._client = client_class(endpoint=self.endpoint, credential=credential, **kwargs)
 
     @classmethod
-    def from_env(cls, **client_kwargs: Any) -> AzureContentSafety:
-        """From AZURE_CONTENT_SAFETY_ENDPOINT and AZURE_CONTENT_SAFETY_KEY (else Entra ID)."""
-        endpoint = required_env(
+    def from_settings(cls, settings: Settings, **client_kwargs: Any) -> AzureContentSafety:
+        """From AZURE_CONTENT_SAFETY_ENDPOINT and AZURE_CONTENT_SAFETY_KEY (else Entra ID) in `settings`."""
+        endpoint = required(
+            settings.azure_content_safety_endpoint,
             "AZURE_CONTENT_SAFETY_ENDPOINT",
             "the Content Safety endpoint, https://<resource>.cognitiveservices.azure.com",
         )
-        endpoint_host(endpoint, "AZURE_CONTENT_SAFETY_ENDPOINT")
         _safety_sdk()
-        return cls(endpoint, env_credential("AZURE_CONTENT_SAFETY_KEY"), **client_kwargs)
+        key = settings.azure_content_safety_key
+        return cls(endpoint, credential(key, "AZURE_CONTENT_SAFETY_KEY"), **client_kwargs)
+
+    @classmethod
+    def from_env(cls, **client_kwargs: Any) -> AzureContentSafety:
+        """`from_settings` with the environment and `.env` as they are now."""
+        return cls.from_settings(Settings(), **client_kwargs)
 
     def __repr__(self) -> str:
         return f"AzureContentSafety(endpoint={self.endpoint!r})"

@@ -23,14 +23,15 @@ from cpo.campaign.backends.azure_common import (
     DEFAULT_CLIENT_KWARGS,
     SERVICES_HINT,
     clean_line,
+    credential,
     describe_azure_error,
     endpoint_host,
-    env_credential,
-    required_env,
+    required,
 )
 from cpo.campaign.backends.content_index import ContentHit
 from cpo.core.errors import ConfigError, CpoError, ExitCode
 from cpo.core.models import Snippet
+from cpo.core.settings import Settings
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureKeyCredential, TokenCredential
@@ -99,15 +100,25 @@ class AzureSearchIndex:
         self._indexes = index_client(endpoint=self.endpoint, credential=credential, **kwargs)
 
     @classmethod
-    def from_env(cls, **client_kwargs: Any) -> AzureSearchIndex:
-        """From AZURE_SEARCH_ENDPOINT, AZURE_SEARCH_INDEX and AZURE_SEARCH_KEY (else Entra ID)."""
-        endpoint = required_env(
-            "AZURE_SEARCH_ENDPOINT", "the Azure AI Search endpoint, https://<service>.search.windows.net"
+    def from_settings(cls, settings: Settings, **client_kwargs: Any) -> AzureSearchIndex:
+        """From AZURE_SEARCH_ENDPOINT, AZURE_SEARCH_INDEX and AZURE_SEARCH_KEY (else Entra ID) in `settings`."""
+        endpoint = required(
+            settings.azure_search_endpoint,
+            "AZURE_SEARCH_ENDPOINT",
+            "the Azure AI Search endpoint, https://<service>.search.windows.net",
         )
-        index = required_env("AZURE_SEARCH_INDEX", "the name of the Azure AI Search index for the approved content")
-        endpoint_host(endpoint, "AZURE_SEARCH_ENDPOINT")
+        index = required(
+            settings.azure_search_index,
+            "AZURE_SEARCH_INDEX",
+            "the name of the Azure AI Search index for the approved content",
+        )
         _search_sdk()
-        return cls(endpoint, index, env_credential("AZURE_SEARCH_KEY"), **client_kwargs)
+        return cls(endpoint, index, credential(settings.azure_search_key, "AZURE_SEARCH_KEY"), **client_kwargs)
+
+    @classmethod
+    def from_env(cls, **client_kwargs: Any) -> AzureSearchIndex:
+        """`from_settings` with the environment and `.env` as they are now."""
+        return cls.from_settings(Settings(), **client_kwargs)
 
     def __repr__(self) -> str:
         return f"AzureSearchIndex(endpoint={self.endpoint!r}, index={self.index!r})"
