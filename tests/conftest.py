@@ -32,17 +32,50 @@ REAL_AZURE = {key: os.environ.get(f"CPO_RECORD_AZURE_{key.upper()}") for key in 
 REAL_AZURE_ON = False  # set in pytest_configure: only while recording, and only with all three variables
 
 
+# The timeout of tests marked `waits`; every other test fails after pyproject's `timeout` (20 s).
+WAITS_TIMEOUT_S = 90
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _SESSION_ENV.undo()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("waits") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(WAITS_TIMEOUT_S))
+
+
+_SESSION_ENV = pytest.MonkeyPatch()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    """The environment is scrubbed for the whole session, before collection and module-scoped fixtures too."""
+    _scrub(_SESSION_ENV)
     global REAL_AZURE_ON
     REAL_AZURE_ON = all(REAL_AZURE.values()) and config.getoption("--record-mode") not in (None, "none")
 
 
+# Variables a developer's shell may carry that would send a test (or a process it starts) somewhere real.
+SCRUBBED = ("AZURE_", "OPENAI_", "CPO_", "LANGSMITH_", "LANGCHAIN_")
+HERMETIC_PATH = Path(__file__).resolve().parent / "hermetic"  # sitecustomize.py: loopback only, in subprocesses too
+
+
+def _scrub(patch: pytest.MonkeyPatch) -> None:
+    for var in list(os.environ):
+        if var.startswith(SCRUBBED):
+            patch.delenv(var)
+    patch.setenv("LOOPBACK_ONLY_TESTS", "1")
+    patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERMETIC_PATH), os.environ.get("PYTHONPATH")])))
+
+
 @pytest.fixture(autouse=True)
 def hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Drop the developer's Azure/OpenAI/cpo variables and run in an empty directory (no stray `.env`)."""
-    for var in list(os.environ):
-        if var.startswith(("AZURE_OPENAI_", "OPENAI_", "CPO_")):
-            monkeypatch.delenv(var)
+    """Drop every Azure, OpenAI, cpo and LangSmith/LangChain variable (again: a test before may have set one) and
+    run in an empty directory (no stray `.env`), with the id key in the test's directory. Processes the test
+    starts inherit all of this and reach only loopback (pytest-socket's `--allow-hosts` does it for this one)."""
+    _scrub(monkeypatch)
+    monkeypatch.setenv("CPO_ID_KEY_FILE", str(tmp_path / "id-key"))
     monkeypatch.chdir(tmp_path)
 
 

@@ -45,6 +45,7 @@ def tokens(rows: list[dict[str, Any]], keys: tuple[str, str]) -> int:
 
 
 @pytest.mark.live_server
+@pytest.mark.waits
 def test_kill_9_mid_repair_then_resume_pays_again_only_for_emails_in_flight(live_server: Any) -> None:
     """Every first draft is flawed, so each email is a draft and a repair; the run is killed with emails mid-repair."""
 
@@ -105,6 +106,7 @@ def test_kill_9_mid_repair_then_resume_pays_again_only_for_emails_in_flight(live
 
 
 @pytest.mark.live_server
+@pytest.mark.waits
 def test_ctrl_c_then_resume_completes_the_campaign(live_server: Any) -> None:
     live_server.responder = flawed_drafter
     live_server.latency = 0.2
@@ -131,6 +133,7 @@ def test_ctrl_c_then_resume_completes_the_campaign(live_server: Any) -> None:
 
 
 @pytest.mark.live_server
+@pytest.mark.waits
 def test_the_budget_stops_the_run_and_resume_continues_under_the_same_cap(
     live_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

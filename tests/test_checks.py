@@ -29,6 +29,7 @@ def point_at(monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
 
 @pytest.mark.live_server
 @pytest.mark.parametrize("serial", [True, False])
+@pytest.mark.waits
 def test_check_names_the_method_and_measures_parallelism(
     serial: bool, live_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

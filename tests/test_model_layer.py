@@ -57,6 +57,7 @@ def test_timeout_none_is_refused() -> None:
 
 
 @pytest.mark.live_server
+@pytest.mark.waits
 def test_timeout_is_enforced_per_attempt(live_server: Any) -> None:
     """A hung endpoint ends after (max_retries + 1) attempts of `timeout` each, plus the SDK's backoff."""
     timeout, retries = 0.4, 2
@@ -75,6 +76,7 @@ def test_timeout_is_enforced_per_attempt(live_server: Any) -> None:
 
 
 @pytest.mark.live_server
+@pytest.mark.waits
 def test_hung_endpoint_with_default_settings_is_bounded(live_server: Any) -> None:
     """The defaults (10 s, 3 retries) bound a hang; checked here at 1/20 scale to keep the suite fast."""
     live_server.script("gpt-4o-mini", *[hang(20) for _ in range(4)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "generation_playground.ipynb"
@@ -37,6 +38,7 @@ def test_committed_notebook_has_no_outputs() -> None:
             assert cell.outputs == [] and cell.execution_count is None, f"cell {cell.id} has stored outputs"
 
 
+@pytest.mark.waits
 def test_notebook_runs_offline(tmp_path: Path) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})

@@ -85,6 +85,7 @@ async def _graph_run(run_dir: Path, url: str, chain: Any, thread: str, *, resume
         return await graph.ainvoke(None if resume else {"inputs": inputs(run_dir)}, config)
 
 
+@pytest.mark.waits
 def test_a_crashed_run_resumes_from_its_postgres_checkpoint(postgres_url: str, tmp_path: Path) -> None:
     flaky = Flaky()
     with pytest.raises(Crash):
@@ -109,6 +110,7 @@ def test_a_crashed_run_resumes_from_its_postgres_checkpoint(postgres_url: str, t
     assert (tmp_path / "send_list.csv").is_file()
 
 
+@pytest.mark.waits
 def test_cpo_run_checkpoints_in_postgres_when_the_url_is_set(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

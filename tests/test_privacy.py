@@ -29,6 +29,7 @@ def test_a_plain_hash_of_the_id_does_not_match(tmp_path: Path) -> None:
 
 
 def test_the_key_location_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CPO_ID_KEY_FILE")  # the hermetic set-up points it at the test's directory
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert key_file() == tmp_path / "cpo" / "id-key"
     monkeypatch.setenv("CPO_ID_KEY_FILE", str(tmp_path / "mine"))

@@ -80,6 +80,7 @@ def assert_paid_emails_match_paid_calls() -> list[dict[str, Any]]:
     return list(variants)
 
 
+@pytest.mark.waits
 def test_ctrl_c_against_a_hung_endpoint_returns_within_two_seconds(live_server: Any) -> None:
     """Before: SIGINT was ignored until every call used its timeouts and retries (36-37 s), then exit 130, silent."""
     live_server.script("gpt-4o-mini", *[hang(60) for _ in range(40)])
@@ -96,6 +97,7 @@ def test_ctrl_c_against_a_hung_endpoint_returns_within_two_seconds(live_server: 
     assert len(rows) == 4 and all(r["status"].startswith("unknown-cost") for r in rows)
 
 
+@pytest.mark.waits
 def test_ctrl_c_keeps_every_email_that_was_paid_for(live_server: Any) -> None:
     """Before: Ctrl-C after 12 s left 8 emails in variants.json while the ledger counted 12 paid calls."""
     live_server.responder = email_drafter
@@ -112,6 +114,7 @@ def test_ctrl_c_keeps_every_email_that_was_paid_for(live_server: Any) -> None:
     assert f"interrupted: {len(variants)} of {EMAILS} emails" in err
 
 
+@pytest.mark.waits
 def test_a_second_ctrl_c_exits_at_once_and_leaves_valid_files(live_server: Any) -> None:
     live_server.script("gpt-4o-mini", ok(tool_args=None), *[hang(60) for _ in range(40)])
     live_server.responder = None
@@ -128,6 +131,7 @@ def test_a_second_ctrl_c_exits_at_once_and_leaves_valid_files(live_server: Any) 
     json.loads((the_run_dir() / "costs.json").read_text())
 
 
+@pytest.mark.waits
 def test_kill_9_never_leaves_a_produced_email_without_its_cost(live_server: Any) -> None:
     live_server.responder = email_drafter
     live_server.latency = 0.1
