@@ -207,6 +207,22 @@ def test_appending_customers_does_not_move_anyone_already_assigned(tmp_path: Pat
     assert all(after[cid] == arm for cid, arm in before.items())
 
 
+def test_reordering_the_customer_file_moves_no_one(tmp_path: Path) -> None:
+    """A customer's arm depends on the seed and their id only: never on where the row sits in the file."""
+    import random
+
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines()
+    body = lines[1:]
+    random.Random(3).shuffle(body)
+    shuffled = tmp_path / "shuffled.csv"
+    shuffled.write_text("\n".join([lines[0], *body]) + "\n", encoding="utf-8")
+    before, after = assigned(7), assigned(7, shuffled)
+    assert len(before) == 241 and after == before
+    reversed_file = tmp_path / "reversed.csv"
+    reversed_file.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n", encoding="utf-8")
+    assert assigned(7, reversed_file) == before
+
+
 def test_holdout_and_weights_follow_the_allocation() -> None:
     loaded = load_customers(SAMPLE)
     segment_customers(loaded)

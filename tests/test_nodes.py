@@ -376,6 +376,52 @@ async def test_generate_commits_the_ledger_before_keeping_the_email(
     assert KeptEmails(tmp_path).path(key_of(request)).is_file()
 
 
+async def test_no_email_file_appears_while_its_cost_is_not_committed(run: Run, tmp_path: Path) -> None:
+    """Ledger before file, without timing: the ledger's writer is held on an event; while it is, the paid email
+    must not be on disk (a resumed run would reuse it without its cost in the ledger); once released, it is."""
+    import threading
+
+    release = threading.Event()
+
+    class HeldLedger(Ledger):
+        def _write(self, conn: Any, rows: Any) -> None:
+            release.wait(10)
+            super()._write(conn, rows)
+
+    _, state = run
+    request = state["requests"][0]
+    variant = EmailVariant.model_validate(state["variants"][key_of(request)])
+    ledger = HeldLedger(tmp_path / "ledger.sqlite")
+    tracker = CostTracker(ledger=ledger)
+    answered = asyncio.Event()
+
+    async def paid_call(_: EmailRequest) -> EmailVariant:
+        ledger.append(CallRow(tracker.session_id, "run", None, "m", TokenCounts(10, 0, 5), Decimal("0.01"), 0.1, "ok"))
+        answered.set()
+        return variant
+
+    kept = KeptEmails(tmp_path).path(key_of(request))
+    task = asyncio.ensure_future(
+        nodes.generate(
+            {"request": request, "run_dir": str(tmp_path)}, {"callbacks": [tracker]}, Tools(as_chain(paid_call))
+        )
+    )
+    try:
+        await asyncio.wait_for(answered.wait(), 5)
+        for _ in range(20):  # 0.2 s of the node's own time: plenty to write a file it should not write
+            await asyncio.sleep(0.01)
+            assert not kept.exists(), "the email was kept before its cost reached the ledger"
+        assert not task.done()  # it is waiting for the ledger
+        release.set()
+        await asyncio.wait_for(task, 5)
+    finally:
+        release.set()
+        ledger.close()
+    assert kept.is_file()
+    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.sqlite")) as reader:
+        assert reader.execute("SELECT count(*) FROM calls").fetchone()[0] == 1
+
+
 async def test_generate_holds_no_more_emails_in_flight_than_the_guard_allows(run: Run, tmp_path: Path) -> None:
     _, state = run
     by_key = {k: EmailVariant.model_validate(v) for k, v in state["variants"].items()}

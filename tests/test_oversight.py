@@ -177,12 +177,20 @@ def test_audit_verify_passes_an_untouched_run(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err.endswith("was not run with --review: its variants were exported without review\n")
 
 
-def test_an_edited_row_is_detected(capsys: pytest.CaptureFixture[str], audited: Path) -> None:
+@pytest.mark.parametrize(
+    ("index", "field"), [(0, "decision"), (3, "decision"), (-1, "decision"), (-1, "content_sha256"), (-1, "reasons")]
+)
+def test_an_edited_row_is_detected(capsys: pytest.CaptureFixture[str], audited: Path, index: int, field: str) -> None:
+    """Any row, the first, one in the middle and the last (the head the recorded copies point at), any field."""
     rows = audit_rows(audited)
-    rows[3]["decision"] = "pass" if rows[3]["decision"] == "block" else "block"
+    row = rows[index]
+    row[field] = {"decision": "pass" if row["decision"] == "block" else "block", "reasons": "edited"}.get(
+        field, "0" * 64
+    )
     write_rows(audited, rows)
     code, out = verify(capsys, audited)
-    assert code == 1 and "line 5: its hash does not match its content (edited)" in out
+    line = (index % len(rows)) + 2  # the header is line 1
+    assert code == 1 and f"line {line}: its hash does not match its content (edited)" in out
 
 
 def test_a_removed_row_is_detected(capsys: pytest.CaptureFixture[str], audited: Path) -> None:

@@ -1,0 +1,280 @@
+"""Mutation check: break one promise at a time in a copy of cpo and see whether the tests notice.
+
+Each mutation replaces one piece of code (it must occur exactly once) in a temporary copy of the
+repository, then runs the test files that should catch it. A mutation the tests do not catch is a promise
+that can break silently: add the test that fails for it. The working tree is never touched.
+
+Usage: python scripts/mutate.py [--list] [NAME ...]   (default: every mutation; exit 1 if any survives)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_SECONDS = 600
+COPIED = ("cpo", "tests", "data", "prompts", "cassettes", "notebooks", "scripts", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = (
+    Mutation(
+        "ledger-flush-removed",
+        "cpo/campaign/nodes.py",
+        "                await tracker.ledger.aflush()\n",
+        "                pass\n",
+        ("tests/test_nodes.py",),
+    ),
+    Mutation(
+        "email-kept-before-flush",
+        "cpo/campaign/nodes.py",
+        "        # Ledger before file: an email is kept only once its calls are committed to the cost ledger.\n",
+        "        kept.keep(key, data)\n",
+        ("tests/test_nodes.py",),
+    ),
+    Mutation(
+        "audit-last-row-hash-skipped",
+        "cpo/campaign/audit.py",
+        '        if row_hash(row) != row["row_hash"]:',
+        '        if number - 2 < len(rows) - 1 and row_hash(row) != row["row_hash"]:',
+        ("tests/test_oversight.py",),
+    ),
+    Mutation(
+        "audit-previous-hash-unchecked",
+        "cpo/campaign/audit.py",
+        '        if row["prev_hash"] != previous:',
+        "        if False:",
+        ("tests/test_oversight.py",),
+    ),
+    Mutation(
+        "arms-by-row-order",
+        "cpo/campaign/agents/assignment.py",
+        "CAST(('0x' || substr(md5(? || ':' || customer_id), 1, 8)) AS UBIGINT) / 4294967296.0 AS u",
+        "((row_number() OVER () - 1 + 0 * CAST(? AS BIGINT)) % 4) / 4.0 AS u",  # dealt round-robin by row
+        ("tests/test_agents.py",),
+    ),
+    Mutation(
+        "no-reservation-for-outside-models",
+        "cpo/accounting/tracker.py",
+        "        if not reserved and self.budget is not None:",
+        "        if False:",
+        ("tests/test_budget_models.py",),
+    ),
+    Mutation(
+        "sync-reservation-removed",
+        "cpo/llm/resilient.py",
+        "                    tracker.reserve(attempt_id, attempts.prompt, attempts.params)\n",
+        "                    pass\n",
+        ("tests/test_budget_models.py", "tests/test_budget.py"),
+    ),
+    Mutation(
+        "unknown-cost-settled-as-zero",
+        "cpo/accounting/budget.py",
+        "                self.settled += held or Decimal(0)",
+        "                pass",
+        ("tests/test_deadlines.py", "tests/test_budget.py"),
+    ),
+    Mutation(
+        "budget-cap-not-checked",
+        "cpo/accounting/budget.py",
+        "        if self.settled + amount > self.max_usd:",
+        "        if False:",
+        ("tests/test_budget.py",),
+    ),
+    Mutation(
+        "a-400-is-retried",
+        "cpo/net/faults.py",
+        "    return exc.status_code in (408, 409, 429)",
+        "    return exc.status_code in (400, 408, 409, 429)",
+        ("tests/test_model_layer.py", "tests/test_legacy_api.py"),
+    ),
+    Mutation(
+        "retry-after-cap-ignored",
+        "cpo/net/retries.py",
+        "        if hinted is not None and hinted > self.max_wait_s:",
+        "        if False:",
+        ("tests/test_deadlines.py",),
+    ),
+    Mutation(
+        "attempt-not-bounded-by-wall-clock",
+        "cpo/net/transport.py",
+        "    deadline = _request_deadline.get()\n    if deadline is None:",
+        "    deadline = _request_deadline.get()\n    if True:",
+        ("tests/test_deadlines.py",),
+    ),
+    Mutation(
+        "fallback-on-any-error",
+        "cpo/email/loop.py",
+        'call.kind != "judge" and is_transient(exc):',
+        'call.kind != "judge":',
+        ("tests/test_runner.py", "tests/test_email_loop.py"),
+    ),
+    Mutation(
+        "grounding-ignores-the-period",
+        "cpo/email/grounding/check.py",
+        "    periods = [(s, f) for s, f in units if not claim.period or f.period == claim.period]",
+        "    periods = units",
+        ("tests/test_grounding.py",),
+    ),
+    Mutation(
+        "placeholders-allowed",
+        "cpo/email/validation.py",
+        "    placeholders = sorted(set(PLACEHOLDER.findall(shown)))",
+        "    placeholders: list[str] = []",
+        ("tests/test_validation.py",),
+    ),
+    Mutation(
+        "kept-email-not-reused",
+        "cpo/campaign/nodes.py",
+        "    if earlier is not None:  # generated before an interruption: not paid for again",
+        "    if False:",
+        ("tests/test_pipeline.py", "tests/test_legacy_runs.py"),
+    ),
+    Mutation(
+        "screening-fails-open",
+        "cpo/campaign/agents/safety.py",
+        '        return SafetyDecision(**decision, blocked=True, reasons=[f"{UNAVAILABLE}: {brief}"], severities={})',
+        "        return SafetyDecision(**decision, blocked=False, reasons=[], severities={})",
+        ("tests/test_oversight.py", "tests/test_nodes.py"),
+    ),
+    Mutation(
+        "footer-link-not-required",
+        "cpo/campaign/agents/safety.py",
+        "    if policy.footer_required and not UNSUBSCRIBE_TAG.search(footer):",
+        "    if False:",
+        ("tests/test_oversight.py",),
+    ),
+    Mutation(
+        "consent-ignored",
+        "cpo/campaign/agents/load.py",
+        '    consent_sql = consent if CONSENT in columns else "true"',
+        '    consent_sql = "true"',
+        ("tests/test_agents.py",),
+    ),
+    Mutation(
+        "suppression-ignored",
+        "cpo/campaign/agents/load.py",
+        '        suppressed_sql = "trim(CAST(customer_id AS VARCHAR)) IN (SELECT customer_id FROM suppressed)"',
+        "        pass",
+        ("tests/test_agents.py",),
+    ),
+    Mutation(
+        "withheld-variant-sendable",
+        "cpo/campaign/agents/export.py",
+        "    return variant.valid and variant.variant_id not in withheld",
+        "    return variant.valid",
+        ("tests/test_nodes.py", "tests/test_oversight.py"),
+    ),
+    Mutation(
+        "merge-values-not-escaped-in-html",
+        "cpo/campaign/agents/export.py",
+        "        out += [html.escape(text), html.escape(value)] if as_html else [text, value]",
+        "        out += [text, value]",
+        ("tests/test_campaign_run.py",),
+    ),
+    Mutation(
+        "customer-ids-logged-raw",
+        "cpo/campaign/runlog.py",
+        '            self.event("excluded", customer=self.hash_id(customer_id), reason=reason)',
+        '            self.event("excluded", customer=customer_id, reason=reason)',
+        ("tests/test_campaign_run.py", "tests/test_privacy.py"),
+    ),
+    Mutation(
+        "budget-stop-exits-0",
+        "cpo/campaign/runner.py",
+        '        if self.stopped_by == "budget":\n            return ExitCode.BUDGET',
+        '        if self.stopped_by == "budget":\n            return ExitCode.OK',
+        ("tests/test_budget.py", "tests/test_campaign_run.py"),
+    ),
+)
+
+
+def apply(root: Path, mutation: Mutation) -> None:
+    path = root / mutation.path
+    text = path.read_text(encoding="utf-8")
+    count = text.count(mutation.old)
+    if count != 1:
+        raise SystemExit(f"{mutation.name}: the code to mutate occurs {count} times in {mutation.path}, not once")
+    path.write_text(text.replace(mutation.old, mutation.new), encoding="utf-8")
+
+
+def run(mutation: Mutation) -> tuple[bool, float, str]:
+    """(caught, seconds, the last line pytest printed) for one mutation, in a fresh copy of the repository."""
+    with tempfile.TemporaryDirectory(prefix="cpo-mutant-") as tmp:
+        root = Path(tmp)
+        for name in COPIED:
+            source = ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(source, root / name)
+        apply(root, mutation)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-v", "-x", "-p", "no:cacheprovider", *mutation.tests],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=MAX_SECONDS,
+            )
+        except subprocess.TimeoutExpired:  # the suite's own timeouts should end it first: say so if not
+            return True, time.perf_counter() - started, f"the tests ran past {MAX_SECONDS} s (hung)"
+        return done.returncode != 0, time.perf_counter() - started, _verdict(done.stdout + done.stderr)
+
+
+def _verdict(output: str) -> str:
+    """The test that failed (what caught the mutation), a timeout, or pytest's last line."""
+    failed = [line.split(" ", 1)[1].split(" - ")[0] for line in output.splitlines() if line.startswith("FAILED ")]
+    if failed:
+        return f"caught by {failed[0]}"
+    if "+ Timeout +" in output:
+        hung = [line for line in output.splitlines() if line.startswith("tests/") and "::" in line]
+        return "a test hung past its timeout" + (f" ({hung[-1].split()[0]})" if hung else "")
+    lines = [line for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and the tests that should catch them")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.names or m.name in args.names]
+    if args.names and len(chosen) != len(set(args.names)):
+        known = ", ".join(m.name for m in MUTATIONS)
+        parser.error(f"unknown mutation among {', '.join(args.names)}; known: {known}")
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:36} {m.path:38} {' '.join(m.tests)}")
+        return 0
+    survived = []
+    for m in chosen:
+        caught, seconds, last = run(m)
+        print(f"{'caught  ' if caught else 'SURVIVED'} {m.name:36} {seconds:5.1f} s  {last}", flush=True)
+        if not caught:
+            survived.append(m.name)
+    print(f"{len(chosen) - len(survived)} of {len(chosen)} mutations caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
