@@ -163,15 +163,15 @@ MUTATIONS = (
     Mutation(
         "consent-ignored",
         "cpo/campaign/agents/load.py",
-        '    consent_sql = consent if CONSENT in columns else "true"',
-        '    consent_sql = "true"',
+        "        [list(YES)] if consent_name is not None else [],",
+        "        [[*YES, *NO]] if consent_name is not None else [],",
         ("tests/test_agents.py",),
     ),
     Mutation(
         "suppression-ignored",
         "cpo/campaign/agents/load.py",
-        '        suppressed_sql = "trim(CAST(customer_id AS VARCHAR)) IN (SELECT customer_id FROM suppressed)"',
-        "        pass",
+        '    suppressed = f"lower(trim({ID})) IN (SELECT id FROM suppressed)" if suppress is not None else "false"',
+        '    suppressed = "false"',
         ("tests/test_agents.py",),
     ),
     Mutation(
@@ -198,9 +198,51 @@ MUTATIONS = (
     Mutation(
         "budget-stop-exits-0",
         "cpo/campaign/runner.py",
-        '        if self.stopped_by == "budget":\n            return ExitCode.BUDGET',
-        '        if self.stopped_by == "budget":\n            return ExitCode.OK',
+        '            "budget": ExitCode.BUDGET,',
+        '            "budget": ExitCode.OK,',
         ("tests/test_budget.py", "tests/test_campaign_run.py"),
+    ),
+    Mutation(
+        "blank-consent-assumed",
+        "cpo/campaign/agents/load.py",
+        "            f\"CASE WHEN {CONSENT} IS NULL OR trim({CONSENT}) = '' THEN '{NOT_RECORDED}' \"",
+        "            f\"CASE WHEN {CONSENT} IS NULL OR trim({CONSENT}) = '' THEN NULL \"",
+        ("tests/test_who_gets_emailed.py",),
+    ),
+    Mutation(
+        "no-one-left-out-exits-0",
+        "cpo/campaign/runner.py",
+        "        return ExitCode.FAILED if self.failures or self.unsent_customers else ExitCode.OK",
+        "        return ExitCode.FAILED if self.failures else ExitCode.OK",
+        ("tests/test_who_gets_emailed.py",),
+    ),
+    Mutation(
+        "offer-numbers-unchecked",
+        "cpo/campaign/campaign_file.py",
+        "        _check_offer(path, name, offer, [known[s] for s in offer.snippets], campaign.vocabulary)",
+        "        pass",
+        ("tests/test_who_gets_emailed.py",),
+    ),
+    Mutation(
+        "rules-keep-file-access",
+        "cpo/campaign/agents/segmentation.py",
+        '        sandbox.execute("SET enable_external_access = false")',
+        "        pass",
+        ("tests/test_rules_sandbox.py",),
+    ),
+    Mutation(
+        "formulas-left-in-csv",
+        "cpo/core/csvsafe.py",
+        '    return "\'" + value if value.startswith(FORMULA_STARTS) else value',
+        "    return value",
+        ("tests/test_safe_exports.py",),
+    ),
+    Mutation(
+        "open-key-file-accepted",
+        "cpo/core/privacy.py",
+        '    if os.name == "nt" or not mode & 0o077:',
+        "    if True:",
+        ("tests/test_private_by_default.py", "tests/test_privacy.py"),
     ),
 )
 

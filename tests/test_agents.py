@@ -59,7 +59,7 @@ def test_suppressed_customers_are_excluded_and_counted(tmp_path: Path) -> None:
     ("rows", "header", "message"),
     [
         ((), HEADER, "no customers (only a header)"),
-        (("C1,Ana,Gold,3,10.5,4,true,extra",), HEADER, "line 2 has 8 fields but the header has 7"),
+        (("C1,Ana,Gold,3,10.5,4,true,extra",), HEADER, "line 2 has 8 comma-separated fields but the header has 7"),
         (
             ("C1,Ana,Gold,3,10.5,4",),
             "customer_id,first_name,tier,purchase_frequency,avg_order_value,x",

@@ -478,8 +478,9 @@ def test_cpo_run_retrieves_from_azure_search_and_screens_with_content_safety(
         campaign_env(monkeypatch, search_service, screen)
         assert main(["index"]) == 0
         assert "uploaded 29 snippets to Azure AI Search index approved-content" in capsys.readouterr().out
-        assert main(["run"]) == 0
-        out = capsys.readouterr().out
+        assert main(["run"]) == 1  # the blocked controls leave their segments' customers with nothing
+        out, err = capsys.readouterr()
+        assert "customers in the campaign get no email" in err
         (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
         retrieval = json.loads((run_dir / "retrieval.json").read_text())
         assert {r["backend"] for r in retrieval.values()} == {"azure-ai-search"}
@@ -506,10 +507,11 @@ def test_an_unavailable_content_safety_service_blocks_everything(
         screen.fail_status = 500
         campaign_env(monkeypatch, search_service, screen)
         assert main(["index"]) == 0
-        assert main(["run"]) == 0
-        out = capsys.readouterr().out
+        assert main(["run"]) == 1  # fail closed: nothing goes out, and the exit code says so
+        out, err = capsys.readouterr()
         (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
         screening = json.loads((run_dir / "screening.json").read_text())
         assert all(d["blocked"] and d["reasons"][0].startswith("screening unavailable") for d in screening.values())
         assert "screened: 20 variants (azure-content-safety), 20 blocked" in out
-        assert out.count("not sent (no valid control to fall back on)") == 5  # fail closed: nothing goes out
+        assert out.count("get nothing: its control is blocked by screening: screening unavailable") == 5
+        assert "not sent: 241 of 241 customers in the campaign get no email" in err

@@ -127,7 +127,11 @@ def test_a_budget_for_a_model_with_no_price_is_an_error_at_start(
     prices.write_text("models:\n  llama-3.1-8b: {input: 0.05, output: 0.10}\n")
     monkeypatch.setenv("CPO_PRICE_FILE", str(prices))
     live_server.responder = lambda request: ok(content=email_drafter(request).content, model="llama-3.1-8b")  # type: ignore[union-attr]
-    assert main(["run", "--max-usd", "1", "--concurrency", "8"]) == 0
+    code = main(["run", "--max-usd", "1", "--concurrency", "8"])
+    out = capsys.readouterr().out
+    assert code == 1  # priced and run to the end; this echoing server's drafts are invalid, so no one is sent one
+    session = next(line for line in out.splitlines() if line.startswith("session: "))
+    assert session.startswith("session: 60 calls (0 failed)") and "unknown" not in session
 
 
 def test_when_only_the_reply_names_the_model_its_missing_price_stops_the_run(

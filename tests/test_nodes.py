@@ -163,7 +163,14 @@ def test_load_segment_counts_the_excluded_and_summarises_five_segments(tmp_path:
 
     update = nodes.load_segment(state, offline_tools(on_excluded=excluded.append))
 
-    assert update["counts"] == {"total": TOTAL, "no_consent": NO_CONSENT, "suppressed": 0}
+    assert update["counts"] == {
+        "total": TOTAL,
+        "no_consent": NO_CONSENT,
+        "no_consent_recorded": 0,
+        "suppressed": 0,
+        "suppress_unmatched": 0,
+        "eligible": TOTAL - NO_CONSENT,
+    }
     assert sorted(s["name"] for s in update["segments"]) == list(SEGMENTS)
     assert sum(s["size"] for s in update["segments"]) == ELIGIBLE
     assert sum(s["share"] for s in update["segments"]) == pytest.approx(1.0)
@@ -182,7 +189,14 @@ def test_load_segment_leaves_out_the_suppressed_customers(tmp_path: Path) -> Non
 
     update = nodes.load_segment(state, offline_tools(on_excluded=excluded.extend))
 
-    assert update["counts"] == {"total": TOTAL, "no_consent": NO_CONSENT, "suppressed": 3}
+    assert update["counts"] == {
+        "total": TOTAL,
+        "no_consent": NO_CONSENT,
+        "suppressed": 3,
+        "no_consent_recorded": 0,
+        "suppress_unmatched": 0,
+        "eligible": TOTAL - NO_CONSENT - 3,
+    }
     assert sum(s["size"] for s in update["segments"]) == ELIGIBLE - 3
     assert sorted(i for i, reason in excluded if reason == "suppressed") == ["C000001", "C000002", "C000003"]
 
@@ -652,7 +666,9 @@ def test_export_writes_the_four_files_an_email_platform_imports(assigned: Run) -
 
     update = nodes.export(state)
 
-    assert update == {"delivery": {"substituted": [], "unsent": [], "rendered": None, "withheld": {}}}
+    assert update == {
+        "delivery": {"substituted": [], "unsent": [], "unsent_customers": {}, "rendered": None, "withheld": {}}
+    }
     templates = json.loads((run_dir / "templates.json").read_text(encoding="utf-8"))
     ordered = [state["variants"][key_of(r)]["variant_id"] for r in state["requests"]]
     assert [t["variant_id"] for t in templates] == ordered  # request order: segment, then arm
@@ -676,10 +692,10 @@ def test_export_withholds_a_variant_and_sends_its_segments_control_instead(assig
     control = variant_of(state, "Regular", "control")["variant_id"]
     if how == "blocked by screening":
         state["screening"] = {bad: {"blocked": True, "reasons": ["Violence severity 6"]}}
-        reason = "blocked: Violence severity 6"
+        reason = "blocked by screening: Violence severity 6"
     else:
         state["review"] = {bad: {"decision": "reject", "reviewer": "ana", "reason": "off brand"}}
-        reason = "rejected by ana: off brand"
+        reason = "rejected in review by ana: off brand"
     cells = {(s, a): n for s, a, n in state["assignment"]["cells"]}
 
     delivery = nodes.export(state)["delivery"]

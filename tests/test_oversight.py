@@ -148,7 +148,10 @@ def test_a_blocked_variant_falls_back_to_control_and_is_audited(
     out = capsys.readouterr().out
     folder = run_dir()
     assert "screened: 20 variants (local-policy), 5 blocked" in out
-    assert "Regular / urgent: its variant is blocked: risk-free claim: 'risk-free'; those customers get" in out
+    assert (
+        "Regular / urgent: its variant is blocked by screening: risk-free claim: 'risk-free'; those customers get"
+        in out
+    )
     screening = json.loads((folder / "screening.json").read_text())
     templates = {t["variant_id"]: t for t in json.loads((folder / "templates.json").read_text())}
     with (folder / "assignments.csv").open(encoding="utf-8") as handle:
@@ -242,7 +245,8 @@ def test_review_pauses_then_approvals_and_rejections_resume_the_run(capsys: pyte
 
     assert main(["run", "--resume", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert out.count("rejected in review by ana: off-brand") == 5
+    assert sum(line.startswith("rejected in review by ana: off-brand") for line in out.splitlines()) == 5
+    assert out.count("its variant is rejected in review by ana: off-brand; those customers get the control") == 5
     with (folder / "assignments.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and not {r["delivered_variant"] for r in rows} & set(friendly)  # rejected: control instead

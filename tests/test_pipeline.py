@@ -41,6 +41,7 @@ def test_the_sample_campaign_runs_end_to_end(tmp_path: Path) -> None:
     assert out["assignment"]["total"] == 241 and out["delivery"] == {
         "substituted": [],
         "unsent": [],
+        "unsent_customers": {},
         "rendered": None,
         "withheld": {},
     }

@@ -5,6 +5,10 @@ One row per screened variant and per review decision. Each row carries the sha25
 edited row, a removed or reordered row, or a truncated file breaks the chain. The chain's head (the
 last row's hash) is recorded in `run.json` and in the cost ledger, so rewriting the whole file with a
 fresh, consistent chain is detected too: its head no longer matches. `cpo audit verify RUN_DIR` checks.
+
+A cell a spreadsheet would run as a formula (a reviewer or reason such as `=HYPERLINK(...)`) is written
+with a leading `'` (`safe_cell`) before the row is hashed: the hash covers exactly what the file holds, so
+verifying needs nothing but the file, and files written before this rule verify as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cpo.campaign.rundir import AUDIT_FILE, read_record, run_id_of
+from cpo.core.csvsafe import safe_cell
 
 FIELDS = (
     "time_utc",
@@ -66,7 +71,7 @@ class AuditLog:
         reasons: list[str] | None = None,
         reviewer: str = "",
     ) -> str:
-        row = {
+        fields = {
             "time_utc": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "run_id": self.run_id,
             "variant_id": variant_id,
@@ -78,6 +83,7 @@ class AuditLog:
             "content_sha256": content_sha256,
             "prev_hash": self.head,
         }
+        row = {field: safe_cell(value) for field, value in fields.items()}  # hashed as written
         row["row_hash"] = row_hash(row)
         new = not self.path.is_file()
         with self.path.open("a", newline="", encoding="utf-8") as handle:

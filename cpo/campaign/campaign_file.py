@@ -1,21 +1,27 @@
 """The campaign file: what `cpo run` sends to whom (offers, snippets, sender, allocation, rules, vocabulary).
 
-A YAML file with a pydantic schema: a mistake is one `InputError` naming the file and the key.
+A YAML file with a pydantic schema: a mistake is one `InputError` naming the file and the key. Everything
+that can be checked without a model is checked here, before the first paid call: the arms the allocation
+names, the footer's unsubscribe link, and every number of every offer against the offer's own snippets.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cpo.core.errors import InputError
 from cpo.core.files import load_yaml_model
-from cpo.core.models import DEFAULT_TIERS, Sender, Snippet, Vocabulary, vocabulary_words
+from cpo.core.models import DEFAULT_TIERS, TONES, Sender, Snippet, Vocabulary, vocabulary_words
 from cpo.core.resources import bundled
 from cpo.email.content import load_snippets
+from cpo.email.grounding import check_grounding
 
 DEFAULT_OFFER = "default"
+UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
 
 
 class Offer(BaseModel):
@@ -34,6 +40,9 @@ class Campaign(BaseModel):
     allocation: dict[str, float] = Field(default_factory=dict)
     holdout: float = Field(0.0, ge=0, lt=1)
     unsubscribe: str = Field(min_length=1)
+    # What a customer file without a consent column means: "warn" (everyone consented, with a warning on
+    # stderr and in run.json) or "required" (the file is refused).
+    consent: Literal["warn", "required"] = "warn"
     # Only for `cpo run --render` previews: the platform fills {{ unsubscribe_url }} when it sends.
     unsubscribe_url: str = "https://example.com/unsubscribe"
     from_address: str = "no-reply@example.com"
@@ -46,6 +55,23 @@ class Campaign(BaseModel):
     @classmethod
     def _words(cls, value: list[str]) -> list[str]:
         return vocabulary_words(value)
+
+    @field_validator("allocation")
+    @classmethod
+    def _arms(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(TONES))
+        if unknown:
+            raise ValueError(f"unknown arm {unknown[0]!r}; the arms are {', '.join(TONES)}")
+        if any(w < 0 for w in value.values()) or (value and sum(value.values()) <= 0):
+            raise ValueError("weights must be non-negative and not all zero")
+        return value
+
+    @field_validator("unsubscribe")
+    @classmethod
+    def _link(cls, value: str) -> str:
+        if not UNSUBSCRIBE_TAG.search(value):
+            raise ValueError("the footer has no {{ unsubscribe_url }} link: every email must carry one")
+        return value
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -79,4 +105,18 @@ def load_campaign(path: Path | None = None, snippets: dict[str, Snippet] | None 
         missing = [s for s in offer.snippets if s not in known]
         if missing:
             raise InputError(f"campaign file {path}: offers.{name}: unknown snippet {missing[0]!r}")
+        _check_offer(path, name, offer, [known[s] for s in offer.snippets], campaign.vocabulary)
     return campaign.model_copy(update={"rules": rules})
+
+
+def _check_offer(path: Path, name: str, offer: Offer, snippets: list[Snippet], vocabulary: Vocabulary) -> None:
+    """Every number an offer states must be stated by one of its snippets, with the same unit and period:
+    an email may repeat the offer, so an offer the snippets contradict would go out with both figures."""
+    problems = [p for p in check_grounding(offer.offer, snippets, vocabulary=vocabulary) if p.code != "unbacked_claim"]
+    if problems:
+        first = problems[0]
+        detail = "" if first.code == "ungrounded_number" else f" ({first.message})"
+        raise InputError(
+            f"campaign file {path}: offers.{name}: the offer states {first.claim!r} and none of its snippets "
+            f"({', '.join(s.id for s in snippets)}) does with the same unit and period{detail}"
+        )

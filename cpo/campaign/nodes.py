@@ -20,7 +20,7 @@ from langgraph.types import Send, interrupt
 from cpo.accounting.tracker import trackers_in
 from cpo.campaign import stages
 from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers
-from cpo.campaign.agents.export import export_campaign, personal_delivery, render_emails
+from cpo.campaign.agents.export import export_campaign, personal_delivery, render_emails, unsent_customers
 from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.audit import AuditLog
@@ -62,7 +62,8 @@ def load_segment(state: CampaignState, tools: Tools) -> CampaignState:
     finally:
         con.close()
     return {
-        "counts": {"total": loaded.total, "no_consent": loaded.no_consent, "suppressed": loaded.suppressed},
+        "counts": loaded.counts(),
+        "warnings": loaded.warnings(),
         "segments": [s.__dict__ for s in segments],
         "variants": None,
         "failures": None,
@@ -199,12 +200,14 @@ def export(state: CampaignState) -> CampaignState:
             loaded, _segments(state), variants, campaign, run_dir, DEFAULT_ARMS, personal=personal, withheld=held
         )
         rendered = render_emails(loaded, variants, campaign, run_dir) if inputs.get("render") else None
+        missing = unsent_customers(loaded)
     finally:
         con.close()
     return {
         "delivery": {
             "substituted": delivery.substituted,
             "unsent": delivery.unsent,
+            "unsent_customers": missing,
             "rendered": rendered,
             "withheld": held,
         }

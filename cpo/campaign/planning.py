@@ -48,6 +48,8 @@ def reopened(con: Any, inputs: Inputs, counts: dict[str, int]) -> LoadedCustomer
         total=counts["total"],
         no_consent=counts["no_consent"],
         suppressed=counts["suppressed"],
+        no_consent_recorded=counts.get("no_consent_recorded", 0),  # absent from runs of cpo before 0.x
+        suppress_unmatched=counts.get("suppress_unmatched", 0),
     )
 
 
@@ -57,7 +59,13 @@ def load_and_segment(
     """Load the customers into `con` and segment them: the run's first stage (and a dry run's)."""
     campaign = campaign_of(inputs)
     suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
-    loaded = load_customers(Path(inputs["customers"]), suppress=suppress, connection=con)
+    loaded = load_customers(
+        Path(inputs["customers"]),
+        suppress=suppress,
+        connection=con,
+        tiers=campaign.tiers,
+        consent_required=campaign.consent == "required",
+    )
     if inputs.get("render") and loaded.eligible > RENDER_LIMIT:
         raise InputError(
             f"--render writes a file per customer and {loaded.eligible} customers are more than "

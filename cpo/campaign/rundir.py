@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from cpo.campaign.campaign_file import default_campaign_file, load_campaign
 from cpo.campaign.state import Inputs
 from cpo.core.errors import InputError
 from cpo.core.files import write_atomically
+from cpo.core.privacy import IdHasher
 
 RUN_FILE = "run.json"
 DATABASE = "customers.duckdb"
@@ -41,6 +43,37 @@ OUTPUTS = (
     COSTS_FILE,
 )
 AUDIT_KEYS = ("audit_head", "audit_rows")
+# A run directory holds customer names, ids and emails: only its owner may open it.
+PRIVATE_DIR = 0o700
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> int:
+    """Make every file and directory this process creates from now on private to its user (0600 / 0700).
+
+    Set for the whole `cpo run` process, so that the files written by DuckDB, SQLite and the agents,
+    not only those cpo opens itself, are private. Returns the previous umask.
+    """
+    return os.umask(PRIVATE_UMASK)
+
+
+def make_run_dir(runs_dir: Path, name: str) -> Path:
+    """Create a new run directory (0700) in `runs_dir` (created 0700 if missing); one line if either fails.
+
+    The id key that hashes customer ids in the run's log is checked first, so a key other users can
+    read is refused before any file is written.
+    """
+    IdHasher.for_installation()  # a ConfigError naming the key file, before the run writes anything
+    run_dir = runs_dir / name
+    try:
+        runs_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the runs directory {runs_dir}: {exc.strerror or exc}") from None
+    try:
+        run_dir.mkdir(mode=PRIVATE_DIR, exist_ok=False)
+    except OSError as exc:
+        raise InputError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+    return run_dir
 
 
 def read_record(run_dir: Path, doing: str = "cannot resume") -> dict[str, Any]:
@@ -159,10 +192,25 @@ def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None, limits: P
 
 
 def check_resume(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str]) -> None:
-    """Refuse to resume a run whose inputs changed, naming the first input that did."""
+    """Refuse to resume a run whose inputs changed (naming the first input that did) or whose log's id key
+    other users can read; then close the directory to other users (0700) as a new run's is: a run made
+    by an older cpo was left open to them."""
     recorded = read_record(run_dir).get("fingerprint", {})
     changed = [name for name in fingerprint if recorded.get(name) != fingerprint[name]]
     if changed:
         raise InputError(
             f"cannot resume {run_dir}: its {changed[0]} changed since the run started; start a new run instead"
         )
+    IdHasher.for_installation()
+    _close_to_others(run_dir)
+
+
+def _close_to_others(run_dir: Path) -> None:
+    """chmod 700 the run directory if group or others may enter it; its files become unreachable to them."""
+    if os.name == "nt":
+        return
+    try:
+        if run_dir.stat().st_mode & PRIVATE_UMASK:
+            run_dir.chmod(PRIVATE_DIR)
+    except OSError as exc:
+        raise InputError(f"cannot make {run_dir} private (chmod 700): {exc.strerror or exc}") from None

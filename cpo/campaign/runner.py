@@ -88,17 +88,27 @@ class RunResult:
     screening: dict[str, Any] = field(default_factory=dict)
     review: dict[str, Any] = field(default_factory=dict)
 
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def unsent_customers(self) -> dict[str, int]:
+        """Segment -> customers in the campaign who get no email (nothing sendable for them)."""
+        return {s: n for s, n in (self.delivery.get("unsent_customers") or {}).items() if n}
+
     @property
     def exit_code(self) -> ExitCode:
-        if self.stopped_by == "review":
-            return ExitCode.REVIEW
-        if self.stopped_by == "interrupted":
-            return ExitCode.INTERRUPTED
-        if self.stopped_by == "budget":
-            return ExitCode.BUDGET
-        if self.stopped_by in ("auth", "config"):
-            return ExitCode.BAD_INPUT
-        return ExitCode.FAILED if self.failures else ExitCode.OK
+        """Ctrl-C, then the budget, then a pause for review; then bad credentials; then 1 when an email failed
+        or any customer of the campaign gets nothing (invalid, blocked or rejected, with no control to send)."""
+        stops = {
+            "interrupted": ExitCode.INTERRUPTED,
+            "budget": ExitCode.BUDGET,
+            "review": ExitCode.REVIEW,
+            "auth": ExitCode.BAD_INPUT,
+            "config": ExitCode.BAD_INPUT,
+        }
+        if self.stopped_by in stops:
+            return stops[self.stopped_by]
+        return ExitCode.FAILED if self.failures or self.unsent_customers else ExitCode.OK
 
 
 class CampaignRunner:
@@ -226,6 +236,8 @@ class CampaignRunner:
         if node not in stages.STAGE_NODES:  # e.g. LangGraph's own "__metadata__" on a resumed thread
             return
         self._state.update(update)
+        for warning in update.get("warnings") or []:
+            self.say(f"warning: {warning}")
         self._lap(node)
         self._progress(node, 1, 1)
         self._log_stage(node, update)
@@ -237,6 +249,8 @@ class CampaignRunner:
             return
         if node == stages.LOAD_SEGMENT:
             self.log.event("segments", counts=update["counts"], segments=[s["name"] for s in update["segments"]])
+            for warning in update.get("warnings") or []:
+                self.log.event("warning", message=warning)
         elif node == stages.SCREEN:
             for decision in (update.get("screening") or {}).values():
                 self.log.event(
@@ -292,6 +306,7 @@ class CampaignRunner:
         result.delivery = dict(state.get("delivery", {})) if not state.get("skipped") else {}
         result.screening = dict(state.get("screening") or {})
         result.review = dict(state.get("review") or {})
+        result.warnings = list(state.get("warnings") or [])
 
     # -- Ctrl-C -----------------------------------------------------------------------------------
 

@@ -42,6 +42,11 @@ class CampaignState(TypedDict, total=False):
     review: dict[str, dict[str, Any]]  # variant id -> {"decision": "approve" | "reject", "reviewer", "reason"}
     assignment: dict[str, Any]
     delivery: dict[str, Any]
+    warnings: list[str]  # said on stderr when they arise and kept in run.json (e.g. no consent column)
+
+
+# Why a variant is not sent, as the summary and templates.json say it (an invalid one: "invalid").
+INVALID, BLOCKED, REJECTED = "invalid", "blocked by screening", "rejected in review"
 
 
 def ordered_variants(state: Mapping[str, Any]) -> list[EmailVariant]:
@@ -53,8 +58,11 @@ def ordered_variants(state: Mapping[str, Any]) -> list[EmailVariant]:
 
 def withheld(state: Mapping[str, Any]) -> dict[str, str]:
     """Variants that must not be sent, with why: blocked by screening, or rejected in review."""
-    out = {v: "blocked: " + "; ".join(d["reasons"]) for v, d in (state.get("screening") or {}).items() if d["blocked"]}
+    out = {
+        v: f"{BLOCKED}: " + "; ".join(d["reasons"]) for v, d in (state.get("screening") or {}).items() if d["blocked"]
+    }
     for v, d in (state.get("review") or {}).items():
         if d.get("decision") == "reject":
-            out[v] = f"rejected by {d.get('reviewer') or 'a reviewer'}: {d.get('reason') or 'no reason given'}"
+            who = d.get("reviewer") or "a reviewer"
+            out[v] = f"{REJECTED} by {who}: {d.get('reason') or 'no reason given'}"
     return out

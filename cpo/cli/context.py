@@ -5,6 +5,7 @@ before any side effect: settings, limits, the model, the email chain, the cost t
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,10 @@ class CommandContext:
         self.limits = ValidationLimits.from_file(args.limits) if args.limits else ValidationLimits()
         self.model = build_chat_model(self.settings)
         self.source = model_source(self.model)
-        self.runs_dir: Path = getattr(args, "out", None) or self.settings.runs_dir
+        self.resuming: Path | None = getattr(args, "resume", None)
+        self.runs_dir: Path = (
+            runs_dir_of(self.resuming) if self.resuming else getattr(args, "out", None) or self.settings.runs_dir
+        )
         self.notes = EndpointNotes(self.runs_dir / FILE_NAME)
         prices = price_book_for(self.settings)
         self.chain = build_email_chain(
@@ -48,10 +52,14 @@ class CommandContext:
         self.tracker.check_budget_pricing(hint, self.settings.azure_deployment)
 
     def open_ledger(self, session_name: str, runs_dir: Path | None = None) -> Path | None:
-        """Record this command's calls in the cost ledger (unless CPO_LEDGER=off); after input is checked."""
+        """Record this command's calls in the cost ledger (unless CPO_LEDGER=off); after input is checked.
+
+        A resumed run's ledger is in the runs directory of the run, like its endpoint notes, wherever
+        the command is run from (`runs_dir` is not consulted then).
+        """
         from cpo.accounting.ledger import Ledger
 
-        path = self.settings.ledger_file(runs_dir)
+        path = self.settings.ledger_file(self.runs_dir if self.resuming else runs_dir)
         if path is not None:
             self.tracker.use_ledger(Ledger(path), session_name=session_name)
         return path
@@ -77,3 +85,10 @@ class CommandContext:
         if self.notes.get(endpoint_key(self.model), "method") == self.chain.method:
             return f"remembered in {self.notes.path}"
         return "to be probed on the first call"
+
+
+def runs_dir_of(run_dir: Path) -> Path:
+    """The runs directory a run directory is in, as the user wrote it; for `--resume .` (or `..`), absolute."""
+    if run_dir.name in ("", ".."):
+        return Path(os.path.abspath(run_dir)).parent
+    return run_dir.parent

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cpo.campaign.agents.assignment import DEFAULT_ARMS
+from cpo.campaign.agents.load import customers_line
 from cpo.campaign.planning import plan_campaign
 from cpo.campaign.state import Inputs
 from cpo.cli.output import console, say
@@ -44,10 +45,9 @@ def dry_run(inputs: Inputs, ctx: Any, index: Any) -> int:
             Text(s.name), Text(s.rule), Text(str(s.size)), Text(f"{s.share:.1%}"), Text(str(emails)), Text(used)
         )
     console().print(table)
-    say(
-        f"customers: {loaded.total} in the file, {loaded.no_consent} without consent, {loaded.suppressed} "
-        f"suppressed, {loaded.eligible} in the campaign"
-    )
+    say(customers_line(loaded.counts()))
+    for warning in loaded.warnings():
+        say(f"warning: {warning}", stderr=True)
 
     model = "cpo-offline" if ctx.source == "offline" else ctx.tracker.model_hint({"model": ctx.settings.model_name})
     prompt_tokens = sum(count_tokens(ctx.chain.prompts.render(r, ctx.limits), model) for r in requests)

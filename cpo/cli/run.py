@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -24,6 +26,8 @@ from cpo.campaign.rundir import (
     RUN_FILE,
     check_resume,
     input_fingerprint,
+    make_run_dir,
+    private_files,
     record_audit_head,
     record_run,
     resumable_record,
@@ -33,7 +37,7 @@ from cpo.campaign.state import Inputs
 from cpo.cli.context import CommandContext
 from cpo.cli.output import console, say
 from cpo.cli.run_report import report
-from cpo.core.errors import InputError
+from cpo.core.errors import InputError, first_line
 
 # Options a resumed run takes from its run.json: changing them would mix emails made two ways.
 RECORDED = (
@@ -91,7 +95,16 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The whole `cpo run` command; returns its exit code."""
+    """The whole `cpo run` command; returns its exit code. Every file and directory the run writes is its
+    user's alone (umask 077: customer data), and the process's umask is put back after, for callers in-process."""
+    previous = private_files()
+    try:
+        return _cmd_run(args)
+    finally:
+        os.umask(previous)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from cpo.campaign.campaign_file import load_campaign
     from cpo.core.resources import bundled
 
@@ -127,15 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ctx.tracker.session_id = recorded["session_id"]
     else:
         runs_dir: Path = args.out or ctx.settings.runs_dir
-        run_dir = runs_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        try:
-            runs_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create the runs directory {runs_dir}: {exc.strerror or exc}") from None
-        try:
-            run_dir.mkdir(exist_ok=False)
-        except OSError as exc:
-            raise InputError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+        run_dir = make_run_dir(runs_dir, datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ"))
         inputs["run_dir"] = str(run_dir)
     ledger_path = ctx.open_ledger(args.session_name, args.out if recorded is None else run_dir.parent)
     prior = _prior_spend(ctx, recorded)
@@ -152,9 +157,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         result = _run(args, ctx, inputs, meta, announce)
-    except BaseException:
+    except BaseException as exc:
         if recorded is None and not KeptEmails(run_dir).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing was produced: leave no half-made run behind
+        else:  # what was paid for stays; run.json says the run failed, and why, instead of "running"
+            failed = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            error = first_line(exc) if isinstance(exc, Exception) else None
+            with contextlib.suppress(OSError, InputError):  # the error in hand is the one to report
+                record_run(run_dir, inputs, fingerprint, **meta, status=failed, error=error)
         raise
     finally:
         ctx.tracker.close()
@@ -168,6 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         exit_code=code,
         stage_seconds=result.timings,
         counts=result.counts,
+        warnings=result.warnings,
+        unsent_customers=result.unsent_customers,
         finished=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return code

@@ -7,7 +7,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from cpo.campaign.agents.load import customers_line
 from cpo.campaign.stages import STAGE_LABELS
+from cpo.campaign.state import INVALID
 from cpo.cli.output import console, quality_line, say, totals_line
 from cpo.core.errors import ExitCode
 
@@ -23,11 +25,7 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
         console().print(summary_table(result))
     counts = result.counts
     if counts:
-        say(
-            f"customers: {counts['total']} in the file, {counts['no_consent']} without consent, "
-            f"{counts['suppressed']} suppressed, {counts['total'] - counts['no_consent'] - counts['suppressed']} "
-            "in the campaign"
-        )
+        say(customers_line(counts))
     small = result.assignment.get("small_cells", [])
     if small:
         from cpo.campaign.agents.assignment import SMALL_CELL
@@ -40,12 +38,24 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
         )
     held = result.delivery.get("withheld") or {}
     own = {(v.segment, v.tone): v for v in variants}
+
+    def why(v: Any) -> str:
+        if v is None:
+            return "not generated (see the errors below)"
+        return INVALID if not v.valid else held.get(v.variant_id, "withheld")
+
     for segment, arm in result.delivery.get("substituted", []):
-        v = own.get((segment, arm))
-        why = held.get(v.variant_id, "invalid") if v is not None and v.valid else "invalid or not generated"
-        say(f"{segment} / {arm}: its variant is {why}; those customers get the control instead")
+        say(
+            f"{segment} / {arm}: its variant is {why(own.get((segment, arm)))}; those customers get the control instead"
+        )
+    missing = result.unsent_customers
     for segment in result.delivery.get("unsent", []):
-        say(f"{segment}: not sent (no valid control to fall back on)")
+        n = missing.get(segment)
+        who = f"{n} customer(s) get nothing" if n is not None else "not sent"
+        if result.per_customer:
+            say(f"{segment}: {who}: their own emails are invalid, withheld or not generated")
+        else:
+            say(f"{segment}: {who}: its control is {why(own.get((segment, 'control')))}, with nothing to fall back on")
     for v in (v for v in variants if not v.valid):
         say(f"invalid {v.segment} / {v.tone}: {'; '.join(v.validation.reasons)}")
     if result.screening:
@@ -79,6 +89,15 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
     say(f"wrote {result.run_dir}: {', '.join(written)}")
     for failure in result.failures:
         say(f"error: {failure}", stderr=True)
+    for warning in result.warnings:
+        say(f"warning: {warning}", stderr=True)
+    if missing and not result.stopped_by:
+        eligible = counts.get("eligible", sum(n for _, _, n in result.assignment.get("cells", [])))
+        say(
+            f"not sent: {sum(missing.values())} of {eligible} customers in the campaign get no email "
+            f"(segments: {', '.join(missing)}); send_list.csv leaves them out",
+            stderr=True,
+        )
     produced = produced_line(len(variants), result.total, tracker)
     resume = f"; go on with: cpo run --resume {result.run_dir}"
     if result.stopped_by == "interrupted":
@@ -115,6 +134,7 @@ def summary_table(result: Any) -> Any:
         by_cell.setdefault((v.segment, v.tone), []).append(v)
     substituted = {tuple(c) for c in result.delivery.get("substituted", [])}
     unsent = set(result.delivery.get("unsent", []))
+    held = result.delivery.get("withheld") or {}
     table = Table(title=Text(f"cpo run {result.run_dir.name}"))
     table.add_column("segment")
     table.add_column("customers", justify="right")
@@ -134,7 +154,7 @@ def summary_table(result: Any) -> Any:
                 mark = ""
             elif (segment.name, arm) in substituted:
                 mark = " → control"
-            elif segment.name in unsent and (not own or invalid):
+            elif segment.name in unsent and (not own or invalid or any(v.variant_id in held for v in own)):
                 mark = " not sent"
             elif not own:
                 mark = " ✗"

@@ -58,5 +58,6 @@ def load_yaml_model(path: Path, model: type[M], what: str, error: type[CpoError]
         return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        raise error(f"{what} {path}: {key}: {err['msg']}") from None
+        key = ".".join(str(part) for part in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")  # a validator's own sentence, as written
+        raise error(f"{what} {path}: {key + ': ' if key else ''}{message}") from None

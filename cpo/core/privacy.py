@@ -4,7 +4,8 @@ A plain hash of a sequential id (C000001, C000002, ...) is reversed by hashing e
 are hashed with HMAC-SHA256 under a per-installation secret key: `CPO_ID_KEY_FILE`, else
 `$XDG_CONFIG_HOME/cpo/id-key` (`~/.config/cpo/id-key`). The key is created (random, 32 bytes, mode
 0600) the first time it is needed, never at import. The same key gives the same hash, so one
-customer's lines can still be followed across runs on this installation.
+customer's lines can still be followed across runs on this installation. A key file other users can
+read or write is refused (on POSIX systems): whoever holds the key can reverse the hashes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import shlex
+import stat
 from pathlib import Path
 
 from cpo.core.errors import ConfigError
@@ -50,9 +53,25 @@ class IdHasher:
                 else:
                     with os.fdopen(fd, "wb") as handle:
                         handle.write(secrets.token_bytes(KEY_BYTES))
-            return cls(path.read_bytes())
+            with path.open("rb") as handle:
+                _refuse_shared(path, os.fstat(handle.fileno()).st_mode)  # the mode of the file that is read
+                key = handle.read()
         except OSError as exc:
             raise ConfigError(f"id key file {path}: {exc.strerror or exc} (set CPO_ID_KEY_FILE)") from None
+        return cls(key)
 
     def __call__(self, customer_id: str) -> str:
         return hmac.new(self._key, customer_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def _refuse_shared(path: Path, mode: int) -> None:
+    """A key group or others may read (or replace) makes the hashes reversible: refuse it, saying how to fix it.
+
+    Not on Windows, where the mode bits do not say who may read a file.
+    """
+    if os.name == "nt" or not mode & 0o077:
+        return
+    how = "readable by others" if mode & 0o044 else "writable by others" if mode & 0o022 else "open to others"
+    raise ConfigError(
+        f"id key file {path} is {how} (mode {stat.S_IMODE(mode):04o}): chmod 600 {shlex.quote(str(path))}"
+    )

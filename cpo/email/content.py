@@ -51,7 +51,7 @@ def load_sender(path: Path | None = None) -> Sender:
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+    return f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {str(err['msg']).removeprefix('Value error, ')}"
 
 
 def load_snippet(path: Path) -> Snippet:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cpo.core.errors import ConfigError
 from cpo.core.files import load_yaml_model
@@ -51,6 +51,14 @@ class ValidationLimits(BaseModel):
     )
     max_urgency_phrases: int = Field(1, ge=0)
     allowed_caps: list[str] = Field(default_factory=lambda: ["USD", "FAQ", "NOTE"])
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ValidationLimits:
+        """A minimum above its maximum fails every draft and asks repairs for the impossible: refuse it first."""
+        for low, high in (("subject_min_chars", "subject_max_chars"), ("body_min_words", "body_max_words")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) is more than {high} ({getattr(self, high)})")
+        return self
 
     @classmethod
     def from_file(cls, path: Path) -> ValidationLimits:

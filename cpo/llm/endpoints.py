@@ -2,8 +2,9 @@
 
 Probing `json_schema` on a server that refuses it costs a round trip per process; remembering the
 method that worked, per endpoint and model, spares it. The CLI keeps the notes in
-`<runs dir>/endpoints.json`; the Python API keeps them in memory, or beside the ledger when one is
-configured. A note is a hint, never a promise: a refusal of the remembered method still downgrades.
+`<runs dir>/endpoints.json` (for `--resume`, the runs directory the run is in, wherever the command
+is run from); the Python API keeps them in memory, or beside the ledger when one is configured. A
+note is a hint, never a promise: a refusal of the remembered method still downgrades.
 """
 
 from __future__ import annotations

@@ -28,16 +28,39 @@ def is_transient(exc: BaseException) -> bool:
     return exc.status_code in (408, 409, 429) or (exc.status_code >= 500 and not is_format_refusal(exc))
 
 
+# Transport errors raised before a single byte of the request left: no connection was made (refused, DNS
+# failure, connect or TLS timeout) or none was free. A write timeout or a reset is not one: part of it left.
+NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors it was raised from (`raise ... from`), outermost first.
+
+    langchain-openai re-raises the openai SDK's error, which was raised from httpx2's: the transport
+    error that says what happened is two causes down.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
+def never_sent(exc: BaseException) -> bool:
+    """The request provably never left this machine, so nothing can have been billed."""
+    return any(isinstance(cause, NEVER_SENT) for cause in causes(exc))
+
+
 def may_have_been_billed(exc: BaseException) -> bool:
     """True when the request may have reached the model but no answer (and no usage) came back.
 
     A timeout or a connection dropped after sending leaves the cost unknown; a refused connection
-    or an HTTP error status does not bill.
+    (any error raised from one of `NEVER_SENT`) or an HTTP error status does not bill.
     """
     if not isinstance(exc, openai.APIConnectionError):  # APITimeoutError is one too
         return False
-    never_sent = httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout | httpx2.WriteTimeout
-    return not isinstance(exc.__cause__, never_sent)
+    return not never_sent(exc)
 
 
 def is_content_filter(exc: BaseException) -> bool:
@@ -98,8 +121,8 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
         url = getattr(getattr(exc, "request", None), "url", None)
         where = f"{url.scheme}://{url.host}:{url.port}" if url is not None and url.port else str(url or "")
-        cause = exc.__cause__
-        reason = first_line(cause) if cause is not None and str(cause).strip() else text
+        said = [cause for cause in causes(exc)[1:] if str(cause).strip()]  # the innermost says most
+        reason = first_line(said[-1]) if said else text
         return f"cannot reach {where}: {reason}"
     notes = "; ".join(getattr(exc, "__notes__", []) or [])
     shown = f"{type(exc).__name__}: {text}" if isinstance(exc, openai.OpenAIError) else text

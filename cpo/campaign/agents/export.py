@@ -14,6 +14,7 @@ one rendered message per customer, for small lists only.
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import json
 import re
@@ -29,6 +30,7 @@ from cpo.campaign.agents.assignment import HOLDOUT
 from cpo.campaign.agents.load import LoadedCustomers
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.campaign_file import Campaign
+from cpo.core.csvsafe import safe_cell, safe_sql
 from cpo.core.models import EmailVariant
 
 NOT_SENT = ""
@@ -94,6 +96,16 @@ def personal_delivery(
     }
 
 
+def unsent_customers(loaded: LoadedCustomers) -> dict[str, int]:
+    """Customers in the campaign (not the holdout) who get no email, per segment: after `export_campaign`."""
+    con: Any = loaded.connection
+    rows = con.execute(
+        f"SELECT segment, count(*) FROM delivered WHERE delivered_variant = '' AND arm <> '{HOLDOUT}' "
+        "GROUP BY segment ORDER BY segment"
+    ).fetchall()
+    return {str(segment): int(n) for segment, n in rows}
+
+
 def write_templates(
     path: Path, variants: list[EmailVariant], campaign: Campaign, withheld: Mapping[str, str] | None = None
 ) -> None:
@@ -118,13 +130,21 @@ def write_templates(
 
 
 def write_segments(path: Path, segments: list[Segment]) -> None:
+    """One row per segment; its text cells are written so a spreadsheet cannot run them (`safe_cell`)."""
     keys = sorted({k for s in segments for k in s.means})
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["segment", "rule", "size", "share", "tier", *(f"mean_{k}" for k in keys)])
         for s in segments:
             means = [round(s.means[k], 4) if k in s.means else "" for k in keys]
-            writer.writerow([s.name, s.rule, s.size, round(s.share, 4), s.tier or "", *means])
+            text = [safe_cell(s.name), safe_cell(s.rule)]
+            writer.writerow([*text, s.size, round(s.share, 4), safe_cell(s.tier or ""), *means])
+
+
+def _safe_columns(*columns: str) -> str:
+    """A COPY's select list of text columns (`name` or `name AS alias`), each neutralised by `safe_sql`."""
+    parts = (c.partition(" AS ") for c in columns)
+    return ", ".join(f"{safe_sql(name)} AS {alias or name}" for name, _, alias in parts)
 
 
 def export_campaign(
@@ -175,13 +195,15 @@ def export_campaign(
         "LEFT JOIN segment_rules r ON r.segment = a.segment"
     )
     target = str(run_dir).replace("'", "''")
+    assigned = _safe_columns("customer_id", "segment", "rule", "arm", "delivered_variant")  # every column is text
     con.execute(
-        "COPY (SELECT customer_id, segment, rule, arm, delivered_variant FROM delivered ORDER BY customer_id) "
+        f"COPY (SELECT {assigned} FROM delivered ORDER BY delivered.customer_id) "
         f"TO '{target}/{ASSIGNMENTS_FILE}' (HEADER, DELIMITER ',')"
     )
+    sent = _safe_columns("customer_id", "arm", "delivered_variant AS variant_id", "first_name")
     con.execute(
-        "COPY (SELECT customer_id, arm, delivered_variant AS variant_id, first_name FROM delivered "
-        f"WHERE delivered_variant <> '' ORDER BY customer_id) TO '{target}/{SEND_LIST_FILE}' (HEADER, DELIMITER ',')"
+        f"COPY (SELECT {sent} FROM delivered WHERE delivered_variant <> '' ORDER BY delivered.customer_id) "
+        f"TO '{target}/{SEND_LIST_FILE}' (HEADER, DELIMITER ',')"
     )
     return delivery
 
@@ -209,13 +231,27 @@ def fill(template: str, values: dict[str, str], *, as_html: bool = False) -> str
     return "".join(out)
 
 
-def _file_name(customer_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", customer_id)[:80]
-    return f"{safe}.eml"
+PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # an id that is a safe file name as it is
+
+
+def _file_name(customer_id: str, *, whole_hash: bool = False) -> str:
+    """`<id>.eml` when the id is a safe file name already, else its readable part, `~` and a sha256 prefix.
+
+    A kept id never holds `~`, so ids that read alike once sanitised (`A/1`, `A 1`, `A_1`) never share a
+    name. `whole_hash` (all 64 hex digits, always hashed) settles the rare clash `render_emails` finds.
+    """
+    if not whole_hash and PLAIN_ID.fullmatch(customer_id):
+        return f"{customer_id}.eml"
+    stem = re.sub(r"[^A-Za-z0-9._-]|^[.-]", "_", customer_id)[:60]
+    digest = hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
+    return f"{stem}~{digest if whole_hash else digest[:10]}.eml"
 
 
 def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaign: Campaign, run_dir: Path) -> int:
-    """`rendered/<customer id>.eml`: each sent customer's email with its merge fields filled (text and HTML)."""
+    """`rendered/<customer id>.eml`: each sent customer's email with its merge fields filled (text and HTML).
+
+    One file per customer (see `_file_name`), on case-insensitive disks too; returns how many were written.
+    """
     by_id = {v.variant_id: v for v in variants}
     folder = run_dir / "rendered"
     folder.mkdir(exist_ok=True)
@@ -224,7 +260,12 @@ def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaig
         "SELECT customer_id, coalesce(first_name, ''), delivered_variant FROM delivered "
         "WHERE delivered_variant <> '' ORDER BY customer_id"
     ).fetchall()
+    taken: set[str] = set()
     for customer_id, first_name, variant_id in rows:
+        name = _file_name(str(customer_id))
+        if name.casefold() in taken:  # ids that differ only in case (macOS, Windows), or 10 hex digits that clash
+            name = _file_name(str(customer_id), whole_hash=True)
+        taken.add(name.casefold())
         v = by_id[variant_id]
         values = {"first_name": first_name, "unsubscribe_url": campaign.unsubscribe_url}
         body = campaign.footed(v.body)
@@ -235,5 +276,5 @@ def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaig
         message.set_content(fill(body, values))
         paragraphs = fill(body, values, as_html=True).split("\n\n")
         message.add_alternative("".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs), subtype="html")
-        (folder / _file_name(str(customer_id))).write_bytes(bytes(message))
-    return len(rows)
+        (folder / name).write_bytes(bytes(message))
+    return len(taken)

@@ -2,18 +2,23 @@
 
 Customer rows never enter graph state: they live in a DuckDB table (`customers`) that the later
 agents query. A malformed file is one `InputError` naming the file, line and field, before anything
-is written. Customers without consent (`email_opt_in` false) or on a suppression list are excluded
-and counted, not silently dropped.
+is written. Every customer in the file is accounted for: in the campaign, or in the table `excluded`
+with a reason: no consent, no consent recorded (a blank value), or suppressed. Consent fails closed:
+only a recorded yes sends; a file without a consent column is a warning, or an error when the campaign
+says `consent: required`.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cpo.campaign.agents.columns import CONSENT, CONSENT_NAMES, ID, canonical_names, csv_error, read_header
+from cpo.campaign.agents.suppression import load_suppression
 from cpo.core.errors import InputError, first_line
 
 REQUIRED = ("customer_id", "tier", "purchase_frequency", "avg_order_value", "last_engagement_days")
@@ -26,9 +31,11 @@ NUMERIC = (
     "historical_click_rate",
 )
 TEXT = ("customer_id", "first_name", "location", "tier")
-CONSENT = "email_opt_in"
+KNOWN = (*TEXT, *NUMERIC, CONSENT)
 YES, NO = ("true", "yes", "y", "1", "t"), ("false", "no", "n", "0", "f")
 CHUNK = 1 << 20
+# Why a customer is left out, in the order the reasons are checked.
+NO_CONSENT, NOT_RECORDED, SUPPRESSED = "no consent", "no consent recorded", "suppressed"
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,46 @@ class LoadedCustomers:
     total: int
     no_consent: int
     suppressed: int
+    no_consent_recorded: int = 0  # a blank consent value: left out, never assumed
+    suppress_unmatched: int = 0  # suppression ids that match no customer of the file
+    consent_column: str | None = CONSENT  # the header as written; None: the file has none (a warning)
 
     @property
     def eligible(self) -> int:
-        return self.total - self.no_consent - self.suppressed
+        return self.total - self.no_consent - self.no_consent_recorded - self.suppressed
+
+    def counts(self) -> dict[str, int]:
+        """What graph state and run.json keep: every customer of the file in exactly one count."""
+        return {
+            "total": self.total,
+            "no_consent": self.no_consent,
+            "no_consent_recorded": self.no_consent_recorded,
+            "suppressed": self.suppressed,
+            "suppress_unmatched": self.suppress_unmatched,
+            "eligible": self.eligible,
+        }
+
+    def warnings(self) -> list[str]:
+        if self.consent_column is not None:
+            return []
+        return [
+            f"customer file {self.path} has no consent column ({', '.join(CONSENT_NAMES)}): every customer is "
+            "treated as having consented; set consent: required in the campaign file to refuse such a file"
+        ]
+
+
+def customers_line(counts: Mapping[str, int]) -> str:
+    """'customers: N in the file, ...': where every customer of the file went (a run's and a dry run's summary)."""
+    recorded = counts.get("no_consent_recorded", 0)
+    eligible = counts["total"] - counts["no_consent"] - recorded - counts["suppressed"]
+    parts = [f"{counts['total']} in the file", f"{counts['no_consent']} without consent"]
+    if recorded:
+        parts.append(f"{recorded} with no consent recorded")
+    unmatched = counts.get("suppress_unmatched", 0)
+    parts.append(
+        f"{counts['suppressed']} suppressed" + (f" ({unmatched} suppression ids match no one)" if unmatched else "")
+    )
+    return f"customers: {', '.join(parts)}, {eligible} in the campaign"
 
 
 def _fingerprint_utf8(path: Path, what: str) -> str:
@@ -78,152 +121,180 @@ def _fingerprint(path: Path, what: str) -> str:
     return digest.hexdigest()
 
 
-def _check_header(path: Path) -> None:
-    """The header and the first rows have the same number of fields.
+def _raw_table(con: Any, path: Path) -> tuple[list[str], dict[str, int]]:
+    """Every column cpo uses as text, under cpo's names, with the line each row came from; returns the header
+    and where cpo's columns are in it.
 
-    DuckDB's CSV sniffer, even with `header = true`, takes a header shorter than its rows for data and
-    names the columns after the first row; the error would then make no sense.
+    A CSV is read as comma-separated with `"` quotes and no guessing (DuckDB's sniffer could read a
+    semicolon file as one column, or fail with no line number); its columns are named by position, so a
+    header is never SQL.
     """
-    import csv
-    import itertools
-
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = list(itertools.islice(csv.reader(handle), 6))
-    if not rows:
-        raise InputError(f"customer file {path}: empty file (no header)")
-    width = len(rows[0])
-    for number, row in enumerate(rows[1:], start=2):
-        if row and len(row) != width:
-            raise InputError(f"customer file {path}: line {number} has {len(row)} fields but the header has {width}")
-
-
-def _raw_table(con: Any, path: Path) -> None:
-    """Every column as text, in file order, with the line number each row came from."""
     import duckdb
 
     source = str(path).replace("'", "''")
+    parquet = path.suffix.lower() == ".parquet"
     try:
-        if path.suffix.lower() == ".parquet":
+        if parquet:
+            header = [str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{source}')").fetchall()]
+            names = canonical_names(header, KNOWN, "customer file", path)
+            columns = ", ".join(
+                f'CAST("{header[i].replace(chr(34), chr(34) * 2)}" AS VARCHAR) AS {n}' for n, i in names.items()
+            )
             con.execute(
-                f"CREATE TEMP TABLE raw AS SELECT row_number() OVER () + 1 AS _line, * FROM read_parquet('{source}')"
+                f"CREATE TEMP TABLE raw AS SELECT row_number() OVER () + 1 AS _line, {columns} "
+                f"FROM read_parquet('{source}')"
             )
         else:
+            header = read_header(path, "customer file")
+            names = canonical_names(header, KNOWN, "customer file", path)
+            types = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header)))
+            columns = ", ".join(f"c{i} AS {n}" for n, i in names.items())
             con.execute(
-                "CREATE TEMP TABLE raw AS SELECT row_number() OVER () + 1 AS _line, * FROM "
-                f"read_csv('{source}', header = true, all_varchar = true, auto_detect = true)"
+                f"CREATE TEMP TABLE raw AS SELECT row_number() OVER () + 1 AS _line, {columns} "
+                f"FROM read_csv('{source}', header = true, delim = ',', quote = '\"', escape = '\"', "
+                f"auto_detect = false, columns = {{{types}}})"
             )
     except duckdb.Error as exc:
-        first = first_line(exc)
-        kind = path.suffix.lstrip(".") or "CSV"
-        raise InputError(f"customer file {path}: cannot be read as {kind}: {first}") from None
+        if not parquet:
+            raise csv_error(str(exc), path, "customer file") from None
+        raise InputError(f"customer file {path}: cannot be read as Parquet: {first_line(exc)}") from None
+    return header, names
 
 
-def _check(con: Any, path: Path, columns: tuple[str, ...]) -> None:
+def _first(con: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+    return con.execute(sql + " ORDER BY _line LIMIT 1", list(params)).fetchone()
+
+
+def _shown(value: object) -> str:
+    """A value from the file in an error: quoted, and cut short (it may be anything)."""
+    text = str(value)
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _check(
+    con: Any, path: Path, columns: tuple[str, ...], header: list[str], tiers: Sequence[str], consent_name: str
+) -> None:
+    where = f"customer file {path}"
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
-        raise InputError(f"customer file {path}: missing column {missing[0]!r} (it has: {', '.join(columns)})")
+        raise InputError(f"{where}: missing column {missing[0]!r} (it has: {', '.join(header)})")
     if con.execute("SELECT count(*) FROM raw").fetchone()[0] == 0:
-        raise InputError(f"customer file {path}: no customers (only a header)")
-    blank = con.execute(
-        "SELECT _line FROM raw WHERE customer_id IS NULL OR trim(CAST(customer_id AS VARCHAR)) = '' "
-        "ORDER BY _line LIMIT 1"
-    ).fetchone()
+        raise InputError(f"{where}: no customers (only a header)")
+    blank = _first(con, f"SELECT _line FROM raw WHERE {ID} IS NULL OR trim({ID}) = ''")
     if blank:
-        raise InputError(f"customer file {path}: line {blank[0]}: customer_id is empty")
+        raise InputError(f"{where}: line {blank[0]}: customer_id is empty")
     duplicate = con.execute(
-        "SELECT CAST(customer_id AS VARCHAR), min(_line), max(_line) FROM raw GROUP BY 1 HAVING count(*) > 1 "
-        "ORDER BY 2 LIMIT 1"
+        f"SELECT trim({ID}), min(_line), max(_line) FROM raw GROUP BY 1 HAVING count(*) > 1 ORDER BY 2 LIMIT 1"
     ).fetchone()
     if duplicate:
         raise InputError(
-            f"customer file {path}: customer id {duplicate[0]!r} appears twice "
-            f"(lines {duplicate[1]} and {duplicate[2]})"
+            f"{where}: customer id {_shown(duplicate[0])} appears twice (lines {duplicate[1]} and {duplicate[2]})"
         )
     for column in (c for c in NUMERIC if c in columns):
-        bad = con.execute(
-            f'SELECT _line, CAST("{column}" AS VARCHAR) FROM raw WHERE "{column}" IS NOT NULL '
-            f'AND trim(CAST("{column}" AS VARCHAR)) <> \'\' AND TRY_CAST("{column}" AS DOUBLE) IS NULL '
-            "ORDER BY _line LIMIT 1"
-        ).fetchone()
+        bad = _first(
+            con,
+            f"SELECT _line, {column} FROM raw WHERE {column} IS NOT NULL AND trim({column}) <> '' "
+            f"AND TRY_CAST({column} AS DOUBLE) IS NULL",
+        )
         if bad:
-            raise InputError(f"customer file {path}: line {bad[0]}: {column} {bad[1]!r} is not a number")
-    for column in (c for c in REQUIRED if c in NUMERIC):
-        empty = con.execute(
-            f'SELECT _line FROM raw WHERE "{column}" IS NULL OR trim(CAST("{column}" AS VARCHAR)) = \'\' '
-            "ORDER BY _line LIMIT 1"
-        ).fetchone()
+            raise InputError(f"{where}: line {bad[0]}: {column} {_shown(bad[1])} is not a number")
+    for column in (c for c in REQUIRED if c in NUMERIC or c == "tier"):
+        empty = _first(con, f"SELECT _line FROM raw WHERE {column} IS NULL OR trim({column}) = ''")
         if empty:
-            raise InputError(f"customer file {path}: line {empty[0]}: {column} is empty")
+            raise InputError(f"{where}: line {empty[0]}: {column} is empty")
+    unknown = _first(
+        con,
+        "SELECT _line, tier FROM raw WHERE lower(trim(tier)) NOT IN (SELECT unnest(?))",
+        [[t.lower() for t in tiers]],
+    )
+    if unknown:
+        raise InputError(
+            f"{where}: line {unknown[0]}: tier {_shown(unknown[1])} is not one of the campaign's tiers "
+            f"({', '.join(tiers)}; matched ignoring case); add it to tiers: in the campaign file"
+        )
     if CONSENT in columns:
-        allowed = ", ".join(f"'{v}'" for v in (*YES, *NO))
-        bad = con.execute(
-            f"SELECT _line, CAST({CONSENT} AS VARCHAR) FROM raw WHERE lower(trim(CAST({CONSENT} AS VARCHAR))) "
-            f"NOT IN ({allowed}) ORDER BY _line LIMIT 1"
-        ).fetchone()
+        bad = _first(
+            con,
+            f"SELECT _line, {CONSENT} FROM raw WHERE trim({CONSENT}) <> '' "
+            f"AND lower(trim({CONSENT})) NOT IN (SELECT unnest(?))",
+            [[*YES, *NO]],
+        )
         if bad:
-            raise InputError(f"customer file {path}: line {bad[0]}: {CONSENT} {bad[1]!r} is not true or false")
+            raise InputError(f"{where}: line {bad[0]}: {consent_name} {_shown(bad[1])} is not true or false")
 
 
-def _suppressed_ids(con: Any, suppress: Path) -> None:
-    """A suppression list: a CSV with a customer_id column, or one id per line."""
-    _fingerprint_utf8(suppress, "suppression file")
-    lines = [ln.strip() for ln in suppress.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    header = [h.strip() for h in lines[0].split(",")] if lines else []
-    if "customer_id" in header:
-        index = header.index("customer_id")
-        ids = [ln.split(",")[index].strip() for ln in lines[1:] if len(ln.split(",")) > index]
-    else:
-        ids = lines
-    con.execute("CREATE TEMP TABLE suppressed (customer_id VARCHAR)")
-    if ids:
-        con.executemany("INSERT INTO suppressed VALUES (?)", [(i,) for i in dict.fromkeys(ids)])
-
-
-def load_customers(path: Path, *, suppress: Path | None = None, connection: Any = None) -> LoadedCustomers:
+def load_customers(
+    path: Path,
+    *,
+    suppress: Path | None = None,
+    connection: Any = None,
+    tiers: Sequence[str] | None = None,
+    consent_required: bool = False,
+) -> LoadedCustomers:
     """Check and load a customer file: the eligible customers end up in the table `customers`, the others
-    in `excluded` (customer_id, reason), so an audit can say who was left out and why."""
+    in `excluded` (customer_id, reason), so an audit can say who was left out and why.
+
+    `tiers` are the campaign's (default: Bronze, Silver, Gold, Platinum): a tier is matched ignoring case
+    and written as the campaign spells it; any other tier is an error naming its line.
+    """
     import duckdb
 
+    from cpo.core.models import DEFAULT_TIERS
+
+    tiers = tuple(tiers or DEFAULT_TIERS)
     if not path.is_file():
         raise InputError(f"customer file {path} does not exist")
     parquet = path.suffix.lower() == ".parquet"
     fingerprint = _fingerprint(path, "customer file") if parquet else _fingerprint_utf8(path, "customer file")
-    if not parquet:
-        _check_header(path)
     con: Any = connection or duckdb.connect()
-    _raw_table(con, path)
-    columns = tuple(c for c in (r[0] for r in con.execute("DESCRIBE raw").fetchall()) if c != "_line")
-    _check(con, path, columns)
+    header, names = _raw_table(con, path)
+    columns = tuple(names)
+    consent_name = header[names[CONSENT]].strip() if CONSENT in names else None
+    if consent_name is None and consent_required:
+        raise InputError(
+            f"customer file {path}: no consent column (one of {', '.join(CONSENT_NAMES)}, any case) and the "
+            "campaign requires one (consent: required)"
+        )
+    _check(con, path, columns, header, tiers, consent_name or CONSENT)
+    unmatched_sql = "0"
     if suppress is not None:
-        _suppressed_ids(con, suppress)
+        load_suppression(con, suppress)
+        unmatched_sql = f"(SELECT count(*) FROM suppressed WHERE id NOT IN (SELECT lower(trim({ID})) FROM raw))"
 
-    select = [f'trim(CAST("{c}" AS VARCHAR)) AS "{c}"' for c in TEXT if c in columns]
-    select += [f'TRY_CAST("{c}" AS DOUBLE) AS "{c}"' for c in NUMERIC if c in columns]
-    consent = f"lower(trim(CAST({CONSENT} AS VARCHAR))) IN ({', '.join(repr(v) for v in YES)})"
-    consent_sql = consent if CONSENT in columns else "true"
-    suppressed_sql = "false"
-    if suppress is not None:
-        suppressed_sql = "trim(CAST(customer_id AS VARCHAR)) IN (SELECT customer_id FROM suppressed)"
+    spelled = " ".join(f"WHEN {t.lower()!r} THEN {t!r}" for t in tiers)
+    select = [f"trim({c}) AS {c}" for c in TEXT if c in columns and c != "tier"]
+    select.append(f"CASE lower(trim(tier)) {spelled} END AS tier")
+    select += [f"TRY_CAST({c} AS DOUBLE) AS {c}" for c in NUMERIC if c in columns]
+    value = f"lower(trim({CONSENT}))"
+    if consent_name is None:
+        reason = "NULL"
+    else:
+        reason = (
+            f"CASE WHEN {CONSENT} IS NULL OR trim({CONSENT}) = '' THEN '{NOT_RECORDED}' "
+            f"WHEN {value} IN (SELECT unnest(?)) THEN NULL ELSE '{NO_CONSENT}' END"
+        )
+    suppressed = f"lower(trim({ID})) IN (SELECT id FROM suppressed)" if suppress is not None else "false"
     con.execute(
-        f"CREATE TEMP TABLE flagged AS SELECT _line, {', '.join(select)}, {consent_sql} AS _consent, "
-        f"{suppressed_sql} AS _suppressed FROM raw"
+        f"CREATE TEMP TABLE flagged AS SELECT _line, {', '.join(select)}, "
+        f"coalesce({reason}, CASE WHEN {suppressed} THEN '{SUPPRESSED}' END) AS _excluded FROM raw",
+        [list(YES)] if consent_name is not None else [],
     )
-    total, no_consent, suppressed = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE NOT _consent), count(*) FILTER (WHERE _consent AND _suppressed) "
-        "FROM flagged"
+    total, no_consent, not_recorded, n_suppressed, unmatched = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE _excluded = '{NO_CONSENT}'), "
+        f"count(*) FILTER (WHERE _excluded = '{NOT_RECORDED}'), count(*) FILTER (WHERE _excluded = '{SUPPRESSED}'), "
+        f"{unmatched_sql} FROM flagged"
     ).fetchone()
     kept = [c for c in (*TEXT, *NUMERIC) if c in columns]
     con.execute(
-        f"CREATE OR REPLACE TABLE customers AS SELECT {', '.join(kept)} FROM flagged "
-        "WHERE _consent AND NOT _suppressed ORDER BY _line"
+        f"CREATE OR REPLACE TABLE customers AS SELECT {', '.join(kept)} FROM flagged WHERE _excluded IS NULL "
+        "ORDER BY _line"
     )
     con.execute(
-        "CREATE OR REPLACE TABLE excluded AS SELECT customer_id, "
-        "CASE WHEN NOT _consent THEN 'no consent' ELSE 'suppressed' END AS reason FROM flagged "
-        "WHERE NOT _consent OR _suppressed ORDER BY _line"
+        "CREATE OR REPLACE TABLE excluded AS SELECT customer_id, _excluded AS reason FROM flagged "
+        "WHERE _excluded IS NOT NULL ORDER BY _line"
     )
-    con.execute("DROP TABLE raw")
-    con.execute("DROP TABLE flagged")
+    for table in ("raw", "flagged", *(("suppressed",) if suppress is not None else ())):
+        con.execute(f"DROP TABLE {table}")
     return LoadedCustomers(
         connection=con,
         path=path,
@@ -231,5 +302,8 @@ def load_customers(path: Path, *, suppress: Path | None = None, connection: Any 
         columns=tuple(kept),
         total=int(total),
         no_consent=int(no_consent),
-        suppressed=int(suppressed),
+        suppressed=int(n_suppressed),
+        no_consent_recorded=int(not_recorded),
+        suppress_unmatched=int(unmatched),
+        consent_column=consent_name,
     )

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cpo.campaign.campaign_file import footed
+from cpo.campaign.campaign_file import UNSUBSCRIBE_TAG, footed
 from cpo.core.errors import InputError, first_line
 from cpo.core.files import load_yaml_model
 from cpo.core.models import EmailVariant, Snippet
@@ -24,7 +24,6 @@ from cpo.core.resources import bundled
 
 CATEGORIES = ("Hate", "Violence", "SelfHarm", "Sexual")
 UNAVAILABLE = "screening unavailable"
-UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
 
 
 class ComplianceRule(BaseModel):

@@ -3,10 +3,13 @@
 Every eligible customer lands in exactly one segment, with the rule that matched (first match wins).
 What leaves this agent is a summary per segment (size, share, feature means, the most common tier):
 the only customer-derived facts that may reach a prompt. Names and other free text never do.
+A rule is the user's SQL: it runs on a sandbox (a copy of the customers, no file or network access),
+and an error about it never prints a value it read.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,28 +82,113 @@ def load_rules(path: Path | None = None) -> list[Rule]:
     for r in rules:
         if any(bad in r.rule for bad in FORBIDDEN):
             raise InputError(f"rules file {path}: segment {r.name!r}: a rule is one condition (no ';' or comments)")
+        if error := _not_one_expression(path, r):
+            raise InputError(error)
     return rules
 
 
-def segment_customers(loaded: LoadedCustomers, rules_path: Path | None = None) -> list[Segment]:
-    """Add `segment` and `rule` to the customers table; return one summary per segment, in rule order."""
+def _not_one_expression(path: Path, rule: Rule) -> str | None:
+    """Why a rule is not exactly one SQL expression, or None: a rule that closed its own parenthesis could
+    change the statement it is pasted into."""
     import duckdb
 
+    try:
+        duckdb.SQLExpression(rule.rule)
+    except duckdb.ParserException as exc:
+        return f"rules file {path}: segment {rule.name!r}: bad rule {rule.rule!r}: {first_line(exc)}"
+    except duckdb.Error:
+        return f"rules file {path}: segment {rule.name!r}: a rule is one condition, not a list"
+    return None
+
+
+def _sandbox(source: Any, *, rows: bool) -> Any:
+    """An in-memory DuckDB with a copy of `customers` (with its rows, or empty) and nothing else, file and
+    network access off: a rule is the user's SQL, and on the connection that loaded the file it could read
+    any file (the id key included) and print it in an error."""
+    import duckdb
+
+    sandbox = duckdb.connect()
+    try:
+        query = "SELECT * FROM customers" if rows else "SELECT * FROM customers LIMIT 0"
+        sandbox.from_arrow(source.sql(query).__arrow_c_stream__()).create("customers")
+        sandbox.execute("SET enable_external_access = false")
+        sandbox.execute("SET lock_configuration = true")
+    except BaseException:
+        sandbox.close()
+        raise
+    return sandbox
+
+
+def _failure(exc: Exception, path: Path, rule: Rule | None, *, on_data: bool) -> str:
+    """One line for a DuckDB error in a rule. DuckDB's message is kept only for a parser, binder or catalog
+    error on the empty copy, where it can quote nothing but the rule and the columns; on the data a
+    conversion error quotes the value it failed on, and a binder error can too (PIVOT names columns after
+    values)."""
+    import duckdb
+
+    head = f"rules file {path}: segment {rule.name!r}: rule {rule.rule!r}" if rule else f"rules file {path}: the rules"
+    if isinstance(exc, duckdb.PermissionException):
+        return f"{head}: rules may only read the customer table's columns (file and network functions are disabled)"
+    if (
+        rule
+        and not on_data
+        and isinstance(exc, duckdb.ParserException | duckdb.BinderException | duckdb.CatalogException)
+    ):
+        return f"rules file {path}: segment {rule.name!r}: bad rule {rule.rule!r}: {first_line(exc)}"
+    name = type(exc).__name__  # OutOfRangeException: "Out Of Range Error", from the class, never the message
+    kind = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name.removesuffix("Exception")) + " Error" if name != "Error" else name
+    verb = ("fails" if rule else "fail") + (" on the customers' data" if on_data else "")
+    quoted = "customer data" if on_data else "what it read"
+    return f"{head} {verb} ({kind}; the message is not shown: it may quote {quoted})"
+
+
+def _run(con: Any, sql: str, params: list[Any], path: Path, rule: Rule | None, *, on_data: bool) -> None:
+    """Run a statement holding rules; an error is raised outside the handler, so not even the exception's
+    context keeps DuckDB's message."""
+    import duckdb
+
+    try:
+        con.execute(sql, params).fetchall()
+        return
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error as exc:
+        message = _failure(exc, path, rule, on_data=on_data)
+    raise InputError(message)
+
+
+def _assign_segments(con: Any, path: Path, rules: list[Rule]) -> None:
+    """Add `segment` to `con`'s customers table, computed by the rules on sandboxes only: first each rule alone
+    on an empty copy (a mistake in it is shown in full), then on a copy of the customers."""
+    empty = _sandbox(con, rows=False)
+    try:
+        for r in rules:
+            _run(empty, f"SELECT count(*) FROM customers WHERE ({r.rule})", [], path, r, on_data=False)
+    finally:
+        empty.close()
+    sandbox = _sandbox(con, rows=True)
+    try:
+        for r in rules:
+            _run(sandbox, f"SELECT count(*) FROM customers WHERE ({r.rule})", [], path, r, on_data=True)
+        cases = " ".join(f"WHEN ({r.rule}) THEN ?" for r in rules)
+        sql = f"CREATE OR REPLACE TABLE customers AS SELECT *, CASE {cases} END AS segment FROM customers"
+        _run(sandbox, sql, [r.name for r in rules], path, None, on_data=True)
+        # The whole table comes back (faster than joining a column on): every copy keeps insertion order.
+        con.register("segmented_customers", sandbox.sql("SELECT * FROM customers").__arrow_c_stream__())
+        try:
+            con.execute("CREATE OR REPLACE TABLE customers AS SELECT * FROM segmented_customers")
+        finally:
+            con.unregister("segmented_customers")
+    finally:
+        sandbox.close()
+
+
+def segment_customers(loaded: LoadedCustomers, rules_path: Path | None = None) -> list[Segment]:
+    """Add `segment` to the customers table; return one summary per segment, in rule order."""
     path = rules_path or default_rules_file()
     rules = load_rules(path)
     con: Any = loaded.connection
-    for r in rules:
-        try:
-            con.execute(f"SELECT count(*) FROM customers WHERE ({r.rule})").fetchone()
-        except duckdb.Error as exc:
-            first = first_line(exc)
-            raise InputError(f"rules file {path}: segment {r.name!r}: bad rule {r.rule!r}: {first}") from None
-    cases = " ".join(f"WHEN ({r.rule}) THEN ?" for r in rules)
-    params = [r.name for r in rules]
-    con.execute(
-        f"CREATE OR REPLACE TABLE customers AS SELECT *, CASE {cases} END AS segment FROM customers",
-        params,
-    )
+    _assign_segments(con, path, rules)
     unmatched = con.execute("SELECT count(*), min(customer_id) FROM customers WHERE segment IS NULL").fetchone()
     if unmatched[0]:
         raise InputError(
