@@ -163,8 +163,8 @@ MUTATIONS = (
     Mutation(
         "consent-ignored",
         "cpo/campaign/agents/load.py",
-        "        [list(YES)] if consent_name is not None else [],",
-        "        [[*YES, *NO]] if consent_name is not None else [],",
+        "            f\"WHEN {value} IN ({_literals(YES)}) THEN NULL ELSE '{NO_CONSENT}' END\"",
+        "            f\"WHEN {value} IN ({_literals((*YES, *NO))}) THEN NULL ELSE '{NO_CONSENT}' END\"",
         ("tests/test_agents.py",),
     ),
     Mutation(

@@ -111,7 +111,8 @@ def test_a_binder_error_built_from_customer_values_does_not_quote_them(tmp_path:
 
 def test_the_sandbox_holds_only_the_customers_and_segments_them_as_before(tmp_path: Path) -> None:
     """The bundled rules give the same segments, customer by customer and in the same order, when each rule
-    also requires what only the sandbox has: one table and no file access."""
+    also requires what only the sandbox has: one table (besides the one the sandbox writes its result to) and
+    no file access."""
     bundled_rules = [
         (m.group(1), m.group(2).strip('"'))
         for m in re.finditer(
@@ -119,7 +120,10 @@ def test_the_sandbox_holds_only_the_customers_and_segments_them_as_before(tmp_pa
         )
     ]
     assert len(bundled_rules) == 5
-    sandboxed = "(SELECT count(*) FROM duckdb_tables()) = 1 AND NOT current_setting('enable_external_access')"
+    sandboxed = (
+        "(SELECT count(*) FROM duckdb_tables() WHERE table_name <> '_cpo_segments') = 1 "
+        "AND NOT current_setting('enable_external_access')"
+    )
     rules = write_rules(tmp_path / "rules.yaml", *((n, f"({sandboxed}) AND ({r})") for n, r in bundled_rules))
     loaded = load_customers(SAMPLE)
     con = loaded.connection
@@ -134,3 +138,16 @@ def test_the_sandbox_holds_only_the_customers_and_segments_them_as_before(tmp_pa
     assert [(s.name, s.size) for s in segments] == list(sizes.items())
     assert all(sizes.values()) and sum(sizes.values()) == loaded.eligible
     assert con.execute("SELECT current_setting('enable_external_access')").fetchone() == (True,)  # loading keeps it
+
+
+def test_a_rule_reaching_a_column_its_text_does_not_name_is_run_on_every_column(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the columns a rule's text names are copied into the sandbox; should that miss one, the rules run
+    again on a copy of every column instead of failing (or segmenting on a partial copy)."""
+    from cpo.campaign.agents import segmentation
+
+    expected = segment_customers(load_customers(SAMPLE))
+    monkeypatch.setattr(segmentation, "_named", lambda con, rules: ["customer_id"])  # names no column a rule reads
+    loaded = load_customers(SAMPLE)
+    assert [(s.name, s.size) for s in segment_customers(loaded)] == [(s.name, s.size) for s in expected]

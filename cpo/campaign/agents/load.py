@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,8 +161,13 @@ def _raw_table(con: Any, path: Path) -> tuple[list[str], dict[str, int]]:
     return header, names
 
 
-def _first(con: Any, sql: str, params: Sequence[Any] = ()) -> Any:
-    return con.execute(sql + " ORDER BY _line LIMIT 1", list(params)).fetchone()
+def _first(con: Any, sql: str) -> Any:
+    return con.execute(sql + " ORDER BY _line LIMIT 1").fetchone()
+
+
+def _literals(values: Iterable[str]) -> str:
+    """SQL string literals, comma-separated: a tier from the campaign file is data, quoted as such."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
 def _shown(value: object) -> str:
@@ -198,15 +203,14 @@ def _check(
         )
         if bad:
             raise InputError(f"{where}: line {bad[0]}: {column} {_shown(bad[1])} is not a number")
-    for column in (c for c in REQUIRED if c in NUMERIC or c == "tier"):
+    for column in (c for c in REQUIRED if c in NUMERIC):
         empty = _first(con, f"SELECT _line FROM raw WHERE {column} IS NULL OR trim({column}) = ''")
         if empty:
             raise InputError(f"{where}: line {empty[0]}: {column} is empty")
-    unknown = _first(
-        con,
-        "SELECT _line, tier FROM raw WHERE lower(trim(tier)) NOT IN (SELECT unnest(?))",
-        [[t.lower() for t in tiers]],
-    )
+    known = _literals(t.lower() for t in tiers)
+    unknown = _first(con, f"SELECT _line, tier FROM raw WHERE tier IS NULL OR lower(trim(tier)) NOT IN ({known})")
+    if unknown and not (unknown[1] or "").strip():
+        raise InputError(f"{where}: line {unknown[0]}: tier is empty")
     if unknown:
         raise InputError(
             f"{where}: line {unknown[0]}: tier {_shown(unknown[1])} is not one of the campaign's tiers "
@@ -216,8 +220,7 @@ def _check(
         bad = _first(
             con,
             f"SELECT _line, {CONSENT} FROM raw WHERE trim({CONSENT}) <> '' "
-            f"AND lower(trim({CONSENT})) NOT IN (SELECT unnest(?))",
-            [[*YES, *NO]],
+            f"AND lower(trim({CONSENT})) NOT IN ({_literals((*YES, *NO))})",
         )
         if bad:
             raise InputError(f"{where}: line {bad[0]}: {consent_name} {_shown(bad[1])} is not true or false")
@@ -261,7 +264,7 @@ def load_customers(
         load_suppression(con, suppress)
         unmatched_sql = f"(SELECT count(*) FROM suppressed WHERE id NOT IN (SELECT lower(trim({ID})) FROM raw))"
 
-    spelled = " ".join(f"WHEN {t.lower()!r} THEN {t!r}" for t in tiers)
+    spelled = " ".join(f"WHEN {_literals([t.lower()])} THEN {_literals([t])}" for t in tiers)
     select = [f"trim({c}) AS {c}" for c in TEXT if c in columns and c != "tier"]
     select.append(f"CASE lower(trim(tier)) {spelled} END AS tier")
     select += [f"TRY_CAST({c} AS DOUBLE) AS {c}" for c in NUMERIC if c in columns]
@@ -271,13 +274,12 @@ def load_customers(
     else:
         reason = (
             f"CASE WHEN {CONSENT} IS NULL OR trim({CONSENT}) = '' THEN '{NOT_RECORDED}' "
-            f"WHEN {value} IN (SELECT unnest(?)) THEN NULL ELSE '{NO_CONSENT}' END"
+            f"WHEN {value} IN ({_literals(YES)}) THEN NULL ELSE '{NO_CONSENT}' END"
         )
     suppressed = f"lower(trim({ID})) IN (SELECT id FROM suppressed)" if suppress is not None else "false"
     con.execute(
         f"CREATE TEMP TABLE flagged AS SELECT _line, {', '.join(select)}, "
-        f"coalesce({reason}, CASE WHEN {suppressed} THEN '{SUPPRESSED}' END) AS _excluded FROM raw",
-        [list(YES)] if consent_name is not None else [],
+        f"coalesce({reason}, CASE WHEN {suppressed} THEN '{SUPPRESSED}' END) AS _excluded FROM raw"
     )
     total, no_consent, not_recorded, n_suppressed, unmatched = con.execute(
         f"SELECT count(*), count(*) FILTER (WHERE _excluded = '{NO_CONSENT}'), "

@@ -31,6 +31,8 @@ PROMPT_FEATURES = (
     "historical_click_rate",
 )
 FORBIDDEN = (";", "--", "/*")
+ROW = "_cpo_row"  # in the sandbox: the row's id in the customers table, to put each segment back in place
+OUTPUT = "_cpo_segments"  # the sandbox's only other table: each row's segment number
 
 
 class Rule(BaseModel):
@@ -101,15 +103,17 @@ def _not_one_expression(path: Path, rule: Rule) -> str | None:
     return None
 
 
-def _sandbox(source: Any, *, rows: bool) -> Any:
-    """An in-memory DuckDB with a copy of `customers` (with its rows, or empty) and nothing else, file and
-    network access off: a rule is the user's SQL, and on the connection that loaded the file it could read
-    any file (the id key included) and print it in an error."""
+def _sandbox(source: Any, *, columns: list[str] | None) -> Any:
+    """An in-memory DuckDB with a copy of `customers` (those `columns` with their rows and each row's id in the
+    customers table, `ROW`; None: every column, empty) and nothing else, file and network access off: a rule
+    is the user's SQL, and on the connection that loaded the file it could read any file (the id key
+    included) and print it in an error."""
     import duckdb
 
     sandbox = duckdb.connect()
     try:
-        query = "SELECT * FROM customers" if rows else "SELECT * FROM customers LIMIT 0"
+        listed = ", ".join(f'"{c}"' for c in columns or [])
+        query = f"SELECT rowid AS {ROW}, {listed} FROM customers" if columns else "SELECT * FROM customers LIMIT 0"
         sandbox.from_arrow(source.sql(query).__arrow_c_stream__()).create("customers")
         sandbox.execute("SET enable_external_access = false")
         sandbox.execute("SET lock_configuration = true")
@@ -117,6 +121,17 @@ def _sandbox(source: Any, *, rows: bool) -> Any:
         sandbox.close()
         raise
     return sandbox
+
+
+def _named(con: Any, rules: list[Rule]) -> list[str]:
+    """The columns a rule may read: every column whose name appears in a rule's text (copying only those
+    into the sandbox keeps a million customers cheap); all of them if a rule could name columns by pattern."""
+    columns = [str(r[0]) for r in con.execute("DESCRIBE customers").fetchall()]
+    text = " ".join(r.rule for r in rules).lower()
+    if "*" in text or "columns(" in text.replace(" ", ""):
+        return columns
+    named = [c for c in columns if c.lower() in text]
+    return named or columns[:1]
 
 
 def _failure(exc: Exception, path: Path, rule: Rule | None, *, on_data: bool) -> str:
@@ -157,28 +172,55 @@ def _run(con: Any, sql: str, params: list[Any], path: Path, rule: Rule | None, *
     raise InputError(message)
 
 
+def _ran(sandbox: Any, sql: str) -> bool:
+    """Whether `sql` ran; its error is not kept (it may quote customer data)."""
+    import duckdb
+
+    try:
+        sandbox.execute(sql)
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error:
+        return False
+    return True
+
+
 def _assign_segments(con: Any, path: Path, rules: list[Rule]) -> None:
     """Add `segment` to `con`'s customers table, computed by the rules on sandboxes only: first each rule alone
-    on an empty copy (a mistake in it is shown in full), then on a copy of the customers."""
-    empty = _sandbox(con, rows=False)
+    on an empty copy (a mistake in it is shown in full), then all of them at once on a copy of the columns
+    they name (each alone again only to say which one failed)."""
+    empty = _sandbox(con, columns=None)
     try:
         for r in rules:
             _run(empty, f"SELECT count(*) FROM customers WHERE ({r.rule})", [], path, r, on_data=False)
     finally:
         empty.close()
-    sandbox = _sandbox(con, rows=True)
+    cases = " ".join(f"WHEN ({r.rule}) THEN {i}" for i, r in enumerate(rules))
+    sql = f"CREATE TABLE {OUTPUT} AS SELECT {ROW}, CAST(CASE {cases} END AS UTINYINT) AS s FROM customers"
+    named, every = _named(con, rules), [str(r[0]) for r in con.execute("DESCRIBE customers").fetchall()]
+    sandbox = _sandbox(con, columns=named)
     try:
-        for r in rules:
-            _run(sandbox, f"SELECT count(*) FROM customers WHERE ({r.rule})", [], path, r, on_data=True)
-        cases = " ".join(f"WHEN ({r.rule}) THEN ?" for r in rules)
-        sql = f"CREATE OR REPLACE TABLE customers AS SELECT *, CASE {cases} END AS segment FROM customers"
-        _run(sandbox, sql, [r.name for r in rules], path, None, on_data=True)
-        # The whole table comes back (faster than joining a column on): every copy keeps insertion order.
-        con.register("segmented_customers", sandbox.sql("SELECT * FROM customers").__arrow_c_stream__())
+        failed = not _ran(sandbox, sql)
+        if failed and named != every:  # a rule reached a column its text does not name: copy them all
+            sandbox.close()
+            sandbox = _sandbox(con, columns=every)
+            failed = not _ran(sandbox, sql)
+        if failed:  # which rule, and how: one line that never quotes the data (raised outside the handler)
+            for r in rules:
+                _run(sandbox, f"SELECT count(*) FROM customers WHERE ({r.rule})", [], path, r, on_data=True)
+            _run(sandbox, sql, [], path, None, on_data=True)
+        # Only (row id, segment number) comes back; the customers table gets its column in place, in its order.
+        con.register("segment_numbers", sandbox.sql(f"SELECT {ROW}, s FROM {OUTPUT}").__arrow_c_stream__())
         try:
-            con.execute("CREATE OR REPLACE TABLE customers AS SELECT * FROM segmented_customers")
+            names = " ".join(f"WHEN {i} THEN ?" for i in range(len(rules)))
+            con.execute("ALTER TABLE customers ADD COLUMN segment VARCHAR")
+            con.execute(
+                f"UPDATE customers SET segment = CASE n.s {names} END FROM segment_numbers n "
+                f"WHERE customers.rowid = n.{ROW}",
+                [r.name for r in rules],
+            )
         finally:
-            con.unregister("segmented_customers")
+            con.unregister("segment_numbers")
     finally:
         sandbox.close()
 
