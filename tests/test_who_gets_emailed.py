@@ -221,6 +221,11 @@ BEFORE_PAYING: dict[str, tuple[Any, str]] = {
         "error: campaign file campaign.yaml: offers.default: the offer states '$99 a month'",
     ),
     "limits-max-below-min": (bad_limits, "error: limits file limits.yaml: body_min_words (142) is more than"),
+    "footer-that-blocks-every-email": (
+        lambda: ["--config", campaign(**{"Unsubscribe: {{": "Risk-free! Unsubscribe: {{"})],
+        "error: campaign file campaign.yaml: unsubscribe: the footer would block every email (risk-free claim: "
+        "'Risk-free')",
+    ),
     "a-rule-that-does-not-bind": (
         lambda: [
             "--config",
@@ -259,21 +264,29 @@ def test_mistakes_are_caught_before_the_first_model_call(
 # -- exit codes that tell the truth ------------------------------------------------------------------------------
 
 
-def test_a_run_whose_every_variant_is_blocked_exits_1_and_names_who_gets_nothing(
+def test_a_run_whose_controls_are_rejected_in_review_exits_1_and_names_who_gets_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    risky = campaign(**{"Unsubscribe: {{ unsubscribe_url }}": "Risk-free! Unsubscribe: {{ unsubscribe_url }}"})
-    code = main(["run", "--config", risky])
+    """Every control rejected: the other arms' customers still get their own variants, the control arms get
+    nothing. (A run whose variants are all blocked by screening: tests/test_azure_services.py.)"""
+    assert main(["run", "--review"]) == 4
+    run_dir = the_run_dir()
+    variants = json.loads((run_dir / "variants.json").read_text(encoding="utf-8"))
+    controls = [v["variant_id"] for v in variants if v["tone"] == "control"]
+    assert main(["review", str(run_dir), "--reject", *controls, "--reviewer", "ana", "--reason", "off brand"]) == 0
+    assert main(["review", str(run_dir), "--approve-rest", "--reviewer", "ana"]) == 0
+    capsys.readouterr()
+
+    code = main(["run", "--resume", str(run_dir)])
     out, err = capsys.readouterr()
     assert code == 1
-    run_dir = the_run_dir()
-    assert send_list(run_dir) == []
-    assert "screened: 20 variants (local-policy), 20 blocked" in out
-    assert "Lapsed: " in out and "get nothing: its control is blocked by screening: " in out
-    assert "no valid control" not in out and "✓" not in out  # the table marks every cell not sent
-    assert "not sent: 241 of 241 customers in the campaign get no email" in err
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    assert record["exit_code"] == 1 and sum(record["unsent_customers"].values()) == 241
+    cells = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["unsent_customers"]
+    assert set(cells) == {"Business Bulk Buyer", "High-Value Recent", "Lapsed", "New Customer", "Regular"}
+    nothing = sum(cells.values())
+    assert 0 < nothing < 241 and len(send_list(run_dir)) == 241 - nothing
+    assert out.count("get nothing: its control is rejected in review by ana: off brand") == 5
+    assert "no valid control" not in out
+    assert f"not sent: {nothing} of 241 customers in the campaign get no email" in err
 
 
 def test_a_run_with_no_valid_email_exits_1_and_says_invalid(capsys: pytest.CaptureFixture[str]) -> None:

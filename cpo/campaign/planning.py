@@ -14,9 +14,10 @@ from cpo.campaign.agents.export import RENDER_LIMIT
 from cpo.campaign.agents.generation import PER_CUSTOMER_LIMIT, email_requests, personal_requests
 from cpo.campaign.agents.load import LoadedCustomers, load_customers
 from cpo.campaign.agents.retrieval import SegmentRetrieval, retrieve
+from cpo.campaign.agents.safety import footer_problems, load_policy
 from cpo.campaign.agents.segmentation import Segment, segment_customers
 from cpo.campaign.backends.content_index import ContentIndex
-from cpo.campaign.campaign_file import Campaign, load_campaign
+from cpo.campaign.campaign_file import Campaign, default_campaign_file, load_campaign
 from cpo.campaign.kept import request_key
 from cpo.campaign.rundir import DATABASE
 from cpo.campaign.state import Inputs
@@ -58,6 +59,10 @@ def load_and_segment(
 ) -> tuple[LoadedCustomers, list[Segment]]:
     """Load the customers into `con` and segment them: the run's first stage (and a dry run's)."""
     campaign = campaign_of(inputs)
+    blocking = footer_problems(campaign.unsubscribe, load_policy())
+    if blocking:
+        where = inputs["campaign"] or default_campaign_file()
+        raise InputError(f"campaign file {where}: unsubscribe: the footer would block every email ({blocking[0]})")
     suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
     loaded = load_customers(
         Path(inputs["customers"]),
