@@ -170,7 +170,7 @@ MUTATIONS = (
     Mutation(
         "suppression-ignored",
         "cpo/campaign/agents/load.py",
-        '    suppressed = f"lower(trim({ID})) IN (SELECT id FROM suppressed)" if suppress is not None else "false"',
+        '    suppressed = f"lower({ID}) IN (SELECT id FROM suppressed)" if suppress is not None else "false"',
         '    suppressed = "false"',
         ("tests/test_agents.py",),
     ),

@@ -63,7 +63,10 @@ def no_run_left(runs: str = "runs") -> bool:
 # -- who gets emailed ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", ["Email_Opt_In", "EMAIL OPT IN", " opt-in ", "Consent"])
+@pytest.mark.parametrize(
+    "header",
+    ["Email_Opt_In", "EMAIL OPT IN", " opt-in ", "Consent", "EmailOptIn", "Accepts Email Marketing", "e-mail opt in"],
+)
 def test_a_consent_column_in_any_spelling_keeps_those_who_opted_out_off_the_send_list(
     capsys: pytest.CaptureFixture[str], header: str
 ) -> None:
@@ -74,6 +77,17 @@ def test_a_consent_column_in_any_spelling_keeps_those_who_opted_out_off_the_send
     out = capsys.readouterr().out
     assert f"250 in the file, {OPTED_OUT} without consent" in out
     assert not out_ids & {r["customer_id"] for r in send_list(the_run_dir())}
+
+
+@pytest.mark.parametrize("header", ["Email Opt Out", "marketing_status", "Unsubscribed", "GDPR"])
+def test_a_column_that_looks_like_consent_but_is_not_read_as_consent_is_refused(
+    capsys: pytest.CaptureFixture[str], header: str
+) -> None:
+    path = write_customers(sample_rows(), rename={"email_opt_in": header})
+    assert main(["run", "--customers", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: customer file customers.csv: line 1: column {header!r} looks like consent")
+    assert err.count("\n") == 1 and no_run_left()
 
 
 def test_no_consent_column_is_a_warning_or_with_consent_required_an_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,6 +136,69 @@ def test_suppression_is_read_as_csv_with_quotes_spaces_and_case(capsys: pytest.C
     assert "3 suppressed (1 suppression ids match no one), 238 in the campaign" in out
     sent = {r["customer_id"] for r in send_list(the_run_dir())}
     assert not {"C000001", "C000002", "C000003"} & sent
+
+
+def test_ids_match_whatever_whitespace_or_case_a_spreadsheet_gave_them(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = sample_rows()[:20]
+    for row in rows:
+        row["email_opt_in"] = "true"
+    rows[0]["customer_id"], rows[1]["customer_id"] = "C000001\t", "C000002\r"
+    rows[2]["customer_id"], rows[3]["customer_id"] = "\u00a0İD3\u200b", "ΟΔΟΣ"
+    Path("suppress.csv").write_text("C000001\nc000002\nİD3\nΟΔΟΣ\n", encoding="utf-8")
+    assert main(["run", "--customers", write_customers(rows), "--suppress", "suppress.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "20 in the file, 0 without consent, 4 suppressed, 16 in the campaign" in out
+    assert len(send_list(the_run_dir())) == 16
+
+    rows[4]["customer_id"] = "C000001"  # the same customer as "C000001\t"
+    assert main(["run", "--customers", write_customers(rows), "--out", "again"]) == 2
+    assert "customer id 'C000001' appears twice (lines 2 and 6)" in capsys.readouterr().err
+
+
+def test_cpos_own_send_list_suppresses_everyone_on_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """Its ids that a spreadsheet would run were written with a leading ' (-17 as '-17): read back without it."""
+    rows = sample_rows()[:20]
+    for row, new_id in zip(rows, ["-17", "+4420", "=1+1", "@home"], strict=False):
+        row["customer_id"], row["email_opt_in"] = new_id, "true"
+    path = write_customers(rows)
+    assert main(["run", "--customers", path, "--out", "first"]) == 0
+    (first,) = list(Path("first").glob("2*"))
+    sent = len(send_list(first))
+    assert sent and {"'-17", "'+4420", "'=1+1", "'@home"} <= {r["customer_id"] for r in send_list(first)}
+    capsys.readouterr()
+    assert main(["run", "--customers", path, "--suppress", str(first / "send_list.csv"), "--out", "second"]) == 0
+    assert f"{sent} suppressed, {len(rows) - 0 - sent} in the campaign" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no ids (the file is empty)"),
+        ("\ufeff", "no ids (the file is empty)"),
+        ("customer_id\n", "no ids (only a header)"),
+        ("customer_id\tname\nC000001\tAna\n", "line 1: expected comma-separated values or one id per line, but"),
+        ("email\nana@example.com\n", "line 1: a list of 'email', not of customer ids"),
+        ("name,customer_id\nAna,C000001\nBen\n", "line 3 has no customer_id (its column 2 is missing)"),
+        ("name,email\nJane,jane@example.com\n", "line 1: no customer_id column"),
+    ],
+    ids=["empty", "bom-only", "header-only", "tab-separated", "emails", "short-row", "no-id-column"],
+)
+def test_a_suppression_list_cpo_cannot_read_as_meant_is_refused(
+    capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    Path("suppress.csv").write_text(text, encoding="utf-8")
+    assert main(["run", "--suppress", "suppress.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: suppression file suppress.csv: {message}") and err.count("\n") == 1
+    assert no_run_left()
+
+
+def test_a_suppression_list_matching_no_one_is_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("suppress.csv").write_text("customer_id\n1\n2\n", encoding="utf-8")  # leading zeros lost in a sheet
+    assert main(["run", "--suppress", "suppress.csv"]) == 0
+    out, err = capsys.readouterr()
+    assert "0 suppressed (2 suppression ids match no one)" in out
+    assert err.count("warning: none of the 2 ids of the suppression list matches a customer") == 1
 
 
 def test_a_suppression_csv_without_an_id_column_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,8 +257,12 @@ def test_tiers_are_matched_ignoring_case_and_an_unknown_tier_names_its_line(
          "line 1: 'tier' and 'Tier' are both column 'tier'"),
         ('customer_id,tier,purchase_frequency,avg_order_value,last_engagement_days\nC1,Gold,3,1,2\nC2,"Gold,3,1,2\n',
          "line 3: a quoted field is never closed"),
+        ("customer_id,tier,purchase_frequency,avg_order_value,last_engagement_days\nC1,Gold,inf,1,2\n",
+         "line 2: purchase_frequency 'inf' is not a number"),
+        ("customer_id,tier,purchase_frequency,avg_order_value,last_engagement_days\nC1,Gold,3,NaN,2\n",
+         "line 2: avg_order_value 'NaN' is not a number"),
     ],
-    ids=["semicolons", "a-5-MB-field", "duplicate-tier-header", "unterminated-quote"],
+    ids=["semicolons", "a-5-MB-field", "duplicate-tier-header", "unterminated-quote", "infinite", "nan"],
 )  # fmt: skip
 def test_a_file_cpo_cannot_read_as_csv_names_the_delimiter_and_the_line(
     capsys: pytest.CaptureFixture[str], text: str, message: str
@@ -221,6 +302,22 @@ BEFORE_PAYING: dict[str, tuple[Any, str]] = {
         "error: campaign file campaign.yaml: offers.default: the offer states '$99 a month'",
     ),
     "limits-max-below-min": (bad_limits, "error: limits file limits.yaml: body_min_words (142) is more than"),
+    "footer-with-a-policy-term": (
+        lambda: ["--config", campaign(**{"Unsubscribe: {{": "Unsubscribe to kill these emails: {{"})],
+        "error: campaign file campaign.yaml: unsubscribe: the footer would block every email (Violence severity",
+    ),
+    "footer-hiding-its-link": (
+        lambda: ["--config", campaign(**{"Unsubscribe: {{ unsubscribe_url }}": "<!-- {{ unsubscribe_url }} -->"})],
+        "error: campaign file campaign.yaml: unsubscribe: the footer is plain text with one merge tag",
+    ),
+    "allocation-weight-infinite": (
+        lambda: ["--config", campaign(**{"{control: 1,": "{control: .inf,"})],
+        "error: campaign file campaign.yaml: allocation: weights must be numbers from 0 to",
+    ),
+    "allocation-weight-huge": (
+        lambda: ["--config", campaign(**{"{control: 1,": "{control: 1e308,"})],
+        "error: campaign file campaign.yaml: allocation: weights must be numbers from 0 to",
+    ),
     "footer-that-blocks-every-email": (
         lambda: ["--config", campaign(**{"Unsubscribe: {{": "Risk-free! Unsubscribe: {{"})],
         "error: campaign file campaign.yaml: unsubscribe: the footer would block every email (risk-free claim: "
@@ -318,3 +415,21 @@ def test_a_stop_takes_precedence_over_customers_who_get_nothing(stopped_by: str 
     result = RunResult(run_dir=Path("x"), stopped_by=stopped_by, delivery={"unsent_customers": {"Lapsed": 12}})
     assert result.exit_code == expected
     assert RunResult(run_dir=Path("x"), delivery={"unsent_customers": {"Lapsed": 0}}).exit_code == 0
+
+
+def test_review_decisions_are_private_to_their_user(capsys: pytest.CaptureFixture[str]) -> None:
+    """`cpo review` writes reviewers' names and reasons: 0600, as every file `cpo run` writes."""
+    assert main(["run", "--review"]) == 4
+    run_dir = the_run_dir()
+    assert main(["review", str(run_dir), "--approve-rest", "--reviewer", "ana"]) == 0
+    assert (run_dir / "review.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_per_customer_says_why_customers_get_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [r for r in sample_rows() if r["email_opt_in"] == "true"][:12]
+    Path("limits.yaml").write_text("subject_max_chars: 3\n", encoding="utf-8")
+    args = ["run", "--customers", write_customers(rows), "--per-customer", "--limits", "limits.yaml"]
+    assert main([*args, "--max-repairs", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert "customer(s) get nothing: their own emails are invalid" in out
+    assert "not sent: 12 of 12 customers in the campaign get no email" in err

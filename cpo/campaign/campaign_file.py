@@ -7,6 +7,7 @@ names, the footer's unsubscribe link, and every number of every offer against th
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,7 @@ from cpo.email.content import load_snippets
 from cpo.email.grounding import check_grounding
 
 DEFAULT_OFFER = "default"
+MAX_WEIGHT = 1e6  # relative weights; a larger one (or inf, nan) would overflow the allocation's bounds
 UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
 
 
@@ -62,8 +64,10 @@ class Campaign(BaseModel):
         unknown = sorted(set(value) - set(TONES))
         if unknown:
             raise ValueError(f"unknown arm {unknown[0]!r}; the arms are {', '.join(TONES)}")
-        if any(w < 0 for w in value.values()) or (value and sum(value.values()) <= 0):
-            raise ValueError("weights must be non-negative and not all zero")
+        if any(not math.isfinite(w) or not 0 <= w <= MAX_WEIGHT for w in value.values()):
+            raise ValueError(f"weights must be numbers from 0 to {MAX_WEIGHT:g} (relative: 1, 1, 2 is fine)")
+        if value and sum(value.values()) <= 0:
+            raise ValueError("weights must not all be zero")
         return value
 
     @field_validator("unsubscribe")
@@ -71,6 +75,12 @@ class Campaign(BaseModel):
     def _link(cls, value: str) -> str:
         if not UNSUBSCRIBE_TAG.search(value):
             raise ValueError("the footer has no {{ unsubscribe_url }} link: every email must carry one")
+        rest = UNSUBSCRIBE_TAG.sub("", value)
+        if any(mark in rest for mark in ("{{", "{%", "{#", "<!--", "<")):
+            raise ValueError(
+                "the footer is plain text with one merge tag, {{ unsubscribe_url }}: no other tags, Liquid or "
+                "HTML (a comment or tag could hide the link)"
+            )
         return value
 
     @property

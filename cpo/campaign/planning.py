@@ -16,6 +16,7 @@ from cpo.campaign.agents.load import LoadedCustomers, load_customers
 from cpo.campaign.agents.retrieval import SegmentRetrieval, retrieve
 from cpo.campaign.agents.safety import footer_problems, load_policy
 from cpo.campaign.agents.segmentation import Segment, segment_customers
+from cpo.campaign.backends import uses_azure_content_safety
 from cpo.campaign.backends.content_index import ContentIndex
 from cpo.campaign.campaign_file import Campaign, default_campaign_file, load_campaign
 from cpo.campaign.kept import request_key
@@ -59,7 +60,7 @@ def load_and_segment(
 ) -> tuple[LoadedCustomers, list[Segment]]:
     """Load the customers into `con` and segment them: the run's first stage (and a dry run's)."""
     campaign = campaign_of(inputs)
-    blocking = footer_problems(campaign.unsubscribe, load_policy())
+    blocking = footer_problems(campaign.unsubscribe, load_policy(), local_terms=not uses_azure_content_safety())
     if blocking:
         where = inputs["campaign"] or default_campaign_file()
         raise InputError(f"campaign file {where}: unsubscribe: the footer would block every email ({blocking[0]})")

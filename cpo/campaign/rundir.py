@@ -45,16 +45,7 @@ OUTPUTS = (
 AUDIT_KEYS = ("audit_head", "audit_rows")
 # A run directory holds customer names, ids and emails: only its owner may open it.
 PRIVATE_DIR = 0o700
-PRIVATE_UMASK = 0o077
-
-
-def private_files() -> int:
-    """Make every file and directory this process creates from now on private to its user (0600 / 0700).
-
-    Set for the whole `cpo run` process, so that the files written by DuckDB, SQLite and the agents,
-    not only those cpo opens itself, are private. Returns the previous umask.
-    """
-    return os.umask(PRIVATE_UMASK)
+OPEN_TO_OTHERS = 0o077  # `cpo.cli.main` runs every command with this umask: what DuckDB and SQLite write too
 
 
 def make_run_dir(runs_dir: Path, name: str) -> Path:
@@ -210,7 +201,7 @@ def _close_to_others(run_dir: Path) -> None:
     if os.name == "nt":
         return
     try:
-        if run_dir.stat().st_mode & PRIVATE_UMASK:
+        if run_dir.stat().st_mode & OPEN_TO_OTHERS:
             run_dir.chmod(PRIVATE_DIR)
     except OSError as exc:
         raise InputError(f"cannot make {run_dir} private (chmod 700): {exc.strerror or exc}") from None

@@ -236,8 +236,6 @@ class CampaignRunner:
         if node not in stages.STAGE_NODES:  # e.g. LangGraph's own "__metadata__" on a resumed thread
             return
         self._state.update(update)
-        for warning in update.get("warnings") or []:
-            self.say(f"warning: {warning}")
         self._lap(node)
         self._progress(node, 1, 1)
         self._log_stage(node, update)

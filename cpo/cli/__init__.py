@@ -8,6 +8,7 @@ the user or a model is printed as data, never as Rich markup (`cpo.cli.output`).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from importlib import import_module
@@ -15,6 +16,8 @@ from importlib import import_module
 from cpo.cli.output import say, setup_logging
 from cpo.cli.parser import build_parser
 from cpo.core.errors import ExitCode
+
+PRIVATE_UMASK = 0o077  # every file and directory a command writes is its user's alone (0600 / 0700)
 
 __all__ = ["build_parser", "main"]
 
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args.session_name = shlex.join(["cpo", *(sys.argv[1:] if argv is None else argv)])
     module, name = COMMANDS[args.command]
+    previous = os.umask(PRIVATE_UMASK)  # runs, reviews and ledgers hold customer data: their user's alone
     try:
         return int(getattr(import_module(module), name)(args))
     except KeyboardInterrupt:
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except Exception as exc:
         return _fail(exc)
+    finally:
+        os.umask(previous)  # for callers in the same process (notebooks, tests)
 
 
 def _fail(exc: Exception) -> int:

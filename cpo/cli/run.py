@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from cpo.campaign.rundir import (
     check_resume,
     input_fingerprint,
     make_run_dir,
-    private_files,
     record_audit_head,
     record_run,
     resumable_record,
@@ -95,16 +93,7 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The whole `cpo run` command; returns its exit code. Every file and directory the run writes is its
-    user's alone (umask 077: customer data), and the process's umask is put back after, for callers in-process."""
-    previous = private_files()
-    try:
-        return _cmd_run(args)
-    finally:
-        os.umask(previous)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
+    """The whole `cpo run` command; returns its exit code. (`cpo.cli.main` runs it with umask 077.)"""
     from cpo.campaign.campaign_file import load_campaign
     from cpo.core.resources import bundled
 

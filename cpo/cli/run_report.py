@@ -53,7 +53,9 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
         n = missing.get(segment)
         who = f"{n} customer(s) get nothing" if n is not None else "not sent"
         if result.per_customer:
-            say(f"{segment}: {who}: their own emails are invalid, withheld or not generated")
+            mine = [v for v in variants if v.segment == segment and (not v.valid or v.variant_id in held)]
+            reasons = sorted({why(v).split(" by ")[0].split(":")[0] for v in mine}) or ["not generated"]
+            say(f"{segment}: {who}: their own emails are {', '.join(reasons)}")
         else:
             say(f"{segment}: {who}: its control is {why(own.get((segment, 'control')))}, with nothing to fall back on")
     for v in (v for v in variants if not v.valid):

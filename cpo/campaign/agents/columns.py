@@ -11,22 +11,59 @@ from __future__ import annotations
 import csv
 import itertools
 import re
+import unicodedata
 from pathlib import Path
 
 from cpo.core.errors import InputError
 
 ID = "customer_id"
-ID_NAMES = ("customer_id", "customerid")
+ID_NAMES = ("customer_id", "customerid", "customer_number", "customer_no")
 CONSENT = "email_opt_in"
 # Accepted spellings of the consent column (after `column_key`), in the order they are documented.
-CONSENT_NAMES = ("email_opt_in", "opt_in", "optin", "email_optin", "email_consent", "marketing_consent", "consent")
+CONSENT_NAMES = (
+    "email_opt_in",
+    "opt_in",
+    "optin",
+    "email_optin",
+    "e_mail_opt_in",
+    "opt_in_email",
+    "marketing_opt_in",
+    "email_marketing_opt_in",
+    "email_consent",
+    "marketing_consent",
+    "email_marketing_consent",
+    "accepts_email_marketing",
+    "accepts_marketing",
+    "consent",
+)
+# Words that make an unread column look like consent (or its opposite): refused, never ignored.
+CONSENT_WORDS = frozenset(
+    {"opt", "optin", "optout", "consent", "consents", "consented", "subscribed", "subscribe", "subscription",
+     "unsubscribe", "unsubscribed", "marketing", "permission", "gdpr", "suppressed", "suppress"}
+)  # fmt: skip
 OTHER_DELIMITERS = {";": "';'", "\t": "tabs", "|": "'|'"}
 FIELD_LIMIT = 64 << 20  # the csv module's 128 KiB default would turn one long field into a confusing error
+# Whitespace an id may carry from a spreadsheet (tabs, line breaks, no-break and zero-width spaces, a BOM).
+ID_SPACE = (
+    " \t\n\r\v\f\u00a0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200C)) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
 
 
 def column_key(name: str) -> str:
-    """A header as cpo matches it: no BOM, trimmed, lower case, spaces and hyphens as underscores."""
-    return re.sub(r"[\s\-]+", "_", name.replace("\ufeff", "").strip()).lower()
+    """A header as cpo matches it: NFKC, no invisible characters, CamelCase split, lower case, every run of
+    other characters an underscore (`EmailOptIn`, `Email Opt-In`, `e-mail opt in`)."""
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", name) if unicodedata.category(ch) != "Cf")
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", text.strip())
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def clean_id_sql(column: str) -> str:
+    """An id without surrounding whitespace of any kind, in SQL; cheap when there is none (the usual case)."""
+    codes = ", ".join(str(ord(c)) for c in ID_SPACE)
+    return (
+        f"CASE WHEN ord({column}) IN ({codes}) OR ord(right({column}, 1)) IN ({codes}) "
+        f"THEN trim({column}, '{ID_SPACE}') ELSE {column} END"
+    )
 
 
 def canonical_names(header: list[str], known: tuple[str, ...], what: str, path: Path) -> dict[str, int]:
@@ -42,6 +79,11 @@ def canonical_names(header: list[str], known: tuple[str, ...], what: str, path: 
         elif key in CONSENT_NAMES:
             key = CONSENT
         if key not in known:
+            if CONSENT_WORDS & set(key.split("_")) and not any(column_key(h) in CONSENT_NAMES for h in header):
+                raise InputError(
+                    f"{what} {path}: line 1: column {name!r} looks like consent but is not a name cpo reads as "
+                    f"consent; rename it to {CONSENT} (true for those who agreed to be emailed) or remove it"
+                )
             continue
         if key in found:
             first = header[found[key]]
@@ -91,6 +133,8 @@ def csv_error(message: str, path: Path, what: str) -> InputError:
         reason = 'a quoted field is never closed (a lone ")'
     elif "Maximum line size" in message:
         reason = "the line is longer than 2 MB"
+    elif "invalid state" in message:
+        reason = "not comma-separated values as cpo reads them: mixed line endings (CRLF and LF) or a stray quote"
     elif "quote" in message.lower():
         reason = "a quote is not followed by a comma or the end of the line"
     else:

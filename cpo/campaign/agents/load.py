@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpo.campaign.agents.columns import CONSENT, CONSENT_NAMES, ID, canonical_names, csv_error, read_header
+from cpo.campaign.agents.columns import (
+    CONSENT,
+    CONSENT_NAMES,
+    ID,
+    canonical_names,
+    clean_id_sql,
+    csv_error,
+    read_header,
+)
 from cpo.campaign.agents.suppression import load_suppression
 from cpo.core.errors import InputError, first_line
 
@@ -52,6 +60,7 @@ class LoadedCustomers:
     no_consent_recorded: int = 0  # a blank consent value: left out, never assumed
     suppress_unmatched: int = 0  # suppression ids that match no customer of the file
     consent_column: str | None = CONSENT  # the header as written; None: the file has none (a warning)
+    suppress_listed: int = 0  # distinct ids in the suppression list
 
     @property
     def eligible(self) -> int:
@@ -69,12 +78,20 @@ class LoadedCustomers:
         }
 
     def warnings(self) -> list[str]:
-        if self.consent_column is not None:
-            return []
-        return [
-            f"customer file {self.path} has no consent column ({', '.join(CONSENT_NAMES)}): every customer is "
-            "treated as having consented; set consent: required in the campaign file to refuse such a file"
-        ]
+        """What the run should say on stderr and keep in run.json: a file without consent, a list matching no one."""
+        out = []
+        if self.consent_column is None:
+            out.append(
+                f"customer file {self.path} has no consent column (email_opt_in, or another name cpo reads as "
+                "consent): every customer is treated as having consented; set consent: required in the campaign "
+                "file to refuse such a file"
+            )
+        if self.suppress_listed and self.suppress_unmatched == self.suppress_listed:
+            out.append(
+                f"none of the {self.suppress_listed} ids of the suppression list matches a customer of "
+                f"{self.path}: is it the list for this file, with the same ids?"
+            )
+        return out
 
 
 def customers_line(counts: Mapping[str, int]) -> str:
@@ -138,7 +155,7 @@ def _raw_table(con: Any, path: Path) -> tuple[list[str], dict[str, int]]:
             header = [str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{source}')").fetchall()]
             names = canonical_names(header, KNOWN, "customer file", path)
             columns = ", ".join(
-                f'CAST("{header[i].replace(chr(34), chr(34) * 2)}" AS VARCHAR) AS {n}' for n, i in names.items()
+                f"{_cleaned(f'CAST({_quoted(header[i])} AS VARCHAR)', n)} AS {n}" for n, i in names.items()
             )
             con.execute(
                 f"CREATE TEMP TABLE raw AS SELECT row_number() OVER () + 1 AS _line, {columns} "
@@ -148,7 +165,7 @@ def _raw_table(con: Any, path: Path) -> tuple[list[str], dict[str, int]]:
             header = read_header(path, "customer file")
             names = canonical_names(header, KNOWN, "customer file", path)
             types = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header)))
-            columns = ", ".join(f"c{i} AS {n}" for n, i in names.items())
+            columns = ", ".join(f"{_cleaned(f'c{i}', n)} AS {n}" for n, i in names.items())
             con.execute(
                 f"CREATE TEMP TABLE raw AS SELECT row_number() OVER () + 1 AS _line, {columns} "
                 f"FROM read_csv('{source}', header = true, delim = ',', quote = '\"', escape = '\"', "
@@ -159,6 +176,16 @@ def _raw_table(con: Any, path: Path) -> tuple[list[str], dict[str, int]]:
             raise csv_error(str(exc), path, "customer file") from None
         raise InputError(f"customer file {path}: cannot be read as Parquet: {first_line(exc)}") from None
     return header, names
+
+
+def _cleaned(expression: str, name: str) -> str:
+    """The id without whitespace of any kind around it (as a suppression list's ids are); other columns as read."""
+    return clean_id_sql(expression) if name == ID else expression
+
+
+def _quoted(name: str) -> str:
+    """A header from the file as a SQL identifier: data, never SQL."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _first(con: Any, sql: str) -> Any:
@@ -185,11 +212,11 @@ def _check(
         raise InputError(f"{where}: missing column {missing[0]!r} (it has: {', '.join(header)})")
     if con.execute("SELECT count(*) FROM raw").fetchone()[0] == 0:
         raise InputError(f"{where}: no customers (only a header)")
-    blank = _first(con, f"SELECT _line FROM raw WHERE {ID} IS NULL OR trim({ID}) = ''")
+    blank = _first(con, f"SELECT _line FROM raw WHERE {ID} IS NULL OR {ID} = ''")
     if blank:
         raise InputError(f"{where}: line {blank[0]}: customer_id is empty")
     duplicate = con.execute(
-        f"SELECT trim({ID}), min(_line), max(_line) FROM raw GROUP BY 1 HAVING count(*) > 1 ORDER BY 2 LIMIT 1"
+        f"SELECT {ID}, min(_line), max(_line) FROM raw GROUP BY 1 HAVING count(*) > 1 ORDER BY 2 LIMIT 1"
     ).fetchone()
     if duplicate:
         raise InputError(
@@ -199,7 +226,7 @@ def _check(
         bad = _first(
             con,
             f"SELECT _line, {column} FROM raw WHERE {column} IS NOT NULL AND trim({column}) <> '' "
-            f"AND TRY_CAST({column} AS DOUBLE) IS NULL",
+            f"AND (TRY_CAST({column} AS DOUBLE) IS NULL OR NOT isfinite(TRY_CAST({column} AS DOUBLE)))",
         )
         if bad:
             raise InputError(f"{where}: line {bad[0]}: {column} {_shown(bad[1])} is not a number")
@@ -259,10 +286,10 @@ def load_customers(
             "campaign requires one (consent: required)"
         )
     _check(con, path, columns, header, tiers, consent_name or CONSENT)
-    unmatched_sql = "0"
+    unmatched_sql, listed = "0", 0
     if suppress is not None:
-        load_suppression(con, suppress)
-        unmatched_sql = f"(SELECT count(*) FROM suppressed WHERE id NOT IN (SELECT lower(trim({ID})) FROM raw))"
+        listed = load_suppression(con, suppress)
+        unmatched_sql = f"(SELECT count(*) FROM suppressed WHERE id NOT IN (SELECT lower({ID}) FROM raw))"
 
     spelled = " ".join(f"WHEN {_literals([t.lower()])} THEN {_literals([t])}" for t in tiers)
     select = [f"trim({c}) AS {c}" for c in TEXT if c in columns and c != "tier"]
@@ -276,7 +303,7 @@ def load_customers(
             f"CASE WHEN {CONSENT} IS NULL OR trim({CONSENT}) = '' THEN '{NOT_RECORDED}' "
             f"WHEN {value} IN ({_literals(YES)}) THEN NULL ELSE '{NO_CONSENT}' END"
         )
-    suppressed = f"lower(trim({ID})) IN (SELECT id FROM suppressed)" if suppress is not None else "false"
+    suppressed = f"lower({ID}) IN (SELECT id FROM suppressed)" if suppress is not None else "false"
     con.execute(
         f"CREATE TEMP TABLE flagged AS SELECT _line, {', '.join(select)}, "
         f"coalesce({reason}, CASE WHEN {suppressed} THEN '{SUPPRESSED}' END) AS _excluded FROM raw"
@@ -308,4 +335,5 @@ def load_customers(
         no_consent_recorded=int(not_recorded),
         suppress_unmatched=int(unmatched),
         consent_column=consent_name,
+        suppress_listed=listed,
     )

@@ -119,16 +119,20 @@ def sent_text(variant: EmailVariant, footer: str) -> str:
     return f"{variant.subject}\n\n{footed(variant.body, footer)}"
 
 
-def footer_problems(footer: str, policy: SafetyPolicy) -> list[str]:
+def footer_problems(footer: str, policy: SafetyPolicy, *, local_terms: bool) -> list[str]:
     """What in the footer alone would block every email: the compliance rules no citation can excuse (they
-    apply with either screening backend) and a missing unsubscribe link. Checked before the first model call,
-    so such a footer costs nothing."""
+    apply with either screening backend), the policy's terms when the local policy screens (`local_terms`),
+    and a missing unsubscribe link. Checked before the first model call, so such a footer costs nothing."""
     reasons = []
+    if local_terms:
+        severities = LocalScreen(policy).analyze(footer)
+        reasons += [f"{c} severity {n} is at or above the threshold {policy.threshold}"
+                    for c, n in severities.items() if n >= policy.threshold]  # fmt: skip
     for rule in (r for r in policy.compliance if not r.unless_cited):
         found = next((m for m in (re.search(p, footer, re.I) for p in rule.patterns) if m), None)
         if found:
             reasons.append(f"{rule.name}: {found.group(0)!r}")
-    if policy.footer_required and not UNSUBSCRIBE_TAG.search(footer):
+    if policy.footer_required and UNSUBSCRIBE_TAG.search(footer) is None:
         reasons.append("the unsubscribe footer has no {{ unsubscribe_url }} link")
     return reasons
 
