@@ -3,7 +3,8 @@
 `run.json` records a run's inputs and their sha256 fingerprint, its options, versions, model, session
 and root run ids, stage seconds, status and exit code, and the safety audit's head. `--resume` takes
 the inputs and options from it and refuses inputs that changed since; `cpo audit verify` and
-`cpo review` read the run's id, ledger and audit head from it.
+`cpo review` read the run's id, ledger and audit head from it. `locked` keeps a run directory to one
+cpo process at a time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ VARIANTS_FILE = "variants.json"
 COSTS_FILE = "costs.json"
 LOG_FILE = "log.jsonl"
 AUDIT_FILE = "safety_audit.csv"
+LOCK_FILE = ".lock"  # held (flock) by the one cpo process working in the run directory; holds its pid
 # What a finished run wrote, in the order `cpo run` lists them (the export agent names its own files).
 OUTPUTS = (
     SEGMENTS_FILE,
@@ -65,6 +69,40 @@ def make_run_dir(runs_dir: Path, name: str) -> Path:
     except OSError as exc:
         raise InputError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
     return run_dir
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process alone until the block ends: another cpo process in it is one line.
+
+    An exclusive, non-blocking `flock` on `<run_dir>/.lock`, released by the kernel if the process dies,
+    so a killed run never leaves it held. Where `fcntl` is missing (Windows) nothing is locked; a path
+    that is not a directory is left to the command's own error.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    fd = None
+    if fcntl is not None and run_dir.is_dir():
+        try:
+            fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise InputError(f"cannot lock {run_dir}: {exc.strerror or exc}") from None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise InputError(f"{run_dir} is in use by another cpo process{pid}; wait for it to finish") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def read_record(run_dir: Path, doing: str = "cannot resume") -> dict[str, Any]:

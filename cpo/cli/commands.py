@@ -137,7 +137,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
     for col in columns:
         table.add_column(col, no_wrap=col in ("id", "started (UTC)"))
     for r in rows:
-        unknown = f" + {r['unknown_cost_calls']} unknown" if r["unknown_cost_calls"] else ""
+        unknown = f" + {r['unknown_cost_calls']} unknown (possibly billed)" if r["unknown_cost_calls"] else ""
         cells = {
             "id": r["id"] if session else r["id"][:12],  # `--session` takes a prefix
             "started (UTC)": str(r["started"])[:19].replace("T", " "),
@@ -155,7 +155,13 @@ def cmd_costs(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
+    from cpo.campaign.rundir import locked
 
+    with locked(args.run_dir):  # decisions and a resumed run never interleave
+        return _review(args)
+
+
+def _review(args: argparse.Namespace) -> int:
     from cpo.campaign.review import record_decisions, review_items
 
     items = review_items(args.run_dir)

@@ -15,7 +15,7 @@ from cpo.campaign.agents.assignment import DEFAULT_ARMS
 from cpo.campaign.agents.load import customers_line
 from cpo.campaign.planning import plan_campaign
 from cpo.campaign.state import Inputs
-from cpo.cli.output import console, say
+from cpo.cli.output import console, printable, say
 from cpo.core.errors import ExitCode
 from cpo.core.usage import TokenCounts, format_usd
 from cpo.net.tokens import count_tokens
@@ -33,7 +33,7 @@ def dry_run(inputs: Inputs, ctx: Any, index: Any) -> int:
     finally:
         con.close()
 
-    table = Table(title=Text(f"dry run: {Path(inputs['customers']).name}"))
+    table = Table(title=Text(printable(f"dry run: {Path(inputs['customers']).name}", keep_newlines=False)))
     for col in ("segment", "rule", "customers", "share", "emails", "snippets (retrieved)"):
         table.add_column(col, justify="right" if col in ("customers", "share", "emails") else "left")
     for s in segments:
@@ -42,7 +42,12 @@ def dry_run(inputs: Inputs, ctx: Any, index: Any) -> int:
             emails = sum(r.segment.name == s.name for r in requests)
         used = ", ".join(found[s.name].used) if s.name in found else ""
         table.add_row(
-            Text(s.name), Text(s.rule), Text(str(s.size)), Text(f"{s.share:.1%}"), Text(str(emails)), Text(used)
+            Text(printable(s.name, keep_newlines=False)),
+            Text(printable(s.rule, keep_newlines=False)),
+            Text(str(s.size)),
+            Text(f"{s.share:.1%}"),
+            Text(str(emails)),
+            Text(printable(used, keep_newlines=False)),
         )
     console().print(table)
     say(customers_line(loaded.counts()))

@@ -1,13 +1,14 @@
 """What the CLI prints: plain lines (never markup), Rich tables of data, and cpo's warnings on stderr.
 
-Every string that comes from the user or a model is printed as data: `say` prints plain text, and
-tables are built from `rich.text.Text`, never from markup strings.
+Every string that comes from the user or a model is printed as data: `say` prints plain text with its
+control characters escaped (`printable`), and tables are built from `rich.text.Text`, never from markup strings.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import unicodedata
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,9 +26,27 @@ def console(stderr: bool = False) -> Console:
     return Console(file=stream, soft_wrap=True, width=None if stream.isatty() else 160, highlight=False, emoji=False)
 
 
+# Characters a terminal acts on or hides rather than shows: C0/C1 controls (ESC, CR), line separators,
+# format characters (bidi overrides, zero-width), private use and unassigned code points.
+UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str, *, keep_newlines: bool) -> str:
+    """`text` with every character a terminal would act on or hide shown as an escape (`\\x1b`, `\\u202e`),
+    so what a reviewer sees is what is there; newlines are kept when `keep_newlines`, else shown as `\\n`."""
+    return "".join(
+        _escape(c) if unicodedata.category(c) in UNPRINTABLE and not (c == "\n" and keep_newlines) else c for c in text
+    )
+
+
 def say(text: str, *, stderr: bool = False) -> None:
-    """One plain line: never markup, never highlighted."""
-    print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
+    """Plain text: never markup, never highlighted, control characters escaped (newlines kept)."""
+    print(printable(text, keep_newlines=True), file=sys.stderr if stderr else sys.stdout, flush=True)
 
 
 class StderrLines(logging.Handler):
@@ -72,9 +91,9 @@ def print_email(title: str, v: EmailVariant) -> None:
     """An email as a reader sees it, under a rule with `title`: subject, body, the snippets it cites."""
     from rich.text import Text
 
-    console().rule(Text(title))
-    say(f"{v.subject}\n")
+    console().rule(Text(printable(title, keep_newlines=False)))
+    say(printable(v.subject, keep_newlines=False) + "\n")
     say(v.body)
     say("")
     for c in v.citations:
-        say(f"[{c.id}] {c.title} ({c.section})")
+        say(printable(f"[{c.id}] {c.title} ({c.section})", keep_newlines=False))

@@ -25,6 +25,7 @@ from cpo.campaign.rundir import (
     RUN_FILE,
     check_resume,
     input_fingerprint,
+    locked,
     make_run_dir,
     record_audit_head,
     record_run,
@@ -94,6 +95,11 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole `cpo run` command; returns its exit code. (`cpo.cli.main` runs it with umask 077.)"""
+    with contextlib.ExitStack() as held:  # the run directory's lock, from when it is known to the command's end
+        return _cmd_run(args, held)
+
+
+def _cmd_run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from cpo.campaign.campaign_file import load_campaign
     from cpo.core.resources import bundled
 
@@ -131,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         runs_dir: Path = args.out or ctx.settings.runs_dir
         run_dir = make_run_dir(runs_dir, datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ"))
         inputs["run_dir"] = str(run_dir)
+    held.enter_context(locked(run_dir))  # one cpo process per run directory: a second one stops here, paying nothing
     ledger_path = ctx.open_ledger(args.session_name, args.out if recorded is None else run_dir.parent)
     prior = _prior_spend(ctx, recorded)
     meta = _run_meta(args, ctx, inputs, recorded, ledger_path)

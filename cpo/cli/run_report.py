@@ -10,7 +10,7 @@ from typing import Any
 from cpo.campaign.agents.load import customers_line
 from cpo.campaign.stages import STAGE_LABELS
 from cpo.campaign.state import INVALID
-from cpo.cli.output import console, quality_line, say, totals_line
+from cpo.cli.output import console, printable, quality_line, say, totals_line
 from cpo.core.errors import ExitCode
 
 
@@ -137,7 +137,7 @@ def summary_table(result: Any) -> Any:
     substituted = {tuple(c) for c in result.delivery.get("substituted", [])}
     unsent = set(result.delivery.get("unsent", []))
     held = result.delivery.get("withheld") or {}
-    table = Table(title=Text(f"cpo run {result.run_dir.name}"))
+    table = Table(title=Text(printable(f"cpo run {result.run_dir.name}", keep_newlines=False)))
     table.add_column("segment")
     table.add_column("customers", justify="right")
     for arm in arms:
@@ -145,7 +145,7 @@ def summary_table(result: Any) -> Any:
     table.add_column("variants valid", justify="right")
     table.add_column("cost", justify="right")
     for segment in result.segments:
-        row = [Text(segment.name), Text(str(segment.size))]
+        row = [Text(printable(segment.name, keep_newlines=False)), Text(str(segment.size))]
         for arm in arms:
             n = cells.get((segment.name, arm))
             own = by_cell.get((segment.name, arm), [])

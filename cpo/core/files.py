@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,15 +15,36 @@ from cpo.core.errors import CpoError, InputError
 M = TypeVar("M", bound=BaseModel)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` in one step: write a temporary file beside it, then rename it over `path`.
+def temporary_name(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: hidden, beside it, named for this process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
-    The temporary name carries the process id, so two processes writing the same file never share it.
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write (from Python or another writer such as DuckDB's COPY), renamed
+    over `path` when the block ends: a reader, or a kill -9, sees the old file or the whole new one, never half.
+
+    The temporary name carries the process id, so two processes writing the same file never share it; it is
+    removed if the block fails.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Replace `path` in one step with `data` (text is written as UTF-8): see `replacing`."""
+    with replacing(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
 
 
 def read_text(path: Path, what: str) -> str:

@@ -4,6 +4,8 @@ The model writes the subject and the paragraphs; cpo writes the greeting and the
 request's `Sender`. Before checking, cpo applies only these normalizations, each recorded on the
 variant so nobody mistakes cpo's edits for the model's work:
 
+- `unicode_compatibility`: compatibility characters (full-width letters, ligatures, non-breaking spaces)
+  replaced by their plain form (Unicode NFKC), so what is checked is what is kept.
 - `subject_label`: a leading `Subject:` label removed from the subject, or a `Subject: ...` line from
   the top of the body.
 - `markdown_emphasis`: `**bold**`, `__bold__` and `*italic*` markers removed, the words kept.
@@ -19,6 +21,7 @@ goes back to the model with the measured length and the target.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from cpo.core.models import EmailDraft, EmailRequest, Normalization
 
@@ -67,6 +70,15 @@ def normalize(draft: EmailDraft) -> tuple[EmailDraft, list[Normalization]]:
     """The draft after the closed list of normalizations, and what was changed."""
     done: list[Normalization] = []
     subject, body = draft.subject.strip(), draft.body.strip()
+
+    plain = unicodedata.normalize("NFKC", subject), unicodedata.normalize("NFKC", body)
+    if plain != (subject, body):
+        compat = sorted({c for c in subject + body if unicodedata.normalize("NFKC", c) != c})
+        shown = ", ".join(f"U+{ord(c):04X}" for c in compat[:8]) or "combining sequences"
+        subject, body = plain[0].strip(), plain[1].strip()
+        done.append(
+            Normalization(code="unicode_compatibility", detail=f"replaced with their plain form (NFKC): {shown}")
+        )
 
     if SUBJECT_LABEL.match(subject):
         subject = SUBJECT_LABEL.sub("", subject, count=1).strip()

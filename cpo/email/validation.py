@@ -1,4 +1,4 @@
-"""Checks every draft must pass before it is reported valid: format, length, citations, grounding, lint."""
+"""Checks every draft must pass before it is reported valid: format, length, citations, grounding, lint, text safety."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cpo.core.files import load_yaml_model
 from cpo.core.models import GREETING_TAG, EmailDraft, EmailRequest, ValidationIssue, ValidationReport
 from cpo.email.grounding import check_grounding
 from cpo.email.normalize import frame_words, word_count
+from cpo.email.textsafety import fold, smuggled
 
 NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:[.,]\d+)*%?")
 LABEL = re.compile(r"^\s*[*_#>`\s]*(subject|body|title|preview)\s*[*_]*\s*:", re.IGNORECASE | re.MULTILINE)
@@ -145,14 +146,16 @@ def validate_draft(
             "citations",
         )
 
+    # Claims are read on the folded text (and sources), so a look-alike letter hides no claim.
+    snippets = [s.model_copy(update={"text": fold(s.text)}) for s in request.snippets]
     for problem in check_grounding(
-        f"{subject}\n\n{body}",
-        [s for s in request.snippets if s.id in cited],
-        request.offer,
-        others=[s for s in request.snippets if s.id not in cited],
+        fold(f"{subject}\n\n{body}"),
+        [s for s in snippets if s.id in cited],
+        fold(request.offer),
+        others=[s for s in snippets if s.id not in cited],
         vocabulary=request.vocabulary,
     ):
-        in_subject = bool(problem.sentence.strip()) and problem.sentence.strip() in subject
+        in_subject = bool(problem.sentence.strip()) and problem.sentence.strip() in fold(subject)
         fail("ungrounded_claim", problem.message, "subject" if in_subject else "body", [problem.sentence.strip()])
 
     shown = f"{subject}\n{body}".replace(GREETING_TAG, "")
@@ -165,6 +168,10 @@ def validate_draft(
             "subject" if all(p in subject for p in placeholders) else "body",
             placeholders,
         )
+
+    for field, text in (("subject", draft.subject), ("body", draft.body)):
+        for item in smuggled(text, subject=field == "subject"):
+            fail(item.code, item.message, field, item.excerpts if field == "body" else [])
 
     _lint_subject(subject, limits, fail)
     return ValidationReport(
@@ -184,7 +191,7 @@ def _lint_subject(subject: str, limits: ValidationLimits, fail: Callable[[str, s
         )
     if re.search(r"[!?]{2,}", subject):
         fail("subject_punctuation", "the subject stacks exclamation or question marks; use one at most", "subject")
-    lowered = subject.lower()
+    lowered = fold(subject).lower()
     found = [p for p in limits.urgency_phrases if p in lowered]
     if len(found) > limits.max_urgency_phrases:
         fail(

@@ -7,6 +7,10 @@
 - `send_list.csv`: the customers who get an email, with their variant and merge-field values.
 - `segments.csv`: one row per segment (size, share, feature means).
 
+Each file is written under a temporary name beside it and renamed into place (`cpo.core.files.replacing`):
+a reader, or a kill -9 mid-export, never finds half a file under its name; a killed export's leftovers are
+removed by the next one.
+
 Bodies are written once per variant, never once per customer; `render_emails` (`cpo run --render`) writes
 one rendered message per customer, for small lists only.
 """
@@ -31,6 +35,7 @@ from cpo.campaign.agents.load import LoadedCustomers
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.campaign_file import Campaign
 from cpo.core.csvsafe import safe_cell, safe_sql
+from cpo.core.files import replacing, write_atomically
 from cpo.core.models import EmailVariant
 
 NOT_SENT = ""
@@ -126,13 +131,13 @@ def write_templates(
         }
         for v in variants
     ]
-    path.write_text(json.dumps(templates, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(templates, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_segments(path: Path, segments: list[Segment]) -> None:
     """One row per segment; its text cells are written so a spreadsheet cannot run them (`safe_cell`)."""
     keys = sorted({k for s in segments for k in s.means})
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["segment", "rule", "size", "share", "tier", *(f"mean_{k}" for k in keys)])
         for s in segments:
@@ -145,6 +150,20 @@ def _safe_columns(*columns: str) -> str:
     """A COPY's select list of text columns (`name` or `name AS alias`), each neutralised by `safe_sql`."""
     parts = (c.partition(" AS ") for c in columns)
     return ", ".join(f"{safe_sql(name)} AS {alias or name}" for name, _, alias in parts)
+
+
+def _clear_leftovers(folder: Path, names: Collection[str] = ("*",)) -> None:
+    """Remove the temporary files a killed export left beside `names` (see `replacing`)."""
+    for name in names:
+        for leftover in folder.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
+def _copy_csv(con: Any, query: str, path: Path) -> None:
+    """DuckDB's COPY of `query` to the CSV file `path`, through a temporary file renamed into place."""
+    with replacing(path) as tmp:
+        target = str(tmp).replace("'", "''")
+        con.execute(f"COPY ({query}) TO '{target}' (FORMAT CSV, HEADER, DELIMITER ',')")
 
 
 def export_campaign(
@@ -183,6 +202,7 @@ def export_campaign(
         delivery = Delivery(plan={}, substituted=[], unsent=unsent)
     con.execute("CREATE OR REPLACE TEMP TABLE segment_rules (segment VARCHAR, rule VARCHAR)")
     con.executemany("INSERT INTO segment_rules VALUES (?, ?)", [(s.name, s.rule) for s in segments])
+    _clear_leftovers(run_dir, (TEMPLATES_FILE, SEGMENTS_FILE, ASSIGNMENTS_FILE, SEND_LIST_FILE))
     write_templates(run_dir / TEMPLATES_FILE, variants, campaign, withheld)
     write_segments(run_dir / SEGMENTS_FILE, segments)
     first_name = "c.first_name" if "first_name" in loaded.columns else "NULL"
@@ -194,16 +214,13 @@ def export_campaign(
         f"FROM assignments a JOIN customers c USING (customer_id) {join} "
         "LEFT JOIN segment_rules r ON r.segment = a.segment"
     )
-    target = str(run_dir).replace("'", "''")
     assigned = _safe_columns("customer_id", "segment", "rule", "arm", "delivered_variant")  # every column is text
-    con.execute(
-        f"COPY (SELECT {assigned} FROM delivered ORDER BY delivered.customer_id) "
-        f"TO '{target}/{ASSIGNMENTS_FILE}' (HEADER, DELIMITER ',')"
-    )
+    _copy_csv(con, f"SELECT {assigned} FROM delivered ORDER BY delivered.customer_id", run_dir / ASSIGNMENTS_FILE)
     sent = _safe_columns("customer_id", "arm", "delivered_variant AS variant_id", "first_name")
-    con.execute(
-        f"COPY (SELECT {sent} FROM delivered WHERE delivered_variant <> '' ORDER BY delivered.customer_id) "
-        f"TO '{target}/{SEND_LIST_FILE}' (HEADER, DELIMITER ',')"
+    _copy_csv(
+        con,
+        f"SELECT {sent} FROM delivered WHERE delivered_variant <> '' ORDER BY delivered.customer_id",
+        run_dir / SEND_LIST_FILE,
     )
     return delivery
 
@@ -213,8 +230,9 @@ MERGE_TAG = re.compile(r'\{\{\s*(\w+)\s*(?:\|\s*default:\s*"([^"]*)"\s*)?\}\}')
 
 
 def _plain(value: str) -> str:
-    """A merge value as text: control characters (line breaks included) removed, so it cannot add lines."""
-    return "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in value).strip()
+    """A merge value or header as text: control characters and line breaks (U+2028 and U+2029 too) made spaces,
+    so it cannot add a line or a header."""
+    return "".join(" " if unicodedata.category(ch)[0] == "C" or ch in "\u2028\u2029" else ch for ch in value).strip()
 
 
 def fill(template: str, values: dict[str, str], *, as_html: bool = False) -> str:
@@ -255,6 +273,7 @@ def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaig
     by_id = {v.variant_id: v for v in variants}
     folder = run_dir / "rendered"
     folder.mkdir(exist_ok=True)
+    _clear_leftovers(folder)
     con: Any = loaded.connection
     rows = con.execute(
         "SELECT customer_id, coalesce(first_name, ''), delivered_variant FROM delivered "
@@ -266,15 +285,19 @@ def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaig
         if name.casefold() in taken:  # ids that differ only in case (macOS, Windows), or 10 hex digits that clash
             name = _file_name(str(customer_id), whole_hash=True)
         taken.add(name.casefold())
-        v = by_id[variant_id]
         values = {"first_name": first_name, "unsubscribe_url": campaign.unsubscribe_url}
-        body = campaign.footed(v.body)
-        message = EmailMessage(policy=SMTP)
-        message["Subject"] = v.subject
-        message["From"] = f"{campaign.sender.brand} <{campaign.from_address}>"
-        message["X-Cpo-Variant"] = v.variant_id
-        message.set_content(fill(body, values))
-        paragraphs = fill(body, values, as_html=True).split("\n\n")
-        message.add_alternative("".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs), subtype="html")
-        (folder / name).write_bytes(bytes(message))
+        write_atomically(folder / name, bytes(rendered_message(by_id[variant_id], campaign, values)))
     return len(taken)
+
+
+def rendered_message(variant: EmailVariant, campaign: Campaign, values: dict[str, str]) -> EmailMessage:
+    """One customer's email (text and HTML); every header is `_plain`, so a line break cannot add a header."""
+    body = campaign.footed(variant.body)
+    message = EmailMessage(policy=SMTP)
+    message["Subject"] = _plain(variant.subject)
+    message["From"] = _plain(f"{campaign.sender.brand} <{campaign.from_address}>")
+    message["X-Cpo-Variant"] = _plain(variant.variant_id)
+    message.set_content(fill(body, values))
+    paragraphs = fill(body, values, as_html=True).split("\n\n")
+    message.add_alternative("".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs), subtype="html")
+    return message

@@ -21,6 +21,7 @@ from cpo.core.errors import InputError, first_line
 from cpo.core.files import load_yaml_model
 from cpo.core.models import EmailVariant, Snippet
 from cpo.core.resources import bundled
+from cpo.email.textsafety import fold
 
 CATEGORIES = ("Hate", "Violence", "SelfHarm", "Sexual")
 UNAVAILABLE = "screening unavailable"
@@ -167,11 +168,21 @@ def screen_variant(
         for category, severity in severities.items()
         if severity >= policy.threshold
     ]
+    # Rules match the text as sent and its folded form: a look-alike or zero-width character hides no claim.
+    folded = fold(text)
+    if isinstance(screen, LocalScreen) and folded != text:
+        for category, severity in screen.analyze(folded).items():
+            if severity > severities.get(category, 0):
+                if severity >= policy.threshold > severities.get(category, 0):
+                    reasons.append(f"{category} severity {severity} is at or above the threshold {policy.threshold}")
+                severities[category] = severity
     quoted = " ".join(s.text for s in cited or [])
+    quoted_folded = fold(quoted)
     for rule in policy.compliance:
         for pattern in rule.patterns:
-            found = re.search(pattern, text, re.I)
-            if found and not (rule.unless_cited and re.search(pattern, quoted, re.I)):
+            found = re.search(pattern, text, re.I) or re.search(pattern, folded, re.I)
+            excused = re.search(pattern, quoted, re.I) or re.search(pattern, quoted_folded, re.I)
+            if found and not (rule.unless_cited and excused):
                 reasons.append(f"{rule.name}: {found.group(0)!r}")
                 break
     if policy.footer_required and not UNSUBSCRIBE_TAG.search(footer):
