@@ -147,8 +147,10 @@ def run(prepared: Run, tmp_path: Path) -> Run:
 
 @pytest.fixture
 def assigned(run: Run) -> Run:
-    """The copied run after assign (export reads the `assignments` table)."""
+    """The copied run after screen and assign (export reads the `assignments` table, and sends only what was
+    screened as it is sent)."""
     run_dir, state = run
+    state.update(nodes.screen(state, CONFIG, offline_tools()))
     state.update(nodes.assign(state))
     return run_dir, state
 
@@ -691,7 +693,7 @@ def test_export_withholds_a_variant_and_sends_its_segments_control_instead(assig
     bad = variant_of(state, "Regular", "urgent")["variant_id"]
     control = variant_of(state, "Regular", "control")["variant_id"]
     if how == "blocked by screening":
-        state["screening"] = {bad: {"blocked": True, "reasons": ["Violence severity 6"]}}
+        state["screening"][bad].update({"blocked": True, "reasons": ["Violence severity 6"]})
         reason = "blocked by screening: Violence severity 6"
     else:
         state["review"] = {bad: {"decision": "reject", "reviewer": "ana", "reason": "off brand"}}
@@ -714,7 +716,7 @@ def test_export_withholds_a_variant_and_sends_its_segments_control_instead(assig
 def test_export_sends_nothing_to_a_control_arm_whose_control_is_blocked(assigned: Run) -> None:
     run_dir, state = assigned
     control = variant_of(state, "Regular", "control")["variant_id"]
-    state["screening"] = {control: {"blocked": True, "reasons": ["Hate severity 5"]}}
+    state["screening"][control].update({"blocked": True, "reasons": ["Hate severity 5"]})
     cells = {(s, a): n for s, a, n in state["assignment"]["cells"]}
 
     delivery = nodes.export(state)["delivery"]

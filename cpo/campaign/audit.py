@@ -40,6 +40,9 @@ FIELDS = (
 )
 
 
+MISSING = "missing"  # a recorded anchor that cannot be read: a failure, never a skip
+
+
 def genesis(run_id: str) -> str:
     return hashlib.sha256(f"cpo-audit:{run_id}".encode()).hexdigest()
 
@@ -133,6 +136,10 @@ def verify(path: Path, run_id: str, recorded_heads: dict[str, str | None]) -> Ve
             return Verdict(False, number - 2, previous, f"line {number}: its hash does not match its content (edited)")
         previous = row["row_hash"]
     for where, head in recorded_heads.items():
+        if head == MISSING:
+            return Verdict(
+                False, len(rows), previous, f"{where} holds no audit head for this run: an anchor is missing"
+            )
         if head is not None and head != previous:
             return Verdict(
                 False,
@@ -142,6 +149,53 @@ def verify(path: Path, run_id: str, recorded_heads: dict[str, str | None]) -> Ve
                 "(rows were removed from the end, or the file was rewritten)",
             )
     return Verdict(True, len(rows), previous)
+
+
+def content_hash(text: str) -> str:
+    """The sha256 the audit records for the canonical email as sent: subject, blank line, body with footer."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def review_rows(path: Path) -> dict[str, dict[str, str]]:
+    """The last review decision for each variant, from the chain itself (`review.json` is only a view)."""
+    decisions: dict[str, dict[str, str]] = {}
+    for row in read_rows(path) if path.is_file() else []:
+        if row["backend"] == "review":
+            decisions[row["variant_id"]] = {
+                "decision": row["decision"],
+                "reviewer": row["reviewer"],
+                "reason": row["reasons"],
+                "content_sha256": row["content_sha256"],
+                "time_utc": row["time_utc"],
+            }
+    return decisions
+
+
+def screening_rows(path: Path) -> dict[str, dict[str, str]]:
+    """The last screening decision for each variant in the chain."""
+    return {r["variant_id"]: r for r in (read_rows(path) if path.is_file() else []) if r["backend"] != "review"}
+
+
+def unbound_templates(run_dir: Path, templates: list[dict[str, Any]], reviewed: bool) -> list[str]:
+    """Why each sendable template is not what the audit passed (and, when reviewed, approved): one line each.
+
+    The hash is recomputed from the exported subject and body (the body as exported carries the footer)."""
+    path = run_dir / AUDIT_FILE
+    screened, decided = screening_rows(path), review_rows(path)
+    problems = []
+    for t in (t for t in templates if t.get("sendable")):
+        vid = str(t.get("variant_id"))
+        digest = content_hash(f"{t.get('subject', '')}\n\n{t.get('body', '')}")
+        row = screened.get(vid)
+        if row is None or row["decision"] != "pass":
+            problems.append(f"variant {vid} is sendable in templates.json but the audit has no pass for it")
+        elif row["content_sha256"] != digest:
+            problems.append(f"variant {vid}: templates.json is not the content the audit screened (edited?)")
+        elif reviewed and (vid not in decided or decided[vid]["decision"] != "approve"):
+            problems.append(f"variant {vid} is sendable in templates.json but the audit has no approval for it")
+        elif reviewed and decided[vid]["content_sha256"] != digest:
+            problems.append(f"variant {vid}: templates.json is not the content the reviewer approved")
+    return problems
 
 
 def run_ledger(record: dict[str, Any], *, readonly: bool) -> Any:
@@ -159,10 +213,16 @@ def recorded_heads(run_dir: Path) -> tuple[str, dict[str, str | None]]:
     record = read_record(run_dir, "cannot verify")
     run_id = run_id_of(run_dir, record)
     heads: dict[str, str | None] = {"run.json": record.get("audit_head")}
+    named = record.get("ledger")
+    beside = run_dir.parent / "ledger.sqlite"
+    if named and not Path(named).is_file():
+        heads[f"the cost ledger {named} (missing)"] = MISSING
+    elif not named and beside.is_file():  # a ledger pointer removed from run.json does not skip the ledger
+        record = {**record, "ledger": str(beside)}
     book = run_ledger(record, readonly=True)
     if book is not None:
         try:
-            heads["the cost ledger"] = book.audit_head(run_id)
+            heads["the cost ledger"] = book.audit_head(run_id) or (MISSING if record.get("audit_head") else None)
         finally:
             book.close()
     return run_id, heads

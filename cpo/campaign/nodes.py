@@ -21,9 +21,9 @@ from cpo.accounting.tracker import trackers_in
 from cpo.campaign import stages
 from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers
 from cpo.campaign.agents.export import export_campaign, personal_delivery, render_emails, unsent_customers
-from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy
+from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy, sent_text
 from cpo.campaign.agents.segmentation import Segment
-from cpo.campaign.audit import AuditLog
+from cpo.campaign.audit import AuditLog, content_hash
 from cpo.campaign.backends import build_screen, embedded_index
 from cpo.campaign.backends.content_index import ContentIndex
 from cpo.campaign.guard import Guard
@@ -184,11 +184,30 @@ def assign(state: CampaignState) -> CampaignState:
     }
 
 
+def unbound(state: CampaignState, variants: list[EmailVariant], footer: str) -> dict[str, str]:
+    """Variants whose content as sent is not the content screened (or, in a reviewed run, approved): withheld.
+
+    The audit binds a hash of the canonical email as sent; what is exported must be exactly that."""
+    screening, decisions = state.get("screening") or {}, state.get("review") or {}
+    out = {}
+    for v in variants:
+        digest = content_hash(sent_text(v, footer))
+        screened = screening.get(v.variant_id)
+        approved = decisions.get(v.variant_id, {}).get("content_sha256", digest)
+        if screened is None:
+            out[v.variant_id] = "not screened"
+        elif screened.get("content_sha256") != digest:
+            out[v.variant_id] = "not screened as it would be sent (its content changed)"
+        elif approved != digest:
+            out[v.variant_id] = "not reviewed as it would be sent (its content changed)"
+    return out
+
+
 def export(state: CampaignState) -> CampaignState:
     """What an email platform imports (and, with --render, one rendered email per customer)."""
     inputs = state["inputs"]
     variants, campaign, run_dir = ordered_variants(state), campaign_of(inputs), Path(inputs["run_dir"])
-    held = withheld(state)
+    held = {**unbound(state, variants, campaign.unsubscribe), **withheld(state)}
     con = connect(inputs)
     try:
         loaded = reopened(con, inputs, state["counts"])

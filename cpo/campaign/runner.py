@@ -38,7 +38,7 @@ from cpo.campaign.graph import build_pipeline
 from cpo.campaign.guard import Guard
 from cpo.campaign.kept import KeptEmails, request_key
 from cpo.campaign.nodes import Tools
-from cpo.campaign.rundir import COSTS_FILE, REVIEW_FILE, VARIANTS_FILE, read_json, write_json
+from cpo.campaign.rundir import COSTS_FILE, VARIANTS_FILE, write_json
 from cpo.campaign.runlog import RunLog
 from cpo.campaign.state import Inputs, merged, ordered_variants
 from cpo.core.cancel import current_stop
@@ -56,8 +56,18 @@ def produced_line(produced: int, total: int, tracker: CostTracker) -> str:
 
 
 def review_decisions(run_dir: Path, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The decisions `cpo review` recorded, for every variant awaiting one; a one-line error if any is missing."""
-    decisions: dict[str, dict[str, Any]] = read_json(run_dir, REVIEW_FILE, {})
+    """The decisions `cpo review` recorded, for every variant awaiting one; a one-line error if any is missing.
+
+    They are read from the audit chain, after checking it, never from `review.json` (a view anyone can edit).
+    """
+    from cpo.campaign.audit import recorded_heads, review_rows, verify
+    from cpo.campaign.rundir import AUDIT_FILE
+
+    run_id, heads = recorded_heads(run_dir)
+    verdict = verify(run_dir / AUDIT_FILE, run_id, heads)
+    if not verdict.ok:
+        raise InputError(f"cannot resume {run_dir}: its audit does not verify ({verdict.problem})")
+    decisions: dict[str, dict[str, Any]] = dict(review_rows(run_dir / AUDIT_FILE))
     pending = [v for v, d in (state.get("screening") or {}).items() if not d["blocked"]]
     missing = [v for v in pending if v not in decisions]
     if missing:

@@ -1,8 +1,9 @@
 """Screening a campaign's variants with the audit: each decision is screened once, audited once.
 
 A resumed run keeps the decisions an earlier pass made by the same backend (its inputs, the safety
-policy included, are fingerprinted, and a variant's id names its content), so nothing is audited
-twice; a decision that was "screening unavailable" is screened again.
+policy included, are fingerprinted) for content whose hash is the one audited, so nothing is audited
+twice; a decision that was "screening unavailable" is screened again, and a variant whose content no
+longer has the audited hash (a kept email edited on disk) is blocked, with a new audit row.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cpo.campaign.agents.safety import UNAVAILABLE, SafetyPolicy, Screen, screen_variant
-from cpo.campaign.audit import AuditLog
+from cpo.campaign.agents.safety import UNAVAILABLE, SafetyPolicy, Screen, screen_variant, sent_text
+from cpo.campaign.audit import AuditLog, content_hash
 from cpo.campaign.rundir import SCREENING_FILE, read_json
 from cpo.core.models import EmailRequest, EmailVariant
+
+CHANGED = "its content changed after it was screened (an email edited on disk?)"
 
 
 def earlier_screening(run_dir: Path, backend: str) -> dict[str, dict[str, Any]]:
@@ -44,11 +47,15 @@ def screen_variants(
         variant = EmailVariant.model_validate(data)
         if variant.variant_id in decisions:
             continue
-        if variant.variant_id in earlier:  # screened by an earlier pass of this run: already audited
-            decisions[variant.variant_id] = earlier[variant.variant_id]
+        prior = earlier.get(variant.variant_id)
+        digest = content_hash(sent_text(variant, footer))
+        if prior is not None and prior.get("content_sha256") == digest:  # already screened and audited as it is
+            decisions[variant.variant_id] = prior
             continue
         cited = list(requests[key].snippets) if key in requests else []
         decision = screen_variant(variant, footer=footer, screen=screen, policy=policy, cited=cited)
+        if prior is not None:  # the same variant with other content: a kept email edited on disk
+            decision = decision.model_copy(update={"blocked": True, "reasons": [CHANGED, *decision.reasons]})
         decisions[variant.variant_id] = decision.model_dump()
         audit.append(
             variant_id=variant.variant_id,

@@ -194,20 +194,31 @@ def _review(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from cpo.campaign.audit import recorded_heads, verify
-    from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE
+    from cpo.campaign.agents.export import TEMPLATES_FILE
+    from cpo.campaign.audit import recorded_heads, unbound_templates, verify
+    from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE, read_json, read_record
     from cpo.core.errors import InputError
 
     if not (args.run_dir / RUN_FILE).is_file():
         raise InputError(f"{args.run_dir} has no {RUN_FILE}: not a cpo run directory")
     run_id, heads = recorded_heads(args.run_dir)
     verdict = verify(args.run_dir / AUDIT_FILE, run_id, heads)
-    if verdict.ok:
-        anchors = " and ".join(k for k, h in heads.items() if h is not None) or "nothing (no head recorded)"
-        say(f"ok: {verdict.rows} rows, head {verdict.head[:16]}, matching {anchors}")
-        return ExitCode.OK
-    say(f"error: {args.run_dir / AUDIT_FILE}: {verdict.problem}", stderr=True)
-    return ExitCode.FAILED
+    if not verdict.ok:
+        say(f"error: {args.run_dir / AUDIT_FILE}: {verdict.problem}", stderr=True)
+        return ExitCode.FAILED
+    exported = args.run_dir / TEMPLATES_FILE
+    problems: list[str] = []
+    if exported.is_file():  # what is sent must be what the audit passed (and, reviewed, approved)
+        reviewed = bool(read_record(args.run_dir, "cannot verify").get("inputs", {}).get("review"))
+        problems = unbound_templates(args.run_dir, read_json(args.run_dir, TEMPLATES_FILE, []), reviewed)
+    for problem in problems:
+        say(f"error: {exported}: {problem}", stderr=True)
+    if problems:
+        return ExitCode.FAILED
+    anchors = " and ".join(k for k, h in heads.items() if h is not None) or "nothing (no head recorded)"
+    checked = f"; {TEMPLATES_FILE} is what it passed" if exported.is_file() else ""
+    say(f"ok: {verdict.rows} rows, head {verdict.head[:16]}, matching {anchors}{checked}")
+    return ExitCode.OK
 
 
 def cmd_index(args: argparse.Namespace) -> int:

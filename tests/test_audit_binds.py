@@ -1,0 +1,139 @@
+"""The audit binds what is sent: review decisions come from the chain, not from `review.json`; a kept email
+edited on disk is not sent on the strength of its old screening; `cpo audit verify` recomputes the hash of
+every sendable template and fails on any it did not pass; a missing anchor is a failure, not a skip.
+Each goes through the real `cpo run`, `cpo review` and `cpo audit verify` (offline drafter).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_oversight import audit_rows, run_dir, write_rows
+
+from cpo.campaign.audit import row_hash
+from cpo.cli import main
+
+
+def templates(folder: Path) -> dict[str, dict[str, Any]]:
+    return {t["variant_id"]: t for t in json.loads((folder / "templates.json").read_text(encoding="utf-8"))}
+
+
+def sent_ids(folder: Path) -> set[str]:
+    with (folder / "send_list.csv").open(encoding="utf-8", newline="") as handle:
+        return {row["variant_id"] for row in csv.DictReader(handle)}
+
+
+def verify(capsys: pytest.CaptureFixture[str], folder: Path) -> tuple[int, str]:
+    code = main(["audit", "verify", str(folder)])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+@pytest.fixture
+def reviewed(capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+    """A run paused for review, one friendly variant rejected, the rest approved: (run dir, the rejected id)."""
+    assert main(["run", "--review"]) == 4
+    folder = run_dir()
+    variants = json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+    rejected = next(v["variant_id"] for v in variants if v["tone"] == "friendly")
+    assert main(["review", str(folder), "--reject", rejected, "--reviewer", "ana", "--reason", "off brand"]) == 0
+    assert main(["review", str(folder), "--approve-rest", "--reviewer", "ana"]) == 0
+    capsys.readouterr()
+    return folder, rejected
+
+
+def test_an_approval_written_into_review_json_by_hand_does_not_send_a_rejected_variant(
+    capsys: pytest.CaptureFixture[str], reviewed: tuple[Path, str]
+) -> None:
+    folder, rejected = reviewed
+    view = json.loads((folder / "review.json").read_text(encoding="utf-8"))
+    view[rejected]["decision"] = "approve"
+    (folder / "review.json").write_text(json.dumps(view), encoding="utf-8")
+
+    assert main(["run", "--resume", str(folder)]) == 0
+    capsys.readouterr()
+    assert templates(folder)[rejected]["sendable"] is False and rejected not in sent_ids(folder)
+    assert verify(capsys, folder)[0] == 0
+
+
+def test_a_review_json_written_without_cpo_review_decides_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--review"]) == 4
+    folder = run_dir()
+    variants = json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+    forged = {v["variant_id"]: {"decision": "approve", "reviewer": "nobody", "reason": ""} for v in variants}
+    (folder / "review.json").write_text(json.dumps(forged), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["run", "--resume", str(folder)]) == 2
+    assert "variants await a review decision" in capsys.readouterr().err
+    assert not (folder / "send_list.csv").exists()
+
+
+def test_a_kept_email_edited_on_disk_is_not_sent_on_its_old_screening(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    kept = sorted((folder / "emails").glob("*.json"))[0]
+    email = json.loads(kept.read_text(encoding="utf-8"))
+    email["body"] += "\n\nWe will crush the competition, and it is all yours."
+    kept.write_text(json.dumps(email), encoding="utf-8")
+    capsys.readouterr()
+
+    main(["run", "--resume", str(folder)])
+    capsys.readouterr()
+    edited = email["variant_id"]
+    assert templates(folder)[edited]["sendable"] is False and edited not in sent_ids(folder)
+    rows = [r for r in audit_rows(folder) if r["variant_id"] == edited]
+    assert rows[-1]["decision"] == "block" and "changed after it was screened" in rows[-1]["reasons"]
+    assert verify(capsys, folder)[0] == 0  # the chain holds, and nothing sendable differs from what it passed
+
+
+def test_verify_fails_on_a_template_edited_after_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    capsys.readouterr()
+    exported = json.loads((folder / "templates.json").read_text(encoding="utf-8"))
+    exported[3]["body"] = exported[3]["body"].replace("Northwind", "Northwind (see evil.example/login)", 1)
+    (folder / "templates.json").write_text(json.dumps(exported), encoding="utf-8")
+    code, text = verify(capsys, folder)
+    assert code == 1
+    assert f"variant {exported[3]['variant_id']}: templates.json is not the content the audit screened" in text
+
+
+def test_verify_fails_on_a_template_marked_sendable_that_review_rejected(
+    capsys: pytest.CaptureFixture[str], reviewed: tuple[Path, str]
+) -> None:
+    folder, rejected = reviewed
+    assert main(["run", "--resume", str(folder)]) == 0
+    capsys.readouterr()
+    exported = json.loads((folder / "templates.json").read_text(encoding="utf-8"))
+    for t in exported:
+        t["sendable"] = True
+    (folder / "templates.json").write_text(json.dumps(exported), encoding="utf-8")
+    code, text = verify(capsys, folder)
+    assert code == 1 and f"variant {rejected} is sendable in templates.json but the audit has no approval" in text
+
+
+def test_a_ledger_pointer_removed_from_run_json_does_not_skip_the_ledger(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    capsys.readouterr()
+    rows = audit_rows(folder)[:-1]  # the forger drops the last row and makes run.json agree
+    write_rows(folder, rows)
+    record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    record["audit_head"], record["ledger"] = rows[-1]["row_hash"], None
+    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    code, text = verify(capsys, folder)
+    assert code == 1 and "recorded in the cost ledger" in text
+
+
+def test_a_missing_ledger_is_a_failure_not_a_skip(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    capsys.readouterr()
+    Path("runs/ledger.sqlite").unlink()
+    code, text = verify(capsys, folder)
+    assert code == 1 and "(missing)" in text and "an anchor is missing" in text
+    assert row_hash(audit_rows(folder)[0]) == audit_rows(folder)[0]["row_hash"]  # the file itself is intact
