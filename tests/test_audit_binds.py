@@ -137,3 +137,20 @@ def test_a_missing_ledger_is_a_failure_not_a_skip(capsys: pytest.CaptureFixture[
     code, text = verify(capsys, folder)
     assert code == 1 and "(missing)" in text and "an anchor is missing" in text
     assert row_hash(audit_rows(folder)[0]) == audit_rows(folder)[0]["row_hash"]  # the file itself is intact
+
+
+def test_a_reviewed_run_stays_reviewed_when_run_json_says_otherwise(
+    capsys: pytest.CaptureFixture[str], reviewed: tuple[Path, str]
+) -> None:
+    folder, rejected = reviewed
+    assert main(["run", "--resume", str(folder)]) == 0
+    capsys.readouterr()
+    record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    record["inputs"]["review"] = False
+    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    exported = json.loads((folder / "templates.json").read_text(encoding="utf-8"))
+    for t in exported:
+        t["sendable"] = True
+    (folder / "templates.json").write_text(json.dumps(exported), encoding="utf-8")
+    code, text = verify(capsys, folder)
+    assert code == 1 and f"variant {rejected} is sendable in templates.json but the audit has no approval" in text

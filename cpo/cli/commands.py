@@ -195,7 +195,7 @@ def _review(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from cpo.campaign.agents.export import TEMPLATES_FILE
-    from cpo.campaign.audit import recorded_heads, unbound_templates, verify
+    from cpo.campaign.audit import recorded_heads, review_rows, unbound_templates, verify
     from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE, read_json, read_record
     from cpo.core.errors import InputError
 
@@ -209,7 +209,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     exported = args.run_dir / TEMPLATES_FILE
     problems: list[str] = []
     if exported.is_file():  # what is sent must be what the audit passed (and, reviewed, approved)
-        reviewed = bool(read_record(args.run_dir, "cannot verify").get("inputs", {}).get("review"))
+        flagged = bool(read_record(args.run_dir, "cannot verify").get("inputs", {}).get("review"))
+        reviewed = flagged or bool(review_rows(args.run_dir / AUDIT_FILE))  # run.json alone can be edited
         problems = unbound_templates(args.run_dir, read_json(args.run_dir, TEMPLATES_FILE, []), reviewed)
     for problem in problems:
         say(f"error: {exported}: {problem}", stderr=True)
