@@ -154,3 +154,64 @@ def test_a_reviewed_run_stays_reviewed_when_run_json_says_otherwise(
     (folder / "templates.json").write_text(json.dumps(exported), encoding="utf-8")
     code, text = verify(capsys, folder)
     assert code == 1 and f"variant {rejected} is sendable in templates.json but the audit has no approval" in text
+
+
+def test_a_kept_email_edited_with_its_screening_entry_deleted_is_still_not_sent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The earlier decision is taken from the chain, not screening.json; model text is screened for links too."""
+    assert main(["run"]) == 0
+    folder = run_dir()
+    kept = sorted((folder / "emails").glob("*.json"))[0]
+    email = json.loads(kept.read_text(encoding="utf-8"))
+    email["body"] += "\n\nVerify your account at https://evil.example/login today."
+    kept.write_text(json.dumps(email), encoding="utf-8")
+    screening = json.loads((folder / "screening.json").read_text(encoding="utf-8"))
+    del screening[email["variant_id"]]
+    (folder / "screening.json").write_text(json.dumps(screening), encoding="utf-8")
+    capsys.readouterr()
+
+    main(["run", "--resume", str(folder)])
+    capsys.readouterr()
+    edited = email["variant_id"]
+    assert templates(folder)[edited]["sendable"] is False and edited not in sent_ids(folder)
+    last = [r for r in audit_rows(folder) if r["variant_id"] == edited][-1]
+    assert (
+        last["decision"] == "block" and "changed after it was screened" in last["reasons"] and "link" in last["reasons"]
+    )
+
+
+def test_a_reviewer_cannot_approve_content_other_than_what_was_screened(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--review"]) == 4
+    folder = run_dir()
+    variants = json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+    variants[0]["body"] += "\n\nA friendlier closing line."  # what the reviewer would be shown
+    (folder / "variants.json").write_text(json.dumps(variants), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["review", str(folder), "--approve", variants[0]["variant_id"], "--reviewer", "ana"]) == 2
+    assert "what cpo review shows is not what was screened" in capsys.readouterr().err
+
+
+def test_a_ledger_pointer_moved_to_another_ledger_does_not_escape_the_one_beside_the_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cpo.accounting.ledger import Ledger
+
+    assert main(["run"]) == 0
+    folder = run_dir()
+    capsys.readouterr()
+    Ledger(Path("other.sqlite")).close()
+    rows = audit_rows(folder)[:-1]
+    write_rows(folder, rows)
+    record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    del record["audit_head"]
+    record["ledger"] = str(Path("other.sqlite").resolve())
+    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    code, text = verify(capsys, folder)
+    assert code == 1 and "beside the run" in text
+
+    Path("runs/ledger.sqlite").unlink()  # no anchor left at all: a failure too
+    code, text = verify(capsys, folder)
+    assert code == 1 and "no anchor" in text

@@ -135,6 +135,8 @@ def verify(path: Path, run_id: str, recorded_heads: dict[str, str | None]) -> Ve
         if row_hash(row) != row["row_hash"]:
             return Verdict(False, number - 2, previous, f"line {number}: its hash does not match its content (edited)")
         previous = row["row_hash"]
+    if rows and not any(recorded_heads.values()):
+        return Verdict(False, len(rows), previous, "no anchor: neither run.json nor a ledger records this chain's head")
     for where, head in recorded_heads.items():
         if head == MISSING:
             return Verdict(
@@ -217,12 +219,20 @@ def recorded_heads(run_dir: Path) -> tuple[str, dict[str, str | None]]:
     beside = run_dir.parent / "ledger.sqlite"
     if named and not Path(named).is_file():
         heads[f"the cost ledger {named} (missing)"] = MISSING
-    elif not named and beside.is_file():  # a ledger pointer removed from run.json does not skip the ledger
-        record = {**record, "ledger": str(beside)}
-    book = run_ledger(record, readonly=True)
-    if book is not None:
-        try:
-            heads["the cost ledger"] = book.audit_head(run_id) or (MISSING if record.get("audit_head") else None)
-        finally:
-            book.close()
+    elif named:
+        heads["the cost ledger"] = _ledger_head(Path(named), run_id) or (MISSING if record.get("audit_head") else None)
+    # The ledger beside the run is read whatever run.json names: run.json can be edited to point elsewhere.
+    if beside.is_file() and not (named and Path(named).resolve() == beside.resolve()):
+        heads["the cost ledger beside the run"] = _ledger_head(beside, run_id)
     return run_id, heads
+
+
+def _ledger_head(path: Path, run_id: str) -> str | None:
+    book = run_ledger({"ledger": str(path)}, readonly=True)
+    if book is None:
+        return None
+    try:
+        head: str | None = book.audit_head(run_id)
+    finally:
+        book.close()
+    return head

@@ -30,7 +30,7 @@ from cpo.campaign.guard import Guard
 from cpo.campaign.kept import KeptEmails, is_final, request_key
 from cpo.campaign.planning import campaign_of, connect, load_and_segment, plan_emails, reopened
 from cpo.campaign.rundir import RETRIEVAL_FILE, SCREENING_FILE, write_json
-from cpo.campaign.screening import earlier_screening, screen_variants
+from cpo.campaign.screening import audited_hashes, earlier_screening, screen_variants
 from cpo.campaign.state import CampaignState, ordered_variants, withheld
 from cpo.core.models import EmailRequest, EmailVariant
 from cpo.net.faults import one_line
@@ -146,6 +146,7 @@ def screen(state: CampaignState, config: RunnableConfig, tools: Tools) -> Campai
         audit=AuditLog(run_dir, run_id),
         earlier=earlier_screening(run_dir, backend.name),
         on_audit=tools.on_audit,
+        audited=audited_hashes(run_dir),
     )
     write_json(run_dir, SCREENING_FILE, decisions)
     return {"screening": decisions}

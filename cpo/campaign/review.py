@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cpo.campaign.audit import AuditLog, run_ledger
+from cpo.campaign.audit import AuditLog, content_hash, run_ledger
 from cpo.campaign.rundir import (
     REVIEW_FILE,
     RUN_FILE,
@@ -57,6 +57,18 @@ def review_items(run_dir: Path) -> list[ReviewItem]:
     ]
 
 
+def _shown_hashes(run_dir: Path, record: dict[str, Any]) -> dict[str, str]:
+    """The audit hash of each variant as `cpo review` shows it (variants.json, with the campaign's footer)."""
+    from cpo.campaign.agents.safety import sent_text
+    from cpo.campaign.campaign_file import load_campaign
+
+    campaign = record.get("inputs", {}).get("campaign")
+    path = Path(record.get("cwd") or ".") / campaign if campaign else None  # relative to where the run started
+    footer = load_campaign(path).unsubscribe
+    variants = [EmailVariant.model_validate(v) for v in read_json(run_dir, VARIANTS_FILE, [])]
+    return {v.variant_id: content_hash(sent_text(v, footer)) for v in variants}
+
+
 def record_decisions(
     run_dir: Path,
     *,
@@ -82,6 +94,13 @@ def record_decisions(
             raise InputError(f"no variant {variant_id!r} in {run_dir / SCREENING_FILE}")
         if screening[variant_id]["blocked"]:
             raise InputError(f"variant {variant_id} was blocked by screening and cannot be approved or rejected")
+    shown = _shown_hashes(run_dir, record)
+    for variant_id in [*approve, *reject]:  # a decision binds the content the reviewer was shown
+        if shown.get(variant_id) != screening[variant_id]["content_sha256"]:
+            raise InputError(
+                f"variant {variant_id}: what cpo review shows is not what was screened (a run file was edited?); "
+                f"cpo run --resume {run_dir} screens it again"
+            )
     audit = AuditLog(run_dir, run_id)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     for decision, ids in (("approve", approve), ("reject", reject)):

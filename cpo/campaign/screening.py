@@ -13,17 +13,40 @@ from pathlib import Path
 from typing import Any
 
 from cpo.campaign.agents.safety import UNAVAILABLE, SafetyPolicy, Screen, screen_variant, sent_text
-from cpo.campaign.audit import AuditLog, content_hash
-from cpo.campaign.rundir import SCREENING_FILE, read_json
+from cpo.campaign.audit import AuditLog, content_hash, screening_rows
+from cpo.campaign.rundir import AUDIT_FILE, SCREENING_FILE, read_json
 from cpo.core.models import EmailRequest, EmailVariant
+from cpo.email.textsafety import smuggled
 
 CHANGED = "its content changed after it was screened (an email edited on disk?)"
 
 
 def earlier_screening(run_dir: Path, backend: str) -> dict[str, dict[str, Any]]:
-    """Decisions an earlier pass of this run made and audited, by the same backend, that stand."""
+    """Decisions an earlier pass of this run made and audited, by the same backend, that stand: those of
+    `screening.json` whose content hash is the one the audit chain's last screening row for the variant
+    holds (the file is a view anyone can edit; the chain is checked)."""
     found: dict[str, dict[str, Any]] = read_json(run_dir, SCREENING_FILE, {})
-    return {v: d for v, d in found.items() if d.get("backend") == backend and not unavailable(d)}
+    chain = screening_rows(run_dir / AUDIT_FILE)
+    return {
+        v: d
+        for v, d in found.items()
+        if d.get("backend") == backend
+        and not unavailable(d)
+        and v in chain
+        and chain[v]["content_sha256"] == d.get("content_sha256")
+    }
+
+
+def audited_hashes(run_dir: Path) -> dict[str, str]:
+    """The content hash of each variant's last screening row in the chain: content screened before."""
+    return {v: r["content_sha256"] for v, r in screening_rows(run_dir / AUDIT_FILE).items()}
+
+
+def model_text_problems(variant: EmailVariant) -> list[str]:
+    """What the subject and body hold that model text may not (links, HTML, tags, hidden characters): the
+    screen blocks it whatever the variant's own validation says (a kept email is a file that can be edited)."""
+    found = [*smuggled(variant.subject, subject=True), *smuggled(variant.body, subject=False)]
+    return [f"{s.code}: {s.message}" for s in found]
 
 
 def unavailable(decision: Mapping[str, Any]) -> bool:
@@ -40,6 +63,7 @@ def screen_variants(
     audit: AuditLog,
     earlier: Mapping[str, dict[str, Any]],
     on_audit: Callable[[str, int], None] | None = None,
+    audited: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every variant (by request key) screened as it would be sent: decisions by variant id, each audited."""
     decisions: dict[str, dict[str, Any]] = {}
@@ -54,8 +78,11 @@ def screen_variants(
             continue
         cited = list(requests[key].snippets) if key in requests else []
         decision = screen_variant(variant, footer=footer, screen=screen, policy=policy, cited=cited)
-        if prior is not None:  # the same variant with other content: a kept email edited on disk
-            decision = decision.model_copy(update={"blocked": True, "reasons": [CHANGED, *decision.reasons]})
+        before = (audited or {}).get(variant.variant_id)
+        reasons = [CHANGED] if before is not None and before != digest else []  # a kept email edited on disk
+        reasons += model_text_problems(variant)
+        if reasons:
+            decision = decision.model_copy(update={"blocked": True, "reasons": [*reasons, *decision.reasons]})
         decisions[variant.variant_id] = decision.model_dump()
         audit.append(
             variant_id=variant.variant_id,
