@@ -215,3 +215,19 @@ def test_a_ledger_pointer_moved_to_another_ledger_does_not_escape_the_one_beside
     Path("runs/ledger.sqlite").unlink()  # no anchor left at all: a failure too
     code, text = verify(capsys, folder)
     assert code == 1 and "no anchor" in text
+
+
+def test_verify_fails_on_a_send_list_that_delivers_a_rejected_variant(
+    capsys: pytest.CaptureFixture[str], reviewed: tuple[Path, str]
+) -> None:
+    folder, rejected = reviewed
+    assert main(["run", "--resume", str(folder)]) == 0
+    capsys.readouterr()
+    assert verify(capsys, folder)[0] == 0
+    lines = (folder / "send_list.csv").read_text(encoding="utf-8").splitlines()
+    header, first = lines[0].split(","), lines[1].split(",")
+    first[header.index("variant_id")] = rejected
+    lines[1] = ",".join(first)
+    (folder / "send_list.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, text = verify(capsys, folder)
+    assert code == 1 and f"send_list.csv line 2 delivers variant {rejected}, which is not sendable" in text

@@ -200,6 +200,24 @@ def unbound_templates(run_dir: Path, templates: list[dict[str, Any]], reviewed: 
     return problems
 
 
+def unsendable_deliveries(run_dir: Path, templates: list[dict[str, Any]]) -> list[str]:
+    """Rows of `send_list.csv` and `assignments.csv` that deliver a variant `templates.json` does not mark
+    sendable: what a marketer imports must be what the audit passed, not only what the templates say."""
+    sendable = {str(t.get("variant_id")) for t in templates if t.get("sendable")}
+    problems = []
+    for name, column in (("send_list.csv", "variant_id"), ("assignments.csv", "delivered_variant")):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as handle:
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                variant = row.get(column) or ""
+                if variant and variant not in sendable:
+                    problems.append(f"{name} line {line} delivers variant {variant}, which is not sendable")
+                    break
+    return problems
+
+
 def run_ledger(record: dict[str, Any], *, readonly: bool) -> Any:
     """The cost ledger a run recorded in its run.json, opened, or None when it is not there."""
     path = record.get("ledger")
