@@ -240,7 +240,7 @@ MUTATIONS = (
     Mutation(
         "open-key-file-accepted",
         "cpo/core/privacy.py",
-        '    if os.name == "nt" or not mode & 0o077:',
+        '    if os.name == "nt" or not mode & PRIVATE_UMASK:',
         "    if True:",
         ("tests/test_private_by_default.py", "tests/test_privacy.py"),
     ),

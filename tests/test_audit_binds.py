@@ -27,6 +27,14 @@ def sent_ids(folder: Path) -> set[str]:
         return {row["variant_id"] for row in csv.DictReader(handle)}
 
 
+def mark_every_template_sendable(folder: Path) -> None:
+    """The forger's edit: every variant in templates.json marked sendable, rejected ones included."""
+    exported = json.loads((folder / "templates.json").read_text(encoding="utf-8"))
+    for t in exported:
+        t["sendable"] = True
+    (folder / "templates.json").write_text(json.dumps(exported), encoding="utf-8")
+
+
 def verify(capsys: pytest.CaptureFixture[str], folder: Path) -> tuple[int, str]:
     code = main(["audit", "verify", str(folder)])
     out, err = capsys.readouterr()
@@ -108,10 +116,7 @@ def test_verify_fails_on_a_template_marked_sendable_that_review_rejected(
     folder, rejected = reviewed
     assert main(["run", "--resume", str(folder)]) == 0
     capsys.readouterr()
-    exported = json.loads((folder / "templates.json").read_text(encoding="utf-8"))
-    for t in exported:
-        t["sendable"] = True
-    (folder / "templates.json").write_text(json.dumps(exported), encoding="utf-8")
+    mark_every_template_sendable(folder)
     code, text = verify(capsys, folder)
     assert code == 1 and f"variant {rejected} is sendable in templates.json but the audit has no approval" in text
 
@@ -148,10 +153,7 @@ def test_a_reviewed_run_stays_reviewed_when_run_json_says_otherwise(
     record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     record["inputs"]["review"] = False
     (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
-    exported = json.loads((folder / "templates.json").read_text(encoding="utf-8"))
-    for t in exported:
-        t["sendable"] = True
-    (folder / "templates.json").write_text(json.dumps(exported), encoding="utf-8")
+    mark_every_template_sendable(folder)
     code, text = verify(capsys, folder)
     assert code == 1 and f"variant {rejected} is sendable in templates.json but the audit has no approval" in text
 

@@ -158,10 +158,12 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def review_rows(path: Path) -> dict[str, dict[str, str]]:
-    """The last review decision for each variant, from the chain itself (`review.json` is only a view)."""
+def review_rows(path: Path, rows: list[dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """The last review decision for each variant, from the chain itself (`review.json` is only a view).
+
+    `rows`: the chain's rows when the caller has read them already."""
     decisions: dict[str, dict[str, str]] = {}
-    for row in read_rows(path) if path.is_file() else []:
+    for row in _rows(path) if rows is None else rows:
         if row["backend"] == "review":
             decisions[row["variant_id"]] = {
                 "decision": row["decision"],
@@ -173,9 +175,13 @@ def review_rows(path: Path) -> dict[str, dict[str, str]]:
     return decisions
 
 
-def screening_rows(path: Path) -> dict[str, dict[str, str]]:
+def screening_rows(path: Path, rows: list[dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
     """The last screening decision for each variant in the chain."""
-    return {r["variant_id"]: r for r in (read_rows(path) if path.is_file() else []) if r["backend"] != "review"}
+    return {r["variant_id"]: r for r in (_rows(path) if rows is None else rows) if r["backend"] != "review"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return read_rows(path) if path.is_file() else []
 
 
 def unbound_templates(run_dir: Path, templates: list[dict[str, Any]], reviewed: bool) -> list[str]:
@@ -183,7 +189,8 @@ def unbound_templates(run_dir: Path, templates: list[dict[str, Any]], reviewed: 
 
     The hash is recomputed from the exported subject and body (the body as exported carries the footer)."""
     path = run_dir / AUDIT_FILE
-    screened, decided = screening_rows(path), review_rows(path)
+    rows = _rows(path)
+    screened, decided = screening_rows(path, rows), review_rows(path, rows)
     problems = []
     for t in (t for t in templates if t.get("sendable")):
         vid = str(t.get("variant_id"))

@@ -137,6 +137,7 @@ def screen(state: CampaignState, config: RunnableConfig, tools: Tools) -> Campai
     backend = tools.screen or build_screen(policy)
     requests = {request_key(r): r for r in (EmailRequest.model_validate(x) for x in state.get("requests", []))}
     run_id = str(config.get("configurable", {}).get("thread_id") or run_dir.name)
+    audited = audited_hashes(run_dir)  # the chain read once
     decisions = screen_variants(
         state.get("variants") or {},
         requests,
@@ -144,9 +145,9 @@ def screen(state: CampaignState, config: RunnableConfig, tools: Tools) -> Campai
         screen=backend,
         policy=policy,
         audit=AuditLog(run_dir, run_id),
-        earlier=earlier_screening(run_dir, backend.name),
+        earlier=earlier_screening(run_dir, backend.name, audited),
         on_audit=tools.on_audit,
-        audited=audited_hashes(run_dir),
+        audited=audited,
     )
     write_json(run_dir, SCREENING_FILE, decisions)
     return {"screening": decisions}

@@ -22,7 +22,7 @@ from cpo.campaign.campaign_file import default_campaign_file, load_campaign
 from cpo.campaign.state import Inputs
 from cpo.core.errors import InputError
 from cpo.core.files import write_atomically
-from cpo.core.privacy import IdHasher
+from cpo.core.privacy import PRIVATE_UMASK, IdHasher
 
 RUN_FILE = "run.json"
 DATABASE = "customers.duckdb"
@@ -49,7 +49,6 @@ OUTPUTS = (
 AUDIT_KEYS = ("audit_head", "audit_rows")
 # A run directory holds customer names, ids and emails: only its owner may open it.
 PRIVATE_DIR = 0o700
-OPEN_TO_OTHERS = 0o077  # `cpo.cli.main` runs every command with this umask: what DuckDB and SQLite write too
 
 
 def make_run_dir(runs_dir: Path, name: str) -> Path:
@@ -239,7 +238,7 @@ def _close_to_others(run_dir: Path) -> None:
     if os.name == "nt":
         return
     try:
-        if run_dir.stat().st_mode & OPEN_TO_OTHERS:
+        if run_dir.stat().st_mode & PRIVATE_UMASK:
             run_dir.chmod(PRIVATE_DIR)
     except OSError as exc:
         raise InputError(f"cannot make {run_dir} private (chmod 700): {exc.strerror or exc}") from None

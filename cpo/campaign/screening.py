@@ -21,19 +21,15 @@ from cpo.email.textsafety import smuggled
 CHANGED = "its content changed after it was screened (an email edited on disk?)"
 
 
-def earlier_screening(run_dir: Path, backend: str) -> dict[str, dict[str, Any]]:
+def earlier_screening(run_dir: Path, backend: str, audited: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Decisions an earlier pass of this run made and audited, by the same backend, that stand: those of
     `screening.json` whose content hash is the one the audit chain's last screening row for the variant
-    holds (the file is a view anyone can edit; the chain is checked)."""
+    holds (the file is a view anyone can edit; the chain is checked). `audited`: `audited_hashes(run_dir)`."""
     found: dict[str, dict[str, Any]] = read_json(run_dir, SCREENING_FILE, {})
-    chain = screening_rows(run_dir / AUDIT_FILE)
     return {
         v: d
         for v, d in found.items()
-        if d.get("backend") == backend
-        and not unavailable(d)
-        and v in chain
-        and chain[v]["content_sha256"] == d.get("content_sha256")
+        if d.get("backend") == backend and not unavailable(d) and audited.get(v) == d.get("content_sha256")
     }
 
 

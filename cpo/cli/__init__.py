@@ -16,8 +16,7 @@ from importlib import import_module
 from cpo.cli.output import say, setup_logging
 from cpo.cli.parser import build_parser
 from cpo.core.errors import ExitCode
-
-PRIVATE_UMASK = 0o077  # every file and directory a command writes is its user's alone (0600 / 0700)
+from cpo.core.privacy import PRIVATE_UMASK
 
 __all__ = ["build_parser", "main"]
 

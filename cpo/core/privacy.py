@@ -20,6 +20,10 @@ from pathlib import Path
 
 from cpo.core.errors import ConfigError
 
+# Mode bits of group and others: a file with none of them set is its user's alone (0600 / 0700). Also the umask
+# every `cpo` command runs with, since what it writes holds customer data.
+PRIVATE_UMASK = 0o077
+
 KEY_BYTES = 32
 
 
@@ -69,7 +73,7 @@ def _refuse_shared(path: Path, mode: int) -> None:
 
     Not on Windows, where the mode bits do not say who may read a file.
     """
-    if os.name == "nt" or not mode & 0o077:
+    if os.name == "nt" or not mode & PRIVATE_UMASK:
         return
     how = "readable by others" if mode & 0o044 else "writable by others" if mode & 0o022 else "open to others"
     raise ConfigError(

@@ -107,14 +107,20 @@ def read_header(path: Path, what: str) -> list[str]:
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise InputError(f"{what} {path}: empty file (no header)")
     header = rows[0]
-    if len(header) == 1:
-        for delimiter, name in OTHER_DELIMITERS.items():
-            if delimiter in header[0]:
-                raise InputError(
-                    f"{what} {path}: line 1: expected comma-separated values, but the header is separated by "
-                    f"{name}; save the file as CSV with commas"
-                )
+    separated = other_delimiter(header)
+    if separated:
+        raise InputError(
+            f"{what} {path}: line 1: expected comma-separated values, but the header is separated by "
+            f"{separated}; save the file as CSV with commas"
+        )
     return header
+
+
+def other_delimiter(first_row: list[str]) -> str | None:
+    """The name of the delimiter a first row read as one comma-separated field is really separated by, if any."""
+    if len(first_row) != 1:
+        return None
+    return next((name for delimiter, name in OTHER_DELIMITERS.items() if delimiter in first_row[0]), None)
 
 
 CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")

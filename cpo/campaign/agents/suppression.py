@@ -15,7 +15,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from cpo.campaign.agents.columns import FIELD_LIMIT, ID, ID_NAMES, ID_SPACE, OTHER_DELIMITERS, clean_id_sql, column_key
+from cpo.campaign.agents.columns import FIELD_LIMIT, ID, ID_NAMES, ID_SPACE, clean_id_sql, column_key, other_delimiter
 from cpo.core.csvsafe import FORMULA_STARTS
 from cpo.core.errors import InputError
 
@@ -45,13 +45,12 @@ def suppression_ids(path: Path) -> list[str]:
     if not rows:
         raise InputError(f"{what}: no ids (the file is empty): a list that suppresses no one is refused")
     first = rows[0][1]
-    if len(first) == 1:
-        for delimiter, name in OTHER_DELIMITERS.items():
-            if delimiter in first[0]:
-                raise InputError(
-                    f"{what}: line 1: expected comma-separated values or one id per line, but the first line is "
-                    f"separated by {name}"
-                )
+    separated = other_delimiter(first)
+    if separated:
+        raise InputError(
+            f"{what}: line 1: expected comma-separated values or one id per line, but the first line is "
+            f"separated by {separated}"
+        )
     keys = [column_key(cell) for cell in first]
     column = next((i for i, key in enumerate(keys) if key in HEADER_NAMES), None)
     if column is None and len(first) == 1 and keys[0] in NOT_IDS:
