@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cpo.core.errors import InputError
 from cpo.core.files import load_yaml_model
-from cpo.core.models import DEFAULT_TIERS, TONES, Sender, Snippet, Vocabulary, vocabulary_words
+from cpo.core.models import DEFAULT_TIERS, TONES, Sender, Snippet, Vocabulary, tier_names, vocabulary_words
 from cpo.core.resources import bundled
 from cpo.email.content import load_snippets
 from cpo.email.grounding import check_grounding
@@ -57,6 +57,11 @@ class Campaign(BaseModel):
     @classmethod
     def _words(cls, value: list[str]) -> list[str]:
         return vocabulary_words(value)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(cls, value: list[str]) -> list[str]:
+        return tier_names(value)
 
     @field_validator("allocation")
     @classmethod

@@ -25,11 +25,18 @@ UNFINISHED = frozenset({"budget", "interrupted"})
 def request_key(request: EmailRequest) -> str:
     """A request's identity: the same segment summary, offer, tone, snippets, sender and vocabulary give the same key.
 
-    The default vocabulary is left out of the hash, so a request hashes exactly as it did before requests
-    carried one: run directories written by earlier versions resume without generating anything again.
+    The default vocabulary, and an audience that says no more than the segment's tier, are left out of the
+    hash, so a request hashes exactly as it did before requests carried them: run directories written by
+    earlier versions resume without generating anything again, except a segment that mixes tiers, whose
+    request (no tier in its profile) is not the one its old email was written for.
     """
-    default = request.vocabulary == Vocabulary()
-    dumped = request.model_dump_json(exclude={"vocabulary"} if default else None)
+    exclude: dict[str, Any] = {}
+    if request.vocabulary == Vocabulary():
+        exclude["vocabulary"] = True
+    tier = request.segment.features.get("tier")
+    if request.segment.audience in ((), (tier,)):  # says no more than the tier feature: hashed as before
+        exclude["segment"] = {"audience"}
+    dumped = request.model_dump_json(exclude=exclude or None)
     return hashlib.sha256(dumped.encode()).hexdigest()[:20]
 
 

@@ -25,6 +25,7 @@ from cpo.campaign.state import Inputs
 from cpo.core.errors import InputError
 from cpo.core.models import EmailRequest, Snippet
 from cpo.email.content import load_snippets
+from cpo.email.grounding.audience import audience_problems
 
 
 def campaign_of(inputs: Inputs, snippets: dict[str, Snippet] | None = None) -> Campaign:
@@ -83,9 +84,25 @@ def load_and_segment(
             f"{PER_CUSTOMER_LIMIT}; leave it out, or pass a smaller list"
         )
     segments = segment_customers(loaded, campaign.rules)
+    check_offers_fit(campaign, segments, inputs["campaign"] or default_campaign_file())
     if on_excluded is not None:
         on_excluded([(str(i), str(r)) for i, r in con.execute("SELECT * FROM excluded").fetchall()])
     return loaded, segments
+
+
+def check_offers_fit(campaign: Campaign, segments: list[Segment], where: Path | str) -> None:
+    """Before paying: an offer that calls a segment's readers by a tier some of them do not hold would make
+    every email that repeats it invalid, so it is the campaign file's error, not the model's."""
+    for segment in segments:
+        offer = campaign.offer_for(segment.name)
+        if segment.size == 0 or offer is None:
+            continue
+        problems = audience_problems(offer.offer, segment.tiers, [offer.offer], campaign.vocabulary)
+        if problems:
+            raise InputError(
+                f"campaign file {where}: offers: {segment.name}: {problems[0][1]} "
+                "(or give the segment's tiers their own rules and offers)"
+            )
 
 
 def personal_requests_for(

@@ -47,11 +47,23 @@ class Snippet(BaseModel):
 
 
 class SegmentProfile(BaseModel):
-    """A customer segment: a name and the features the email is personalized on."""
+    """A customer segment: a name and the features the email is personalized on.
+
+    `name` identifies the segment in cpo's files; it never reaches a prompt (a user's segment name is not
+    copy for customers). `audience` is the tiers of every customer the email reaches, so the email may call
+    its readers by a tier only if all of them hold it; empty: the `tier` feature, if any.
+    """
 
     name: str = Field(min_length=1)
     description: str = ""
     features: dict[str, FeatureValue]
+    audience: tuple[str, ...] = ()
+
+    @property
+    def readers(self) -> tuple[str, ...]:
+        """The tiers of the email's readers ((): unknown)."""
+        tier = self.features.get("tier")
+        return self.audience or ((tier,) if isinstance(tier, str) and tier else ())
 
     @field_validator("features")
     @classmethod
@@ -88,6 +100,7 @@ class Sender(BaseModel):
 
 
 DEFAULT_TIERS = ("Bronze", "Silver", "Gold", "Platinum")
+TIER_NAME = re.compile(r"[^\W_][^\W_'-]*(?:['-][^\W_]+)*(?: [^\W_][^\W_'-]*(?:['-][^\W_]+)*){0,2}")
 
 
 def vocabulary_words(words: Sequence[str]) -> list[str]:
@@ -97,6 +110,17 @@ def vocabulary_words(words: Sequence[str]) -> list[str]:
     if len({word.strip().lower() for word in words}) != len(words):
         raise ValueError("entries must be unique")
     return [word.strip() for word in words]
+
+
+def tier_names(tiers: Sequence[str]) -> list[str]:
+    """Tiers as a vocabulary takes them. A tier reaches prompts and emails, so it is a name of letters and
+    digits, not a sentence, a link or markup."""
+    for tier in tiers:
+        if not TIER_NAME.fullmatch(tier.strip()):
+            raise ValueError(
+                f"tier {tier[:40]!r} is not a tier name: use 1-3 words of letters and digits (e.g. Gold, VIP Plus)"
+            )
+    return list(tiers)
 
 
 class Vocabulary(BaseModel):
@@ -115,6 +139,11 @@ class Vocabulary(BaseModel):
     @classmethod
     def _words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(vocabulary_words(value))
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(tier_names(value))
 
 
 class EmailRequest(BaseModel):

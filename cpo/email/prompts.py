@@ -258,11 +258,26 @@ def render_profile(features: Mapping[str, object]) -> str:
     return "; ".join(f"{label}: {value}" for label, value in (_in_words(k, v) for k, v in features.items()))
 
 
+def describe_readers(request: EmailRequest) -> str:
+    """Whom the email goes to, in neutral words: the segment's name is the user's label, never copy for a prompt.
+
+    Only the vocabulary's tiers appear here (the customer file's tiers are matched to them on load).
+    """
+    if request.tone == "control":
+        return "all customers"
+    readers = request.segment.readers
+    if len(readers) == 1:
+        return f"{readers[0]} members"
+    if readers:
+        return "members of several tiers (never name a tier: it would be wrong for some readers)"
+    return "customers"
+
+
 def render_fields(request: EmailRequest, tone_instructions: str) -> dict[str, str]:
     """The values substituted into user.txt; labelled lines the offline model can read back."""
     generic = request.tone == "control"
     return {
-        "segment": "all customers" if generic else request.segment.name,
+        "segment": describe_readers(request),
         "profile": "none (generic email)" if generic else render_profile(request.segment.features),
         "offer": request.offer,
         "tone": request.tone,

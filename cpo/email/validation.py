@@ -12,6 +12,7 @@ from cpo.core.errors import ConfigError
 from cpo.core.files import load_yaml_model
 from cpo.core.models import GREETING_TAG, EmailDraft, EmailRequest, ValidationIssue, ValidationReport
 from cpo.email.grounding import check_grounding
+from cpo.email.grounding.audience import AUDIENCE_CODE, audience_problems
 from cpo.email.normalize import frame_words, word_count
 from cpo.email.textsafety import fold, smuggled
 
@@ -157,6 +158,12 @@ def validate_draft(
     ):
         in_subject = bool(problem.sentence.strip()) and problem.sentence.strip() in fold(subject)
         fail("ungrounded_claim", problem.message, "subject" if in_subject else "body", [problem.sentence.strip()])
+    backing = [fold(request.offer), *(s.text for s in snippets if s.id in cited)]
+    for sentence, message in audience_problems(
+        fold(f"{subject}\n\n{body}"), request.segment.readers, backing, request.vocabulary
+    ):
+        in_subject = sentence.strip() in fold(subject)
+        fail(AUDIENCE_CODE, message, "subject" if in_subject else "body", [sentence.strip()])
 
     shown = f"{subject}\n{body}".replace(GREETING_TAG, "")
     placeholders = sorted(set(PLACEHOLDER.findall(shown)))

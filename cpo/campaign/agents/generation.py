@@ -44,6 +44,7 @@ def email_requests(
             name=segment.name,
             description=f"{segment.size} customers; rule: {segment.rule}",
             features=segment.features(),
+            audience=tuple(segment.tiers),
         )
         ids = chosen[segment.name] if chosen and segment.name in chosen else offer.snippets
         cited = [snippets[s] for s in ids]
@@ -92,6 +93,7 @@ def personal_requests(
             size=1,
             share=0.0,
             tier=tier,
+            tiers=[tier] if tier else [],
             means={col: float(v) for col, v in zip(columns, values, strict=True) if v is not None},
         )
         profile = SegmentProfile(

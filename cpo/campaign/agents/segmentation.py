@@ -59,11 +59,14 @@ class Segment:
     tiers: list[str] = field(default_factory=list)  # every tier among its customers: who its emails reach
 
     def features(self) -> dict[str, str | int | float]:
-        """The whitelisted profile for prompts: the most common tier and the behavioural means.
+        """The whitelisted profile for prompts: the tier, if every customer holds the same one, and the
+        behavioural means.
 
-        Never names, locations or ages: those stay in the customer table.
+        A segment that mixes tiers has no tier here, so nothing invites its email to call all its readers by
+        the most common one. Never names, locations or ages: those stay in the customer table.
         """
-        out: dict[str, str | int | float] = {"tier": self.tier} if self.tier else {}
+        single = self.tier if self.tier and (self.tiers in ([], [self.tier])) else None
+        out: dict[str, str | int | float] = {"tier": single} if single else {}
         for key in PROMPT_FEATURES:
             if key in self.means:
                 value = self.means[key]
