@@ -331,3 +331,70 @@ def test_a_resumed_rendered_run_leaves_no_preview_of_an_email_it_no_longer_sends
     after = {p.name for p in (folder / "rendered").glob("*.eml")}
     assert after < before and len(after) == len(sent_ids_rows(folder))
     assert verify(capsys, folder)[0] == 0
+
+
+def kept_email_renamed_with(folder: Path, edit: Any) -> tuple[str, str]:
+    """The forger's edit of a kept email that escapes "changed after it was screened": the text changed by
+    `edit(body)` under a new variant id the audit has never seen. Returns (old id, new id)."""
+    kept = sorted((folder / "emails").glob("*.json"))[0]
+    email = json.loads(kept.read_text(encoding="utf-8"))
+    old = email["variant_id"]
+    email["body"], email["variant_id"] = edit(email["body"]), old[:-8] + "0badc0de"
+    kept.write_text(json.dumps(email), encoding="utf-8")
+    return old, email["variant_id"]
+
+
+def session_calls(folder: Path) -> int:
+    return int(json.loads((folder / "costs.json").read_text(encoding="utf-8"))["session"]["calls"])
+
+
+def test_a_kept_email_edited_to_an_ungrounded_credit_is_not_sent_after_resume(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    _, forged = kept_email_renamed_with(
+        folder, lambda body: body.replace("\n\n", "\n\nYou also get a $500 credit.\n\n", 1)
+    )
+    capsys.readouterr()
+
+    main(["run", "--resume", str(folder)])
+    capsys.readouterr()
+    assert session_calls(folder) == 0  # re-checked, not paid for again
+    assert templates(folder)[forged]["sendable"] is False and forged not in sent_ids(folder)
+    variant = next(v for v in json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+                   if v["variant_id"] == forged)  # fmt: skip
+    codes = {i["code"] for i in variant["validation"]["issues"]}
+    assert not variant["validation"]["valid"] and "ungrounded_claim" in codes
+    assert any("500" in i["message"] for i in variant["validation"]["issues"])
+    assert verify(capsys, folder)[0] == 0
+
+
+def test_a_kept_email_edited_to_break_todays_rules_is_not_sent_after_resume(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    _, forged = kept_email_renamed_with(folder, lambda body: body.split("\n\n")[0] + "\n\nThanks.")
+    capsys.readouterr()
+
+    main(["run", "--resume", str(folder)])
+    capsys.readouterr()
+    assert templates(folder)[forged]["sendable"] is False and forged not in sent_ids(folder)
+    variant = next(v for v in json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+                   if v["variant_id"] == forged)  # fmt: skip
+    assert "body_length" in {i["code"] for i in variant["validation"]["issues"]}
+
+
+def test_untouched_kept_emails_are_reused_with_no_model_call_and_stay_sendable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    first = templates(folder)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(folder)]) == 0
+    capsys.readouterr()
+    assert session_calls(folder) == 0
+    assert templates(folder) == first and all(t["sendable"] for t in first.values())
+    assert verify(capsys, folder)[0] == 0
