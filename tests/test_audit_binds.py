@@ -233,3 +233,168 @@ def test_verify_fails_on_a_send_list_that_delivers_a_rejected_variant(
     (folder / "send_list.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     code, text = verify(capsys, folder)
     assert code == 1 and f"send_list.csv line 2 delivers variant {rejected}, which is not sendable" in text
+
+
+def rendered_run(capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+    """A run of the sample's first 40 customers with `--render` (one `.eml` preview per sent customer)."""
+    from cpo.core.resources import bundled
+
+    lines = (bundled("data") / "customers.csv").read_text(encoding="utf-8").splitlines()[:41]
+    Path("customers.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code = main(["run", "--customers", "customers.csv", "--render", *extra])
+    assert code in (0, 4), capsys.readouterr().err
+    capsys.readouterr()
+    return run_dir()
+
+
+def edit_preview(path: Path, edit: Any) -> None:
+    """Rewrite a preview as an editor would: parsed, changed by `edit(message)`, written back."""
+    import email
+    from email.policy import SMTP
+
+    message = email.message_from_bytes(path.read_bytes(), policy=SMTP)
+    edit(message)
+    path.write_bytes(bytes(message))
+
+
+def test_an_untouched_rendered_run_verifies_its_previews(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = rendered_run(capsys)
+    previews = len(list((folder / "rendered").glob("*.eml")))
+    assert previews == len(sent_ids_rows(folder)) > 0
+    code, text = verify(capsys, folder)
+    assert code == 0 and f"and the {previews} rendered previews are what they say" in text
+
+
+def sent_ids_rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "send_list.csv").open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_verify_fails_on_a_preview_whose_body_was_edited_by_hand(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = rendered_run(capsys)
+    preview = sorted((folder / "rendered").glob("*.eml"))[0]
+
+    def add_claim(message: Any) -> None:
+        text = message.get_body(("plain",))
+        text.set_content(text.get_content().replace("\n\n", "\n\nYou also get a $500 credit.\n\n", 1))
+
+    edit_preview(preview, add_claim)
+    code, text = verify(capsys, folder)
+    assert code == 1
+    assert f"rendered/{preview.name} is not what --render writes" in text
+    assert text.count("\n") == 1  # one line, naming the file
+
+
+def test_verify_fails_on_a_preview_whose_subject_was_edited_by_hand(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = rendered_run(capsys)
+    preview = sorted((folder / "rendered").glob("*.eml"))[-1]
+    edit_preview(preview, lambda m: m.replace_header("Subject", "Your account is locked: act now"))
+    code, text = verify(capsys, folder)
+    assert code == 1 and f"rendered/{preview.name} is not what --render writes" in text
+
+
+def test_verify_fails_on_a_preview_of_a_variant_that_is_not_sendable(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = rendered_run(capsys, "--review")
+    variants = json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+    rejected = next(v["variant_id"] for v in variants if v["tone"] == "friendly")
+    assert main(["review", str(folder), "--reject", rejected, "--reviewer", "ana", "--reason", "off brand"]) == 0
+    assert main(["review", str(folder), "--approve-rest", "--reviewer", "ana"]) == 0
+    assert main(["run", "--resume", str(folder)]) in (0, 1)
+    capsys.readouterr()
+    assert verify(capsys, folder)[0] == 0
+    preview = sorted((folder / "rendered").glob("*.eml"))[0]
+    edit_preview(preview, lambda m: m.replace_header("X-Cpo-Variant", rejected))
+    code, text = verify(capsys, folder)
+    assert code == 1 and f"rendered/{preview.name} is a preview of variant {rejected}, which is not sendable" in text
+
+
+def test_verify_fails_on_a_preview_for_a_customer_who_is_not_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = rendered_run(capsys)
+    preview = sorted((folder / "rendered").glob("*.eml"))[0]
+    (folder / "rendered" / "NOBODY-1.eml").write_bytes(preview.read_bytes())
+    code, text = verify(capsys, folder)
+    assert code == 1 and "rendered/NOBODY-1.eml is not the preview of any customer on the send list" in text
+
+
+def test_a_resumed_rendered_run_leaves_no_preview_of_an_email_it_no_longer_sends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = rendered_run(capsys)
+    before = {p.name for p in (folder / "rendered").glob("*.eml")}
+    for kept in (folder / "emails").glob("*.json"):  # every control email edited: their customers get nothing
+        email = json.loads(kept.read_text(encoding="utf-8"))
+        if email["tone"] == "control":
+            email["body"] += "\n\nWe will crush the competition, and it is all yours."
+            kept.write_text(json.dumps(email), encoding="utf-8")
+    main(["run", "--resume", str(folder)])
+    capsys.readouterr()
+    after = {p.name for p in (folder / "rendered").glob("*.eml")}
+    assert after < before and len(after) == len(sent_ids_rows(folder))
+    assert verify(capsys, folder)[0] == 0
+
+
+def kept_email_renamed_with(folder: Path, edit: Any) -> tuple[str, str]:
+    """The forger's edit of a kept email that escapes "changed after it was screened": the text changed by
+    `edit(body)` under a new variant id the audit has never seen. Returns (old id, new id)."""
+    kept = sorted((folder / "emails").glob("*.json"))[0]
+    email = json.loads(kept.read_text(encoding="utf-8"))
+    old = email["variant_id"]
+    email["body"], email["variant_id"] = edit(email["body"]), old[:-8] + "0badc0de"
+    kept.write_text(json.dumps(email), encoding="utf-8")
+    return old, email["variant_id"]
+
+
+def session_calls(folder: Path) -> int:
+    return int(json.loads((folder / "costs.json").read_text(encoding="utf-8"))["session"]["calls"])
+
+
+def test_a_kept_email_edited_to_an_ungrounded_credit_is_not_sent_after_resume(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    _, forged = kept_email_renamed_with(
+        folder, lambda body: body.replace("\n\n", "\n\nYou also get a $500 credit.\n\n", 1)
+    )
+    capsys.readouterr()
+
+    main(["run", "--resume", str(folder)])
+    capsys.readouterr()
+    assert session_calls(folder) == 0  # re-checked, not paid for again
+    assert templates(folder)[forged]["sendable"] is False and forged not in sent_ids(folder)
+    variant = next(v for v in json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+                   if v["variant_id"] == forged)  # fmt: skip
+    codes = {i["code"] for i in variant["validation"]["issues"]}
+    assert not variant["validation"]["valid"] and "ungrounded_claim" in codes
+    assert any("500" in i["message"] for i in variant["validation"]["issues"])
+    assert verify(capsys, folder)[0] == 0
+
+
+def test_a_kept_email_edited_to_break_todays_rules_is_not_sent_after_resume(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    _, forged = kept_email_renamed_with(folder, lambda body: body.split("\n\n")[0] + "\n\nThanks.")
+    capsys.readouterr()
+
+    main(["run", "--resume", str(folder)])
+    capsys.readouterr()
+    assert templates(folder)[forged]["sendable"] is False and forged not in sent_ids(folder)
+    variant = next(v for v in json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+                   if v["variant_id"] == forged)  # fmt: skip
+    assert "body_length" in {i["code"] for i in variant["validation"]["issues"]}
+
+
+def test_untouched_kept_emails_are_reused_with_no_model_call_and_stay_sendable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run"]) == 0
+    folder = run_dir()
+    first = templates(folder)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(folder)]) == 0
+    capsys.readouterr()
+    assert session_calls(folder) == 0
+    assert templates(folder) == first and all(t["sendable"] for t in first.values())
+    assert verify(capsys, folder)[0] == 0

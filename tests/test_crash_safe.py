@@ -197,14 +197,15 @@ def test_render_with_a_line_break_in_the_subject_adds_no_header_and_finishes(
 
 def test_a_rendered_subject_is_one_line_whatever_the_variant_says() -> None:
     """The renderer holds on its own, even given a variant marked valid with a CR/LF in its subject."""
-    from cpo.campaign.agents.export import rendered_message
+    from cpo.campaign.agents.export import rendered_message, template_of
     from cpo.campaign.campaign_file import load_campaign
 
     bundle = ContentBundle.load()
     variant = build_email_chain(OfflineChatModel()).invoke(bundle.request(bundle.segments[0].name, "friendly"))
     hostile = variant.model_copy(update={"subject": "Your plan" + HOSTILE + "\u2028\x00\x1b"})
     values = {"first_name": "Al", "unsubscribe_url": "https://example.com/u"}
-    raw = bytes(rendered_message(hostile, load_campaign(None), values))
+    campaign = load_campaign(None)
+    raw = bytes(rendered_message(template_of(hostile, campaign, {}), campaign, values))
     message = email.message_from_bytes(raw, policy=default)
     assert message["Bcc"] is None
     assert message["Subject"] == "Your plan  Bcc: x@evil.example"

@@ -275,6 +275,27 @@ async def test_generate_returns_a_kept_email_without_calling_the_chain(run: Run)
     assert update == {"variants": {key_of(request): state["variants"][key_of(request)]}}
 
 
+async def test_generate_checks_a_kept_email_by_the_chains_own_limits(run: Run, tmp_path: Path) -> None:
+    """A kept email is checked again by the rules its chain validates with (`--limits`), not the defaults."""
+    from cpo.email.validation import ValidationLimits
+
+    _, state = run
+    request = state["requests"][0]
+    kept = dict(state["variants"][key_of(request)])
+    words = len(kept["body"].split())
+    KeptEmails(tmp_path).keep(key_of(request), kept)
+    payload = {"request": request, "run_dir": str(tmp_path)}
+
+    strict = build_email_chain(OfflineChatModel(), limits=ValidationLimits(body_min_words=1, body_max_words=words - 20))
+    update = await nodes.generate(payload, CONFIG, Tools(chain=strict))
+    checked = EmailVariant.model_validate(update["variants"][key_of(request)])
+    assert not checked.valid and {"body_length", "kept_recheck"} <= checked.validation.codes
+    assert checked.variant_id == kept["variant_id"] and checked.body == kept["body"]  # marked, not rewritten
+
+    update = await nodes.generate(payload, CONFIG, offline_tools())
+    assert update == {"variants": {key_of(request): kept}}  # passes today's default rules: returned as kept
+
+
 async def test_generate_keeps_a_new_email_on_disk_and_returns_it(run: Run, tmp_path: Path) -> None:
     _, state = run
     request = state["requests"][5]

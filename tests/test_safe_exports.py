@@ -118,6 +118,8 @@ def test_rendered_emails_are_one_file_per_sent_customer_when_ids_read_alike(
     expected = sorted(f"Hi {name.strip()}," for name in NAMES.values())
     assert sorted(greetings) == expected
     assert {"A_1.eml", "C000009.eml"} <= {p.name for p in files}  # an id that is a file name already is kept
+    assert main(["audit", "verify", str(run_dir)]) == 0  # each preview found again from its quoted send-list row
+    assert "and the 8 rendered previews are what they say" in capsys.readouterr().out
 
 
 def test_the_audit_prefixes_formula_reviewers_and_still_verifies(capsys: pytest.CaptureFixture[str]) -> None:

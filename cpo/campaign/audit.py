@@ -14,16 +14,28 @@ verifying needs nothing but the file, and files written before this rule verify 
 from __future__ import annotations
 
 import csv
+import email
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import EmailMessage, MIMEPart
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
-from cpo.campaign.rundir import AUDIT_FILE, read_record, run_id_of
-from cpo.core.csvsafe import safe_cell
+from cpo.campaign.agents.export import (
+    RENDERED,
+    SEND_LIST_FILE,
+    TEMPLATES_FILE,
+    preview_name,
+    preview_values,
+    rendered_message,
+)
+from cpo.campaign.rundir import AUDIT_FILE, read_record, recorded_campaign, run_id_of
+from cpo.core.csvsafe import cell_values, safe_cell
+from cpo.core.errors import CpoError, first_line
 
 FIELDS = (
     "time_utc",
@@ -223,6 +235,83 @@ def unsendable_deliveries(run_dir: Path, templates: list[dict[str, Any]]) -> lis
                     problems.append(f"{name} line {line} delivers variant {variant}, which is not sendable")
                     break
     return problems
+
+
+def unfaithful_previews(run_dir: Path, templates: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """Why each `.eml` preview in `rendered/` is not what `cpo run --render` writes, one line each; and how
+    many previews there are.
+
+    Each preview is rendered again (`rendered_message`) from its customer's row of `send_list.csv` (variant
+    and first name) and that variant's template in `templates.json`, and compared header by header and part
+    by part; only the MIME boundary and the transfer encoding may differ (`_shape`). A preview of a variant
+    that is not sendable, or of no customer on the send list, fails. A missing preview is not a failure:
+    nothing unaudited is shown. The sender and unsubscribe URL come from the run's campaign file, which
+    must be the one the run fingerprinted."""
+    folder = run_dir / RENDERED
+    files = sorted(folder.glob("*.eml")) if folder.is_dir() else []
+    if not files:
+        return [], 0
+    try:
+        campaign = recorded_campaign(read_record(run_dir, "cannot verify"), unchanged=True)
+    except CpoError as exc:
+        return [f"cannot check the {len(files)} previews in {RENDERED}/: {first_line(exc)}"], len(files)
+    by_id = {str(t.get("variant_id")): t for t in templates}
+    customers: dict[str, list[tuple[str, str]]] = {}  # file name, case-folded -> (variant id, first-name cell)
+    send_list = run_dir / SEND_LIST_FILE
+    if send_list.is_file():
+        with send_list.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                sent = (row.get("variant_id") or "", row.get("first_name") or "")
+                for customer_id in cell_values(row.get("customer_id") or ""):
+                    for whole_hash in (False, True):  # the name `render_emails` gives, or the one for a clash
+                        name = preview_name(customer_id, whole_hash=whole_hash).casefold()
+                        customers.setdefault(name, []).append(sent)
+    problems = []
+    for path in files:
+        where = f"{RENDERED}/{path.name}"
+        try:
+            shown = _parsed(path.read_bytes())
+            named = str(shown.get("X-Cpo-Variant") or "")
+            seen = _shape(shown)
+        except Exception:  # any file that is not a well-formed email fails, whatever the parser raised
+            problems.append(f"{where} cannot be read as an email")
+            continue
+        if named and not by_id.get(named, {}).get("sendable"):
+            problems.append(f"{where} is a preview of variant {named}, which is not sendable")
+            continue
+        rows = customers.get(path.name.casefold())
+        if not rows:
+            problems.append(f"{where} is not the preview of any customer on the send list")
+            continue
+        expected = (
+            _shape(_parsed(bytes(rendered_message(by_id[variant], campaign, preview_values(name, campaign)))))
+            for variant, cell in rows
+            if by_id.get(variant, {}).get("sendable")
+            for name in cell_values(cell)
+        )
+        if seen not in expected:
+            problems.append(
+                f"{where} is not what --render writes from {TEMPLATES_FILE} and {SEND_LIST_FILE} (edited by hand?)"
+            )
+    return problems, len(files)
+
+
+def _parsed(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=SMTP)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def _shape(part: MIMEPart) -> tuple[Any, ...]:
+    """What a reader of the email sees: every header (the Content-Type without its random boundary, the
+    transfer encoding left out) and each part's decoded content."""
+    headers = tuple(
+        (k.lower(), str(v)) for k, v in part.items() if k.lower() not in ("content-type", "content-transfer-encoding")
+    )
+    kind = (part.get_content_type(), part.get_content_charset())
+    if part.is_multipart():
+        return headers, kind, tuple(_shape(p) for p in part.iter_parts())
+    return headers, kind, part.get_content()
 
 
 def run_ledger(record: dict[str, Any], *, readonly: bool) -> Any:

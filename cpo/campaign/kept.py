@@ -5,6 +5,11 @@ sender, vocabulary), so the same request finds the same kept email. LangGraph's 
 writes of tasks that finish at the instant another task fails (measured: up to 8 of 17 finished emails
 re-ran on resume); `emails/<key>.json` is written before the task returns, after the email's calls are
 committed to the cost ledger, so a resumed run finds every email that was paid for.
+
+A kept email is a file anyone can edit, or one an older cpo wrote under looser rules: before it is used
+again it is checked by today's rules (`rechecked`), the chain's own final check (`validate_draft`). One
+that fails is kept as it is paid for, marked invalid with the reasons: it is not sent, and not paid for
+again (the screen then audits its content as for any email).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cpo.core.files import write_atomically
-from cpo.core.models import EmailRequest, EmailVariant, Vocabulary
+from cpo.core.models import EmailDraft, EmailRequest, EmailVariant, ValidationIssue, Vocabulary
+from cpo.email.validation import ValidationLimits, validate_draft
 
 EMAILS = "emails"
 # A kept draft whose email stopped for one of these reasons is not final: a resumed run generates it again.
@@ -43,6 +49,28 @@ def request_key(request: EmailRequest) -> str:
 def is_final(variant: EmailVariant) -> bool:
     """Kept for good, or to be generated again on resume (its email was stopped by the budget or Ctrl-C)."""
     return UNFINISHED.isdisjoint(variant.validation.codes)
+
+
+RECHECKED = "kept_recheck"
+
+
+def rechecked(data: dict[str, Any], request: EmailRequest, limits: ValidationLimits) -> dict[str, Any]:
+    """A kept email as today's rules see it: as it was when it passes them, else marked invalid with what
+    they find (added to what was recorded). A recheck only takes validity away: what the rules cannot
+    recompute without a model call (a judge's verdict, a failed repair) stays as recorded."""
+    variant = EmailVariant.model_validate(data)
+    draft = EmailDraft(subject=variant.subject, body=variant.body, citations=[c.id for c in variant.citations])
+    today = validate_draft(draft, request, limits)  # the body as sent: cpo's greeting and sign-off included
+    if today.valid:
+        return data
+    recorded = variant.validation
+    note = ValidationIssue(
+        code=RECHECKED,
+        message="a kept email that fails today's checks on resume (edited on disk, or made under looser rules)",
+    )
+    issues = [*recorded.issues, *(i for i in today.issues if i not in recorded.issues)]
+    report = today.model_copy(update={"valid": False, "issues": [*issues, *([] if not recorded.valid else [note])]})
+    return variant.model_copy(update={"validation": report}).model_dump(mode="json")
 
 
 class KeptEmails:

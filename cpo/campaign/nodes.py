@@ -27,12 +27,14 @@ from cpo.campaign.audit import AuditLog, content_hash
 from cpo.campaign.backends import build_screen, embedded_index
 from cpo.campaign.backends.content_index import ContentIndex
 from cpo.campaign.guard import Guard
-from cpo.campaign.kept import KeptEmails, is_final, request_key
+from cpo.campaign.kept import KeptEmails, is_final, rechecked, request_key
 from cpo.campaign.planning import campaign_of, connect, load_and_segment, plan_emails, reopened
 from cpo.campaign.rundir import RETRIEVAL_FILE, SCREENING_FILE, write_json
 from cpo.campaign.screening import audited_hashes, earlier_screening, screen_variants
 from cpo.campaign.state import CampaignState, ordered_variants, withheld
 from cpo.core.models import EmailRequest, EmailVariant
+from cpo.email.chain import EmailChain
+from cpo.email.validation import ValidationLimits
 from cpo.net.faults import one_line
 
 
@@ -47,6 +49,13 @@ class Tools:
     screen: Screen | None = None  # safety severities; default: the local policy
     policy: SafetyPolicy | None = None  # threshold and compliance rules; default: data/safety_policy.yaml
     on_audit: Callable[[str, int], None] | None = None  # (head hash, rows) after each audit append
+    limits: ValidationLimits | None = None  # what a kept email is checked by again; default: the chain's own
+
+    def rules(self) -> ValidationLimits:
+        """The validation limits kept emails are checked by: these, else the email chain's, else the defaults."""
+        if self.limits is not None:
+            return self.limits
+        return self.chain.limits if isinstance(self.chain, EmailChain) else ValidationLimits()
 
 
 def _segments(state: CampaignState) -> list[Segment]:
@@ -92,13 +101,14 @@ def fan_out(state: CampaignState) -> list[Send]:
 
 
 async def generate(payload: dict[str, Any], config: RunnableConfig, tools: Tools) -> CampaignState:
-    """One email: the kept one if it was paid for before, else the chain's, within the guard's bounds."""
+    """One email: the kept one if it was paid for before (checked by today's rules), else the chain's, within
+    the guard's bounds."""
     request = EmailRequest.model_validate(payload["request"])
     key = request_key(request)
     kept = KeptEmails(Path(payload["run_dir"]))
     earlier = kept.get(key)
-    if earlier is not None:  # generated before an interruption: not paid for again
-        return {"variants": {key: earlier}}
+    if earlier is not None:  # generated before an interruption: not paid for again, but checked again
+        return {"variants": {key: rechecked(earlier, request, tools.rules())}}
     guard = tools.guard
     async with guard.slots:
         if not guard.dispatching:

@@ -21,6 +21,7 @@ from cpo.campaign.rundir import (
     read_json,
     read_record,
     record_audit_head,
+    recorded_campaign,
     run_id_of,
     write_json,
 )
@@ -60,11 +61,8 @@ def review_items(run_dir: Path) -> list[ReviewItem]:
 def _shown_hashes(run_dir: Path, record: dict[str, Any]) -> dict[str, str]:
     """The audit hash of each variant as `cpo review` shows it (variants.json, with the campaign's footer)."""
     from cpo.campaign.agents.safety import sent_text
-    from cpo.campaign.campaign_file import load_campaign
 
-    campaign = record.get("inputs", {}).get("campaign")
-    path = Path(record.get("cwd") or ".") / campaign if campaign else None  # relative to where the run started
-    footer = load_campaign(path).unsubscribe
+    footer = recorded_campaign(record).unsubscribe
     variants = [EmailVariant.model_validate(v) for v in read_json(run_dir, VARIANTS_FILE, [])]
     return {v.variant_id: content_hash(sent_text(v, footer)) for v in variants}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cpo.campaign.agents.export import ASSIGNMENTS_FILE, SEGMENTS_FILE, SEND_LIST_FILE, TEMPLATES_FILE
-from cpo.campaign.campaign_file import default_campaign_file, load_campaign
+from cpo.campaign.campaign_file import Campaign, default_campaign_file, load_campaign
 from cpo.campaign.state import Inputs
 from cpo.core.errors import InputError
 from cpo.core.files import write_atomically
@@ -203,20 +203,36 @@ def input_fingerprint(inputs: Inputs, prompts_dir: Path | None = None, limits: P
     }
     if limits is not None:
         files["limits"] = [limits]
-    out = {}
-    for name, paths in files.items():
-        digest = hashlib.sha256()
-        for path in paths:
-            digest.update(path.name.encode() + b"\0")
-            try:
-                with path.open("rb") as handle:
-                    while chunk := handle.read(1 << 20):
-                        digest.update(chunk)
-            except OSError as exc:
-                raise InputError(f"cannot read the {name} file {path}: {exc.strerror or exc}") from None
-        out[name] = digest.hexdigest()
+    out = {name: _digest(name, paths) for name, paths in files.items()}
     out["seed"] = str(inputs["seed"])
     return out
+
+
+def _digest(name: str, paths: list[Path]) -> str:
+    """One input's fingerprint: sha256 over each file's name and bytes, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise InputError(f"cannot read the {name} file {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def recorded_campaign(record: dict[str, Any], *, unchanged: bool = False) -> Campaign:
+    """The campaign file a run recorded in its run.json, read relative to where the run started.
+
+    `unchanged`: refuse (InputError, one line) a file whose fingerprint is no longer the one recorded."""
+    name = record.get("inputs", {}).get("campaign")
+    path = Path(record.get("cwd") or ".") / name if name else None
+    if unchanged:
+        recorded = record.get("fingerprint", {}).get("campaign")
+        if recorded != _digest("campaign", [path or default_campaign_file()]):
+            raise InputError(f"the campaign file {path or default_campaign_file()} changed since the run")
+    return load_campaign(path)
 
 
 def check_resume(run_dir: Path, inputs: Inputs, fingerprint: dict[str, str]) -> None:

@@ -195,7 +195,14 @@ def _review(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from cpo.campaign.agents.export import TEMPLATES_FILE
-    from cpo.campaign.audit import recorded_heads, review_rows, unbound_templates, unsendable_deliveries, verify
+    from cpo.campaign.audit import (
+        recorded_heads,
+        review_rows,
+        unbound_templates,
+        unfaithful_previews,
+        unsendable_deliveries,
+        verify,
+    )
     from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE, read_json, read_record
     from cpo.core.errors import InputError
 
@@ -208,18 +215,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return ExitCode.FAILED
     exported = args.run_dir / TEMPLATES_FILE
     problems: list[str] = []
+    previews = 0
     if exported.is_file():  # what is sent must be what the audit passed (and, reviewed, approved)
         flagged = bool(read_record(args.run_dir, "cannot verify").get("inputs", {}).get("review"))
         reviewed = flagged or bool(review_rows(args.run_dir / AUDIT_FILE))  # run.json alone can be edited
         exported_templates = read_json(args.run_dir, TEMPLATES_FILE, [])
         problems = unbound_templates(args.run_dir, exported_templates, reviewed)
         problems += unsendable_deliveries(args.run_dir, exported_templates)
+        unfaithful, previews = unfaithful_previews(args.run_dir, exported_templates)
+        problems += unfaithful
     for problem in problems:
         say(f"error: {args.run_dir}: {problem}", stderr=True)
     if problems:
         return ExitCode.FAILED
     anchors = " and ".join(k for k, h in heads.items() if h is not None) or "nothing (no head recorded)"
     checked = f"; {TEMPLATES_FILE} and the send list are what it passed" if exported.is_file() else ""
+    checked += f", and the {previews} rendered previews are what they say" if previews else ""
     say(f"ok: {verdict.rows} rows, head {verdict.head[:16]}, matching {anchors}{checked}")
     return ExitCode.OK
 

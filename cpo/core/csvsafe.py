@@ -25,3 +25,9 @@ def safe_sql(column: str) -> str:
     """
     codes = ", ".join(str(ord(c)) for c in FORMULA_STARTS)
     return f"CASE WHEN ord({column}) IN ({codes}) THEN '''' || {column} ELSE {column} END"
+
+
+def cell_values(cell: str) -> tuple[str, ...]:
+    """What a cell `safe_cell` wrote may stand for: the value without the `'` it was given, when it begins
+    with `'` and a formula character, and the cell as it is (a value that began with `'` is not prefixed)."""
+    return (cell[1:], cell) if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else (cell,)

@@ -12,7 +12,7 @@ a reader, or a kill -9 mid-export, never finds half a file under its name; a kil
 removed by the next one.
 
 Bodies are written once per variant, never once per customer; `render_emails` (`cpo run --render`) writes
-one rendered message per customer, for small lists only.
+one rendered message per customer, for small lists only, from the templates as exported.
 """
 
 from __future__ import annotations
@@ -115,23 +115,24 @@ def write_templates(
     path: Path, variants: list[EmailVariant], campaign: Campaign, withheld: Mapping[str, str] | None = None
 ) -> None:
     """One template per variant; `sendable` is false for invalid or withheld ones (with the reason)."""
-    withheld = withheld or {}
-    templates = [
-        {
-            "variant_id": v.variant_id,
-            "segment": v.segment,
-            "arm": v.tone,
-            "valid": v.valid,
-            "sendable": sendable(v, withheld),
-            "withheld": withheld.get(v.variant_id),
-            "subject": v.subject,
-            "body": campaign.footed(v.body),
-            "merge_fields": ["first_name", "unsubscribe_url"],
-            "citations": [c.id for c in v.citations],
-        }
-        for v in variants
-    ]
+    templates = [template_of(v, campaign, withheld or {}) for v in variants]
     write_atomically(path, json.dumps(templates, indent=2, ensure_ascii=False) + "\n")
+
+
+def template_of(variant: EmailVariant, campaign: Campaign, withheld: Mapping[str, str]) -> dict[str, Any]:
+    """A variant as `templates.json` holds it: the body with the campaign's footer, merge tags unfilled."""
+    return {
+        "variant_id": variant.variant_id,
+        "segment": variant.segment,
+        "arm": variant.tone,
+        "valid": variant.valid,
+        "sendable": sendable(variant, withheld),
+        "withheld": withheld.get(variant.variant_id),
+        "subject": variant.subject,
+        "body": campaign.footed(variant.body),
+        "merge_fields": ["first_name", "unsubscribe_url"],
+        "citations": [c.id for c in variant.citations],
+    }
 
 
 def write_segments(path: Path, segments: list[Segment]) -> None:
@@ -250,9 +251,10 @@ def fill(template: str, values: dict[str, str], *, as_html: bool = False) -> str
 
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # an id that is a safe file name as it is
+RENDERED = "rendered"
 
 
-def _file_name(customer_id: str, *, whole_hash: bool = False) -> str:
+def preview_name(customer_id: str, *, whole_hash: bool = False) -> str:
     """`<id>.eml` when the id is a safe file name already, else its readable part, `~` and a sha256 prefix.
 
     A kept id never holds `~`, so ids that read alike once sanitised (`A/1`, `A 1`, `A_1`) never share a
@@ -265,13 +267,20 @@ def _file_name(customer_id: str, *, whole_hash: bool = False) -> str:
     return f"{stem}~{digest if whole_hash else digest[:10]}.eml"
 
 
-def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaign: Campaign, run_dir: Path) -> int:
-    """`rendered/<customer id>.eml`: each sent customer's email with its merge fields filled (text and HTML).
+def preview_values(first_name: str, campaign: Campaign) -> dict[str, str]:
+    """The merge values a preview is filled with: the customer's first name and the campaign's unsubscribe URL."""
+    return {"first_name": first_name, "unsubscribe_url": campaign.unsubscribe_url}
 
-    One file per customer (see `_file_name`), on case-insensitive disks too; returns how many were written.
+
+def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaign: Campaign, run_dir: Path) -> int:
+    """`rendered/<customer id>.eml`: each sent customer's email with its merge fields filled (text and HTML),
+    rendered from its template as `templates.json` holds it.
+
+    One file per customer (see `preview_name`), on case-insensitive disks too; a preview an earlier pass
+    wrote for a customer this pass does not send is removed. Returns how many were written.
     """
-    by_id = {v.variant_id: v for v in variants}
-    folder = run_dir / "rendered"
+    templates = {v.variant_id: template_of(v, campaign, {}) for v in variants}
+    folder = run_dir / RENDERED
     folder.mkdir(exist_ok=True)
     _clear_leftovers(folder)
     con: Any = loaded.connection
@@ -281,22 +290,28 @@ def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaig
     ).fetchall()
     taken: set[str] = set()
     for customer_id, first_name, variant_id in rows:
-        name = _file_name(str(customer_id))
+        name = preview_name(str(customer_id))
         if name.casefold() in taken:  # ids that differ only in case (macOS, Windows), or 10 hex digits that clash
-            name = _file_name(str(customer_id), whole_hash=True)
+            name = preview_name(str(customer_id), whole_hash=True)
         taken.add(name.casefold())
-        values = {"first_name": first_name, "unsubscribe_url": campaign.unsubscribe_url}
-        write_atomically(folder / name, bytes(rendered_message(by_id[variant_id], campaign, values)))
+        message = rendered_message(templates[variant_id], campaign, preview_values(first_name, campaign))
+        write_atomically(folder / name, bytes(message))
+    for stale in folder.glob("*.eml"):  # no preview of an email this pass does not send
+        if stale.name.casefold() not in taken:
+            stale.unlink(missing_ok=True)
     return len(taken)
 
 
-def rendered_message(variant: EmailVariant, campaign: Campaign, values: dict[str, str]) -> EmailMessage:
-    """One customer's email (text and HTML); every header is `_plain`, so a line break cannot add a header."""
-    body = campaign.footed(variant.body)
+def rendered_message(template: Mapping[str, Any], campaign: Campaign, values: dict[str, str]) -> EmailMessage:
+    """One customer's email (text and HTML) from a template as `templates.json` holds it (its body footed).
+
+    `cpo audit verify` renders with this too, to compare. Every header is `_plain`, so a line break cannot
+    add a header."""
+    body = str(template["body"])
     message = EmailMessage(policy=SMTP)
-    message["Subject"] = _plain(variant.subject)
+    message["Subject"] = _plain(str(template["subject"]))
     message["From"] = _plain(f"{campaign.sender.brand} <{campaign.from_address}>")
-    message["X-Cpo-Variant"] = _plain(variant.variant_id)
+    message["X-Cpo-Variant"] = _plain(str(template["variant_id"]))
     message.set_content(fill(body, values))
     paragraphs = fill(body, values, as_html=True).split("\n\n")
     message.add_alternative("".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs), subtype="html")
