@@ -4,6 +4,13 @@
 `tests/fixtures/README.md`): a finished run, a run paused for review and a run killed with SIGKILL mid-way.
 Their inputs were given as relative paths, so each is resumed from the directory it was unpacked into;
 the working directory recorded in its run.json is set to that directory, as if it had started there.
+
+`--resume` refuses a run whose prompts changed (emails from two prompt versions would be mixed), and the
+shipped prompts changed since 0.2.0, so each run is resumed as if it had been started with
+`--prompts tests/fixtures/prompts-0.2.0` (the prompt files of that commit): the case of a user whose run
+used their own prompt folder. A segment that mixes tiers makes a different request today (no tier in its
+profile: the old one called every reader by the most common tier), so its emails are written again; every
+other kept email is found by its request key and not paid for twice.
 """
 
 from __future__ import annotations
@@ -36,9 +43,32 @@ def run_dir_of(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (run,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
     record = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
     record["cwd"] = str(root)
+    record["options"]["prompts"] = str(FIXTURES / "prompts-0.2.0")
     (run / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
     monkeypatch.chdir(root)
     return run.relative_to(root)
+
+
+def mixed_segments(run: Path) -> set[str]:
+    """The run's segments whose customers hold more than one tier (from the run's own customer database)."""
+    import duckdb
+
+    con = duckdb.connect(str(run / "customers.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT segment FROM customers GROUP BY segment HAVING count(DISTINCT tier) > 1")
+        return {str(r[0]) for r in rows.fetchall()}
+    finally:
+        con.close()
+
+
+def rewritten_after_resume(run: Path) -> tuple[int, set[str]]:
+    """Resume the run; (emails written again, their segments). Asserts the old kept files are untouched."""
+    before = KeptEmails(run).all()
+    assert main(["run", "--resume", str(run)]) == 0
+    after = KeptEmails(run).all()
+    assert {k: after[k] for k in before} == before
+    new = set(after) - set(before)
+    return len(new), {after[k]["segment"] for k in new}
 
 
 def session_calls(run: Path) -> int:
@@ -53,11 +83,15 @@ def test_a_finished_run_resumes_with_no_model_call(
     run = run_dir_of(legacy / "done", monkeypatch)
     kept = KeptEmails(run).all()
     assert len(kept) == 20
-    assert main(["run", "--resume", str(run)]) == 0
-    assert session_calls(run) == 0  # every email was found by its request key: nothing paid for again
-    assert "this run: 0 calls" in capsys.readouterr().out
+    mixed = mixed_segments(run)
+    assert 0 < len(mixed) < 5  # the fixture has both kinds of segment
+    written, segments = rewritten_after_resume(run)
+    assert segments == mixed and written == 4 * len(mixed)
+    assert session_calls(run) == written  # every other email was found by its request key: not paid twice
+    assert f"this run: {written} calls" in capsys.readouterr().out
     variants = json.loads((run / "variants.json").read_text(encoding="utf-8"))
-    assert sorted(v["variant_id"] for v in variants) == sorted(v["variant_id"] for v in kept.values())
+    reused = {v["variant_id"] for v in kept.values() if v["segment"] not in mixed}
+    assert len(variants) == 20 and reused <= {v["variant_id"] for v in variants}
     assert main(["audit", "verify", str(run)]) == 0  # no screening decision was audited twice
 
 
@@ -76,17 +110,33 @@ def test_a_run_paused_for_review_goes_on_with_no_model_call(
 def test_a_killed_run_generates_only_the_emails_it_had_not_kept(
     legacy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """It goes on from its checkpoint, whose requests the old code made: each kept email is used again (and
+    checked by today's rules, so one that calls a mixed segment's readers by one tier is not sendable), and
+    the missing ones are written from today's request (no tier in a mixed segment's prompt)."""
     run = run_dir_of(legacy / "killed", monkeypatch)
     kept = KeptEmails(run).all()
     assert 0 < len(kept) < 20
-    assert main(["run", "--resume", str(run)]) == 0
-    assert session_calls(run) == 20 - len(kept)  # the offline model is called once per missing email
-    variants = {v["variant_id"] for v in json.loads((run / "variants.json").read_text(encoding="utf-8"))}
-    assert len(variants) == 20 and {v["variant_id"] for v in kept.values()} <= variants
+    mixed = mixed_segments(run)
+    written, segments = rewritten_after_resume(run)
+    assert session_calls(run) == written == 20 - len(kept)  # the offline model is called once per missing email
+    assert segments & mixed  # some of the missing ones are for a mixed segment
+    variants = {v["variant_id"]: v for v in json.loads((run / "variants.json").read_text(encoding="utf-8"))}
+    assert len(variants) == 20 and {v["variant_id"] for v in kept.values()} <= set(variants)
+    templates = json.loads((run / "templates.json").read_text(encoding="utf-8"))
+    for template in templates:
+        codes = {i["code"] for i in variants[template["variant_id"]]["validation"]["issues"]}
+        if template["segment"] in mixed:
+            said = template["subject"] + template["body"]
+            names = [t for t in ("Bronze", "Silver", "Gold", "Platinum") if f"{t} member" in said]
+            assert ("wrong_audience" in codes) == bool(names), (template["variant_id"], names)
+            assert not (names and template["sendable"])
+    old_mixed = [v["variant_id"] for v in kept.values() if v["segment"] in mixed and v["tone"] != "control"]
+    assert old_mixed and all("wrong_audience" in str(variants[v]["validation"]) for v in old_mixed)
 
 
 def test_request_keys_are_those_of_the_code_before_the_move(tmp_path: Path) -> None:
-    """The sample campaign's requests hash as they did, per segment x arm and per customer."""
+    """The sample campaign's requests hash as they did, per segment x arm and per customer, but for the segments
+    that mix tiers (issue 18: their profile no longer names the most common tier)."""
     import duckdb
 
     from cpo.campaign.backends import embedded_index
@@ -104,10 +154,16 @@ def test_request_keys_are_those_of_the_code_before_the_move(tmp_path: Path) -> N
         }
         con = duckdb.connect()
         try:
-            _, _, _, requests = plan_campaign(inputs, con, embedded_index())
+            _, segments, _, requests = plan_campaign(inputs, con, embedded_index())
         finally:
             con.close()
-        assert [[r.segment.name, r.tone, request_key(r)] for r in requests] == recorded[name]
+        mixed = {s.name for s in segments if len(s.tiers) > 1}
+        assert [[r.segment.name, r.tone] for r in requests] == [row[:2] for row in recorded[name]]
+        same = [request_key(r) == row[2] for r, row in zip(requests, recorded[name], strict=True)]
+        # A segment that mixes tiers lost the tier from its profile: a different request, on purpose.
+        expected = [per_customer or r.segment.name not in mixed for r in requests]
+        assert same == expected
+        assert per_customer or (mixed and not all(same))
 
 
 def test_a_campaigns_own_vocabulary_is_part_of_the_request_key(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from cpo.accounting.tracker import trackers_in
 from cpo.campaign import stages
 from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers
 from cpo.campaign.agents.export import export_campaign, personal_delivery, render_emails, unsent_customers
+from cpo.campaign.agents.generation import current_request
 from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy, sent_text
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.audit import AuditLog, content_hash
@@ -50,6 +51,8 @@ class Tools:
     policy: SafetyPolicy | None = None  # threshold and compliance rules; default: data/safety_policy.yaml
     on_audit: Callable[[str, int], None] | None = None  # (head hash, rows) after each audit append
     limits: ValidationLimits | None = None  # what a kept email is checked by again; default: the chain's own
+    # A resumed run's segments' tiers, so requests checkpointed by an older cpo are made as today's are.
+    audiences: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def rules(self) -> ValidationLimits:
         """The validation limits kept emails are checked by: these, else the email chain's, else the defaults."""
@@ -103,8 +106,9 @@ def fan_out(state: CampaignState) -> list[Send]:
 async def generate(payload: dict[str, Any], config: RunnableConfig, tools: Tools) -> CampaignState:
     """One email: the kept one if it was paid for before (checked by today's rules), else the chain's, within
     the guard's bounds."""
-    request = EmailRequest.model_validate(payload["request"])
-    key = request_key(request)
+    checkpointed = EmailRequest.model_validate(payload["request"])
+    key = request_key(checkpointed)  # the key every node knows this email by
+    request = current_request(checkpointed, tools.audiences)
     kept = KeptEmails(Path(payload["run_dir"]))
     earlier = kept.get(key)
     if earlier is not None:  # generated before an interruption: not paid for again, but checked again

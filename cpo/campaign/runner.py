@@ -205,6 +205,10 @@ class CampaignRunner:
                 if snapshot.next:  # killed mid-way, or paused for review: go on from the last checkpoint
                     start = None
                     self._state = dict(snapshot.values)
+                    if not self.inputs.get("per_customer"):
+                        tools.audiences.update(
+                            {s["name"]: tuple(s.get("tiers") or ()) for s in self._state.get("segments", [])}
+                        )
                     if any(task.interrupts for task in snapshot.tasks):
                         start = Command(resume=review_decisions(self.run_dir, self._state))
                     else:

@@ -10,6 +10,7 @@ email chain does the rest; running the requests (concurrency, budget, Ctrl-C) is
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from cpo.campaign.agents.assignment import HOLDOUT
@@ -60,6 +61,21 @@ def email_requests(
                 )
             )
     return requests
+
+
+def current_request(request: EmailRequest, audiences: Mapping[str, Sequence[str]]) -> EmailRequest:
+    """A segment request checkpointed by an older cpo, as today's code makes it: with its readers' tiers, and
+    no tier in its profile when they hold several (the old profile named the most common tier to all of them).
+
+    `audiences` maps segment names to their customers' tiers (a resumed run's checkpointed segments; empty
+    for per-customer runs, whose reader is one customer). A request that already has an audience is unchanged.
+    """
+    tiers = tuple(audiences.get(request.segment.name, ()))
+    if request.segment.audience or not tiers:
+        return request
+    features = {k: v for k, v in request.segment.features.items() if k != "tier" or len(tiers) == 1}
+    segment = request.segment.model_copy(update={"audience": tiers, "features": features})
+    return request.model_copy(update={"segment": segment})
 
 
 def personal_requests(
