@@ -263,3 +263,23 @@ def test_a_campaign_tier_that_is_not_a_name_is_refused(
     assert main(["run", "--dry-run", "--config", str(campaign)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a tier name" in err, err
+
+
+PERKS = "Gold members who join receive a $25 welcome credit. Platinum members receive a $50 welcome credit."
+
+
+@pytest.mark.parametrize(
+    ("body", "wrong"),
+    [
+        ("Gold members who join receive a $25 welcome credit.", False),  # as the cited content says it
+        ("Gold members like you receive a $25 welcome credit.", True),  # speaks to every reader as Gold
+        ("As a Gold member you receive a $25 welcome credit.", True),
+        ("Silver members receive a $25 welcome credit.", True),  # a tier no reader holds, no text names
+    ],
+)
+def test_content_that_describes_each_tier_may_be_repeated_to_a_mixed_segment(body: str, wrong: bool) -> None:
+    request = request_for(("Gold", "Platinum"), PERKS)
+    padded = body + " " + " ".join(["We hope you enjoy it."] * 30)
+    draft = EmailDraft(subject="Claim your upgrade", body=padded, citations=["a", "b"])
+    codes = [i.code for i in validate_draft(draft, request).issues]
+    assert ("wrong_audience" in codes) is wrong, codes

@@ -5,7 +5,9 @@ upgrade" sent to customers of tiers A and B calls half of them by a tier they do
 members get $25" read by a tier-A customer promises what they will not get. So, sentence by sentence:
 
 - the readers' tiers a sentence names must be none of them or all of them ("A and B members get free
-  returns" holds for everyone; "A members ..." does not);
+  returns" holds for everyone; "A members: claim your upgrade" does not), unless it describes those tiers as
+  a cited snippet or the offer does, without speaking to the reader ("A members get $25; B members get $50"
+  lets each reader find their line; "as an A member you get $25" does not);
 - a tier no reader holds may be described (an upgrade target: "tier C adds free shipping") only if the offer
   or a cited snippet names it, and never as whom the reader is ("as a C member", "your C membership").
 
@@ -39,6 +41,14 @@ def _address(tier: str) -> re.Pattern[str]:
     )
 
 
+SECOND_PERSON = re.compile(r"\b(?:you|your|yours|you're|you'll|you've)\b", re.I)
+
+
+def _speaks_to(sentence: str, tiers: Iterable[str]) -> bool:
+    """Does the sentence speak to the reader ("you", "as a Gold member", "Gold members: ...")?"""
+    return bool(SECOND_PERSON.search(sentence)) or any(_address(t).search(sentence) for t in tiers)
+
+
 def audience_problems(
     text: str, readers: Sequence[str], backing: Iterable[str], vocabulary: Vocabulary
 ) -> list[tuple[str, str]]:
@@ -60,8 +70,12 @@ def audience_problems(
         if not named:
             continue
         inside = named & audience
-        if inside and inside != audience:
-            shown = " and ".join(entity_name(k, vocabulary) for k in sorted(inside))
+        # Naming some readers' tiers is wrong when it speaks to the reader or states what no cited text
+        # says of those tiers; a description the content states ("A members get $25; B members get $50")
+        # lets each reader find their own line.
+        shown_inside = [entity_name(k, vocabulary) for k in sorted(inside)]
+        if inside and inside != audience and (_speaks_to(sentence, shown_inside) or not inside <= described):
+            shown = " and ".join(shown_inside)
             problems.append(
                 (
                     written,
