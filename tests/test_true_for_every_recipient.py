@@ -283,3 +283,61 @@ def test_content_that_describes_each_tier_may_be_repeated_to_a_mixed_segment(bod
     draft = EmailDraft(subject="Claim your upgrade", body=padded, citations=["a", "b"])
     codes = [i.code for i in validate_draft(draft, request).issues]
     assert ("wrong_audience" in codes) is wrong, codes
+
+
+# Found by an attack on the first version: the snippet every default offer cites names all four tiers.
+ALL_TIERS = "Bronze, Silver, Gold and Platinum members earn points; Platinum members earn three times as many."
+
+
+@pytest.mark.parametrize(
+    ("body", "readers", "wrong"),
+    [
+        ("You're Platinum now.", ("Bronze", "Silver"), True),
+        ("Thanks for being a Gold member.", ("Gold", "Platinum"), True),
+        ("Thanks for being a Gold member.", ("Platinum",), True),
+        ("Congratulations on reaching Gold!", ("Bronze",), True),
+        ("Hello Gold members!", ("Silver", "Gold"), True),
+        ("Calling all Gold members.", ("Silver", "Gold"), True),
+        ("As one of our Platinum members, we thank you.", ("Bronze",), True),
+        ("As a gold member, we saved this for you.", ("Silver", "Gold"), True),  # any case, where it is a tier
+        ("GOLD members: claim your upgrade.", ("Silver", "Gold"), True),
+        ("Your gold-tier perks await.", ("Silver",), True),
+        ("Golds like you get early access.", ("Silver", "Gold"), True),
+        ("Golds get early access.", ("Silver", "Gold"), False),  # a description the cited content backs
+        ("Upgrade to Platinum and you earn three times the points.", ("Gold",), False),  # where they could go
+        ("Become a Platinum member to earn three times the points.", ("Bronze", "Silver"), False),
+        ("Gold standard service for all.", ("Silver", "Gold"), False),  # an ordinary word, not the tier
+        ("Silver and Gold members earn points.", ("Silver", "Gold"), False),
+    ],
+)
+def test_a_sentence_that_speaks_to_the_reader_names_only_what_every_reader_holds(
+    body: str, readers: tuple[str, ...], wrong: bool
+) -> None:
+    request = request_for(readers, ALL_TIERS)
+    padded = body + " " + " ".join(["We hope it helps."] * 30)
+    draft = EmailDraft(subject="Claim your upgrade", body=padded, citations=["a", "b"])
+    codes = [i.code for i in validate_draft(draft, request).issues]
+    assert ("wrong_audience" in codes) is wrong, codes
+
+
+def test_an_offer_that_tells_readers_they_hold_a_tier_they_do_not_fails_before_paying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    campaign = tier_blind_campaign(tmp_path)
+    text = campaign.read_text(encoding="utf-8")
+    offer = "offer: You have reached Platinum status, so join Northwind Plus for $99 a year"
+    campaign.write_text(text.replace("offer: Join Northwind Plus for $99 a year", offer), encoding="utf-8")
+    assert main(["run", "--dry-run", "--config", str(campaign)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "offers: Recent:" in err and "names Platinum" in err, err
+
+
+def test_a_campaigns_own_tier_may_be_written_in_capitals_in_a_subject() -> None:
+    from cpo.core.models import Vocabulary
+
+    request = request_for(("VVIP",)).model_copy(update={"vocabulary": Vocabulary(tiers=("Gold", "VVIP"))})
+    draft = EmailDraft(subject="VVIP members: your upgrade", body="x " * 160, citations=["a", "b"])
+    assert "subject_caps" not in [i.code for i in validate_draft(draft, request).issues]
+    shouting = EmailDraft(subject="URGENT upgrade for members", body="x " * 160, citations=["a", "b"])
+    assert "subject_caps" in [i.code for i in validate_draft(shouting, request).issues]

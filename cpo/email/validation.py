@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -180,16 +180,20 @@ def validate_draft(
         for item in smuggled(text, subject=field == "subject"):
             fail(item.code, item.message, field, item.excerpts if field == "body" else [])
 
-    _lint_subject(subject, limits, fail)
+    _lint_subject(subject, limits, fail, (*request.vocabulary.tiers, *request.vocabulary.brand_words))
     return ValidationReport(
         valid=not issues, issues=issues, subject_chars=len(subject), body_words=words, citations=len(cited)
     )
 
 
-def _lint_subject(subject: str, limits: ValidationLimits, fail: Callable[[str, str, str], None]) -> None:
-    """Spam-trigger lint: shouting, stacked punctuation, piled-up urgency."""
+def _lint_subject(
+    subject: str, limits: ValidationLimits, fail: Callable[[str, str, str], None], names: Iterable[str] = ()
+) -> None:
+    """Spam-trigger lint: shouting, stacked punctuation, piled-up urgency. `names` (the retailer's own tiers
+    and brand words, such as a "VVIP" tier) may be written in capitals."""
     letters = [c for c in subject if c.isalpha()]
-    caps = [w for w in CAPS_WORD.findall(subject) if w not in limits.allowed_caps]
+    allowed = {*limits.allowed_caps, *(w for name in names for w in name.split())}
+    caps = [w for w in CAPS_WORD.findall(subject) if w not in allowed]
     if (len(letters) >= 8 and sum(c.isupper() for c in letters) / len(letters) > 0.6) or caps:
         fail(
             "subject_caps",
