@@ -3,7 +3,10 @@
 Stands up Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) behind llama-cpp-python's OpenAI-compatible server on
 127.0.0.1 (see benchmarks/local_llm.py; the model and the server are built and cached on first use,
 about 20 minutes), then runs cpo's email chain, one email at a time, on a fixed set of requests:
-two shipped segments x (urgent, informational, friendly, control). --quick runs 2 of them.
+two shipped segments x (urgent, informational, friendly, control). --quick runs 2 of them. --set NAME
+runs the segments of benchmarks/segments/NAME.json instead (segments and offers written for issue 19's
+labelled set, its held-out batch and its acceptance check, none of them the two shipped ones) x the
+four tones.
 
 Per email it prints: valid first time / valid after N repairs / invalid with reasons; valid before any
 normalization; the normalizations; every model call (step, tokens in/out, seconds, repeated answer);
@@ -14,8 +17,8 @@ Every run also writes its figures as JSON to benchmarks/results/ (report every f
 tests/test_real_model_replay.py replays offline. Recording uses a fixed port (8766) so the cassettes'
 URLs are stable.
 
-Usage: python benchmarks/real_model.py [--quick] [--temperature 0.2] [--seed 7] [--max-repairs 2]
-       [--judge] [--record cassettes/real_model] [--cache DIR]
+Usage: python benchmarks/real_model.py [--quick] [--set labelled|heldout|acceptance] [--temperature 0.2]
+       [--seed 7] [--max-repairs 2] [--judge] [--record cassettes/real_model] [--cache DIR]
 Not run in CI.
 """
 
@@ -41,9 +44,18 @@ QUICK = (("High-Value Recent", "urgent"), ("New Customer", "informational"))
 RECORD_PORT = 8766
 STEPS = ("draft", "rewrite", "fresh", "subject", "paragraph", "extend", "shorten", "judge")
 RESULTS = Path(__file__).resolve().parent / "results"
+SETS = Path(__file__).resolve().parent / "segments"
 
 
-def requests_for(quick: bool) -> list[tuple[str, str]]:
+def segments_file(name: str | None) -> Path | None:
+    """benchmarks/segments/<name>.json, or None for the shipped segments."""
+    return SETS / f"{name}.json" if name else None
+
+
+def requests_for(quick: bool, segment_set: str | None = None) -> list[tuple[str, str]]:
+    if segment_set:
+        names = [s["name"] for s in json.loads(segments_file(segment_set).read_text(encoding="utf-8"))]  # type: ignore[union-attr]
+        return [(s, t) for s in names for t in TONES]
     return list(QUICK) if quick else [(s, t) for s in SEGMENTS for t in TONES]
 
 
@@ -91,6 +103,12 @@ def git_commit() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 requests instead of 8")
+    parser.add_argument(
+        "--set",
+        dest="segment_set",
+        choices=sorted(p.stem for p in SETS.glob("*.json")),
+        help="the segments of benchmarks/segments/SET.json instead of the two shipped ones",
+    )
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-repairs", type=int, default=2)
@@ -138,7 +156,7 @@ def run(server: Any, args: argparse.Namespace) -> int:
         judge=args.judge,
         notes=EndpointNotes(),  # fresh: the first email pays for the method probe, as a new user's would
     )
-    bundle = ContentBundle.load()
+    bundle = ContentBundle.load(segments_file=segments_file(args.segment_set))
     tracker = CostTracker(prices=chain.prices)
     recorder = None
     if args.record:
@@ -160,7 +178,7 @@ def run(server: Any, args: argparse.Namespace) -> int:
     )
     results = []
     started_all = time.perf_counter()
-    for segment, tone in requests_for(args.quick):
+    for segment, tone in requests_for(args.quick, args.segment_set):
         request = bundle.request(segment, tone)
         started = time.perf_counter()
         if recorder is not None:
@@ -218,7 +236,8 @@ def run(server: Any, args: argparse.Namespace) -> int:
     )
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"real_model-{'quick' if args.quick else 'full'}-{stamp}.json"
+    kind = args.segment_set or ("quick" if args.quick else "full")
+    out = RESULTS / f"real_model-{kind}-r{args.max_repairs}-{stamp}.json"
     settings_used = {
         "model": server.model_alias,
         "base_url": server.base_url,
@@ -227,6 +246,7 @@ def run(server: Any, args: argparse.Namespace) -> int:
         "seed": args.seed,
         "max_repairs": args.max_repairs,
         "judge": args.judge,
+        "segments": args.segment_set or "shipped",
         "commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "command": " ".join(["python", "benchmarks/real_model.py", *sys.argv[1:]]),
