@@ -3,7 +3,9 @@
 Writes happen on a background thread, so a slow or locked disk never stalls the calls in flight,
 and a failed write is logged once and counted instead of breaking a call that was already paid
 for. `flush()` returns once everything appended so far is committed: the CLI calls it before it
-writes an email as produced, so a killed run never leaves an email without its cost.
+writes an email as produced, so a killed run never leaves an email without its cost. A call's start is
+the exception: `record_start` commits it before the request is sent, so a call in flight when the
+process is killed stays in the ledger as one of unknown cost (possibly billed).
 
 The schema carries a version (`PRAGMA user_version`); older ledgers are migrated when opened for
 writing, and a ledger from a newer cpo is refused with a one-line error.
@@ -19,93 +21,40 @@ import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cpo.accounting.ledger_rows import (
+    MIGRATIONS,
+    OK,
+    REFUSED,
+    STARTED,
+    UNKNOWN_COST,
+    UPDATE_CALL,
+    CallRow,
+    call_values,
+    insert_call,
+    now,
+)
 from cpo.core.errors import InputError, LedgerError
-from cpo.core.usage import TokenCounts
+
+__all__ = ["OK", "REFUSED", "SCHEMA_VERSION", "STARTED", "UNKNOWN_COST", "CallRow", "Ledger"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = max(MIGRATIONS)
 BUSY_TIMEOUT_S = 5.0
+# How long a call waits for its start row while another writer holds the ledger; then it is sent anyway.
+START_WAIT_S = 0.25
 
-CALLS_V1 = """
-CREATE TABLE IF NOT EXISTS calls (
-    id INTEGER PRIMARY KEY,
-    ts TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    run_name TEXT,
-    model TEXT NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    cached_input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    reasoning_tokens INTEGER NOT NULL,
-    cost_usd TEXT,
-    latency_s REAL NOT NULL,
-    status TEXT NOT NULL,
-    estimated INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS calls_session ON calls(session_id);
-CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id);
-"""
-# Each step takes the schema from version N-1 to N.
-MIGRATIONS: dict[int, str] = {
-    1: CALLS_V1,
-    2: """
-ALTER TABLE calls ADD COLUMN deployment TEXT;
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
-    name TEXT,
-    started TEXT NOT NULL
-);
-""",
-    3: """
-ALTER TABLE calls ADD COLUMN email_id TEXT;
-ALTER TABLE calls ADD COLUMN email_name TEXT;
-""",
-    4: """
-CREATE TABLE IF NOT EXISTS audit_heads (
-    run_id TEXT PRIMARY KEY,
-    head TEXT NOT NULL,
-    rows INTEGER NOT NULL,
-    ts TEXT NOT NULL
-);
-""",
-}
 # How `_grouped` groups and names rows: per session, per run, or per email (a standalone email is its own run).
 GROUPINGS = {
     "session_id": ("c.session_id", "MAX(s.name)"),
     "run_id": ("c.run_id", "MAX(c.run_name)"),
     "email_id": ("COALESCE(c.email_id, c.run_id)", "MAX(COALESCE(c.email_name, c.run_name))"),
 }
-# Call statuses as stored: "ok", "error:<kind>", "unknown-cost:<kind>", "refused:<kind>".
-OK = "ok"
-UNKNOWN_COST = "unknown-cost"
-# A structured-output method the server refused (no tokens, not billed): kept apart from failed calls.
-REFUSED = "refused"
-
-
-@dataclass(frozen=True)
-class CallRow:
-    """One LLM call as the ledger stores it."""
-
-    session_id: str
-    run_id: str
-    run_name: str | None
-    model: str
-    counts: TokenCounts
-    cost: Decimal | None
-    latency_s: float
-    status: str
-    estimated: bool = False
-    deployment: str | None = None
-    email_id: str | None = None  # the email's own run, when the call ran inside a campaign run
-    email_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,10 +74,6 @@ _FLUSH = object()
 _STOP = object()
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def _schema_version(conn: sqlite3.Connection) -> int:
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version == 0 and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone():
@@ -139,12 +84,23 @@ def _schema_version(conn: sqlite3.Connection) -> int:
 class Ledger:
     """The cost ledger at `path`. `readonly=True` opens it for reading only (as `cpo costs` does)."""
 
-    def __init__(self, path: Path | str, *, readonly: bool = False, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        readonly: bool = False,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        start_wait_s: float = START_WAIT_S,
+    ) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self.busy_timeout_s = busy_timeout_s
+        self.start_wait_s = start_wait_s
         self.errors = 0
         self.lost_rows = 0
+        self.late_starts = 0  # starts not committed before their call was sent (the ledger was locked)
+        self._starts_queued = threading.Event()  # set while starts go through the writer, until it commits
+        self._start_lock = threading.Lock()
         self._error_kinds: set[str] = set()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -154,7 +110,11 @@ class Ledger:
         self._writer: threading.Thread | None = None
         self._conn = self._open()
         self.version = _schema_version(self._conn)
+        self._starts: sqlite3.Connection | None = None
         if not readonly:
+            self._starts = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._starts.execute(f"PRAGMA busy_timeout = {int(start_wait_s * 1000)}")
+            self._starts.execute("PRAGMA synchronous = NORMAL")  # in WAL: a commit survives a kill -9
             self._writer = threading.Thread(target=self._write_loop, name="cpo-ledger", daemon=True)
             self._writer.start()
             atexit.register(self.close)  # a daemon thread dies at exit: commit what is queued first
@@ -220,6 +180,42 @@ class Ledger:
         """Queue one call for writing; never blocks on the disk."""
         self._enqueue(row)
 
+    def record_start(self, row: CallRow) -> None:
+        """Commit a call's start row on the caller's thread, before the call is sent; `append` ends it.
+
+        If another writer holds the ledger longer than `start_wait_s`, the row is queued instead (written
+        when the lock frees), counted in `late_starts`, and the call goes ahead: accounting never stops a call.
+        """
+        if self._starts is None:
+            raise LedgerError(f"cost ledger {self.path} was opened read-only")
+        reason = self._commit_start(self._starts, row)
+        if reason is None:
+            return
+        with self._lock:
+            self.late_starts += 1
+            first = self.late_starts == 1
+        if first:
+            log.warning("cost ledger %s: a call was sent before its start was committed (%s)", self.path, reason)
+        self._enqueue(row)
+
+    def _commit_start(self, starts: sqlite3.Connection, row: CallRow) -> str | None:
+        """None once the row is committed; else why not (the caller queues it)."""
+        if self._starts_queued.is_set():
+            return "an earlier start was late"
+        if not self._start_lock.acquire(timeout=self.start_wait_s):
+            self._starts_queued.set()
+            return "the writer is waiting on a lock"
+        try:
+            if self._starts_queued.is_set():
+                return "an earlier start was late"
+            insert_call(starts, row)
+            return None
+        except sqlite3.Error as exc:
+            self._starts_queued.set()
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            self._start_lock.release()
+
     def _enqueue(self, item: Any) -> None:
         if self.readonly:
             raise LedgerError(f"cost ledger {self.path} was opened read-only")
@@ -269,49 +265,37 @@ class Ledger:
                 return
 
     def _write(self, conn: sqlite3.Connection, rows: list[CallRow | _SessionRow | _AuditHead]) -> None:
+        # Starts take the same lock, so they never sleep in SQLite's busy handler behind this writer.
+        with self._start_lock:
+            self._commit(conn, rows)
+
+    def _commit(self, conn: sqlite3.Connection, rows: list[CallRow | _SessionRow | _AuditHead]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for row in rows:
                 if isinstance(row, _AuditHead):
                     conn.execute(
                         "INSERT OR REPLACE INTO audit_heads (run_id, head, rows, ts) VALUES (?,?,?,?)",
-                        (row.run_id, row.head, row.rows, _now()),
+                        (row.run_id, row.head, row.rows, now()),
                     )
                     continue
                 if isinstance(row, _SessionRow):
                     conn.execute(
                         "INSERT OR IGNORE INTO sessions (session_id, name, started) VALUES (?,?,?)",
-                        (row.session_id, row.name, _now()),
+                        (row.session_id, row.name, now()),
                     )
                     continue
-                conn.execute(
-                    "INSERT INTO calls (ts, session_id, run_id, run_name, model, input_tokens, cached_input_tokens,"
-                    " output_tokens, reasoning_tokens, cost_usd, latency_s, status, estimated, deployment, email_id,"
-                    " email_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        _now(),
-                        row.session_id,
-                        row.run_id,
-                        row.run_name,
-                        row.model,
-                        row.counts.input_tokens,
-                        row.counts.cached_input_tokens,
-                        row.counts.output_tokens,
-                        row.counts.reasoning_tokens,
-                        None if row.cost is None else str(row.cost),
-                        row.latency_s,
-                        row.status,
-                        int(row.estimated),
-                        row.deployment,
-                        row.email_id,
-                        row.email_name,
-                    ),
-                )
+                if row.call_id is None or row.status == STARTED:
+                    insert_call(conn, row)
+                elif conn.execute(UPDATE_CALL, (*call_values(row)[4:], row.call_id)).rowcount == 0:
+                    insert_call(conn, row)  # its start row was lost: the end is still recorded
             conn.execute("COMMIT")
+            self._starts_queued.clear()  # the ledger is writable again: starts are committed before sending
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._failed(exc, sum(isinstance(r, CallRow) for r in rows))
+            # A lost start is not a lost call: its end inserts the whole row (and late starts are counted).
+            self._failed(exc, sum(isinstance(r, CallRow) and r.status != STARTED for r in rows))
 
     def _failed(self, exc: BaseException, lost: int = 0) -> None:
         """Log each kind of failure once; count every failure and every row lost."""
@@ -332,6 +316,9 @@ class Ledger:
             self._writer.join(timeout=BUSY_TIMEOUT_S * 2)
         with self._lock:
             self._conn.close()
+        if self._starts is not None:
+            with self._start_lock:
+                self._starts.close()
 
     def __enter__(self) -> Ledger:
         return self

@@ -29,7 +29,8 @@ from langchain_core.outputs import LLMResult
 
 from cpo.accounting.attribution import EMAIL_TAG, RunTree
 from cpo.accounting.budget import Budget
-from cpo.accounting.ledger import REFUSED, UNKNOWN_COST, CallRow, Ledger
+from cpo.accounting.calls import Call
+from cpo.accounting.ledger import REFUSED, UNKNOWN_COST, Ledger
 from cpo.accounting.pricing import PriceBook, price_book_for
 from cpo.accounting.readings import counted_locally, read_error, read_result
 from cpo.accounting.reservations import ModelHints
@@ -58,24 +59,6 @@ def _never_raises(method: F) -> F:
             return None
 
     return wrapper  # type: ignore[return-value]
-
-
-class _Call:
-    """An LLM call between its start callback and its end."""
-
-    __slots__ = ("deployment", "email", "messages", "model_hint", "root", "started")
-
-    def __init__(
-        self,
-        root: UUID,
-        model_hint: str | None,
-        deployment: str | None,
-        messages: Sequence[BaseMessage] | None,
-        email: tuple[UUID, str] | None = None,
-    ) -> None:
-        self.root, self.model_hint, self.deployment, self.messages = root, model_hint, deployment, messages
-        self.email = email
-        self.started = time.perf_counter()
 
 
 class CostTracker(BaseCallbackHandler):
@@ -109,7 +92,7 @@ class CostTracker(BaseCallbackHandler):
         self.runs: dict[UUID, Usage] = {}
         self.accounting_errors = 0
         self._error_kinds: set[str] = set()
-        self._calls: dict[UUID, _Call] = {}
+        self._calls: dict[UUID, Call] = {}
         self._reserved: set[UUID] = set()
         self._lock = threading.RLock()
         if self.ledger is not None:
@@ -301,8 +284,11 @@ class CostTracker(BaseCallbackHandler):
             hint = self.model_hint(params)
             with self._lock:
                 root = self.tree.root(run_id, parent_run_id)
-                email = self.tree.email(parent_run_id)
-                self._calls[run_id] = _Call(root, hint, params.get("azure_deployment"), prompt, email)
+                call = Call(root, hint, params.get("azure_deployment"), prompt, self.tree.email(parent_run_id))
+                self._calls[run_id] = call
+            if self.ledger is not None:  # committed before the call is sent: a kill -9 leaves it possibly billed
+                name = self.run_names.get(root)
+                self.ledger.record_start(call.row(self.session_id, run_id, name, hint or UNREPORTED))
         except Exception as exc:
             self._accounting_failed("on_chat_model_start", exc)
 
@@ -333,7 +319,7 @@ class CostTracker(BaseCallbackHandler):
         self._record(run_id, call, model, reading.counts or TokenCounts(), status=reading.status)
 
     def _record(
-        self, run_id: UUID, call: _Call, model: str, counts: TokenCounts, *, status: str, estimated: bool = False
+        self, run_id: UUID, call: Call, model: str, counts: TokenCounts, *, status: str, estimated: bool = False
     ) -> None:
         latency = time.perf_counter() - call.started
         unknown = status.startswith(UNKNOWN_COST)
@@ -358,22 +344,18 @@ class CostTracker(BaseCallbackHandler):
             if cost is None and not unknown:
                 self.budget.break_with(UnpricedBudget(model, self.budget.max_usd))
         if self.ledger is not None:
-            self.ledger.append(
-                CallRow(
-                    session_id=self.session_id,
-                    run_id=str(call.root),
-                    run_name=self.run_names.get(call.root),
-                    model=model,
-                    counts=counts,
-                    cost=None if unknown else cost,
-                    latency_s=latency,
-                    status=status,
-                    estimated=estimated,
-                    deployment=call.deployment,
-                    email_id=None if call.email is None else str(call.email[0]),
-                    email_name=None if call.email is None else call.email[1],
-                )
+            row = call.row(
+                self.session_id,
+                run_id,
+                self.run_names.get(call.root),
+                model,
+                counts,
+                None if unknown else cost,
+                latency_s=latency,
+                status=status,
+                estimated=estimated,
             )
+            self.ledger.append(row)
 
     # -- reading ------------------------------------------------------------------------------------
 
