@@ -15,8 +15,12 @@ In scenario A the server runs in its own process by default, as a real endpoint 
 --in-process it runs in threads here (its CPU work then shares the GIL with the client) and the
 server-side timings are printed too. Scenario B always runs it in-process, to time it.
 
+With --ledger every CostTracker writes to a cost ledger (a new SQLite file in a temporary directory), as
+`cpo run` does: each call's start row is committed before the call is sent. The ledger is flushed after
+each run, outside the timing.
+
 Usage: python benchmarks/concurrency.py [--emails 96] [--concurrency 16] [--latency 0.3] [--repeat 3]
-       [--sequential 200] [--profile] [--skip-a] [--in-process]
+       [--sequential 200] [--profile] [--skip-a] [--skip-b] [--in-process] [--ledger]
 Exit code 1 if scenario A misses the 0.85 efficiency target (best of the repeats).
 """
 
@@ -34,6 +38,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +58,7 @@ from azure_server import AzureTestServer, Reply, email_drafter  # noqa: E402
 from langchain_core.runnables import Runnable  # noqa: E402
 
 from cpo import ContentBundle, CostTracker, EmailRequest, EmailVariant, Settings, build_email_chain  # noqa: E402
+from cpo.accounting.ledger import Ledger  # noqa: E402
 from cpo.core.models import TONES  # noqa: E402
 
 DEPLOYMENT = "gpt-4o-mini"
@@ -145,12 +151,15 @@ def make_requests(bundle: ContentBundle, count: int) -> list[EmailRequest]:
 
 
 def run_batch(
-    chain: Runnable[EmailRequest, EmailVariant], requests: list[EmailRequest], concurrency: int
+    chain: Runnable[EmailRequest, EmailVariant], requests: list[EmailRequest], concurrency: int, ledger: Ledger | None
 ) -> tuple[float, list[EmailVariant], CostTracker]:
-    tracker = CostTracker()
+    tracker = CostTracker(ledger=ledger)
     started = time.perf_counter()
     variants = chain.batch(requests, config={"max_concurrency": concurrency, "callbacks": [tracker]})
-    return time.perf_counter() - started, variants, tracker
+    wall = time.perf_counter() - started
+    if ledger is not None and not ledger.flush():
+        raise RuntimeError("the cost ledger did not flush within 30 s")
+    return wall, variants, tracker
 
 
 def check(variants: list[EmailVariant], tracker: CostTracker, expected: int) -> str:
@@ -219,10 +228,10 @@ def scenario_a(args: argparse.Namespace, bundle: ContentBundle) -> bool:
         with TimedServer(latency=args.latency, api_key=API_KEY) as server:
             chain = build_email_chain(settings=settings_for(server))
             warmup = min(args.concurrency, args.emails)  # also opens the connections the pool will reuse
-            run_batch(chain, requests[:warmup], warmup)
+            run_batch(chain, requests[:warmup], warmup, args.ledger)
             for i in range(args.repeat):
                 server.clear()
-                wall, variants, tracker = run_batch(chain, requests, args.concurrency)
+                wall, variants, tracker = run_batch(chain, requests, args.concurrency, args.ledger)
                 walls.append(wall)
                 status = check(variants, tracker, args.emails)
                 turnaround = server.turnaround_s() or [0.0]
@@ -239,9 +248,9 @@ def scenario_a(args: argparse.Namespace, bundle: ContentBundle) -> bool:
         with server_process(args.latency) as endpoint:
             chain = build_email_chain(settings=settings_for(endpoint))
             warmup = min(args.concurrency, args.emails)
-            run_batch(chain, requests[:warmup], warmup)
+            run_batch(chain, requests[:warmup], warmup, args.ledger)
             for i in range(args.repeat):
-                wall, variants, tracker = run_batch(chain, requests, args.concurrency)
+                wall, variants, tracker = run_batch(chain, requests, args.concurrency, args.ledger)
                 walls.append(wall)
                 status = check(variants, tracker, args.emails)
                 print(f"run {i + 1}: wall {wall:.3f} s, efficiency {ideal / wall:.2f}, {status}")
@@ -254,14 +263,17 @@ def scenario_a(args: argparse.Namespace, bundle: ContentBundle) -> bool:
 
 
 def run_loop(
-    chain: Runnable[EmailRequest, EmailVariant], requests: list[EmailRequest]
+    chain: Runnable[EmailRequest, EmailVariant], requests: list[EmailRequest], ledger: Ledger | None
 ) -> tuple[float, list[EmailVariant], CostTracker]:
     """One email after another with `invoke` in this thread (concurrency 1, no executor)."""
-    tracker = CostTracker()
+    tracker = CostTracker(ledger=ledger)
     config: Any = {"callbacks": [tracker]}
     started = time.perf_counter()
     variants = [chain.invoke(request, config=config) for request in requests]
-    return time.perf_counter() - started, variants, tracker
+    wall = time.perf_counter() - started
+    if ledger is not None and not ledger.flush():
+        raise RuntimeError("the cost ledger did not flush within 30 s")
+    return wall, variants, tracker
 
 
 def sequential(
@@ -269,6 +281,7 @@ def sequential(
     requests: list[EmailRequest],
     repeat: int,
     server: TimedServer | None,
+    ledger: Ledger | None,
     on_run: Callable[[int, float, str, float | None, float | None], None],
 ) -> tuple[list[float], list[float]]:
     per_email: list[float] = []
@@ -276,7 +289,7 @@ def sequential(
     for i in range(repeat):
         if server is not None:
             server.clear()
-        wall, variants, tracker = run_loop(chain, requests)
+        wall, variants, tracker = run_loop(chain, requests, ledger)
         mean = wall / len(requests)
         per_email.append(mean)
         handle = respond = None
@@ -303,9 +316,9 @@ def scenario_b(args: argparse.Namespace, bundle: ContentBundle) -> None:
 
     with TimedServer(latency=0.0, api_key=API_KEY) as server:
         chain = build_email_chain(settings=settings_for(server))
-        run_loop(chain, requests[:WARMUP])
+        run_loop(chain, requests[:WARMUP], args.ledger)
         with maybe_profile(args.profile, "Azure chain, sequential, latency 0"):
-            per_email, server_s = sequential(chain, requests, args.repeat, server, show)
+            per_email, server_s = sequential(chain, requests, args.repeat, server, args.ledger, show)
     client = [total - srv for total, srv in zip(per_email, server_s, strict=True)]
     print(summary("total per email", per_email, "ms", 1000))
     print(summary("server handling per email", server_s, "ms", 1000))
@@ -313,10 +326,15 @@ def scenario_b(args: argparse.Namespace, bundle: ContentBundle) -> None:
 
     print("\n-- reference: offline model (build_email_chain() with no endpoint, no HTTP)")
     chain = build_email_chain(settings=settings_for(None))
-    run_loop(chain, requests[:WARMUP])
+    run_loop(chain, requests[:WARMUP], args.ledger)
     with maybe_profile(args.profile, "offline chain, sequential"):
         offline, _ = sequential(
-            chain, requests, args.repeat, None, lambda r, m, s, _h, _x: print(f"run {r}: {m * 1000:.2f} ms/email, {s}")
+            chain,
+            requests,
+            args.repeat,
+            None,
+            args.ledger,
+            lambda r, m, s, _h, _x: print(f"run {r}: {m * 1000:.2f} ms/email, {s}"),
         )
     print(summary("offline per email", offline, "ms", 1000))
 
@@ -348,15 +366,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--in-process", action="store_true", help="scenario A with the server in this process (adds server timings)"
     )
+    parser.add_argument(
+        "--ledger", action="store_true", help="every tracker writes to a cost ledger in a temporary directory"
+    )
+    parser.add_argument("--skip-b", action="store_true", help="run scenario A only")
     args = parser.parse_args(argv)
     if min(args.emails, args.concurrency, args.repeat, args.sequential) < 1 or args.latency < 0:
         parser.error("counts must be >= 1 and latency >= 0")
 
     header()
     bundle = ContentBundle.load()
-    passed = True if args.skip_a else scenario_a(args, bundle)
-    scenario_b(args, bundle)
+    with tempfile.TemporaryDirectory(prefix="cpo-bench-") as tmp:
+        args.ledger = Ledger(Path(tmp) / "ledger.sqlite") if args.ledger else None
+        try:
+            passed = True if args.skip_a else scenario_a(args, bundle)
+            if not args.skip_b:
+                scenario_b(args, bundle)
+        finally:
+            if args.ledger is not None:
+                args.ledger.flush()
+                print(f"\ncost ledger: {ledger_summary(args.ledger)}")
+                args.ledger.close()
     return 0 if passed else 1
+
+
+def ledger_summary(ledger: Ledger) -> str:
+    """What the ledger holds after the runs, and what it could not write in time."""
+    calls = sum(int(s["calls"]) for s in ledger.sessions(10**6))
+    late = getattr(ledger, "late_starts", None)  # absent in a cpo without start rows (measured for comparison)
+    late_text = "" if late is None else f", starts committed late {late}"
+    return f"{calls} calls in {ledger.path.name}, write errors {ledger.errors}{late_text}"
 
 
 if __name__ == "__main__":

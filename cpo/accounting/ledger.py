@@ -4,8 +4,14 @@ Writes happen on a background thread, so a slow or locked disk never stalls the 
 and a failed write is logged once and counted instead of breaking a call that was already paid
 for. `flush()` returns once everything appended so far is committed: the CLI calls it before it
 writes an email as produced, so a killed run never leaves an email without its cost. A call's start is
-the exception: `record_start` commits it before the request is sent, so a call in flight when the
-process is killed stays in the ledger as one of unknown cost (possibly billed).
+the exception: `record_start` commits it on the caller's thread before the request is sent, so a call in
+flight when the process is killed stays in the ledger as one of unknown cost (possibly billed); its end
+updates that row.
+
+The start is on every call's path, so it is kept short: one statement, no hand-off to another thread,
+and no fsync. Commits use WAL with synchronous=NORMAL, which survives a kill -9 of the process (what the
+start row is for), not a power cut; the writer checkpoints (and so fsyncs) the WAL when it is idle,
+outside the lock the starts take.
 
 The schema carries a version (`PRAGMA user_version`); older ledgers are migrated when opened for
 writing, and a ledger from a newer cpo is refused with a one-line error.
@@ -32,11 +38,10 @@ from cpo.accounting.ledger_rows import (
     REFUSED,
     STARTED,
     UNKNOWN_COST,
-    UPDATE_CALL,
     CallRow,
-    call_values,
-    insert_call,
     now,
+    statements,
+    write_calls,
 )
 from cpo.core.errors import InputError, LedgerError
 
@@ -48,6 +53,8 @@ SCHEMA_VERSION = max(MIGRATIONS)
 BUSY_TIMEOUT_S = 5.0
 # How long a call waits for its start row while another writer holds the ledger; then it is sent anyway.
 START_WAIT_S = 0.25
+# Rows (about 4 WAL pages each) written before the idle writer checkpoints: SQLite's default is 1000 pages.
+CHECKPOINT_ROWS = 250
 
 # How `_grouped` groups and names rows: per session, per run, or per email (a standalone email is its own run).
 GROUPINGS = {
@@ -72,6 +79,12 @@ class _AuditHead:
 
 _FLUSH = object()
 _STOP = object()
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database (fsync); PASSIVE: calls starting meanwhile write to the WAL as usual."""
+    with contextlib.suppress(sqlite3.Error):  # a busy reader only postpones it
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:
@@ -112,9 +125,7 @@ class Ledger:
         self.version = _schema_version(self._conn)
         self._starts: sqlite3.Connection | None = None
         if not readonly:
-            self._starts = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._starts.execute(f"PRAGMA busy_timeout = {int(start_wait_s * 1000)}")
-            self._starts.execute("PRAGMA synchronous = NORMAL")  # in WAL: a commit survives a kill -9
+            self._starts = self._writing_connection(start_wait_s)
             self._writer = threading.Thread(target=self._write_loop, name="cpo-ledger", daemon=True)
             self._writer.start()
             atexit.register(self.close)  # a daemon thread dies at exit: commit what is queued first
@@ -208,7 +219,7 @@ class Ledger:
         try:
             if self._starts_queued.is_set():
                 return "an earlier start was late"
-            insert_call(starts, row)
+            write_calls(starts, [row])
             return None
         except sqlite3.Error as exc:
             self._starts_queued.set()
@@ -235,11 +246,18 @@ class Ledger:
         """`flush` without blocking the event loop."""
         return await asyncio.to_thread(self.flush, timeout)
 
+    def _writing_connection(self, busy_timeout_s: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA synchronous = NORMAL")  # in WAL mode a commit without fsync survives a kill -9
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # no commit checkpoints: `_checkpoint` does, when idle
+        return conn
+
     def _write_loop(self) -> None:
         conn: sqlite3.Connection | None = None
+        unchecked = 0  # rows written since the last checkpoint
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn = self._writing_connection(self.busy_timeout_s)
         except sqlite3.Error as exc:
             self._failed(exc)
         while True:
@@ -256,9 +274,13 @@ class Ledger:
                     self._failed(sqlite3.OperationalError("the ledger could not be opened by its writer"), len(rows))
                 else:
                     self._write(conn, rows)
+                    unchecked += len(rows)
             with self._progress:
                 self._done += len(rows)
                 self._progress.notify_all()
+            if conn is not None and unchecked >= CHECKPOINT_ROWS and self._queue.empty():
+                unchecked = 0
+                _checkpoint(conn)
             if stop:
                 if conn is not None:
                     conn.close()
@@ -270,30 +292,32 @@ class Ledger:
             self._commit(conn, rows)
 
     def _commit(self, conn: sqlite3.Connection, rows: list[CallRow | _SessionRow | _AuditHead]) -> None:
+        # Calls alone are one statement, atomic without BEGIN/COMMIT: the starts wait while this holds
+        # their lock, and each statement lets go of the GIL and waits to get it back.
+        calls = [row for row in rows if isinstance(row, CallRow)]
+        others = [row for row in rows if not isinstance(row, CallRow)]
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for row in rows:
+            if others or statements(calls) > 1:
+                conn.execute("BEGIN IMMEDIATE")
+            for row in others:
                 if isinstance(row, _AuditHead):
                     conn.execute(
                         "INSERT OR REPLACE INTO audit_heads (run_id, head, rows, ts) VALUES (?,?,?,?)",
                         (row.run_id, row.head, row.rows, now()),
                     )
-                    continue
-                if isinstance(row, _SessionRow):
+                else:
                     conn.execute(
                         "INSERT OR IGNORE INTO sessions (session_id, name, started) VALUES (?,?,?)",
                         (row.session_id, row.name, now()),
                     )
-                    continue
-                if row.call_id is None or row.status == STARTED:
-                    insert_call(conn, row)
-                elif conn.execute(UPDATE_CALL, (*call_values(row)[4:], row.call_id)).rowcount == 0:
-                    insert_call(conn, row)  # its start row was lost: the end is still recorded
-            conn.execute("COMMIT")
+            write_calls(conn, calls)  # an end updates its start row, or inserts the whole call if it was lost
+            if conn.in_transaction:
+                conn.execute("COMMIT")
             self._starts_queued.clear()  # the ledger is writable again: starts are committed before sending
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             # A lost start is not a lost call: its end inserts the whole row (and late starts are counted).
             self._failed(exc, sum(isinstance(r, CallRow) and r.status != STARTED for r in rows))
 

@@ -94,15 +94,24 @@ CALL_COLUMNS = (
     "ts, session_id, run_id, run_name, model, deployment, email_id, email_name, input_tokens, cached_input_tokens,"
     " output_tokens, reasoning_tokens, cost_usd, latency_s, status, estimated, call_id"
 )
-UPDATE_CALL = (
-    "UPDATE calls SET model = ?, deployment = ?, email_id = ?, email_name = ?, input_tokens = ?,"
-    " cached_input_tokens = ?, output_tokens = ?, reasoning_tokens = ?, cost_usd = ?, latency_s = ?, status = ?,"
-    " estimated = ? WHERE call_id = ?"
-)
+# What a call's end sets on its start row; the start's time, session and run stay.
+ENDED_COLUMNS = CALL_COLUMNS.split(", ")[4:-1]
+# Rows per statement: 17 values each, under SQLite's 32766 variables.
+CALLS_PER_STATEMENT = 1000
+
+
+def _upsert(rows: int) -> str:
+    """Insert each call, or end it in place (a start never overwrites an end)."""
+    values = ",".join([f"({','.join('?' * 17)})"] * rows)
+    ended = ", ".join(f"{column} = excluded.{column}" for column in ENDED_COLUMNS)
+    return (
+        f"INSERT INTO calls ({CALL_COLUMNS}) VALUES {values} ON CONFLICT(call_id) WHERE call_id IS NOT NULL"
+        f" DO UPDATE SET {ended} WHERE excluded.status != '{STARTED}'"
+    )
 
 
 def call_values(row: CallRow) -> tuple[Any, ...]:
-    """The row's values in CALL_COLUMNS order without call_id; from `model` on, what a call's end updates."""
+    """The row's values in CALL_COLUMNS order."""
     c = row.counts
     cost = None if row.cost is None else str(row.cost)
     return (
@@ -122,8 +131,19 @@ def call_values(row: CallRow) -> tuple[Any, ...]:
         row.latency_s,
         row.status,
         int(row.estimated),
+        row.call_id,
     )
 
 
-def insert_call(conn: sqlite3.Connection, row: CallRow) -> None:
-    conn.execute(f"INSERT INTO calls ({CALL_COLUMNS}) VALUES ({','.join('?' * 17)})", (*call_values(row), row.call_id))
+def statements(rows: list[CallRow]) -> int:
+    """How many statements `write_calls` runs for `rows`."""
+    return -(-len(rows) // CALLS_PER_STATEMENT)
+
+
+def write_calls(conn: sqlite3.Connection, rows: list[CallRow]) -> None:
+    """Starts and ends in one statement (per thousand rows): a call's end updates its start row in place,
+    or inserts the whole row if its start was lost. One statement is one short hold of the GIL-free
+    SQLite step, which the calls waiting on their start rows feel."""
+    for first in range(0, len(rows), CALLS_PER_STATEMENT):
+        chunk = rows[first : first + CALLS_PER_STATEMENT]
+        conn.execute(_upsert(len(chunk)), [value for row in chunk for value in call_values(row)])
