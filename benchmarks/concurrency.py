@@ -391,11 +391,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ledger_summary(ledger: Ledger) -> str:
-    """What the ledger holds after the runs, and what it could not write in time."""
+    """What the ledger holds after the runs, and what it could not write."""
     calls = sum(int(s["calls"]) for s in ledger.sessions(10**6))
-    late = getattr(ledger, "late_starts", None)  # absent in a cpo without start rows (measured for comparison)
-    late_text = "" if late is None else f", starts committed late {late}"
-    return f"{calls} calls in {ledger.path.name}, write errors {ledger.errors}{late_text}"
+    return f"{calls} calls in {ledger.path.name}, write errors {ledger.errors}"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from decimal import Decimal
@@ -52,89 +51,86 @@ def answer(input_tokens: int = 120, output_tokens: int = 40) -> LLMResult:
     return LLMResult(generations=[[ChatGeneration(message=message)]])
 
 
+def journal(path: Path) -> list[tuple[str, str | None]]:
+    """(status, call id) of every start in the journals beside the ledger, read from the files on disk."""
+    from cpo.accounting.start_journal import _used, folder_of
+
+    return [(r.status, r.call_id) for f in sorted(folder_of(path).glob("*.journal")) for r in _used(f.read_bytes())]
+
+
 def test_a_call_is_on_disk_as_started_before_its_start_callback_returns(tmp_path: Path) -> None:
-    """The start row is committed (another connection reads it) when the callback returns, i.e. before the
-    request is sent; the session counts it as a call of unknown cost; its end updates that same row."""
+    """The start is in the journal file (read back from disk) when the callback returns, i.e. before the request
+    is sent; its end is one ledger row, and then the start is gone from the journal."""
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
     tracker = CostTracker(ledger=ledger, default_model="gpt-4o-mini")
     call = uuid.uuid4()
     try:
         tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
-        (row,) = committed(path)
-        assert (row["status"], row["cost_usd"], row["call_id"]) == (STARTED, None, str(call))
-        (session,) = Ledger(path, readonly=True).sessions()
-        assert (session["calls"], session["unknown_cost_calls"], session["cost_usd"]) == (1, 1, Decimal(0))
+        assert journal(path) == [(STARTED, str(call))]
+        assert committed(path) == []  # nothing on the call's path waits for SQLite
 
         tracker.on_llm_end(answer(), run_id=call)
         assert ledger.flush()
-        (row,) = committed(path)  # the same row, ended: not a second one
+        (row,) = committed(path)
         assert (row["status"], row["call_id"], row["input_tokens"], row["output_tokens"]) == ("ok", str(call), 120, 40)
         assert Decimal(row["cost_usd"]) > 0
-        (session,) = Ledger(path, readonly=True).sessions()
-        assert (session["calls"], session["unknown_cost_calls"]) == (1, 0)
+        assert journal(path) == []
     finally:
         ledger.close()
 
 
 @pytest.mark.live_server
-def test_a_call_is_not_sent_until_its_start_row_is_committed(live_server: Any, tmp_path: Path) -> None:
-    """The ledger's write lock is held by another connection: the request must not leave until it is released
-    and the start row committed; when the server receives the request, the row is already on disk."""
+def test_a_call_is_on_disk_when_the_server_receives_it_and_a_locked_ledger_delays_nothing(
+    live_server: Any, tmp_path: Path
+) -> None:
+    """Another process holds the ledger's write lock: the call goes out at once, its start already on disk
+    when the server receives it; its end is committed once the lock is released."""
     path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(path, start_wait_s=10)
+    ledger = Ledger(path)
     tracker = CostTracker(ledger=ledger)
-    on_disk_at_arrival: list[list[str]] = []
+    on_disk_at_arrival: list[list[tuple[str, str | None]]] = []
 
     def responder(_: dict[str, Any]) -> Reply:
-        on_disk_at_arrival.append([r["status"] for r in committed(path)])
+        on_disk_at_arrival.append(journal(path))
         return ok("hello")
 
     live_server.responder = responder
     model = build_chat_model(azure_settings(live_server.endpoint))
     holder = locked(path)
-    done = threading.Event()
-    thread = threading.Thread(target=lambda: (model.invoke("hi", config={"callbacks": [tracker]}), done.set()))
-    thread.start()
     try:
-        time.sleep(0.5)  # far longer than a request to the loopback server takes
-        assert live_server.requests == [], "the call was sent before its start was committed"
-        assert not done.is_set()
+        started = time.perf_counter()
+        model.invoke("hi", config={"callbacks": [tracker]})
+        assert time.perf_counter() - started < 2
+        assert len(on_disk_at_arrival) == 1 and [s for s, _ in on_disk_at_arrival[0]] == [STARTED]
+        assert committed(path) == []  # the end waits for the lock, off the call's path
     finally:
         holder.close()
-    thread.join(10)
-    try:
-        assert done.is_set() and len(live_server.requests) == 1
-        assert on_disk_at_arrival == [[STARTED]]
-        assert ledger.flush()
-        assert [r["status"] for r in committed(path)] == ["ok"]
-        assert ledger.late_starts == 0 and ledger.errors == 0
-    finally:
-        ledger.close()
-
-
-def test_a_start_that_cannot_be_committed_in_time_is_late_not_lost(tmp_path: Path) -> None:
-    """Accounting never stops a call: a locked ledger delays the start by at most start_wait_s, then the call goes
-    ahead, the row is queued and lands once the lock frees, and it is counted as late (not as an error)."""
-    path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(path, start_wait_s=0.05)
-    tracker = CostTracker(ledger=ledger, default_model="gpt-4o-mini")
-    holder = locked(path)
-    threading.Timer(0.5, holder.close).start()
-    calls = [uuid.uuid4() for _ in range(8)]
-    started = time.perf_counter()
-    for call in calls:
-        tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
-    assert time.perf_counter() - started < 0.4  # one wait, not one per call
-    tracker.on_llm_end(answer(), run_id=calls[0])
     try:
         assert ledger.flush(timeout=10)
-        rows = committed(path)
-        assert sorted(r["call_id"] for r in rows) == sorted(map(str, calls))
-        assert sorted(r["status"] for r in rows) == ["ok"] + [STARTED] * 7
-        assert ledger.late_starts == 8 and ledger.errors == 0 and ledger.lost_rows == 0
+        assert [r["status"] for r in committed(path)] == ["ok"]
+        assert journal(path) == [] and ledger.errors == 0
     finally:
         ledger.close()
+
+
+def test_a_live_process_journal_is_not_filed_by_another_reader(tmp_path: Path) -> None:
+    """Only the journal of a process that died is filed: a reader opening the ledger meanwhile leaves a live
+    writer's calls in flight alone (the journal's flock tells them apart)."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    tracker = CostTracker(ledger=ledger, default_model="gpt-4o-mini")
+    call = uuid.uuid4()
+    try:
+        tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
+        assert Ledger(path, readonly=True).filed_starts == 0
+        assert Ledger(path).filed_starts == 0
+        assert journal(path) == [(STARTED, str(call))] and committed(path) == []
+    finally:
+        ledger.close()
+    # Closed with the call never ended: its start is filed as possibly billed, and the journal is gone.
+    assert [(r["status"], r["call_id"]) for r in committed(path)] == [(STARTED, str(call))]
+    assert journal(path) == []
 
 
 def test_a_ledger_of_the_previous_schema_opens_and_records_starts(tmp_path: Path) -> None:
@@ -173,11 +169,14 @@ def test_kill_9_leaves_every_call_in_flight_as_possibly_billed(live_server: Any)
     received = len(live_server.requests)
     assert received >= 4
 
+    assert ledger_rows() == []  # the killed process had no call's end to write
+    reader = Ledger("runs/ledger.sqlite", readonly=True)  # opening the ledger files the dead process's journal
+    assert reader.filed_starts >= received
     rows = ledger_rows()
     started = [r for r in rows if r["status"] == STARTED]
     assert len(started) >= received  # every request the server received has its row (none of them ended)
     assert all(r["cost_usd"] is None for r in started)
-    (session,) = Ledger("runs/ledger.sqlite", readonly=True).sessions()
+    (session,) = reader.sessions()
     assert session["unknown_cost_calls"] >= received
 
     env = {**os.environ, "COLUMNS": "250"}

@@ -4,14 +4,9 @@ Writes happen on a background thread, so a slow or locked disk never stalls the 
 and a failed write is logged once and counted instead of breaking a call that was already paid
 for. `flush()` returns once everything appended so far is committed: the CLI calls it before it
 writes an email as produced, so a killed run never leaves an email without its cost. A call's start is
-the exception: `record_start` commits it on the caller's thread before the request is sent, so a call in
-flight when the process is killed stays in the ledger as one of unknown cost (possibly billed); its end
-updates that row.
-
-The start is on every call's path, so it is kept short: one statement, no hand-off to another thread,
-and no fsync. Commits use WAL with synchronous=NORMAL, which survives a kill -9 of the process (what the
-start row is for), not a power cut; the writer checkpoints (and so fsyncs) the WAL when it is idle,
-outside the lock the starts take.
+on disk before the request is sent, in the ledger's start journal (`cpo.accounting.start_journal`: a memory
+write, nothing on the call's path waits), so a call in flight when the process is killed is filed, the next
+time the ledger is opened, as one of unknown cost (possibly billed); a call that ends is one row.
 
 The schema carries a version (`PRAGMA user_version`); older ledgers are migrated when opened for
 writing, and a ledger from a newer cpo is refused with a one-line error.
@@ -23,6 +18,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -43,6 +39,7 @@ from cpo.accounting.ledger_rows import (
     statements,
     write_calls,
 )
+from cpo.accounting.start_journal import StartJournal, available, orphans
 from cpo.core.errors import InputError, LedgerError
 
 __all__ = ["OK", "REFUSED", "SCHEMA_VERSION", "STARTED", "UNKNOWN_COST", "CallRow", "Ledger"]
@@ -51,10 +48,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = max(MIGRATIONS)
 BUSY_TIMEOUT_S = 5.0
-# How long a call waits for its start row while another writer holds the ledger; then it is sent anyway.
-START_WAIT_S = 0.25
-# Rows (about 4 WAL pages each) written before the idle writer checkpoints: SQLite's default is 1000 pages.
-CHECKPOINT_ROWS = 250
 
 # How `_grouped` groups and names rows: per session, per run, or per email (a standalone email is its own run).
 GROUPINGS = {
@@ -81,12 +74,6 @@ _FLUSH = object()
 _STOP = object()
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy the WAL into the database (fsync); PASSIVE: calls starting meanwhile write to the WAL as usual."""
-    with contextlib.suppress(sqlite3.Error):  # a busy reader only postpones it
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-
 def _schema_version(conn: sqlite3.Connection) -> int:
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version == 0 and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone():
@@ -103,17 +90,12 @@ class Ledger:
         *,
         readonly: bool = False,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
-        start_wait_s: float = START_WAIT_S,
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self.busy_timeout_s = busy_timeout_s
-        self.start_wait_s = start_wait_s
         self.errors = 0
         self.lost_rows = 0
-        self.late_starts = 0  # starts not committed before their call was sent (the ledger was locked)
-        self._starts_queued = threading.Event()  # set while starts go through the writer, until it commits
-        self._start_lock = threading.Lock()
         self._error_kinds: set[str] = set()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -123,9 +105,10 @@ class Ledger:
         self._writer: threading.Thread | None = None
         self._conn = self._open()
         self.version = _schema_version(self._conn)
-        self._starts: sqlite3.Connection | None = None
+        self.filed_starts = self._file_orphans()
+        self._journal: StartJournal | None = None
         if not readonly:
-            self._starts = self._writing_connection(start_wait_s)
+            self._journal = StartJournal(self.path) if available() else None
             self._writer = threading.Thread(target=self._write_loop, name="cpo-ledger", daemon=True)
             self._writer.start()
             atexit.register(self.close)  # a daemon thread dies at exit: commit what is queued first
@@ -192,40 +175,35 @@ class Ledger:
         self._enqueue(row)
 
     def record_start(self, row: CallRow) -> None:
-        """Commit a call's start row on the caller's thread, before the call is sent; `append` ends it.
-
-        If another writer holds the ledger longer than `start_wait_s`, the row is queued instead (written
-        when the lock frees), counted in `late_starts`, and the call goes ahead: accounting never stops a call.
-        """
-        if self._starts is None:
+        """A call's start, on disk (in the start journal) when this returns, before the call is sent; its end
+        (`append`) is the ledger row. Without a journal (Windows), the start is queued like any row."""
+        if self.readonly:
             raise LedgerError(f"cost ledger {self.path} was opened read-only")
-        reason = self._commit_start(self._starts, row)
-        if reason is None:
-            return
-        with self._lock:
-            self.late_starts += 1
-            first = self.late_starts == 1
-        if first:
-            log.warning("cost ledger %s: a call was sent before its start was committed (%s)", self.path, reason)
-        self._enqueue(row)
+        if self._journal is not None:
+            self._journal.begin(row)
+        else:
+            self._enqueue(row)
 
-    def _commit_start(self, starts: sqlite3.Connection, row: CallRow) -> str | None:
-        """None once the row is committed; else why not (the caller queues it)."""
-        if self._starts_queued.is_set():
-            return "an earlier start was late"
-        if not self._start_lock.acquire(timeout=self.start_wait_s):
-            self._starts_queued.set()
-            return "the writer is waiting on a lock"
-        try:
-            if self._starts_queued.is_set():
-                return "an earlier start was late"
-            write_calls(starts, [row])
-            return None
-        except sqlite3.Error as exc:
-            self._starts_queued.set()
-            return f"{type(exc).__name__}: {exc}"
-        finally:
-            self._start_lock.release()
+    def _file_orphans(self) -> int:
+        """File the starts of processes that died with calls in flight as possibly-billed rows; how many.
+
+        Done on every open, a read-only one included, as long as this process may write the ledger file."""
+        if self.version < 5 or (self.readonly and not os.access(self.path, os.W_OK)):
+            return 0  # journals exist only beside ledgers of schema 5 and later
+        filed = 0
+        for journal, rows in orphans(self.path):
+            try:
+                conn = self._writing_connection(self.busy_timeout_s)
+                try:
+                    write_calls(conn, rows)  # a start never overwrites an end committed before the kill
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                log.warning("cost ledger %s: cannot file the calls in flight of %s: %s", self.path, journal.name, exc)
+                continue
+            journal.unlink(missing_ok=True)
+            filed += len(rows)
+        return filed
 
     def _enqueue(self, item: Any) -> None:
         if self.readonly:
@@ -249,13 +227,10 @@ class Ledger:
     def _writing_connection(self, busy_timeout_s: float) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        conn.execute("PRAGMA synchronous = NORMAL")  # in WAL mode a commit without fsync survives a kill -9
-        conn.execute("PRAGMA wal_autocheckpoint = 0")  # no commit checkpoints: `_checkpoint` does, when idle
         return conn
 
     def _write_loop(self) -> None:
         conn: sqlite3.Connection | None = None
-        unchecked = 0  # rows written since the last checkpoint
         try:
             conn = self._writing_connection(self.busy_timeout_s)
         except sqlite3.Error as exc:
@@ -274,26 +249,24 @@ class Ledger:
                     self._failed(sqlite3.OperationalError("the ledger could not be opened by its writer"), len(rows))
                 else:
                     self._write(conn, rows)
-                    unchecked += len(rows)
             with self._progress:
                 self._done += len(rows)
                 self._progress.notify_all()
-            if conn is not None and unchecked >= CHECKPOINT_ROWS and self._queue.empty():
-                unchecked = 0
-                _checkpoint(conn)
             if stop:
                 if conn is not None:
+                    self._file_open_starts(conn)
                     conn.close()
                 return
 
-    def _write(self, conn: sqlite3.Connection, rows: list[CallRow | _SessionRow | _AuditHead]) -> None:
-        # Starts take the same lock, so they never sleep in SQLite's busy handler behind this writer.
-        with self._start_lock:
-            self._commit(conn, rows)
+    def _file_open_starts(self, conn: sqlite3.Connection) -> None:
+        """At close: the calls this process started and never ended are possibly billed; then the journal goes."""
+        if self._journal is None:
+            return
+        errors = self.errors
+        self._write(conn, list(self._journal.open_starts()))
+        self._journal.close(keep=self.errors > errors)  # not filed: the next open files it
 
-    def _commit(self, conn: sqlite3.Connection, rows: list[CallRow | _SessionRow | _AuditHead]) -> None:
-        # Calls alone are one statement, atomic without BEGIN/COMMIT: the starts wait while this holds
-        # their lock, and each statement lets go of the GIL and waits to get it back.
+    def _write(self, conn: sqlite3.Connection, rows: list[CallRow | _SessionRow | _AuditHead]) -> None:
         calls = [row for row in rows if isinstance(row, CallRow)]
         others = [row for row in rows if not isinstance(row, CallRow)]
         try:
@@ -313,7 +286,10 @@ class Ledger:
             write_calls(conn, calls)  # an end updates its start row, or inserts the whole call if it was lost
             if conn.in_transaction:
                 conn.execute("COMMIT")
-            self._starts_queued.clear()  # the ledger is writable again: starts are committed before sending
+            if self._journal is not None:  # ended calls are in the ledger now: their starts are done with
+                for call in calls:
+                    if call.status != STARTED:
+                        self._journal.end(call.call_id)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -340,9 +316,6 @@ class Ledger:
             self._writer.join(timeout=BUSY_TIMEOUT_S * 2)
         with self._lock:
             self._conn.close()
-        if self._starts is not None:
-            with self._start_lock:
-                self._starts.close()
 
     def __enter__(self) -> Ledger:
         return self
