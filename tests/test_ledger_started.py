@@ -186,3 +186,28 @@ def test_kill_9_leaves_every_call_in_flight_as_possibly_billed(live_server: Any)
     )
     assert shown.returncode == 0, shown.stderr
     assert f"+ {session['unknown_cost_calls']} unknown (possibly billed)" in shown.stdout
+
+
+def test_without_a_start_journal_the_ledger_still_records_every_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The journal cannot be made (here its folder's name is taken by a file; a full disk is the same):
+    one warning, starts go through the writer like any row, and nothing on the call's path fails."""
+    path = tmp_path / "ledger.sqlite"
+    (tmp_path / "ledger.sqlite.starts").write_text("not a folder")
+    with caplog.at_level("WARNING"):
+        ledger = Ledger(path)
+    assert "no start journal" in caplog.text
+    tracker = CostTracker(ledger=ledger, default_model="gpt-4o-mini")
+    calls = [uuid.uuid4() for _ in range(2)]
+    try:
+        for call in calls:
+            tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
+        tracker.on_llm_end(answer(), run_id=calls[0])
+        assert ledger.flush()
+        assert sorted((r["call_id"], r["status"]) for r in committed(path)) == sorted(
+            [(str(calls[0]), "ok"), (str(calls[1]), STARTED)]
+        )
+        assert tracker.accounting_errors == 0 and ledger.errors == 0
+    finally:
+        ledger.close()

@@ -108,7 +108,7 @@ class Ledger:
         self.filed_starts = self._file_orphans()
         self._journal: StartJournal | None = None
         if not readonly:
-            self._journal = StartJournal(self.path) if available() else None
+            self._journal = self._start_journal()
             self._writer = threading.Thread(target=self._write_loop, name="cpo-ledger", daemon=True)
             self._writer.start()
             atexit.register(self.close)  # a daemon thread dies at exit: commit what is queued first
@@ -183,6 +183,20 @@ class Ledger:
             self._journal.begin(row)
         else:
             self._enqueue(row)
+
+    def _start_journal(self) -> StartJournal | None:
+        """This process's start journal; None (starts queued like any row, logged once) where it cannot be made."""
+        if not available():
+            return None
+        try:
+            return StartJournal(self.path)
+        except OSError as exc:
+            log.warning(
+                "cost ledger %s: no start journal (%s): calls in flight at a kill -9 will not be in the ledger",
+                self.path,
+                exc.strerror or exc,
+            )
+            return None
 
     def _file_orphans(self) -> int:
         """File the starts of processes that died with calls in flight as possibly-billed rows; how many.

@@ -78,7 +78,12 @@ class StartJournal:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel when this process dies
-            os.ftruncate(fd, SLOTS * SLOT_BYTES)
+            # Blocks allocated now, not on first write: a page of a sparse file written to a full disk is a
+            # SIGBUS, which would kill the process mid-call instead of failing here.
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, SLOTS * SLOT_BYTES)
+            else:  # pragma: no cover - macOS
+                os.ftruncate(fd, SLOTS * SLOT_BYTES)
             self._map = mmap.mmap(fd, SLOTS * SLOT_BYTES)
         except BaseException:
             os.close(fd)
