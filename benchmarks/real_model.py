@@ -182,7 +182,9 @@ def run(server: Any, args: argparse.Namespace) -> int:
         request = bundle.request(segment, tone)
         started = time.perf_counter()
         if recorder is not None:
-            with recorder.use_cassette(str(args.record / cassette_name(segment, tone))):
+            cassette = args.record / cassette_name(segment, tone)
+            cassette.unlink(missing_ok=True)  # record mode "all" appends to a cassette: start each one empty
+            with recorder.use_cassette(str(cassette)):
                 variant = chain.invoke(request, {"callbacks": [tracker]})
         else:
             variant = chain.invoke(request, {"callbacks": [tracker]})
