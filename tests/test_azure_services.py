@@ -481,7 +481,7 @@ def test_cpo_run_retrieves_from_azure_search_and_screens_with_content_safety(
         assert main(["run"]) == 1  # the blocked controls leave their segments' customers with nothing
         out, err = capsys.readouterr()
         assert "customers in the campaign get no email" in err
-        (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+        (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
         retrieval = json.loads((run_dir / "retrieval.json").read_text())
         assert {r["backend"] for r in retrieval.values()} == {"azure-ai-search"}
         assert all(r["hits"] for r in retrieval.values())
@@ -509,7 +509,7 @@ def test_an_unavailable_content_safety_service_blocks_everything(
         assert main(["index"]) == 0
         assert main(["run"]) == 1  # fail closed: nothing goes out, and the exit code says so
         out, err = capsys.readouterr()
-        (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+        (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
         screening = json.loads((run_dir / "screening.json").read_text())
         assert all(d["blocked"] and d["reasons"][0].startswith("screening unavailable") for d in screening.values())
         assert "screened: 20 variants (azure-content-safety), 20 blocked" in out

@@ -98,7 +98,7 @@ def test_cpo_run_never_passes_max_usd_and_exits_3(
     code = main(["run", "--max-usd", "0.002", "--concurrency", concurrency])
     err = capsys.readouterr().err
     assert code == 3
-    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     costs = json.loads((run_dir / "costs.json").read_text())
     spent = Decimal(costs["session"]["cost_usd"])
     assert 0 < spent <= Decimal("0.002")
@@ -148,7 +148,7 @@ def test_when_only_the_reply_names_the_model_its_missing_price_stops_the_run(
     assert code == 2
     assert len(live_server.requests) == 1  # the probe ran alone; nothing else was sent
     assert "needs a price for model 'mystery-model-2031-01-01'" in err
-    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(json.loads((run_dir / "variants.json").read_text())) == 1  # the paid email is kept
 
 

@@ -20,7 +20,7 @@ import pytest
 from azure_server import flawed_drafter
 from test_runner import azure_env, start_run, the_run_dir
 
-from cpo.accounting.ledger import STARTED
+from cpo.accounting.ledger import STARTED, Ledger
 from cpo.cli import main
 from cpo.core.resources import bundled
 
@@ -38,6 +38,13 @@ def kept_emails(run_dir: Path) -> dict[str, dict[str, Any]]:
     """The emails a run kept as they finished, by their email run id."""
     emails = (json.loads(p.read_text(encoding="utf-8")) for p in (run_dir / "emails").glob("*.json"))
     return {e["run_id"]: e for e in emails}
+
+
+def journal_starts() -> list[Any]:
+    """The calls in flight of the running `cpo run`, read from its ledger's start journal on disk."""
+    from cpo.accounting.start_journal import _used, folder_of
+
+    return [r for f in folder_of(Path("runs/ledger.sqlite")).glob("*.journal") for r in _used(f.read_bytes())]
 
 
 def tokens(rows: list[dict[str, Any]], keys: tuple[str, str]) -> int:
@@ -62,12 +69,12 @@ def test_kill_9_mid_repair_then_resume_pays_again_only_for_emails_in_flight(live
         run_dirs = [p for p in Path("runs").glob("2*") if p.is_dir()]
         if not run_dirs or not Path("runs/ledger.sqlite").exists() or len(kept_emails(run_dirs[0])) < 6:
             continue
-        rows = ledger_rows()
-        paid = Counter(r["email_id"] for r in rows if r["status"] != STARTED)
-        if any(r["status"] == STARTED and paid[r["email_id"]] == 1 for r in rows):
+        paid = Counter(r["email_id"] for r in ledger_rows())
+        if any(paid[r.email_id] == 1 for r in journal_starts()):
             break  # an email's draft is paid and its repair (0.7 s) is in flight
     proc.kill()
     proc.communicate(timeout=10)
+    Ledger("runs/ledger.sqlite", readonly=True).close()  # opening it files the killed process's calls in flight
     run_dir = the_run_dir()
     kept = kept_emails(run_dir)
     first_billed = list(live_server.billed)
@@ -208,7 +215,9 @@ def test_a_bad_customer_file_leaves_no_run_behind(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: customer file customers.csv: line 2: purchase_frequency") and err.count("\n") == 1
-    assert not [p for p in Path("runs").iterdir() if p.is_dir()]  # no half-made run directory
+    assert not [
+        p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")
+    ]  # no half-made run directory
 
 
 def test_suppressed_and_unconsenting_customers_are_left_out_and_counted(capsys: pytest.CaptureFixture[str]) -> None:
@@ -293,7 +302,7 @@ def test_render_refuses_a_list_too_long_to_write_a_file_per_customer(
     assert main(["run", "--render"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --render writes a file per customer and 241 customers are more than 100;")
-    assert err.count("\n") == 1 and not [p for p in Path("runs").iterdir() if p.is_dir()]
+    assert err.count("\n") == 1 and not [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 def test_per_customer_writes_each_customer_an_email_from_their_own_figures(

@@ -26,7 +26,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 
 def only_run_dir(root: Path = Path("runs")) -> Path:
-    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return run_dir
 
 

@@ -194,7 +194,7 @@ def test_without_a_start_journal_the_ledger_still_records_every_call(
     """The journal cannot be made (here its folder's name is taken by a file; a full disk is the same):
     one warning, starts go through the writer like any row, and nothing on the call's path fails."""
     path = tmp_path / "ledger.sqlite"
-    (tmp_path / "ledger.sqlite.starts").write_text("not a folder")
+    (tmp_path / ".ledger.sqlite.starts").write_text("not a folder")
     with caplog.at_level("WARNING"):
         ledger = Ledger(path)
     assert "no start journal" in caplog.text

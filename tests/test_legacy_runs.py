@@ -40,7 +40,7 @@ def legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_dir_of(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The one run in `root/runs`, resumable from `root` (its working directory)."""
-    (run,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
+    (run,) = [p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     record = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
     record["cwd"] = str(root)
     record["options"]["prompts"] = str(FIXTURES / "prompts-0.2.0")

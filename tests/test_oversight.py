@@ -109,7 +109,7 @@ def test_a_bad_policy_file_is_one_line(tmp_path: Path) -> None:
 
 
 def run_dir() -> Path:
-    (found,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    (found,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     return found
 
 

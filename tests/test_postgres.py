@@ -116,7 +116,7 @@ def test_cpo_run_checkpoints_in_postgres_when_the_url_is_set(
 ) -> None:
     monkeypatch.setenv("CPO_CHECKPOINT_URL", postgres_url)
     assert main(["run"]) == 0
-    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["checkpointer"] == "postgres" and postgres_url not in json.dumps(record)  # no URL, no password
     assert not (run_dir / "checkpoints.sqlite").exists()

@@ -40,7 +40,7 @@ def mode(path: Path) -> int:
 
 
 def only_run_dir(runs: Path) -> Path:
-    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return run_dir
 
 

@@ -139,7 +139,7 @@ def test_the_retriever_is_a_langchain_retriever(index: SqliteFtsIndex, snippets:
 def test_every_variant_cites_only_its_segments_retrieval(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run"]) == 0
     capsys.readouterr()
-    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     retrieval = json.loads((run_dir / "retrieval.json").read_text())
     variants = json.loads((run_dir / "variants.json").read_text())
     assert set(retrieval) == {v["segment"] for v in variants}

@@ -60,7 +60,7 @@ def wait_for_requests(server: Any, count: int, timeout: float = 20) -> None:
 
 
 def the_run_dir() -> Path:
-    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     return run_dir
 
 

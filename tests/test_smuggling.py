@@ -64,7 +64,7 @@ def use_azure(monkeypatch: pytest.MonkeyPatch, live_server: Any, responder: Any)
 
 
 def only_run_dir() -> Path:
-    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     return run_dir
 
 

@@ -57,7 +57,7 @@ def send_list(run_dir: Path) -> list[dict[str, str]]:
 
 def no_run_left(runs: str = "runs") -> bool:
     """No run directory (the runs directory may hold the session's ledger and the content index)."""
-    return not Path(runs).exists() or not [p for p in Path(runs).iterdir() if p.is_dir()]
+    return not Path(runs).exists() or not [p for p in Path(runs).iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 # -- who gets emailed ------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from cpo.accounting.ledger_rows import (
     statements,
     write_calls,
 )
-from cpo.accounting.start_journal import StartJournal, available, orphans
+from cpo.accounting.start_journal import StartJournal, available, discard, orphans
 from cpo.core.errors import InputError, LedgerError
 
 __all__ = ["OK", "REFUSED", "SCHEMA_VERSION", "STARTED", "UNKNOWN_COST", "CallRow", "Ledger"]
@@ -215,7 +215,7 @@ class Ledger:
             except sqlite3.Error as exc:
                 log.warning("cost ledger %s: cannot file the calls in flight of %s: %s", self.path, journal.name, exc)
                 continue
-            journal.unlink(missing_ok=True)
+            discard(journal)
             filed += len(rows)
         return filed
 

@@ -6,7 +6,7 @@ efficiency on two cores (measured with `benchmarks/concurrency.py --ledger`): an
 path lets go of the GIL, and winning it back from the other threads takes milliseconds. A write into a shared
 memory map holds the GIL and makes no system call, and the kernel keeps the page when the process dies.
 
-So each writing `Ledger` keeps a journal file beside the database (`<ledger>.starts/<pid>-<id>.journal`):
+So each writing `Ledger` keeps a journal file beside the database (`.<ledger>.starts/<pid>-<id>.journal`, hidden):
 fixed slots, one per call in flight, claimed by a counter with no lock. A slot is cleared once the call's end
 row is committed. The journal file is flock'ed while its process lives; opening a ledger files the starts of
 every journal whose process has died as possibly-billed rows and deletes the journal. Like SQLite's WAL with
@@ -42,7 +42,13 @@ HEADER = 3  # state byte, then the payload's length in two bytes
 
 
 def folder_of(ledger: Path) -> Path:
-    return ledger.with_name(ledger.name + ".starts")
+    """Hidden beside the ledger (`runs/.ledger.sqlite.starts/`): the runs folder lists run directories."""
+    return ledger.with_name(f".{ledger.name}.starts")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty (another process's journal), or already gone
+        folder.rmdir()
 
 
 def _payload(row: CallRow) -> bytes:
@@ -124,6 +130,7 @@ class StartJournal:
         if not keep:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            _remove_if_empty(self.path.parent)
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
@@ -140,7 +147,7 @@ def _used(view: mmap.mmap | bytes) -> Iterator[CallRow]:
 
 def orphans(ledger: Path) -> Iterator[tuple[Path, list[CallRow]]]:
     """(journal, its open starts) for each journal beside `ledger` whose process has died. The journal is
-    held locked while the caller files the rows; delete it afterwards (`Path.unlink`)."""
+    held locked while the caller files the rows; delete it afterwards (`discard`)."""
     folder = folder_of(ledger)
     if fcntl is None or not folder.is_dir():
         return
@@ -158,6 +165,12 @@ def orphans(ledger: Path) -> Iterator[tuple[Path, list[CallRow]]]:
                 yield path, list(_used(handle.read()))
         finally:
             os.close(fd)
+
+
+def discard(journal: Path) -> None:
+    """Delete a filed journal, and its folder once no journal is left."""
+    journal.unlink(missing_ok=True)
+    _remove_if_empty(journal.parent)
 
 
 def available() -> bool:
