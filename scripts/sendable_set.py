@@ -1,0 +1,112 @@
+"""Build and score the labelled sendability sets (issue 19): real-model emails a person labels by reading.
+
+`extract` takes result files of `benchmarks/real_model.py --set NAME` and appends every email in them (its
+subject and body as sent, its citations and the request it answered, rebuilt from the set's segments file)
+to a labels file, unlabelled (`"sendable": null`). A person then reads each email against
+`docs/sendable.md` and writes `sendable` (true/false) and `why`. `score` validates each stored email with
+today's rules and prints, against the labels, the precision (of the emails cpo calls valid, the share
+labelled sendable) and the recall (of the sendable ones, the share cpo calls valid).
+
+Usage: python scripts/sendable_set.py extract RESULT.json [...] --out tests/sendable/labelled.json
+       python scripts/sendable_set.py score tests/sendable/labelled.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def extract(results: list[Path], out: Path) -> int:
+    from cpo.email.content import ContentBundle
+
+    existing: list[dict[str, Any]] = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else []
+    seen = {e["id"] for e in existing}
+    added = 0
+    for path in results:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        settings = report["settings"]
+        segment_set = settings.get("segments", "shipped")
+        segments = None if segment_set == "shipped" else ROOT / "benchmarks" / "segments" / f"{segment_set}.json"
+        bundle = ContentBundle.load(segments_file=segments)
+        stage = "first draft" if settings["max_repairs"] == 0 else f"after up to {settings['max_repairs']} repairs"
+        for email in report["emails"]:
+            variant = email["variant"]
+            key = f"{path.stem}/{variant['segment']}/{variant['tone']}"
+            if key in seen:
+                continue
+            request = bundle.request(variant["segment"], variant["tone"])
+            existing.append(
+                {
+                    "id": key,
+                    "stage": stage,
+                    "model": settings["model"],
+                    "seed": settings["seed"],
+                    "request": json.loads(request.model_dump_json()),
+                    "subject": variant["subject"],
+                    "body": variant["body"],
+                    "citations": [c["id"] for c in variant["citations"]],
+                    "valid_when_made": variant["validation"]["valid"],
+                    "sendable": None,
+                    "why": "",
+                }
+            )
+            added += 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(existing, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{out}: {added} emails added, {len(existing)} in all")
+    return 0
+
+
+def verdicts(path: Path) -> list[tuple[dict[str, Any], bool]]:
+    """Each labelled email and whether today's rules call it valid."""
+    from cpo.core.models import EmailDraft, EmailRequest
+    from cpo.email.validation import validate_draft
+
+    out = []
+    for entry in json.loads(path.read_text(encoding="utf-8")):
+        if entry["sendable"] is None:
+            continue
+        draft = EmailDraft(subject=entry["subject"], body=entry["body"], citations=entry["citations"])
+        report = validate_draft(draft, EmailRequest.model_validate(entry["request"]))
+        out.append((entry, report.valid))
+    return out
+
+
+def score(path: Path) -> int:
+    found = verdicts(path)
+    valid = [e for e, ok in found if ok]
+    sendable = [e for e, _ in found if e["sendable"]]
+    precision = sum(e["sendable"] for e in valid) / len(valid) if valid else float("nan")
+    recall = sum(ok for e, ok in found if e["sendable"]) / len(sendable) if sendable else float("nan")
+    print(
+        f"{path}: {len(found)} labelled, {len(sendable)} sendable by reading, {len(valid)} valid by cpo; "
+        f"precision {precision:.2f}, recall {recall:.2f}"
+    )
+    for entry, ok in found:
+        if ok and not entry["sendable"]:
+            print(f"  valid but not sendable: {entry['id']}: {entry['why']}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("extract")
+    ex.add_argument("results", type=Path, nargs="+")
+    ex.add_argument("--out", type=Path, required=True)
+    sc = sub.add_parser("score")
+    sc.add_argument("labels", type=Path)
+    args = parser.parse_args()
+    if args.command == "extract":
+        return extract(args.results, args.out)
+    return score(args.labels)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
