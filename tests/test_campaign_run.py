@@ -42,9 +42,9 @@ def kept_emails(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def journal_starts() -> list[Any]:
     """The calls in flight of the running `cpo run`, read from its ledger's start journal on disk."""
-    from cpo.accounting.start_journal import _used, folder_of
+    from cpo.accounting.start_journal import starts_on_disk
 
-    return [r for f in folder_of(Path("runs/ledger.sqlite")).glob("*.journal") for r in _used(f.read_bytes())]
+    return starts_on_disk(Path("runs/ledger.sqlite"))
 
 
 def tokens(rows: list[dict[str, Any]], keys: tuple[str, str]) -> int:

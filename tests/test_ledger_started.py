@@ -51,11 +51,18 @@ def answer(input_tokens: int = 120, output_tokens: int = 40) -> LLMResult:
     return LLMResult(generations=[[ChatGeneration(message=message)]])
 
 
+def start(tracker: CostTracker) -> uuid.UUID:
+    """One chat-model call started (its start callback returned: the point where the request is sent)."""
+    call = uuid.uuid4()
+    tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
+    return call
+
+
 def journal(path: Path) -> list[tuple[str, str | None]]:
     """(status, call id) of every start in the journals beside the ledger, read from the files on disk."""
-    from cpo.accounting.start_journal import _used, folder_of
+    from cpo.accounting.start_journal import starts_on_disk
 
-    return [(r.status, r.call_id) for f in sorted(folder_of(path).glob("*.journal")) for r in _used(f.read_bytes())]
+    return [(r.status, r.call_id) for r in starts_on_disk(path)]
 
 
 def test_a_call_is_on_disk_as_started_before_its_start_callback_returns(tmp_path: Path) -> None:
@@ -64,9 +71,8 @@ def test_a_call_is_on_disk_as_started_before_its_start_callback_returns(tmp_path
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
     tracker = CostTracker(ledger=ledger, default_model="gpt-4o-mini")
-    call = uuid.uuid4()
+    call = start(tracker)
     try:
-        tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
         assert journal(path) == [(STARTED, str(call))]
         assert committed(path) == []  # nothing on the call's path waits for SQLite
 
@@ -120,9 +126,8 @@ def test_a_live_process_journal_is_not_filed_by_another_reader(tmp_path: Path) -
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
     tracker = CostTracker(ledger=ledger, default_model="gpt-4o-mini")
-    call = uuid.uuid4()
+    call = start(tracker)
     try:
-        tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
         assert Ledger(path, readonly=True).filed_starts == 0
         assert Ledger(path).filed_starts == 0
         assert journal(path) == [(STARTED, str(call))] and committed(path) == []
@@ -148,8 +153,7 @@ def test_a_ledger_of_the_previous_schema_opens_and_records_starts(tmp_path: Path
     ledger = Ledger(path)
     assert ledger.version == 5
     tracker = CostTracker(ledger=ledger, default_model="gpt-4o-mini", session_id="s-new")
-    call = uuid.uuid4()
-    tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
+    call = start(tracker)
     tracker.on_llm_end(answer(), run_id=call)
     ledger.close()
     old, new = committed(path)
@@ -199,10 +203,8 @@ def test_without_a_start_journal_the_ledger_still_records_every_call(
         ledger = Ledger(path)
     assert "no start journal" in caplog.text
     tracker = CostTracker(ledger=ledger, default_model="gpt-4o-mini")
-    calls = [uuid.uuid4() for _ in range(2)]
     try:
-        for call in calls:
-            tracker.on_chat_model_start({}, [[HumanMessage("hello")]], run_id=call, invocation_params=PARAMS)
+        calls = [start(tracker) for _ in range(2)]
         tracker.on_llm_end(answer(), run_id=calls[0])
         assert ledger.flush()
         assert sorted((r["call_id"], r["status"]) for r in committed(path)) == sorted(

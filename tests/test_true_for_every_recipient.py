@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,24 @@ def tier_blind_campaign(folder: Path, rules_text: str = TIER_BLIND_RULES) -> Pat
     path = folder / "campaign.yaml"
     path.write_text(campaign.replace("rules: segment_rules.yaml", "rules: rules.yaml"), encoding="utf-8")
     return path
+
+
+DEFAULT_OFFER = "offer: Join Northwind Plus for $99 a year"
+
+
+def edited_campaign(folder: Path, edit: Callable[[str], str]) -> Path:
+    """`tier_blind_campaign` with its text changed by `edit`."""
+    path = tier_blind_campaign(folder)
+    path.write_text(edit(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return path
+
+
+def one_line_refusal(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    """Run `cpo`; it must refuse with exit 2 and one line on stderr, which is returned."""
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 def misaddressed(run_dir: Path) -> list[tuple[str, str, str]]:
@@ -240,15 +259,12 @@ def test_an_offer_that_names_one_tier_of_a_mixed_segment_fails_before_paying(
 ) -> None:
     """Every email repeating the offer would be refused: a one-line error before any call, and a dry run says so."""
     monkeypatch.chdir(tmp_path)
-    campaign = tier_blind_campaign(tmp_path)
-    text = campaign.read_text(encoding="utf-8")
-    campaign.write_text(
-        text.replace("offer: Join Northwind Plus for $99 a year", "offer: As a Gold member, join for $99 a year")
+    campaign = edited_campaign(
+        tmp_path, lambda text: text.replace(DEFAULT_OFFER, "offer: As a Gold member, join for $99 a year")
     )
     for args in (["run", "--config", str(campaign)], ["run", "--dry-run", "--config", str(campaign)]):
-        assert main(args) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "offers: Recent:" in err and "names Gold" in err, err
+        err = one_line_refusal(capsys, args)
+        assert "offers: Recent:" in err and "names Gold" in err, err
     assert not Path("runs").exists() or not [p for p in Path("runs").rglob("emails/*.json")]
 
 
@@ -257,12 +273,11 @@ def test_a_campaign_tier_that_is_not_a_name_is_refused(
 ) -> None:
     """The campaign's tiers reach prompts and emails: a link or a sentence is not a tier."""
     monkeypatch.chdir(tmp_path)
-    campaign = tier_blind_campaign(tmp_path)
-    text = campaign.read_text(encoding="utf-8")
-    campaign.write_text(text + 'tiers: [Bronze, Silver, "Gold (see evil.example/login)", Platinum]\n', encoding="utf-8")
-    assert main(["run", "--dry-run", "--config", str(campaign)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not a tier name" in err, err
+    campaign = edited_campaign(
+        tmp_path, lambda text: text + 'tiers: [Bronze, Silver, "Gold (see evil.example/login)", Platinum]\n'
+    )
+    err = one_line_refusal(capsys, ["run", "--dry-run", "--config", str(campaign)])
+    assert "is not a tier name" in err, err
 
 
 PERKS = "Gold members who join receive a $25 welcome credit. Platinum members receive a $50 welcome credit."
@@ -324,13 +339,10 @@ def test_an_offer_that_tells_readers_they_hold_a_tier_they_do_not_fails_before_p
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    campaign = tier_blind_campaign(tmp_path)
-    text = campaign.read_text(encoding="utf-8")
     offer = "offer: You have reached Platinum status, so join Northwind Plus for $99 a year"
-    campaign.write_text(text.replace("offer: Join Northwind Plus for $99 a year", offer), encoding="utf-8")
-    assert main(["run", "--dry-run", "--config", str(campaign)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "offers: Recent:" in err and "names Platinum" in err, err
+    campaign = edited_campaign(tmp_path, lambda text: text.replace(DEFAULT_OFFER, offer))
+    err = one_line_refusal(capsys, ["run", "--dry-run", "--config", str(campaign)])
+    assert "offers: Recent:" in err and "names Platinum" in err, err
 
 
 def test_a_campaigns_own_tier_may_be_written_in_capitals_in_a_subject() -> None:

@@ -145,6 +145,13 @@ def _used(view: mmap.mmap | bytes) -> Iterator[CallRow]:
             yield _row(bytes(view[at + HEADER : at + HEADER + size]))
 
 
+def starts_on_disk(ledger: Path) -> list[CallRow]:
+    """Every start in the journals beside `ledger`, live or dead, as the files on disk hold them (for tools and
+    tests that look at a running process from outside)."""
+    folder = folder_of(ledger)
+    return [row for path in sorted(folder.glob("*.journal")) for row in _used(path.read_bytes())]
+
+
 def orphans(ledger: Path) -> Iterator[tuple[Path, list[CallRow]]]:
     """(journal, its open starts) for each journal beside `ledger` whose process has died. The journal is
     held locked while the caller files the rows; delete it afterwards (`discard`)."""
