@@ -149,20 +149,19 @@ def validate_draft(
 
     # Claims are read on the folded text (and sources), so a look-alike letter hides no claim.
     snippets = [s.model_copy(update={"text": fold(s.text)}) for s in request.snippets]
+    folded, folded_subject, folded_offer = fold(f"{subject}\n\n{body}"), fold(subject), fold(request.offer)
     for problem in check_grounding(
-        fold(f"{subject}\n\n{body}"),
+        folded,
         [s for s in snippets if s.id in cited],
-        fold(request.offer),
+        folded_offer,
         others=[s for s in snippets if s.id not in cited],
         vocabulary=request.vocabulary,
     ):
-        in_subject = bool(problem.sentence.strip()) and problem.sentence.strip() in fold(subject)
+        in_subject = bool(problem.sentence.strip()) and problem.sentence.strip() in folded_subject
         fail("ungrounded_claim", problem.message, "subject" if in_subject else "body", [problem.sentence.strip()])
-    backing = [fold(request.offer), *(s.text for s in snippets if s.id in cited)]
-    for sentence, message in audience_problems(
-        fold(f"{subject}\n\n{body}"), request.segment.readers, backing, request.vocabulary
-    ):
-        in_subject = sentence.strip() in fold(subject)
+    backing = [folded_offer, *(s.text for s in snippets if s.id in cited)]
+    for sentence, message in audience_problems(folded, request.segment.readers, backing, request.vocabulary):
+        in_subject = sentence.strip() in folded_subject
         fail(AUDIENCE_CODE, message, "subject" if in_subject else "body", [sentence.strip()])
 
     shown = f"{subject}\n{body}".replace(GREETING_TAG, "")
