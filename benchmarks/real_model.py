@@ -79,6 +79,7 @@ def describe(variant: Any, wall_s: float) -> list[str]:
         flags = (" REPEATED" if step.repeated else "") + (" (varied)" if step.varied else "")
         failed = f" failed: {','.join(step.issues)}" if step.issues else ""
         error = f" error: {step.error}" if step.error else ""
+        error += f" discarded: {step.discarded}" if step.discarded else ""
         lines.append(
             f"  {step.step:<8} {step.input_tokens:>5} in {step.output_tokens:>4} out {step.seconds:6.1f} s"
             f"{failed}{flags}{error}"

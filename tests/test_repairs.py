@@ -193,7 +193,14 @@ def test_a_long_body_gets_its_longest_paragraph_shortened(live_server: Any) -> N
     request = BUNDLE.request(SEGMENT, "urgent")
     answer = good(request)
     parts = answer["body"].split("\n\n")
-    padding = " Members tell us they value this benefit every single week of the year." * 6
+    padding = (
+        " Members tell us they value this benefit every single week of the year."
+        " Busy offices plan their supply runs around it."
+        " Teachers stock classrooms before term starts without a second trip."
+        " Small shops keep shelves full during the holiday rush."
+        " Families order school supplies in one go each autumn."
+        " Our warehouses keep popular lines ready to ship."
+    )
     longest = parts[1] + padding
     live_server.script(
         MODEL,

@@ -10,9 +10,24 @@ from cpo import ConfigError, ContentBundle, EmailDraft, EmailRequest, Validation
 from cpo.email.validation import numbers_in
 
 REQUEST = ContentBundle.load().request("High-Value Recent", "urgent")
-FILLER = " ".join(["Our team is here to help you make the most of your membership every single day."] * 10)
+# Eleven sentences with no claims in them, each saying something else: the rubric refuses a thing said twice.
+FILLER = " ".join(
+    [
+        "Our team is here to help you make the most of your membership.",
+        "Questions about an order are answered by people who know our catalog well.",
+        "Many customers tell us they plan their office supplies around our weekly deals.",
+        "Shopping takes less time when your favourite items are saved in your account.",
+        "Our warehouses restock popular paper and ink lines before they run low.",
+        "Delivery windows are shown at checkout so you can plan around them.",
+        "Returns are simple, and our support staff will walk you through them.",
+        "Every product page lists the details you need before you decide.",
+        "We keep looking for ways to make reordering faster for busy teams.",
+        "Thank you for being part of our growing community of customers.",
+        "Our catalog grows each season with tools and furniture chosen for small offices.",
+    ]
+)
 BODY = (
-    "Hello,\n\nCustomers who upgrade by March 31, 2027 pay $4.99 a month for their first 3 months. "
+    "Customers who upgrade by March 31, 2027 pay $4.99 a month for their first 3 months. "
     "Gold members receive a $25 welcome credit. " + FILLER
 )
 
@@ -82,7 +97,7 @@ def test_a_number_is_grounded_only_by_a_cited_snippet() -> None:
 
 @pytest.mark.parametrize("placeholder", ["[Customer Name]", "{first_name}", "{{ first_name }}", "<first_name>"])
 def test_unresolved_placeholders_are_rejected(placeholder: str) -> None:
-    assert "placeholder" in codes(draft(body=BODY.replace("Hello,", f"Hello {placeholder},")))
+    assert "placeholder" in codes(draft(body=BODY.replace("at checkout", f"at checkout, {placeholder}")))
 
 
 @pytest.mark.parametrize(

@@ -219,6 +219,9 @@ class Attempt(BaseModel):
     repeated: bool = Field(False, description="the answer gave back what it was asked to change")
     varied: bool = Field(False, description="sent with varied sampling (temperature, seed) after a repeated answer")
     error: str | None = None
+    discarded: str | None = Field(
+        None, description="why a repair answer was not spliced in (meta-text, greeting, sign-off, placeholder...)"
+    )
 
 
 class ValidationReport(BaseModel):

@@ -57,6 +57,7 @@ from cpo.email.repairs import (
     repeats,
 )
 from cpo.email.replies import judged_issues, read_draft, sentences_of, subject_candidates, tokens_of
+from cpo.email.splice_guard import junk_in
 from cpo.email.validation import ValidationLimits, validate_draft
 from cpo.net.faults import is_transient
 
@@ -256,10 +257,14 @@ class EmailLoop:
                 text = ""  # cut off mid-sentence: not put into the email (asked again, varied)
             if call.step == "subject":
                 text = self._best_subject(self.draft, text)
+            discarded = junk_in(text, self.request, subject=call.step == "subject")
+            if discarded is not None:
+                text = ""  # never spliced in: the draft stays as it was, and the next call is varied
             raw: EmailDraft | None = apply_answer(call, self.draft, text)
             error = None
         else:
             raw, error = read_draft(reply)
+            discarded = None
         self.last_text = str(reply.content or "") or json.dumps([c["args"] for c in reply.tool_calls])
         if raw is None:
             issue = ValidationIssue(code="unparseable", message=error or "", field="reply")
@@ -281,6 +286,7 @@ class EmailLoop:
                 issues=[i.code for i in self.report.issues],
                 repeated=self.repeated,
                 varied=bool(call.vary),
+                discarded=discarded,
             )
         )
         sent = self.sent
@@ -304,9 +310,9 @@ class EmailLoop:
 
     def _best_subject(self, draft: EmailDraft, text: str) -> str:
         """The candidate subject that breaks the fewest rules (the first of equals): the model wrote them all."""
-        candidates = subject_candidates(text)
+        candidates = [c for c in subject_candidates(text) if junk_in(c, self.request, subject=True) is None]
         if not candidates:
-            return text
+            return text  # no clean line: the guard reads the whole answer and discards it
 
         def broken(subject: str) -> int:
             _, _, report, _ = self._assess(draft.model_copy(update={"subject": subject}))

@@ -14,13 +14,14 @@ from cpo.core.models import GREETING_TAG, EmailDraft, EmailRequest, ValidationIs
 from cpo.email.grounding import check_grounding
 from cpo.email.grounding.audience import AUDIENCE_CODE, audience_problems
 from cpo.email.normalize import frame_words, word_count
+from cpo.email.rubric import rubric_problems
 from cpo.email.textsafety import fold, smuggled
 
 NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:[.,]\d+)*%?")
 LABEL = re.compile(r"^\s*[*_#>`\s]*(subject|body|title|preview)\s*[*_]*\s*:", re.IGNORECASE | re.MULTILINE)
 MARKDOWN = re.compile(r"\*\*|__|^\s*#{1,6}\s|`|\[[^\]]+\]\([^)]+\)", re.MULTILINE)
 PLACEHOLDER = re.compile(
-    r"\{\{[^{}]*\}\}|\{%[^%]*%\}|\[(?:[A-Z][\w .'-]*|[a-z_]+)\]|\{\{?\s*[A-Za-z_][\w.]*\s*\}?\}"
+    r"\{\{[^{}]*\}\}|\{%[^%]*%\}|\[[^\[\]\n]{1,80}\](?!\()|\{\{?\s*[A-Za-z_][\w.]*\s*\}?\}"
     r"|<\s*[a-z_]+\s*>|%[A-Z_]+%|\bXX+\b"
 )
 CAPS_WORD = re.compile(r"\b[A-Z]{4,}\b")
@@ -179,6 +180,8 @@ def validate_draft(
         for item in smuggled(text, subject=field == "subject"):
             fail(item.code, item.message, field, item.excerpts if field == "body" else [])
 
+    for code, message, excerpts in rubric_problems(subject, body, request):
+        fail(code, message, "subject" if code == "subject_label" else "body", excerpts)
     _lint_subject(subject, limits, fail, (*request.vocabulary.tiers, *request.vocabulary.brand_words))
     return ValidationReport(
         valid=not issues, issues=issues, subject_chars=len(subject), body_words=words, citations=len(cited)

@@ -22,6 +22,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from cpo.accounting.pricing import OFFLINE_MODEL
+from cpo.core.wording import says_again
 from cpo.llm.resilient import ResilientChatModel
 from cpo.net.tokens import count_text_tokens, count_tokens
 
@@ -29,6 +30,7 @@ NOT_CONFIGURED = (
     "No LLM endpoint is configured, so cpo used its offline drafting model. Set AZURE_OPENAI_ENDPOINT, "
     "AZURE_OPENAI_API_KEY and AZURE_OPENAI_DEPLOYMENT_NAME (or OPENAI_BASE_URL and CPO_MODEL_NAME) to use a real model."
 )
+SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 SNIPPET_LINE = re.compile(r"^\[(?P<id>[^\]\s]+)\] (?P<text>.+)$", re.MULTILINE)
 
 
@@ -160,7 +162,9 @@ def draft_email(brief: _Brief) -> dict[str, Any]:
         """The paragraphs only: cpo adds the greeting and the sign-off around them."""
         paragraphs = [f"{opening} {brief.offer}".strip()]
         for lead, snippet in zip(LEAD_INS[tone], snippets, strict=False):
-            paragraphs.append(f"{lead} {snippet['text']}")
+            # A snippet sentence that restates the offer is left out: the rubric refuses a thing said twice.
+            kept = [s for s in SENTENCE.split(snippet["text"]) if not says_again(s, brief.offer)]
+            paragraphs.append(f"{lead} {' '.join(kept or [snippet['text']])}")
         paragraphs.append(" ".join([CLOSINGS[tone], *FILLERS[tone][:fillers]]))
         return "\n\n".join(paragraphs)
 
