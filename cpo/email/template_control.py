@@ -35,7 +35,33 @@ POINTS_BACK = re.compile(
     re.I,
 )
 CONTENT_WORD = re.compile(r"[a-z0-9$][a-z0-9$.,%-]*[a-z0-9%]|[a-z0-9]", re.I)
-COMMON = frozenset("a an the and or of to for on in at by with your you our their its is are be get can".split())
+COMMON = frozenset(
+    (
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "to",
+        "for",
+        "on",
+        "in",
+        "at",
+        "by",
+        "with",
+        "your",
+        "you",
+        "our",
+        "their",
+        "its",
+        "is",
+        "are",
+        "be",
+        "get",
+        "can",
+    )
+)
 SAME_AS_OFFER = 0.75  # share of a sentence's words the offer already says, from which it only repeats the offer
 # Where the offer's first clause ends: before another verb of the offer ("... and save 16%"), or before a
 # condition ("with no minimum"); never inside a price, a date or a list ("paper, ink and coffee").
