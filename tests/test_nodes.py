@@ -490,9 +490,11 @@ def test_gather_changes_nothing(run: Run) -> None:
 
 @pytest.mark.parametrize(
     ("skipped", "next_node"),
-    [(None, stages.SCREEN), ({}, stages.SCREEN), ({"abc": "budget"}, END), ({"abc": "interrupted"}, END)],
+    [(None, stages.TEMPLATE), ({}, stages.TEMPLATE), ({"abc": "budget"}, END), ({"abc": "interrupted"}, END)],
 )
-def test_go_on_ends_a_stopped_run_and_screens_a_finished_one(skipped: dict[str, str] | None, next_node: str) -> None:
+def test_go_on_ends_a_stopped_run_and_goes_on_with_a_finished_one(
+    skipped: dict[str, str] | None, next_node: str
+) -> None:
     assert nodes.go_on({"skipped": skipped}) == next_node
 
 
@@ -757,6 +759,7 @@ def test_the_graph_wires_every_node_tested_here() -> None:
         stages.RETRIEVE,
         stages.GENERATE,
         stages.GATHER,
+        stages.TEMPLATE,  # tests/test_template_control.py
         stages.SCREEN,
         stages.REVIEW,
         stages.ASSIGN,

@@ -1,6 +1,7 @@
 """The campaign graph: LangGraph wiring of the nodes in `cpo.campaign.nodes`, and nothing else.
 
     load_segment -> retrieve -> generate (one task per segment x arm, fanned out) -> gather
+      -> template_controls (cpo's own control where the model's ended invalid; no model call)
       -> screen -> review -> assign -> export
 
 Durable: compiled with a checkpointer (`cpo.campaign.checkpoints`), the run id is the thread id, and
@@ -30,6 +31,7 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     graph.add_node(stages.RETRIEVE, partial(nodes.retrieve_content, tools=tools))
     graph.add_node(stages.GENERATE, partial(nodes.generate, tools=tools))
     graph.add_node(stages.GATHER, nodes.gather)
+    graph.add_node(stages.TEMPLATE, partial(nodes.write_templates, tools=tools))
     graph.add_node(stages.SCREEN, partial(nodes.screen, tools=tools))
     graph.add_node(stages.REVIEW, nodes.review)
     graph.add_node(stages.ASSIGN, nodes.assign)
@@ -38,7 +40,8 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     graph.add_edge(stages.LOAD_SEGMENT, stages.RETRIEVE)
     graph.add_conditional_edges(stages.RETRIEVE, nodes.fan_out, [stages.GENERATE])
     graph.add_edge(stages.GENERATE, stages.GATHER)
-    graph.add_conditional_edges(stages.GATHER, nodes.go_on, [stages.SCREEN, END])
+    graph.add_conditional_edges(stages.GATHER, nodes.go_on, [stages.TEMPLATE, END])
+    graph.add_edge(stages.TEMPLATE, stages.SCREEN)
     graph.add_edge(stages.SCREEN, stages.REVIEW)
     graph.add_edge(stages.REVIEW, stages.ASSIGN)
     graph.add_edge(stages.ASSIGN, stages.EXPORT)

@@ -21,7 +21,7 @@ from cpo.accounting.tracker import trackers_in
 from cpo.campaign import stages
 from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers
 from cpo.campaign.agents.export import export_campaign, personal_delivery, render_emails, unsent_customers
-from cpo.campaign.agents.generation import current_request
+from cpo.campaign.agents.generation import current_request, template_controls
 from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy, sent_text
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.audit import AuditLog, content_hash
@@ -32,7 +32,7 @@ from cpo.campaign.kept import KeptEmails, is_final, rechecked, request_key
 from cpo.campaign.planning import campaign_of, connect, load_and_segment, plan_emails, reopened
 from cpo.campaign.rundir import RETRIEVAL_FILE, SCREENING_FILE, write_json
 from cpo.campaign.screening import audited_hashes, earlier_screening, screen_variants
-from cpo.campaign.state import CampaignState, ordered_variants, withheld
+from cpo.campaign.state import CampaignState, every_variant, ordered_variants, template_key, withheld
 from cpo.core.models import EmailRequest, EmailVariant
 from cpo.email.chain import EmailChain
 from cpo.email.validation import ValidationLimits
@@ -80,6 +80,7 @@ def load_segment(state: CampaignState, tools: Tools) -> CampaignState:
         "variants": None,
         "failures": None,
         "skipped": None,
+        "templates": None,
     }
 
 
@@ -140,7 +141,21 @@ def gather(state: CampaignState) -> CampaignState:
 
 def go_on(state: CampaignState) -> str:
     """A stopped run (budget, Ctrl-C, credentials) ends here; `--resume` generates what is missing."""
-    return END if state.get("skipped") else stages.SCREEN
+    return END if state.get("skipped") else stages.TEMPLATE
+
+
+def write_templates(state: CampaignState, tools: Tools) -> CampaignState:
+    """cpo's own control for each segment whose model control ended invalid: no model call, nothing paid, so a
+    resumed run that comes here again writes the same one (same key, same content) and pays nothing.
+    Not for --per-customer runs, whose emails are each customer's own."""
+    if state["inputs"].get("per_customer"):
+        return {"templates": {}}
+    requests = {}
+    for data in state.get("requests", []):
+        checkpointed = EmailRequest.model_validate(data)
+        requests[request_key(checkpointed)] = current_request(checkpointed, tools.audiences)
+    written = template_controls(requests, state.get("variants") or {}, state.get("failures") or {}, tools.rules())
+    return {"templates": {k: v.model_dump(mode="json") for k, v in written.items()}}
 
 
 def screen(state: CampaignState, config: RunnableConfig, tools: Tools) -> CampaignState:
@@ -150,10 +165,11 @@ def screen(state: CampaignState, config: RunnableConfig, tools: Tools) -> Campai
     policy = tools.policy or load_policy()
     backend = tools.screen or build_screen(policy)
     requests = {request_key(r): r for r in (EmailRequest.model_validate(x) for x in state.get("requests", []))}
+    requests.update({template_key(k): r for k, r in list(requests.items())})  # a template control cites its request's
     run_id = str(config.get("configurable", {}).get("thread_id") or run_dir.name)
     audited = audited_hashes(run_dir)  # the chain read once
     decisions = screen_variants(
-        state.get("variants") or {},
+        every_variant(state),
         requests,
         footer=campaign_of(inputs).unsubscribe,
         screen=backend,

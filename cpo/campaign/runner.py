@@ -247,6 +247,10 @@ class CampaignRunner:
         if node == stages.GATHER:  # after the last email task
             self._lap(stages.GENERATE)
             return
+        if node == stages.TEMPLATE:  # free, and timed with the screen stage
+            self._state["templates"] = merged(self._state.get("templates"), update.get("templates") or {})
+            self._log_templates(update.get("templates") or {})
+            return
         if node not in stages.STAGE_NODES:  # e.g. LangGraph's own "__metadata__" on a resumed thread
             return
         self._state.update(update)
@@ -274,6 +278,20 @@ class CampaignRunner:
                 )
         elif node in (stages.ASSIGN, stages.EXPORT):
             self.log.event(node, **update)
+
+    def _log_templates(self, templates: dict[str, Any]) -> None:
+        if self.log is None:
+            return
+        for data in templates.values():
+            v = EmailVariant.model_validate(data)
+            self.log.event(
+                "template_control",
+                segment=v.segment,
+                variant_id=v.variant_id,
+                valid=v.valid,
+                issues=sorted(v.validation.codes),
+                reason="the model's control ended invalid",
+            )
 
     def _one_email(self, update: dict[str, Any]) -> None:
         for name in ("variants", "failures", "skipped"):

@@ -8,6 +8,7 @@ LOAD_SEGMENT = "load_segment"
 RETRIEVE = "retrieve"
 GENERATE = "generate"  # one task per email, fanned out
 GATHER = "gather"  # after the last email task: ends the generate stage
+TEMPLATE = "template_controls"  # cpo's own control where the model's is invalid: no model call, part of generate
 SCREEN = "screen"
 REVIEW = "review"
 ASSIGN = "assign"
@@ -23,5 +24,5 @@ STAGE_LABELS = {
     ASSIGN: "assign arms",
     EXPORT: "export",
 }
-# The nodes that are a stage of their own (generate's tasks and gather are counted as one stage).
+# The nodes that are a stage of their own (generate's tasks, gather and the template controls are counted as one).
 STAGE_NODES = frozenset(STAGE_LABELS) - {GENERATE}

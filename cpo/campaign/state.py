@@ -37,6 +37,8 @@ class CampaignState(TypedDict, total=False):
     variants: Annotated[dict[str, dict[str, Any]] | None, merged]  # request key -> EmailVariant
     failures: Annotated[dict[str, str] | None, merged]  # request key -> the error, in one line
     skipped: Annotated[dict[str, str] | None, merged]  # request key -> why it was not generated (budget, Ctrl-C)
+    # control request key -> the control cpo wrote itself (source: template) where the model's ended invalid
+    templates: Annotated[dict[str, dict[str, Any]] | None, merged]
     retrieval: dict[str, dict[str, Any]]  # segment -> what retrieval searched, found and chose
     screening: dict[str, dict[str, Any]]  # variant id -> SafetyDecision
     review: dict[str, dict[str, Any]]  # variant id -> {"decision": "approve" | "reject", "reviewer", "reason"}
@@ -49,11 +51,23 @@ class CampaignState(TypedDict, total=False):
 INVALID, BLOCKED, REJECTED = "invalid", "blocked by screening", "rejected in review"
 
 
+def template_key(key: str) -> str:
+    """The key a template control is screened under: its control request's key, marked."""
+    return f"{key}:template"
+
+
+def every_variant(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The generated emails and the template controls, by key (a template's: `template_key` of its request's)."""
+    templates = state.get("templates") or {}
+    return {**(state.get("variants") or {}), **{template_key(k): v for k, v in templates.items()}}
+
+
 def ordered_variants(state: Mapping[str, Any]) -> list[EmailVariant]:
-    """The generated emails in request order (segment, then arm)."""
-    variants = state.get("variants") or {}
+    """The generated emails in request order (segment, then arm), each template control after the control it
+    stands in for."""
+    variants = every_variant(state)
     keys = [request_key(EmailRequest.model_validate(r)) for r in state.get("requests", [])]
-    return [EmailVariant.model_validate(variants[k]) for k in keys if k in variants]
+    return [EmailVariant.model_validate(variants[k]) for key in keys for k in (key, template_key(key)) if k in variants]
 
 
 def withheld(state: Mapping[str, Any]) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """What `cpo run` prints when a run ends: the summary table (customers per segment x arm, variants valid,
-cost), what was substituted, withheld or invalid, the totals, and how a stopped run goes on.
+cost), what was substituted, withheld or invalid, the controls cpo wrote itself (`source: template`), the
+totals, and how a stopped run goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from cpo.campaign.state import INVALID
 from cpo.cli.output import console, printable, quality_line, say, totals_line
 from cpo.core.errors import ExitCode
 
+TEMPLATE = "template"  # the source of a control cpo wrote itself
+
 
 def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
     from cpo.campaign.rundir import OUTPUTS
@@ -20,7 +23,8 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
     from cpo.core.usage import format_usd
 
     tracker = ctx.tracker
-    variants = result.variants
+    variants = [v for v in result.variants if v.source != TEMPLATE]  # the model's (or the offline drafter's)
+    templates = {v.segment: v for v in result.variants if v.source == TEMPLATE}
     if result.segments:
         console().print(summary_table(result))
     counts = result.counts
@@ -49,6 +53,12 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
             f"{segment} / {arm}: its variant is {why(own.get((segment, arm)))}; those customers get the control instead"
         )
     missing = result.unsent_customers
+    for segment, t in templates.items():
+        state = "sendable" if t.valid and t.variant_id not in held else why(t)
+        say(
+            f"{segment} / control: the model's control is {why(own.get((segment, 'control')))}; cpo wrote one "
+            f"itself from the offer and snippets (source: template, no model call): {state}"
+        )
     for segment in result.delivery.get("unsent", []):
         n = missing.get(segment)
         who = f"{n} customer(s) get nothing" if n is not None else "not sent"
@@ -57,9 +67,14 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
             reasons = sorted({why(v).split(" by ")[0].split(":")[0] for v in mine}) or ["not generated"]
             say(f"{segment}: {who}: their own emails are {', '.join(reasons)}")
         else:
-            say(f"{segment}: {who}: its control is {why(own.get((segment, 'control')))}, with nothing to fall back on")
-    for v in (v for v in variants if not v.valid):
-        say(f"invalid {v.segment} / {v.tone}: {'; '.join(v.validation.reasons)}")
+            template = f" and cpo's own is {why(templates[segment])}" if segment in templates else ""
+            say(
+                f"{segment}: {who}: its control is {why(own.get((segment, 'control')))}{template}, "
+                "with nothing to fall back on"
+            )
+    for v in (v for v in result.variants if not v.valid):
+        label = " (template)" if v.source == TEMPLATE else ""
+        say(f"invalid {v.segment} / {v.tone}{label}: {'; '.join(v.validation.reasons)}")
     if result.screening:
         blocked = [d for d in result.screening.values() if d["blocked"]]
         backend = next(iter(result.screening.values()))["backend"]
@@ -132,8 +147,10 @@ def summary_table(result: Any) -> Any:
     cells = {(s, a): n for s, a, n in result.assignment.get("cells", [])}
     arms = ([HOLDOUT] if any(a == HOLDOUT for _, a in cells) else []) + list(DEFAULT_ARMS)
     by_cell: dict[tuple[str, str], list[Any]] = {}
+    templates = {v.segment: v for v in result.variants if v.source == TEMPLATE}
     for v in result.variants:
-        by_cell.setdefault((v.segment, v.tone), []).append(v)
+        if v.source != TEMPLATE:
+            by_cell.setdefault((v.segment, v.tone), []).append(v)
     substituted = {tuple(c) for c in result.delivery.get("substituted", [])}
     unsent = set(result.delivery.get("unsent", []))
     held = result.delivery.get("withheld") or {}
@@ -154,6 +171,8 @@ def summary_table(result: Any) -> Any:
                 mark = "-"
             elif arm == HOLDOUT:
                 mark = ""
+            elif arm == "control" and segment.name in templates and segment.name not in unsent:
+                mark = " ✓ template"
             elif (segment.name, arm) in substituted:
                 mark = " → control"
             elif segment.name in unsent and (not own or invalid or any(v.variant_id in held for v in own)):

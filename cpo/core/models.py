@@ -14,7 +14,7 @@ from cpo.core.usage import Usage
 
 Tone = Literal["urgent", "informational", "friendly", "control"]
 TONES: tuple[Tone, ...] = ("urgent", "informational", "friendly", "control")
-Source = Literal["azure", "openai-compatible", "offline"]
+Source = Literal["azure", "openai-compatible", "offline", "template"]  # template: written by cpo, no model
 FeatureValue = str | int | float | bool
 
 

@@ -3,8 +3,9 @@
 - `templates.json`: one template per variant, its merge tags in the platform's syntax (Liquid:
   `{{ first_name | default: "there" }}`) and the campaign's unsubscribe footer added here.
 - `assignments.csv`: customer id, segment, the rule that matched, the assigned arm, and the variant delivered: the arm's
-  own when it is valid, else the segment's control; nothing when the control is unusable too.
-- `send_list.csv`: the customers who get an email, with their variant and merge-field values.
+  own when it is valid, else the segment's control (the model's, or the one cpo wrote when the model's ended
+  invalid: `source: template`); nothing when no control is sendable either.
+- `send_list.csv`: the customers who get an email, with their variant, its source and merge-field values.
 - `segments.csv`: one row per segment (size, share, feature means).
 
 Each file is written under a temporary name beside it and renamed into place (`cpo.core.files.replacing`):
@@ -67,9 +68,14 @@ def plan_delivery(
 ) -> Delivery:
     """The arm's own sendable variant, else the segment's sendable control, else nothing.
 
-    `segments` names every segment with customers, so one whose emails all failed is reported unsent too.
+    A cell may hold more than one variant (the model's control and the one cpo wrote for it): the first
+    sendable one, in the order given, is delivered. `segments` names every segment with customers, so one whose
+    emails all failed is reported unsent too.
     """
-    by_cell: dict[tuple[str, str], EmailVariant] = {(v.segment, v.tone): v for v in variants}
+    by_cell: dict[tuple[str, str], EmailVariant] = {}
+    for v in variants:
+        if (v.segment, v.tone) not in by_cell or not sendable(by_cell[(v.segment, v.tone)], withheld):
+            by_cell[(v.segment, v.tone)] = v
 
     plan: dict[tuple[str, str], str] = {}
     substituted, unsent = [], []
@@ -125,6 +131,7 @@ def template_of(variant: EmailVariant, campaign: Campaign, withheld: Mapping[str
         "variant_id": variant.variant_id,
         "segment": variant.segment,
         "arm": variant.tone,
+        "source": variant.source,
         "valid": variant.valid,
         "sendable": sendable(variant, withheld),
         "withheld": withheld.get(variant.variant_id),
@@ -201,6 +208,10 @@ def export_campaign(
             "SELECT DISTINCT a.segment FROM assignments a JOIN delivery d USING (customer_id) WHERE d.variant_id = ''"
         ).fetchall()})  # fmt: skip
         delivery = Delivery(plan={}, substituted=[], unsent=unsent)
+    con.execute("CREATE OR REPLACE TEMP TABLE variant_sources (variant_id VARCHAR, source VARCHAR)")
+    sources = list({v.variant_id: (v.variant_id, v.source) for v in variants}.values())
+    if sources:
+        con.executemany("INSERT INTO variant_sources VALUES (?, ?)", sources)
     con.execute("CREATE OR REPLACE TEMP TABLE segment_rules (segment VARCHAR, rule VARCHAR)")
     con.executemany("INSERT INTO segment_rules VALUES (?, ?)", [(s.name, s.rule) for s in segments])
     _clear_leftovers(run_dir, (TEMPLATES_FILE, SEGMENTS_FILE, ASSIGNMENTS_FILE, SEND_LIST_FILE))
@@ -220,7 +231,9 @@ def export_campaign(
     sent = _safe_columns("customer_id", "arm", "delivered_variant AS variant_id", "first_name")
     _copy_csv(
         con,
-        f"SELECT {sent} FROM delivered WHERE delivered_variant <> '' ORDER BY delivered.customer_id",
+        f"SELECT {sent}, coalesce(s.source, '') AS source FROM delivered "
+        "LEFT JOIN variant_sources s ON s.variant_id = delivered.delivered_variant "
+        "WHERE delivered_variant <> '' ORDER BY delivered.customer_id",
         run_dir / SEND_LIST_FILE,
     )
     return delivery

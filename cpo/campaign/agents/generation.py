@@ -3,6 +3,9 @@
 `personal_requests` (`cpo run --per-customer`) makes one request per assigned customer instead, from
 that customer's own whitelisted features, for the tone of the customer's arm.
 
+`template_controls` writes, with no model call, a control for each segment whose model-written control ended
+invalid after its repairs (or failed): `cpo.email.template_control`, marked `source: template`.
+
 The request carries the segment's whitelisted features (tier and behavioural means, see
 `Segment.features`), the campaign's offer and approved snippets for that segment, and the sender. The
 email chain does the rest; running the requests (concurrency, budget, Ctrl-C) is the runner's job.
@@ -18,7 +21,9 @@ from cpo.campaign.agents.load import LoadedCustomers
 from cpo.campaign.agents.segmentation import PROMPT_FEATURES, Segment
 from cpo.campaign.campaign_file import Campaign
 from cpo.core.errors import InputError
-from cpo.core.models import EmailRequest, SegmentProfile, Snippet, Tone
+from cpo.core.models import EmailRequest, EmailVariant, SegmentProfile, Snippet, Tone
+from cpo.email.template_control import template_variant
+from cpo.email.validation import ValidationLimits
 
 PER_CUSTOMER_LIMIT = 500  # --per-customer pays for an email per customer: for small high-value lists only
 
@@ -124,4 +129,23 @@ def personal_requests(
             vocabulary=campaign.vocabulary,
         )
         out.append((str(customer_id), request))
+    return out
+
+
+def template_controls(
+    requests: Mapping[str, EmailRequest],
+    variants: Mapping[str, Mapping[str, Any]],
+    failures: Mapping[str, str],
+    limits: ValidationLimits,
+) -> dict[str, EmailVariant]:
+    """cpo's own control (free: no model call, usage zero) for each control request, by key, whose model-written
+    variant ended invalid or whose call failed. It is valid only if it passes the same checks; one that does not
+    is returned too, invalid with its reasons, so the summary says why the segment gets nothing."""
+    out = {}
+    for key, request in requests.items():
+        if request.tone != "control":
+            continue
+        own = variants.get(key)
+        if (own is None and key in failures) or (own is not None and not own["validation"]["valid"]):
+            out[key] = template_variant(request, limits)
     return out
