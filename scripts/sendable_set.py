@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,19 +79,46 @@ def verdicts(path: Path) -> list[tuple[dict[str, Any], bool]]:
     return out
 
 
-def score(path: Path) -> int:
+@dataclass(frozen=True)
+class Figures:
+    """A labelled set scored by today's rules."""
+
+    labelled: int
+    sendable: int  # by reading
+    valid: int  # by cpo's rules
+    valid_and_sendable: int
+    valid_but_rejected: list[str]  # ids: what the reading rejects and cpo would send
+
+    @property
+    def precision(self) -> float:
+        """Of the emails cpo calls valid, the share sendable (nan when cpo calls none valid)."""
+        return self.valid_and_sendable / self.valid if self.valid else float("nan")
+
+    @property
+    def recall(self) -> float:
+        """Of the sendable emails, the share cpo calls valid (nan when none is sendable)."""
+        return self.valid_and_sendable / self.sendable if self.sendable else float("nan")
+
+
+def figures(path: Path) -> Figures:
     found = verdicts(path)
-    valid = [e for e, ok in found if ok]
-    sendable = [e for e, _ in found if e["sendable"]]
-    precision = sum(e["sendable"] for e in valid) / len(valid) if valid else float("nan")
-    recall = sum(ok for e, ok in found if e["sendable"]) / len(sendable) if sendable else float("nan")
-    print(
-        f"{path}: {len(found)} labelled, {len(sendable)} sendable by reading, {len(valid)} valid by cpo; "
-        f"precision {precision:.2f}, recall {recall:.2f}"
+    return Figures(
+        labelled=len(found),
+        sendable=sum(bool(e["sendable"]) for e, _ in found),
+        valid=sum(ok for _, ok in found),
+        valid_and_sendable=sum(ok and bool(e["sendable"]) for e, ok in found),
+        valid_but_rejected=[e["id"] for e, ok in found if ok and not e["sendable"]],
     )
-    for entry, ok in found:
-        if ok and not entry["sendable"]:
-            print(f"  valid but not sendable: {entry['id']}: {entry['why']}")
+
+
+def score(path: Path) -> int:
+    f = figures(path)
+    print(
+        f"{path}: {f.labelled} labelled, {f.sendable} sendable by reading, {f.valid} valid by cpo "
+        f"({f.valid_and_sendable} of them sendable); precision {f.precision:.2f}, recall {f.recall:.2f}"
+    )
+    for key in f.valid_but_rejected:
+        print(f"  valid but not sendable: {key}")
     return 0
 
 

@@ -1,0 +1,63 @@
+"""The labelled sendability sets (tests/sendable/*.json): real-model emails, each labelled by reading against
+docs/sendable.md, scored by today's rules on every run.
+
+The goal (issue 19): of the emails cpo calls valid, the share a reader would send (precision) is 1.00 and
+never below 0.97; the share of sendable emails cpo calls valid (recall) is reported beside it. Both are
+recomputed from the stored texts and labels, so a rule change that lets a rejected email through fails here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SETS = sorted((ROOT / "tests" / "sendable").glob("*.json"))
+PRECISION_GOAL = 0.97
+
+
+def _scorer():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("sendable_set", ROOT / "scripts" / "sendable_set.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sendable_set"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+SCORER = _scorer()
+
+
+@pytest.mark.parametrize("path", SETS, ids=[p.stem for p in SETS])
+def test_every_email_in_the_set_is_labelled_with_a_reason(path: Path) -> None:
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    assert len({e["id"] for e in entries}) == len(entries)
+    for entry in entries:
+        assert entry["sendable"] in (True, False), entry["id"]
+        assert entry["why"].strip(), entry["id"]
+        assert entry["model"] and entry["body"] and entry["request"]["offer"]
+
+
+@pytest.mark.parametrize("path", SETS, ids=[p.stem for p in SETS])
+def test_what_cpo_calls_valid_a_reader_would_send(path: Path) -> None:
+    f = SCORER.figures(path)
+    print(
+        f"{path.name}: {f.labelled} labelled, {f.sendable} sendable by reading, {f.valid} valid by cpo; "
+        f"precision {f.precision:.2f}, recall {f.recall:.2f}"
+    )
+    assert f.labelled >= 20
+    if f.valid:
+        assert f.precision >= PRECISION_GOAL, f"valid but a reader would not send: {f.valid_but_rejected}"
+    else:
+        assert math.isnan(f.precision)
+
+
+def test_the_sets_hold_at_least_80_labelled_and_20_held_out_emails() -> None:
+    sizes = {p.stem: len(json.loads(p.read_text(encoding="utf-8"))) for p in SETS}
+    assert sizes.get("labelled", 0) >= 80
+    assert sizes.get("heldout", 0) >= 20
