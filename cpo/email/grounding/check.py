@@ -1,7 +1,8 @@
 """Fact-level grounding: each number and strong claim in an email must match a fact of a cited snippet or the offer.
 
 A number matches a fact when the value, unit ($, %, days ...), period (a month, a year ...) and entity
-(a tier, members ...) agree. If a snippet has `facts:` in its front matter, those facts are used; otherwise
+(a tier, members ...) agree, and a $ or % amount must play a role the source gives it: "save $79" is not
+"pay $79" (roles.py). If a snippet has `facts:` in its front matter, those facts are used; otherwise
 facts are read from the snippet's prose with the extractor that reads the email. List numbering, ordinals
 and Liquid merge tags are ignored. Number words ("fifty percent", "three months", "twice", "a dozen",
 "half") are turned into numbers and checked. The retailer's tiers and brand words come from a `Vocabulary`.
@@ -35,6 +36,7 @@ from cpo.email.grounding.numbers import (
     unit_fits,
     unit_name,
 )
+from cpo.email.grounding.roles import Role, compatible, roles_in
 from cpo.email.grounding.text import sentences, tokens
 
 __all__ = ["GroundingProblem", "check_grounding", "extract_facts"]
@@ -47,7 +49,7 @@ _DEFAULT_VOCABULARY = Vocabulary()
 class GroundingProblem:
     """One claim in an email that no cited snippet or the offer backs as written."""
 
-    code: str  # "ungrounded_number" | "wrong_period" | "wrong_unit" | "wrong_entity" | "unbacked_claim"
+    code: str  # "ungrounded_number" | "wrong_period" | "wrong_unit" | "wrong_entity" | "wrong_role" | "unbacked_claim"
     claim: str  # the phrase in the email, e.g. "$99 per month"
     sentence: str  # the email sentence it came from
     message: str  # one line naming what the cited snippet says, for a person and for a repair prompt
@@ -58,6 +60,32 @@ class _Source:
     label: str  # "the cited snippet <id>" | "the offer" | "<id> (not cited)"
     facts: tuple[Quantity, ...]
     text: str = field(repr=False)
+
+    @property
+    def amounts(self) -> tuple[_Amount, ...]:
+        """Every $ and % amount of the source's prose with its role (None: no word says)."""
+        return _amounts_of(self.text)
+
+
+@dataclass(frozen=True)
+class _Amount:
+    quantity: Quantity
+    role: Role | None
+    phrase: str  # the amount with the words that gave its role: "pay $79"
+
+
+@lru_cache(maxsize=512)
+def _amounts_of(text: str) -> tuple[_Amount, ...]:
+    out: list[_Amount] = []
+    for sentence, _ in sentences(text):
+        found = quantities(sentence)
+        for q, role in zip(found, roles_in(sentence, found), strict=True):
+            out.append(_Amount(q, role, _role_phrase(sentence, role) if role else q.phrase))
+    return tuple(out)
+
+
+def _role_phrase(sentence: str, role: Role) -> str:
+    return sentence[role.start : role.end].strip().rstrip(".,;:!")
 
 
 def _with_years(facts: Iterable[Quantity]) -> tuple[Quantity, ...]:
@@ -165,8 +193,13 @@ def check_grounding(
 
     problems: list[GroundingProblem] = []
     for sentence, written in sentences(text):
-        for q, named, _ in _quantities_in(sentence, keys, vocabulary):
-            problem = _check_number(replace(q, mentions=named), written, sources, hints, vocabulary)
+        found = _quantities_in(sentence, keys, vocabulary)
+        roles = roles_in(sentence, [q for q, _, _ in found]) if found else []
+        for (q, named, _), role in zip(found, roles, strict=True):
+            claim = replace(q, mentions=named)
+            problem = _check_number(claim, written, sources, hints, vocabulary)
+            if problem is None and role is not None:
+                problem = _check_role(claim, role, _role_phrase(written, role), written, sources)
             if problem and problem not in problems:
                 problems.append(problem)
         for phrase, message in unbacked_claims(sentence, backing, hint_texts):
@@ -205,6 +238,29 @@ def _check_number(
     if any(v is None for v in verdicts):
         return None
     return problem("wrong_entity", next(v for v in verdicts if v))
+
+
+def _check_role(
+    claim: Quantity, role: Role, phrase: str, sentence: str, sources: list[_Source]
+) -> GroundingProblem | None:
+    """A wrong role: every source mention of the amount has a known role and none fits the email's ("save $79"
+    where the source says "pay $79"). An unknown role on either side is no judgement."""
+    same = [
+        (s, a)
+        for s in sources
+        for a in s.amounts
+        if same_value(claim.value, a.quantity.value) and unit_fits(claim.unit, a.quantity.unit)
+    ]
+    known = [(s, a, a.role) for s, a in same if a.role is not None]
+    if not same or len(known) < len(same) or any(compatible(role, other) for _, _, other in known):
+        return None
+    source, amount, other = known[0]
+    return GroundingProblem(
+        "wrong_role",
+        phrase,
+        sentence,
+        f'"{phrase}": {source.label} says "{amount.phrase}" ({other.name}), not {role.name}',
+    )
 
 
 def _entity_verdict(claim: Quantity, source: _Source, candidates: list[Quantity], vocabulary: Vocabulary) -> str | None:
