@@ -48,8 +48,6 @@ PLACEHOLDERS = {
         "sign_off",
     },
     "user.txt": {"segment", "profile", "offer", "tone", "tone_instructions", "greeting", "snippets"},
-    "system-compact.txt": set(),  # filled below: the same as system.txt
-    "user-compact.txt": set(),
     "repair.txt": {"violations"},
     "fresh.txt": {"violations"},
     "subject.txt": {"violations", "subject", "subject_max", "offer"},
@@ -58,7 +56,7 @@ PLACEHOLDERS = {
     "shorten.txt": {"words", "high", "paragraph", "paragraph_words", "target"},
     "judge.txt": {"offer", "snippets", "sentences"},
 }
-PLACEHOLDERS.update({compact: PLACEHOLDERS[full] for full, compact in COMPACT.items()})
+PLACEHOLDERS.update({compact: PLACEHOLDERS[full] for full, compact in COMPACT.items()})  # the same as theirs
 PARAGRAPHS = 3
 
 Profile = Literal["compact", "full"]
