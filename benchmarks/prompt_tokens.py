@@ -1,17 +1,19 @@
-"""Prompt tokens of every shipped segment x tone, against the 700-token prompt budget.
+"""First-draft prompt tokens of every shipped segment x tone, in both prompt profiles, side by side.
 
-The budget was 400 until the prompt spelled out the structure, the greeting hand-off and the JSON
-keys (about 260 tokens more), which a small model needs to get an email right.
+- compact: what an endpoint that enforces json_schema gets (Azure; CPO_PROMPT_PROFILE=auto):
+  `system-compact.txt` + `user-compact.txt` and the slim json_schema schema. Budget: 400 tokens for
+  everything but the snippet text (rules, offer, profile and schema).
+- full: the small-model guidance, sent with function calling or JSON mode: `system.txt` + `user.txt`
+  and the `tools=[EmailDraft]` function. Budget: 700 tokens for its messages (the schema aside, as before).
 
-For each sample segment and tone (the default 3 snippets per request) the rendered messages are
-counted with `cpo.count_tokens(messages, "gpt-4o-mini")` (o200k_base, with OpenAI's per-message
-overhead). The JSON schema that structured output adds to every request is counted separately and
-is NOT part of the budget figure: it is captured from the request body langchain-openai + the
-openai SDK actually send for the email chain (method json_schema), through an
-in-memory httpx transport, so no server or network is involved.
+Each request (the default 3 snippets) is counted as the project's test server bills it: the rendered
+messages with `cpo.count_tokens(messages, "gpt-4o-mini")` (o200k_base, OpenAI's per-message overhead) plus
+the JSON of the schema the method sends. The schema is captured from the request body langchain-openai +
+the openai SDK actually send for the email chain, through an in-memory httpx transport, so no server or
+network is involved. "non-snippet" is the total minus the snippet lines (`[id] text`).
 
-Usage: python benchmarks/prompt_tokens.py [--budget 700]
-Exit code 1 if the largest prompt exceeds the budget.
+Usage: python benchmarks/prompt_tokens.py [--compact-budget 400] [--budget 700]
+Exit code 1 if a profile exceeds its budget.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ import sys
 from typing import Any
 
 import httpx
-from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from cpo import ContentBundle, EmailDraft, Settings, build_chat_model, build_email_chain, count_tokens
+from cpo import ContentBundle, Settings, build_chat_model, build_email_chain, count_tokens
 from cpo.core.models import TONES
-from cpo.email.prompts import PromptSet
+from cpo.email.prompts import Profile, PromptSet, snippet_block
 from cpo.email.validation import ValidationLimits
 
 MODEL = "gpt-4o-mini"
@@ -38,76 +39,103 @@ class _Captured(Exception):
     """Raised by the capture transport once the request body is recorded."""
 
 
-def wire_response_format() -> dict[str, Any]:
-    """The `response_format` of a structured-output request exactly as it goes on the wire."""
+def wire_body(settings: Settings) -> dict[str, Any]:
+    """The first request body the email chain sends with these settings (aborted before it leaves)."""
     bodies: list[dict[str, Any]] = []
 
     def capture(request: httpx.Request) -> httpx.Response:
         bodies.append(json.loads(request.content))
         raise _Captured
 
-    settings = Settings(
-        azure_endpoint="http://capture.invalid",
-        azure_deployment=MODEL,
-        azure_api_key="capture",
-        max_retries=0,
-    )
     with httpx.Client(transport=httpx.MockTransport(capture)) as client:
         chain = build_email_chain(build_chat_model(settings, http_client=client), settings=settings)
         with contextlib.suppress(Exception):  # the capture transport always aborts the call
             chain.invoke(ContentBundle.load().request("High-Value Recent", "urgent"))
-    if not bodies or "response_format" not in bodies[0]:
-        raise SystemExit("could not capture the structured-output request body")
-    return bodies[0]["response_format"]
+    if not bodies:
+        raise SystemExit("could not capture the email request body")
+    return bodies[0]
+
+
+def schema_tokens() -> dict[Profile, tuple[str, int]]:
+    """Per profile: what its method adds to every request, and its tokens as the test server counts them."""
+    azure = Settings(
+        azure_endpoint="http://capture.invalid", azure_deployment=MODEL, azure_api_key="capture", max_retries=0
+    )
+    small = Settings(
+        openai_base_url="http://capture.invalid/v1",
+        model_name=MODEL,
+        structured_output_method="function_calling",
+        max_retries=0,
+    )
+    compact = wire_body(azure).get("response_format") or {}
+    tools = wire_body(small).get("tools")
+    if compact.get("type") != "json_schema" or not tools:
+        raise SystemExit("could not capture the json_schema schema and the function-calling tools")
+    schema = compact["json_schema"]["schema"]
+    return {
+        "compact": ("json_schema schema", count_tokens(json.dumps(schema), MODEL)),
+        "full": ("tools=[EmailDraft]", count_tokens(json.dumps(tools), MODEL)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=700, help="prompt-token budget per request (default 700)")
+    parser.add_argument("--compact-budget", type=int, default=400, help="compact non-snippet tokens (default 400)")
+    parser.add_argument("--budget", type=int, default=700, help="full profile's messages, per request (default 700)")
     args = parser.parse_args(argv)
 
     bundle = ContentBundle.load()
     prompts = PromptSet.load()
     limits = ValidationLimits()
+    schemas = schema_tokens()
 
-    rows: list[tuple[str, str, int, int]] = []
+    rows: list[tuple[str, str, int, dict[Profile, tuple[int, int]]]] = []
+    full_messages: list[int] = []
     for segment in bundle.segments:
         for tone in TONES:
             request = bundle.request(segment.name, tone)
-            messages = prompts.render(request, limits)
-            rows.append((segment.name, tone, len(request.snippets), count_tokens(messages, MODEL)))
+            snippets = count_tokens(snippet_block(request), MODEL)
+            figures: dict[Profile, tuple[int, int]] = {}
+            for profile in ("compact", "full"):
+                messages = count_tokens(prompts.render(request, limits, profile), MODEL)
+                total = messages + schemas[profile][1]
+                figures[profile] = (total - snippets, total)
+                if profile == "full":
+                    full_messages.append(messages)
+            rows.append((segment.name, tone, snippets, figures))
 
     width = max(len("segment"), *(len(r[0]) for r in rows))
-    print(f"Prompt tokens per request ({MODEL}, o200k_base, cpo.count_tokens incl. message overhead)")
-    print(f"{'segment':<{width}}  {'tone':<13}  {'snippets':>8}  {'tokens':>6}")
-    print(f"{'-' * width}  {'-' * 13}  {'-' * 8}  {'-' * 6}")
-    for name, tone, snippets, tokens in rows:
-        print(f"{name:<{width}}  {tone:<13}  {snippets:>8}  {tokens:>6}")
-    counts = [r[3] for r in rows]
-    low, high = min(counts), max(counts)
+    print(f"First-draft prompt tokens per request ({MODEL}, o200k_base, as the test server bills them)")
+    for profile, what in (("compact", "json_schema endpoints (Azure)"), ("full", "function calling / JSON mode")):
+        label, tokens = schemas[profile]  # type: ignore[index]
+        print(f"  {profile:<7} = {what}, schema sent: {label} ({tokens} tokens)")
     print()
-    print(f"requests: {len(counts)}   min {low}   mean {statistics.fmean(counts):.1f}   max {high}")
-
-    response_format = wire_response_format()
-    schema = response_format["json_schema"]["schema"]
-    schema_tokens = count_tokens(json.dumps(schema), MODEL)
-    format_tokens = count_tokens(json.dumps(response_format), MODEL)
-    tool_tokens = count_tokens(json.dumps([convert_to_openai_tool(EmailDraft)]), MODEL)
+    head = f"{'':<{width}}  {'':<13}  {'snippet':>7}  {'compact':>19}  {'full':>19}"
+    print(head)
+    columns = f"{'non-snippet':>11} {'total':>7}"
+    print(f"{'segment':<{width}}  {'tone':<13}  {'tokens':>7}  {columns}  {columns}")
+    print(f"{'-' * width}  {'-' * 13}  {'-' * 7}  {'-' * 11} {'-' * 7}  {'-' * 11} {'-' * 7}")
+    for name, tone, snippets, figures in rows:
+        (c_non, c_total), (f_non, f_total) = figures["compact"], figures["full"]
+        print(f"{name:<{width}}  {tone:<13}  {snippets:>7}  {c_non:>11} {c_total:>7}  {f_non:>11} {f_total:>7}")
     print()
-    strict = response_format["json_schema"].get("strict")
-    overhead = [
-        (f"json_schema schema as sent (strict={strict})", schema_tokens),
-        ("whole response_format object as sent", format_tokens),
-        ("function_calling fallback: tools=[EmailDraft]", tool_tokens),
-        ("max prompt + json_schema schema", high + schema_tokens),
+    for profile in ("compact", "full"):
+        non = [r[3][profile][0] for r in rows]  # type: ignore[index]
+        total = [r[3][profile][1] for r in rows]  # type: ignore[index]
+        print(
+            f"{profile:<7}  non-snippet: min {min(non)}  mean {statistics.fmean(non):.1f}  max {max(non)}   "
+            f"total: min {min(total)}  mean {statistics.fmean(total):.1f}  max {max(total)}"
+        )
+    print(f"full     messages only (schema aside): max {max(full_messages)}")
+    print()
+    compact_max = max(r[3]["compact"][0] for r in rows)
+    verdicts = [
+        (f"compact non-snippet budget {args.compact_budget}", compact_max <= args.compact_budget, compact_max),
+        (f"full messages budget {args.budget}", max(full_messages) <= args.budget, max(full_messages)),
     ]
-    print("Structured-output overhead per request (not included in the budget figure):")
-    for label, tokens in overhead:
-        print(f"  {label:<46} {tokens:>4}")
-    print()
-    verdict = "PASS" if high <= args.budget else "FAIL"
-    print(f"budget {args.budget}: {verdict} (max {high})")
-    return 0 if verdict == "PASS" else 1
+    for label, ok, high in verdicts:
+        print(f"{label}: {'PASS' if ok else 'FAIL'} (max {high})")
+    return 0 if all(ok for _, ok, _ in verdicts) else 1
 
 
 if __name__ == "__main__":

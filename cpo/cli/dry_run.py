@@ -55,7 +55,9 @@ def dry_run(inputs: Inputs, ctx: Any, index: Any) -> int:
         say(f"warning: {warning}", stderr=True)
 
     model = "cpo-offline" if ctx.source == "offline" else ctx.tracker.model_hint({"model": ctx.settings.model_name})
-    prompt_tokens = sum(count_tokens(ctx.chain.prompts.render(r, ctx.limits), model) for r in requests)
+    prompts = ctx.chain.prompts
+    profile = prompts.profile_for(ctx.chain.methods.enforced)  # the first drafts' profile: compact with json_schema
+    prompt_tokens = sum(count_tokens(prompts.render(r, ctx.limits, profile), model) for r in requests)
     output_limit = ctx.settings.max_output_tokens
     low = ctx.tracker.prices.cost(model, TokenCounts(input_tokens=prompt_tokens), warn=False) if model else None
     high = (

@@ -223,6 +223,7 @@ def _run_meta(
         }
     from cpo.core.models import TONES
 
+    profile = ctx.chain.prompts.profile_for(ctx.chain.methods.enforced)  # the first drafts' prompt profile
     return {
         "run_id": Path(inputs["run_dir"]).name,
         "root_run_id": str(uuid.uuid4()),
@@ -236,7 +237,7 @@ def _run_meta(
             "judge": bool(args.judge),
         },
         "versions": _versions(),
-        "prompt_versions": {tone: ctx.chain.prompts.version(tone) for tone in TONES},
+        "prompt_versions": {tone: ctx.chain.prompts.version(tone, profile) for tone in TONES},
         "model": ctx.settings.describe(),
         "source": ctx.source,
         "checkpointer": checkpointer,

@@ -13,6 +13,7 @@ from cpo.core.errors import ConfigError
 
 Provider = Literal["azure", "openai-compatible", "offline"]
 StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
+PromptProfile = Literal["auto", "compact", "full"]
 
 
 def _env(*names: str) -> Any:
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     structured_output_method: StructuredMethod = Field(
         "auto", validation_alias=AliasChoices("CPO_STRUCTURED_OUTPUT", "structured_output_method")
     )
+    # The first prompt's profile: compact rules where the endpoint enforces json_schema (auto), or always one.
+    prompt_profile: PromptProfile = Field("auto", validation_alias=AliasChoices("CPO_PROMPT_PROFILE", "prompt_profile"))
     offline_fallback: bool = Field(False, validation_alias=AliasChoices("CPO_OFFLINE_FALLBACK", "offline_fallback"))
     price_file: Path | None = _env("CPO_PRICE_FILE", "price_file")
     ledger_path: str | None = _env("CPO_LEDGER", "ledger_path")

@@ -282,7 +282,7 @@ def build_email_chain(
     use_fallback = settings.offline_fallback if offline_fallback is None else offline_fallback
     return EmailChain(
         model,
-        prompts=PromptSet.load(prompts_dir or settings.prompts_dir),
+        prompts=PromptSet.load(prompts_dir or settings.prompts_dir, settings.prompt_profile),
         limits=limits or ValidationLimits(),
         max_repairs=max_repairs,
         method=method,

@@ -42,7 +42,7 @@ from cpo.core.models import (
 )
 from cpo.email.methods import StructuredOutput
 from cpo.email.normalize import body_as_sent, normalize, paragraphs, word_count
-from cpo.email.prompts import PromptSet, extend_plan
+from cpo.email.prompts import Profile, PromptSet, extend_plan
 from cpo.email.repairs import (
     PARAGRAPH_MAX_TOKENS,
     SENTENCE_MAX_TOKENS,
@@ -89,7 +89,8 @@ class EmailLoop:
     def __init__(self, drafting: Drafting, request: EmailRequest, local: CostTracker) -> None:
         self.d, self.request, self.local = drafting, request, local
         self.started = time.perf_counter()
-        self.base = drafting.prompts.render(request, drafting.limits)
+        self.profile: Profile = drafting.prompts.profile_for(drafting.methods.enforced)
+        self.base = drafting.prompts.render(request, drafting.limits, self.profile)
         self.model: BaseChatModel = drafting.methods.model
         self.source: Source = drafting.methods.source
         self.fallback_used = False
@@ -132,7 +133,7 @@ class EmailLoop:
             self.model, self.source, self.fallback_used = fallback, "offline", True
             # The offline drafter writes whole emails only: a targeted repair is asked of it as a fresh email.
             whole = call.kind == "email"
-            self.call = Call(call.step if whole else "fresh", fallback, call.messages if whole else self.base)
+            self.call = Call(call.step if whole else "fresh", fallback, call.messages if whole else self._base())
             return
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError) or self.report is None:
             raise exc  # nothing paid for to keep, or a fault that ends the run
@@ -198,7 +199,7 @@ class EmailLoop:
             subject=subject,
             body=body,
             citations=citations,
-            prompt_version=self.d.prompts.version(self.request.tone),
+            prompt_version=self.d.prompts.version(self.request.tone, self.profile),
             model=models[-1] if models else "<none>",
             usage=self.local.session,
             latency_s=time.perf_counter() - self.started,
@@ -220,6 +221,14 @@ class EmailLoop:
             self.round_parts = set()
         self.round_parts.add(part_of(call))
         self.call, self.same_round, self._t0 = call, same_round, None
+
+    def _base(self) -> list[BaseMessage]:
+        """The first prompt in the profile of the method in use now: after a move down from json_schema
+        mid-email, the calls that follow get that method's profile (the refused call itself is asked again as is)."""
+        profile = self.d.prompts.profile_for(self.d.methods.enforced)
+        if profile != self.profile:
+            self.profile, self.base = profile, self.d.prompts.render(self.request, self.d.limits, profile)
+        return self.base
 
     def _seconds(self) -> float:
         return time.perf_counter() - self._t0 if self._t0 is not None else 0.0
@@ -338,11 +347,12 @@ class EmailLoop:
             targeted = self._targeted(draft, done, vary)
             if targeted is not None:
                 return targeted
+        base = self._base()
         if self.repeated:
-            return Call("fresh", model, prompts.fresh(request, limits, self.report.reasons), vary=vary)
+            return Call("fresh", model, prompts.fresh(request, limits, self.report.reasons, self.profile), vary=vary)
         # Only the latest answer is shown back: a short context is faster, and nothing older to copy.
         previous = draft.model_dump_json() if draft is not None else self.last_text[:4000]
-        messages: list[BaseMessage] = [*self.base, AIMessage(previous), prompts.repair(self.report.reasons)]
+        messages: list[BaseMessage] = [*base, AIMessage(previous), prompts.repair(self.report.reasons)]
         return Call("rewrite", model, messages)
 
     def _targeted(self, draft: EmailDraft, done: set[str], vary: dict[str, float | int]) -> Call | None:

@@ -27,12 +27,25 @@ from cpo.net.faults import refuses_format
 
 log = logging.getLogger(__name__)
 
-EMAIL_DRAFT_JSON_SCHEMA = {
-    "name": "EmailDraft",
-    "schema": openai.pydantic_function_tool(EmailDraft)["function"]["parameters"],
-    "strict": True,
-}
+
+def wire_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema as json_schema sends it: without the model's docstring and the titles, which are for
+    developers (about 80 tokens of every request); the field descriptions, which the model reads, are kept."""
+    out = {k: v for k, v in schema.items() if k not in ("title", "description")}
+    out["properties"] = {
+        name: {k: v for k, v in field.items() if k != "title"} for name, field in schema["properties"].items()
+    }
+    return out
+
+
+EMAIL_DRAFT_SCHEMA = openai.pydantic_function_tool(EmailDraft)["function"]["parameters"]
+EMAIL_DRAFT_JSON_SCHEMA = {"name": "EmailDraft", "schema": EMAIL_DRAFT_SCHEMA, "strict": True}
 JSON_SCHEMA_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": EMAIL_DRAFT_JSON_SCHEMA}
+# Where json_schema is known to be enforced (the compact prompt's schema: part of its 400-token budget).
+COMPACT_JSON_SCHEMA_RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {**EMAIL_DRAFT_JSON_SCHEMA, "schema": wire_schema(EMAIL_DRAFT_SCHEMA)},
+}
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
 JUDGE_MAX_TOKENS = 400
 PROBE = 'Return this JSON object and nothing else: {"subject": "ok", "body": "ok", "citations": []}'
@@ -53,8 +66,19 @@ class StructuredOutput:
         self.max_output_tokens = max_output_tokens
         remembered = notes.get(self.endpoint, "method") if remember else None
         self.method = remembered if remembered in (*METHODS_AFTER, "json_mode") else method
+        # json_schema set by hand, or remembered as answered: the endpoint takes it (Azure always does).
+        self._schema_answered = self.method == "json_schema" and (remembered == "json_schema" or not remember)
         self._lock = threading.Lock()
-        self._bound: dict[tuple[int, str], Runnable[Any, Any]] = {}
+        self._bound: dict[tuple[int, str, bool], Runnable[Any, Any]] = {}
+
+    @property
+    def enforced(self) -> bool:
+        """Is the method in use json_schema, on an endpoint known to enforce it? Then the email's first prompt is
+        the compact one (`cpo.email.prompts.profile_for`). A first try of json_schema on an OpenAI-compatible
+        server is sent as it always was, full prompt and schema: a small model there may refuse it."""
+        if self.method != "json_schema":
+            return False
+        return self.source == "azure" or self._schema_answered
 
     def prepared(self, call: Call) -> Runnable[Any, Any]:
         """The model bound for this call (its sampling and output limit included); notes the method on the call."""
@@ -74,13 +98,13 @@ class StructuredOutput:
             method = "function_calling"
         if kind != "email":
             method = kind
-        key = (id(model), method)
+        key = (id(model), method, method == "json_schema" and self.enforced)
         with self._lock:
             if key not in self._bound:
-                self._bound[key] = self._bind(model, method)
+                self._bound[key] = self._bind(model, method, compact=key[2])
             return self._bound[key]
 
-    def _bind(self, model: BaseChatModel, method: str) -> Runnable[Any, Any]:
+    def _bind(self, model: BaseChatModel, method: str, *, compact: bool = False) -> Runnable[Any, Any]:
         if method == "text":
             return model  # each plain-text call carries its own max_tokens
         if method == "judge":
@@ -90,9 +114,8 @@ class StructuredOutput:
         if method == "json_schema":
             # Sent as extra_body: the same JSON on the wire, but the openai SDK skips its per-call
             # type-driven transform of the nested schema (about 1 ms of client CPU per email).
-            return model.bind(
-                extra_body={"response_format": JSON_SCHEMA_RESPONSE_FORMAT}, max_tokens=self.max_output_tokens
-            )
+            response_format = COMPACT_JSON_SCHEMA_RESPONSE_FORMAT if compact else JSON_SCHEMA_RESPONSE_FORMAT
+            return model.bind(extra_body={"response_format": response_format}, max_tokens=self.max_output_tokens)
         if method == "function_calling":
             return model.bind_tools([EmailDraft], tool_choice="EmailDraft", max_tokens=self.max_output_tokens)
         return model.bind(response_format={"type": "json_object"}, max_tokens=self.max_output_tokens)
@@ -102,6 +125,8 @@ class StructuredOutput:
 
     def worked(self, call: Call) -> None:
         """The call was answered: remember its method for this endpoint."""
+        if self._ours(call) and call.method == "json_schema" and self.source != "offline":
+            self._schema_answered = True
         if self._ours(call) and self.remember and self.source != "offline" and call.method:
             self.notes.note(self.endpoint, method=call.method)
 

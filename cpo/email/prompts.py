@@ -7,6 +7,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
@@ -27,7 +28,9 @@ VERSIONED = (
     "extend.txt",
     "shorten.txt",
 )
-FILES = (*VERSIONED, "judge.txt", *(f"{t}.txt" for t in TONES))
+# The compact profile's stand-ins for the first prompt: terse rules for a model whose endpoint enforces the schema.
+COMPACT = {"system.txt": "system-compact.txt", "user.txt": "user-compact.txt"}
+FILES = (*VERSIONED, *COMPACT.values(), "judge.txt", *(f"{t}.txt" for t in TONES))
 PLACEHOLDERS = {
     "system.txt": {
         "brand",
@@ -53,7 +56,19 @@ PLACEHOLDERS = {
     "shorten.txt": {"words", "high", "paragraph", "paragraph_words", "target"},
     "judge.txt": {"offer", "snippets", "sentences"},
 }
+PLACEHOLDERS.update({compact: PLACEHOLDERS[full] for full, compact in COMPACT.items()})  # the same as theirs
 PARAGRAPHS = 3
+
+Profile = Literal["compact", "full"]
+ProfileChoice = Literal["auto", "compact", "full"]
+
+
+def profile_for(schema_enforced: bool, choice: ProfileChoice = "auto") -> Profile:
+    """The first prompt's profile: compact where the endpoint enforces the JSON schema (json_schema on Azure or
+    on a server known to take it: the schema holds the shape), else the full guidance a small model needs."""
+    if choice != "auto":
+        return choice
+    return "compact" if schema_enforced else "full"
 
 
 def _placeholders(template: str) -> set[str]:
@@ -66,9 +81,10 @@ class PromptSet:
 
     texts: dict[str, str]
     origin: dict[str, Path]
+    choice: ProfileChoice = "auto"
 
     @classmethod
-    def load(cls, directory: Path | str | None = None) -> PromptSet:
+    def load(cls, directory: Path | str | None = None, profile: ProfileChoice = "auto") -> PromptSet:
         base = bundled("prompts")
         texts: dict[str, str] = {}
         origin: dict[str, Path] = {}
@@ -89,28 +105,53 @@ class PromptSet:
                 raise ConfigError(f"{path}: {exc} (write a literal brace as {{{{ or }}}})") from None
             if unknown:
                 raise ConfigError(f"{path}: unknown placeholder {{{sorted(unknown)[0]}}}; allowed: {sorted(allowed)}")
-        return cls(texts, origin)
+        return cls(texts, origin, profile)
 
-    def version(self, tone: Tone) -> str:
-        """Content hash of the files one tone's email is built from (repair included)."""
+    def profile_for(self, schema_enforced: bool) -> Profile:
+        """The profile of the first prompt (see `profile_for`); `auto` keeps the full one when a prompts folder
+        changes a full-profile file but not its compact stand-in, whose edits would be ignored otherwise."""
+        profile = profile_for(schema_enforced, self.choice)
+        if (
+            self.choice == "auto"
+            and profile == "compact"
+            and any(self._overridden(full) and not self._overridden(compact) for full, compact in COMPACT.items())
+        ):
+            return "full"
+        return profile
+
+    def _overridden(self, name: str) -> bool:
+        return self.origin[name].parent != bundled("prompts")
+
+    def _file(self, name: str, profile: Profile) -> str:
+        return COMPACT.get(name, name) if profile == "compact" else name
+
+    def version(self, tone: Tone, profile: Profile = "full") -> str:
+        """Content hash of the files one tone's email is built from (repair included), in that prompt profile.
+
+        The full profile hashes as it did before the compact one existed, so its versions are unchanged.
+        """
         digest = hashlib.sha256()
-        for name in (*VERSIONED, f"{tone}.txt"):
+        for name in (*(self._file(n, profile) for n in VERSIONED), f"{tone}.txt"):
             digest.update(name.encode() + b"\0" + self.texts[name].encode() + b"\0")
         return digest.hexdigest()[:12]
 
-    def render(self, request: EmailRequest, limits: ValidationLimits) -> list[BaseMessage]:
-        system = self.texts["system.txt"].format(**system_fields(request, limits))
-        user = self.texts["user.txt"].format(**render_fields(request, self.texts[f"{request.tone}.txt"]))
+    def render(self, request: EmailRequest, limits: ValidationLimits, profile: Profile = "full") -> list[BaseMessage]:
+        """The first prompt (system rules, then the request), in the given profile."""
+        system = self.texts[self._file("system.txt", profile)].format(**system_fields(request, limits))
+        fields = render_fields(request, self.texts[f"{request.tone}.txt"])
+        user = self.texts[self._file("user.txt", profile)].format(**fields)
         return [SystemMessage(system), HumanMessage(user)]
 
     def repair(self, violations: list[str]) -> HumanMessage:
         """The follow-up in the same conversation: fix what failed, keep the rest."""
         return HumanMessage(self.texts["repair.txt"].format(violations=_bullets(violations)))
 
-    def fresh(self, request: EmailRequest, limits: ValidationLimits, violations: list[str]) -> list[BaseMessage]:
+    def fresh(
+        self, request: EmailRequest, limits: ValidationLimits, violations: list[str], profile: Profile = "full"
+    ) -> list[BaseMessage]:
         """A new conversation after a repeated answer: the first prompt plus what to avoid, no old draft to copy."""
         note = self.texts["fresh.txt"].format(violations=_bullets(violations))
-        system, user = self.render(request, limits)
+        system, user = self.render(request, limits, profile)
         return [system, HumanMessage(f"{user.content}\n\n{note}")]
 
     def subject_fix(
@@ -283,5 +324,10 @@ def render_fields(request: EmailRequest, tone_instructions: str) -> dict[str, st
         "tone": request.tone,
         "tone_instructions": tone_instructions,
         "greeting": "",  # cpo writes the greeting itself; kept so older user.txt files still load
-        "snippets": "\n".join(f"[{s.id}] {s.text}" for s in request.snippets),
+        "snippets": snippet_block(request),
     }
+
+
+def snippet_block(request: EmailRequest) -> str:
+    """The snippet lines of the first prompt ("[id] text"): the part of it a prompt profile does not shorten."""
+    return "\n".join(f"[{s.id}] {s.text}" for s in request.snippets)
