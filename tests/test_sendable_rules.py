@@ -104,7 +104,7 @@ def test_meta_text_in_an_email_is_refused() -> None:
     own = model_part(draft.body, request)
     pasted = own + '\n\nTo add to the email, you can say: "Members also save on every order."'
     hits = found(draft.model_copy(update={"body": pasted}), request, "meta_text")
-    assert hits and "you can say" in hits[0][0].casefold() or "to add to the email" in hits[0][0].casefold()
+    assert hits and any(p in hits[0][0].casefold() for p in ("you can say", "to add to the email"))
     assert not found(draft, request, "meta_text")
 
 

@@ -391,7 +391,10 @@ def test_a_run_with_no_valid_email_exits_1_and_says_invalid(capsys: pytest.Captu
     code = main(["run", "--limits", "limits.yaml", "--max-repairs", "0"])
     out, err = capsys.readouterr()
     assert code == 1
-    assert "valid: 0 of 20" in out and "get nothing: its control is invalid, with nothing to fall back on" in out
+    assert (
+        "valid: 0 of 20" in out
+        and "get nothing: its control is invalid and cpo's own is invalid, with nothing to fall back on" in out
+    )
     assert "not sent: 241 of 241 customers" in err
     assert send_list(the_run_dir()) == []
 

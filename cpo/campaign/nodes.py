@@ -154,7 +154,7 @@ def write_templates(state: CampaignState, tools: Tools) -> CampaignState:
     for data in state.get("requests", []):
         checkpointed = EmailRequest.model_validate(data)
         requests[request_key(checkpointed)] = current_request(checkpointed, tools.audiences)
-    written = template_controls(requests, state.get("variants") or {}, state.get("failures") or {}, tools.rules())
+    written = template_controls(requests, state.get("variants") or {}, tools.rules())
     return {"templates": {k: v.model_dump(mode="json") for k, v in written.items()}}
 
 

@@ -4,7 +4,7 @@
 that customer's own whitelisted features, for the tone of the customer's arm.
 
 `template_controls` writes, with no model call, a control for each segment whose model-written control ended
-invalid after its repairs (or failed): `cpo.email.template_control`, marked `source: template`.
+invalid after its repairs: `cpo.email.template_control`, marked `source: template`.
 
 The request carries the segment's whitelisted features (tier and behavioural means, see
 `Segment.features`), the campaign's offer and approved snippets for that segment, and the sender. The
@@ -135,17 +135,17 @@ def personal_requests(
 def template_controls(
     requests: Mapping[str, EmailRequest],
     variants: Mapping[str, Mapping[str, Any]],
-    failures: Mapping[str, str],
     limits: ValidationLimits,
 ) -> dict[str, EmailVariant]:
     """cpo's own control (free: no model call, usage zero) for each control request, by key, whose model-written
-    variant ended invalid or whose call failed. It is valid only if it passes the same checks; one that does not
-    is returned too, invalid with its reasons, so the summary says why the segment gets nothing."""
+    variant ended invalid. A control whose call failed gets none: the run exits 1 and `--resume` asks again.
+    It is valid only if it passes the same checks; one that does not is returned too, invalid with its
+    reasons, so the summary says why the segment gets nothing."""
     out = {}
     for key, request in requests.items():
         if request.tone != "control":
             continue
         own = variants.get(key)
-        if (own is None and key in failures) or (own is not None and not own["validation"]["valid"]):
+        if own is not None and not own["validation"]["valid"]:
             out[key] = template_variant(request, limits)
     return out
