@@ -117,6 +117,7 @@ def main() -> int:
     parser.add_argument("--record", type=Path, metavar="DIR", help="write one VCR cassette per email to DIR")
     parser.add_argument("--cache", type=Path, help="model/server cache [CPO_BENCH_CACHE or ~/.cache/cpo-bench]")
     parser.add_argument("--timeout", type=float, default=300.0, help="CPO_LLM_TIMEOUT for the CPU model [300]")
+    parser.add_argument("--prompts", type=Path, help="a prompts folder to try instead of prompts/ (CPO_PROMPTS_DIR)")
     args = parser.parse_args()
 
     model_path = local_llm.ensure_model(args.cache)
@@ -134,6 +135,8 @@ def main() -> int:
                 "CPO_LEDGER": "off",
             }
         )
+        if args.prompts:
+            os.environ["CPO_PROMPTS_DIR"] = str(args.prompts.resolve())
         return run(server, args)
 
 
@@ -228,13 +231,18 @@ def run(server: Any, args: argparse.Namespace) -> int:
         "wall_s": round(time.perf_counter() - started_all, 1),
         "method": chain.method,
     }
+    # What one email cpo would send cost: every call and token of the run over the valid emails.
+    per_valid = len(valid) or float("nan")
+    totals["calls_per_valid"] = round(tracker.session.calls / per_valid, 2)
+    totals["tokens_per_valid"] = round((tracker.session.input_tokens + tracker.session.output_tokens) / per_valid)
     print(
         f"\ntotals: {totals['valid']} of {totals['emails']} valid ({totals['valid_first_time']} first time, "
         f"{totals['valid_within_2_repairs']} within 2 repairs); {totals['valid_before_normalization']} valid with no "
         f"normalization; {totals['calls']} calls ({totals['refused_calls']} format refusals, {totals['failed_calls']} "
         f"failed), {totals['input_tokens']} in + {totals['output_tokens']} out tokens; steps {totals['steps']}; "
         f"{totals['repeated_answers']} repeated answers, {totals['repeats_asked_again_unvaried']} re-asked unvaried; "
-        f"{totals['wall_s']} s; structured output: {chain.method}; prompt versions "
+        f"{totals['wall_s']} s; per valid email {totals['calls_per_valid']} calls and {totals['tokens_per_valid']} "
+        f"tokens; structured output: {chain.method}; prompt versions "
         f"{sorted({v['prompt_version'] for v in variants})}"
     )
     RESULTS.mkdir(exist_ok=True)
@@ -250,16 +258,32 @@ def run(server: Any, args: argparse.Namespace) -> int:
         "max_repairs": args.max_repairs,
         "judge": args.judge,
         "segments": args.segment_set or "shipped",
+        "prompts": str(args.prompts) if args.prompts else "prompts/",
         "commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "command": " ".join(["python", "benchmarks/real_model.py", *sys.argv[1:]]),
     }
     report = json.dumps({"settings": settings_used, "totals": totals, "emails": results}, indent=2) + "\n"
     out.write_text(report)
+    out.with_suffix(".txt").write_text(reading_sheet(results), encoding="utf-8")
     if args.record:
         (args.record / "summary.json").write_text(report)
     print(f"wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
     return 0
+
+
+def reading_sheet(results: list[dict[str, Any]]) -> str:
+    """Each email as the customer would read it, beside cpo's verdict: what a person labels (docs/sendable.md)."""
+    out = []
+    for r in results:
+        v = r["variant"]
+        verdict = (
+            "valid"
+            if v["validation"]["valid"]
+            else "INVALID: " + "; ".join(i["code"] for i in v["validation"]["issues"])
+        )
+        out.append(f"=== {v['segment']} / {v['tone']}: cpo says {verdict}\nSubject: {v['subject']}\n\n{v['body']}\n")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

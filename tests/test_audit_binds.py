@@ -257,6 +257,15 @@ def edit_preview(path: Path, edit: Any) -> None:
     path.write_bytes(bytes(message))
 
 
+def preview_text(path: Path) -> str:
+    """A preview's text parts, decoded (quoted-printable wraps long lines)."""
+    import email
+    from email.policy import default
+
+    message = email.message_from_bytes(path.read_bytes(), policy=default)
+    return "\n".join(str(part.get_content()) for part in message.walk() if part.get_content_maintype() == "text")
+
+
 def test_an_untouched_rendered_run_verifies_its_previews(capsys: pytest.CaptureFixture[str]) -> None:
     folder = rendered_run(capsys)
     previews = len(list((folder / "rendered").glob("*.eml")))
@@ -329,7 +338,12 @@ def test_a_resumed_rendered_run_leaves_no_preview_of_an_email_it_no_longer_sends
     main(["run", "--resume", str(folder)])
     capsys.readouterr()
     after = {p.name for p in (folder / "rendered").glob("*.eml")}
-    assert after < before and len(after) == len(sent_ids_rows(folder))
+    assert after <= before and len(after) == len(sent_ids_rows(folder))
+    # The edited controls are not sent (their customers get cpo's own control instead): no preview shows them.
+    shown = [preview_text(p) for p in (folder / "rendered").glob("*.eml")]
+    assert shown and not [t for t in shown if "crush the competition" in t]
+    variants = json.loads((folder / "variants.json").read_text(encoding="utf-8"))
+    assert any(v["source"] == "template" for v in variants)
     assert verify(capsys, folder)[0] == 0
 
 

@@ -117,7 +117,8 @@ def test_a_refused_draft_gets_a_targeted_repair_of_its_paragraph(
     capsys.readouterr()
     assert asks and all("web address" in a for a in asks)
     variants = json.loads((only_run_dir() / "variants.json").read_text(encoding="utf-8"))
-    assert all([s["step"] for s in v["steps"][:2]] == ["draft", "paragraph"] for v in variants)
+    model_written = [v for v in variants if v["source"] != "template"]  # cpo's own controls make no call
+    assert model_written and all([s["step"] for s in v["steps"][:2]] == ["draft", "paragraph"] for v in model_written)
     templates = json.loads((only_run_dir() / "templates.json").read_text(encoding="utf-8"))
     assert not [t for t in templates if "evil.example" in t["body"] and t["sendable"]]
 
