@@ -144,6 +144,7 @@ def run(server: Any, args: argparse.Namespace) -> int:
     from cpo import ContentBundle, CostTracker, __version__
     from cpo.core.settings import Settings
     from cpo.email.chain import build_email_chain
+    from cpo.email.template_control import template_variant
     from cpo.email.validation import ValidationLimits
     from cpo.llm.endpoints import EndpointNotes
     from cpo.llm.factory import build_chat_model
@@ -201,6 +202,17 @@ def run(server: Any, args: argparse.Namespace) -> int:
                 "variant": json.loads(variant.model_dump_json()),
             }
         )
+
+    # As `cpo run` does: a segment whose model control ended invalid gets cpo's own (free, source: template).
+    # Reported beside the model's emails, never counted among them.
+    templates = []
+    for r in results:
+        v = r["variant"]
+        if v["tone"] == "control" and not v["validation"]["valid"]:
+            own = template_variant(bundle.request(v["segment"], "control"), limits)
+            state = "valid" if own.valid else "INVALID: " + "; ".join(own.validation.reasons)
+            print(f"{v['segment']} / control: cpo's own (source: template, no call): {state}", flush=True)
+            templates.append({"variant": json.loads(own.model_dump_json())})
 
     variants = [r["variant"] for r in results]
     valid = [v for v in variants if v["validation"]["valid"]]
@@ -263,11 +275,13 @@ def run(server: Any, args: argparse.Namespace) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "command": " ".join(["python", "benchmarks/real_model.py", *sys.argv[1:]]),
     }
-    report = json.dumps({"settings": settings_used, "totals": totals, "emails": results}, indent=2) + "\n"
-    out.write_text(report)
-    out.with_suffix(".txt").write_text(reading_sheet(results), encoding="utf-8")
+    totals["template_controls"] = len(templates)
+    totals["template_controls_valid"] = sum(t["variant"]["validation"]["valid"] for t in templates)
+    report = {"settings": settings_used, "totals": totals, "emails": results, "template_controls": templates}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".txt").write_text(reading_sheet([*results, *templates]), encoding="utf-8")
     if args.record:
-        (args.record / "summary.json").write_text(report)
+        (args.record / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
     return 0
 
@@ -282,7 +296,10 @@ def reading_sheet(results: list[dict[str, Any]]) -> str:
             if v["validation"]["valid"]
             else "INVALID: " + "; ".join(i["code"] for i in v["validation"]["issues"])
         )
-        out.append(f"=== {v['segment']} / {v['tone']}: cpo says {verdict}\nSubject: {v['subject']}\n\n{v['body']}\n")
+        source = " (cpo's own, source: template)" if v["source"] == "template" else ""
+        out.append(
+            f"=== {v['segment']} / {v['tone']}{source}: cpo says {verdict}\nSubject: {v['subject']}\n\n{v['body']}\n"
+        )
     return "\n".join(out)
 
 

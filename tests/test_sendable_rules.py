@@ -108,6 +108,15 @@ def test_meta_text_in_an_email_is_refused() -> None:
     assert not found(draft, request, "meta_text")
 
 
+def test_thanks_for_choosing_the_programme_on_offer_is_a_status_claim() -> None:
+    # Real model (r2): "Thank you for choosing Northwind Plus" to Gold customers the email asks to join it.
+    draft, request, entry = stored(f"{R2}/Gold Office Fit-Out/friendly")
+    assert "Thank you for choosing Northwind Plus" in draft.body and not entry["sendable"]
+    assert ["Thank you for choosing Northwind Plus"] in found(draft, request, "status_claim")
+    shop = draft.body.replace("Thank you for choosing Northwind Plus", "Thank you for choosing Northwind Supply")
+    assert not found(draft.model_copy(update={"body": shop}), request, "status_claim")
+
+
 def test_the_names_the_sources_use_are_not_invented() -> None:
     draft, request, _ = stored(f"{R0}/Silver Annual Switcher/control")
     named = draft.model_copy(

@@ -48,6 +48,14 @@ META_TEXT = re.compile(
     r"|\(\s*\d+\s+words?\s*\)",
     re.IGNORECASE | re.MULTILINE,
 )
+# Thanks for having chosen, joined or supported a named programme ("Thank you for your continued support of
+# Northwind Plus"): said to people the email asks to join it.
+THANKS_FOR = re.compile(
+    r"\bthank(?:s| you)(?: so much)? for (?:choosing|joining|being (?:a |an )?(?:part of |member of )?|"
+    r"your (?:continued |ongoing )?(?:support|loyalty|membership|trust)(?: (?:of|to|in|with))?)\s+(?:our |the )?"
+    r"(?P<name>[A-Z][\w-]*(?:\s+[A-Z][\w-]*){1,3})",
+    re.IGNORECASE,
+)
 # A capitalised name of two or more words: a product, plan or programme.
 NAME = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
 
@@ -130,12 +138,13 @@ def rubric_problems(subject: str, body: str, request: EmailRequest) -> list[Prob
             )
         )
     claim = STATUS_CLAIM.search(f"{subject}\n{own}")
-    if claim:
+    said = claim.group(0).strip() if claim else thanked_for_the_offer(own, request)
+    if said:
         problems.append(
             (
                 "status_claim",
-                f'the email tells the reader "{claim.group(0).strip()}"; they have not: describe what they can do',
-                [claim.group(0).strip()],
+                f'the email tells the reader "{said}"; they have not: describe what they can do',
+                [said],
             )
         )
     invented = invented_names(f"{subject}\n{own}", request)
@@ -168,6 +177,27 @@ def rubric_problems(subject: str, body: str, request: EmailRequest) -> list[Prob
             )
         )
     return problems
+
+
+def thanked_for_the_offer(text: str, request: EmailRequest) -> str | None:
+    """Thanks for a programme named with two of the retailer's words that is not the sender's own name (the
+    shop): the thing on offer, so the reader has not chosen it."""
+    own_words = {
+        w.casefold() for name in (*request.vocabulary.brand_words, *request.vocabulary.tiers) for w in name.split()
+    }
+    shop = " ".join(request.sender.brand.split()).casefold()
+    for match in THANKS_FOR.finditer(text):
+        words = match.group("name").split()
+        if not words[0][:1].isupper():
+            continue  # "thank you for choosing us", lower case: no name
+        named = [w for w in words if w.casefold() in own_words]
+        if (
+            len(named) >= 2
+            and " ".join(words).casefold() not in shop
+            and not shop.startswith(" ".join(named).casefold())
+        ):
+            return match.group(0).strip()
+    return None
 
 
 def sign_off_in(line: str, sign_off: str) -> str | None:
