@@ -83,7 +83,7 @@ def test_the_prompt_leaves_nothing_to_invent_and_names_the_json_keys() -> None:
     system, _ = PromptSet.load().render(request, ValidationLimits())
     text = str(system.content)
     assert '"subject" (a string)' in text and '"body"' in text and '"citations"' in text
-    assert 'we put "Hi there," before your paragraphs' in text
+    assert 'We write the greeting ("Hi there,") and the sign-off' in text
     assert "The Northwind Plus team" in text and "square brackets" in text
     # 3 paragraphs of 50-60 words plus cpo's 8 words of greeting and sign-off sit inside 150-200.
     assert "3 short paragraphs" in text and "50-60 words each" in text

@@ -43,7 +43,25 @@ def test_every_email_in_the_set_is_labelled_with_a_reason(path: Path) -> None:
         assert entry["model"] and entry["body"] and entry["request"]["offer"]
 
 
-@pytest.mark.parametrize("path", SETS, ids=[p.stem for p in SETS])
+# Known shortfall, kept visible (strict: it fails the day the rules meet the goal, so this is updated):
+# on the held-out batch cpo calls 2 emails valid that the reading rejects.
+SHORT_OF_GOAL = {
+    "heldout": "precision 0.00 on the held-out batch: 2 emails valid by the rules, both rejected by the reading "
+    "(the $59 student and teacher rate offered to every reader with its condition dropped; a garbled sentence "
+    "joining two clauses). No rule reads an offer's condition yet (issue 19 stays open)."
+}
+
+
+def _scored(paths: list[Path]) -> list[object]:
+    return [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=SHORT_OF_GOAL[p.stem]))
+        if p.stem in SHORT_OF_GOAL
+        else p
+        for p in paths
+    ]
+
+
+@pytest.mark.parametrize("path", _scored(SETS), ids=[p.stem for p in SETS])
 def test_what_cpo_calls_valid_a_reader_would_send(path: Path) -> None:
     f = SCORER.figures(path)
     print(

@@ -20,6 +20,8 @@ from cpo.email.textsafety import fold, smuggled
 NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:[.,]\d+)*%?")
 LABEL = re.compile(r"^\s*[*_#>`\s]*(subject|body|title|preview)\s*[*_]*\s*:", re.IGNORECASE | re.MULTILINE)
 MARKDOWN = re.compile(r"\*\*|__|^\s*#{1,6}\s|`|\[[^\]]+\]\([^)]+\)", re.MULTILINE)
+# A bulleted or numbered list line ("- 10% off every order", "1. Net-75 Terms: ..."): an email of plain paragraphs.
+LIST_LINE = re.compile(r"^[ \t]*(?:[-*\u2022\u2013]|\d{1,2}[.)])[ \t]+\S[^\n]*", re.MULTILINE)
 PLACEHOLDER = re.compile(
     r"\{\{[^{}]*\}\}|\{%[^%]*%\}|\[[^\[\]\n]{1,80}\](?!\()|\{\{?\s*[A-Za-z_][\w.]*\s*\}?\}"
     r"|<\s*[a-z_]+\s*>|%[A-Z_]+%|\bXX+\b"
@@ -109,11 +111,11 @@ def validate_draft(
         )
     if LABEL.search(subject) or MARKDOWN.search(subject):
         fail("subject_format", "the subject has a 'Subject:' label or markdown; write plain text only", "subject")
-    if LABEL.search(body) or MARKDOWN.search(body):
-        found = [m.group(0).strip() for m in (LABEL.search(body), MARKDOWN.search(body)) if m]
+    if LABEL.search(body) or MARKDOWN.search(body) or LIST_LINE.search(body):
+        found = [m.group(0).strip() for m in (LABEL.search(body), MARKDOWN.search(body), LIST_LINE.search(body)) if m]
         fail(
             "body_format",
-            "the body has 'Subject:'/'Body:' labels or markdown (**, #, `); write plain text",
+            "the body has 'Subject:'/'Body:' labels, markdown (**, #, `) or a list; write plain paragraphs",
             "body",
             found,
         )
