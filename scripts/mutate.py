@@ -244,6 +244,34 @@ MUTATIONS = (
         "    if True:",
         ("tests/test_private_by_default.py", "tests/test_privacy.py"),
     ),
+    Mutation(
+        "repair-answer-junk-spliced-in",
+        "cpo/email/loop.py",
+        '                text = ""  # never spliced in: the draft stays as it was, and the next call is varied',
+        "                pass",
+        ("tests/test_sendable_rules.py",),
+    ),
+    Mutation(
+        "rubric-rules-skipped",
+        "cpo/email/validation.py",
+        "    for code, message, excerpts in rubric_problems(subject, body, request):",
+        "    for code, message, excerpts in rubric_problems(subject, body, request)[:0]:",
+        ("tests/test_sendable_rules.py", "tests/test_sendable_set.py"),
+    ),
+    Mutation(
+        "number-role-ignored",
+        "cpo/email/grounding/roles.py",
+        '    return kinds and (claim.limit == source.limit or (claim.limit == "cap" and not source.limit))',
+        "    return True",
+        ("tests/test_number_roles.py",),
+    ),
+    Mutation(
+        "template-control-never-written",
+        "cpo/campaign/agents/generation.py",
+        '        if own is not None and not own["validation"]["valid"]:',
+        "        if False:",
+        ("tests/test_template_control.py",),
+    ),
 )
 
 
