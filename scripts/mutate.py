@@ -142,7 +142,7 @@ MUTATIONS = (
     Mutation(
         "kept-email-not-reused",
         "cpo/campaign/nodes.py",
-        "    if earlier is not None:  # generated before an interruption: not paid for again",
+        "    if earlier is not None:  # generated before an interruption: not paid for again, but checked again",
         "    if False:",
         ("tests/test_pipeline.py", "tests/test_legacy_runs.py"),
     ),

@@ -1,5 +1,5 @@
-"""`scripts/mutate.py` stays usable: every mutation still names code that occurs exactly once, and the tests it
-points at exist (a refactor that moves the code must move the mutation with it)."""
+"""`scripts/mutate.py` stays usable: every mutation still names code that occurs exactly once, its mutant
+compiles, and the tests it points at exist (a refactor that moves the code must move the mutation with it)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,5 @@ def test_every_mutation_applies_to_todays_code(monkeypatch: pytest.MonkeyPatch) 
         source = (ROOT / m.path).read_text(encoding="utf-8")
         assert source.count(m.old) == 1, f"{m.name}: its code occurs {source.count(m.old)} times in {m.path}"
         assert m.old != m.new and all((ROOT / t).is_file() for t in m.tests), m.name
+        # A mutant that does not compile is "caught" by any test: it must break a promise, not the syntax.
+        compile(source.replace(m.old, m.new), m.path, "exec")
