@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cpo.core.errors import ConfigError
 from cpo.core.files import load_yaml_model
 from cpo.core.models import GREETING_TAG, EmailDraft, EmailRequest, ValidationIssue, ValidationReport
+from cpo.email import offer_terms
 from cpo.email.grounding import check_grounding
 from cpo.email.grounding.audience import AUDIENCE_CODE, audience_problems
 from cpo.email.normalize import frame_words, word_count
@@ -182,6 +183,8 @@ def validate_draft(
         for item in smuggled(text, subject=field == "subject"):
             fail(item.code, item.message, field, item.excerpts if field == "body" else [])
 
+    for field, message, excerpts in offer_terms.problems(subject, body, request):
+        fail("offer_condition", message, field, excerpts)
     for code, message, excerpts in rubric_problems(subject, body, request):
         fail(code, message, "subject" if code == "subject_label" else "body", excerpts)
     _lint_subject(subject, limits, fail, (*request.vocabulary.tiers, *request.vocabulary.brand_words))
