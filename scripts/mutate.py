@@ -266,6 +266,13 @@ MUTATIONS = (
         ("tests/test_number_roles.py",),
     ),
     Mutation(
+        "offer-condition-unchecked",
+        "cpo/email/validation.py",
+        "    for field, message, excerpts in offer_terms.problems(subject, body, request):",
+        "    for field, message, excerpts in offer_terms.problems(subject, body, request)[:0]:",
+        ("tests/test_sendable_rules.py",),
+    ),
+    Mutation(
         "template-control-never-written",
         "cpo/campaign/agents/generation.py",
         '        if own is not None and not own["validation"]["valid"]:',

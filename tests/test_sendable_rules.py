@@ -26,6 +26,8 @@ BY_ID = {e["id"]: e for e in LABELLED}
 R0 = "real_model-labelled-r0-20261205T170150Z"
 R2 = "real_model-labelled-r2-20261205T171527Z"
 R2B = "real_model-labelled-r2-20261205T173647Z"
+HELD = json.loads((Path(__file__).parent / "sendable" / "heldout.json").read_text(encoding="utf-8"))
+HELD_BY_ID = {e["id"]: e for e in HELD}
 
 
 def stored(key: str) -> tuple[EmailDraft, EmailRequest, dict[str, Any]]:
@@ -115,6 +117,49 @@ def test_thanks_for_choosing_the_programme_on_offer_is_a_status_claim() -> None:
     assert ["Thank you for choosing Northwind Plus"] in found(draft, request, "status_claim")
     shop = draft.body.replace("Thank you for choosing Northwind Plus", "Thank you for choosing Northwind Supply")
     assert not found(draft.model_copy(update={"body": shop}), request, "status_claim")
+
+
+def test_an_offer_for_some_keeps_its_condition_wherever_its_figure_is_stated() -> None:
+    # Real model, held-out batch (r2, seed 7): "the chance to join Northwind Plus for just $59 a year!" to every
+    # reader, though only students and teachers who verify a school email address get that rate. This batch
+    # showed the rule, so a second held-out batch measures it (tests/sendable/heldout-2.json).
+    entry = HELD_BY_ID["real_model-heldout-r2-20261205T185633Z/School Supplies Buyer/urgent"]
+    request = EmailRequest.model_validate(entry["request"])
+    draft = EmailDraft(subject=entry["subject"], body=entry["body"], citations=entry["citations"])
+    issues = [i for i in validate_draft(draft, request).issues if i.code == "offer_condition"]
+    assert {i.field for i in issues} == {"subject", "body"}
+    assert any("join Northwind Plus for just $59 a year" in e for i in issues for e in i.excerpts)
+    assert "verify a school email address" in issues[0].message
+
+    with_condition = draft.model_copy(
+        update={
+            "subject": "Students and teachers: Northwind Plus for $59 a year",
+            "body": entry["body"]
+            .replace(
+                "We're excited to offer you the chance to join Northwind Plus for just $59 a year!",
+                "Students and teachers who verify a school email address can join Northwind Plus for $59 a year.",
+            )
+            .replace(  # the closing said the figure again, without the condition
+                "Join now and enjoy the benefits of Northwind Plus for just $59 a year.",
+                "Join now and enjoy the benefits of Northwind Plus.",
+            ),
+        }
+    )
+    assert not found(with_condition, request, "offer_condition")
+
+
+def test_an_offer_open_to_all_has_no_condition_to_keep() -> None:
+    from cpo.email.offer_terms import condition_of
+
+    assert (
+        condition_of("Join Northwind Plus for $9.99 a month and get free 2-day delivery.", ("Northwind", "Plus"))
+        is None
+    )
+    terms = condition_of(
+        "Silver members who choose the annual Northwind Plus plan by June 26, 2027 pay $79 for their first year.",
+        ("Northwind", "Plus"),
+    )
+    assert terms is not None and terms.figures == {"$79"} and {"annual", "june", "choose"} <= terms.words
 
 
 def test_the_names_the_sources_use_are_not_invented() -> None:

@@ -43,13 +43,10 @@ def test_every_email_in_the_set_is_labelled_with_a_reason(path: Path) -> None:
         assert entry["model"] and entry["body"] and entry["request"]["offer"]
 
 
-# Known shortfall, kept visible (strict: it fails the day the rules meet the goal, so this is updated):
-# on the held-out batch cpo calls 2 emails valid that the reading rejects.
-SHORT_OF_GOAL = {
-    "heldout": "precision 0.00 on the held-out batch: 2 emails valid by the rules, both rejected by the reading "
-    "(the $59 student and teacher rate offered to every reader with its condition dropped; a garbled sentence "
-    "joining two clauses). No rule reads an offer's condition yet (issue 19 stays open)."
-}
+# Known shortfalls, kept visible (strict: it fails the day the rules meet the goal, so this is updated).
+# The first held-out batch (heldout.json) had 2 valid emails, both rejected by the reading (precision 0.00);
+# one of them led to the offer_condition rule, so that batch no longer measures the rules: heldout-2 does.
+SHORT_OF_GOAL: dict[str, str] = {}
 
 
 def _scored(paths: list[Path]) -> list[object]:
@@ -78,4 +75,4 @@ def test_what_cpo_calls_valid_a_reader_would_send(path: Path) -> None:
 def test_the_sets_hold_at_least_80_labelled_and_20_held_out_emails() -> None:
     sizes = {p.stem: len(json.loads(p.read_text(encoding="utf-8"))) for p in SETS}
     assert sizes.get("labelled", 0) >= 80
-    assert sizes.get("heldout", 0) >= 20
+    assert sizes.get("heldout", 0) >= 20 and sizes.get("heldout-2", 0) >= 20
