@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -102,6 +103,9 @@ def git_commit() -> str:
 
 
 def main() -> int:
+    # A plain `kill` ends the run through the server's context manager, which stops the llama.cpp server: the
+    # default SIGTERM action would leave it running, busy, on the same cores as the next run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 requests instead of 8")
     parser.add_argument(
@@ -244,9 +248,9 @@ def run(server: Any, args: argparse.Namespace) -> int:
         "method": chain.method,
     }
     # What one email cpo would send cost: every call and token of the run over the valid emails.
-    per_valid = len(valid) or float("nan")
-    totals["calls_per_valid"] = round(tracker.session.calls / per_valid, 2)
-    totals["tokens_per_valid"] = round((tracker.session.input_tokens + tracker.session.output_tokens) / per_valid)
+    tokens = tracker.session.input_tokens + tracker.session.output_tokens
+    totals["calls_per_valid"] = round(tracker.session.calls / len(valid), 2) if valid else None  # none valid
+    totals["tokens_per_valid"] = round(tokens / len(valid)) if valid else None
     print(
         f"\ntotals: {totals['valid']} of {totals['emails']} valid ({totals['valid_first_time']} first time, "
         f"{totals['valid_within_2_repairs']} within 2 repairs); {totals['valid_before_normalization']} valid with no "
