@@ -192,6 +192,18 @@ def test_the_guard_names_what_a_repair_answer_must_not_carry(answer: str, why: s
     assert reason is not None and why in reason
 
 
+def test_a_snippet_id_that_is_also_a_word_of_the_sources_is_not_junk() -> None:
+    from pathlib import Path as _Path
+
+    from cpo.email.content import ContentBundle
+
+    bundle = ContentBundle.load(segments_file=_Path(__file__).parent.parent / "benchmarks/segments/heldout-2.json")
+    request = bundle.request("Price-Conscious Silver", "friendly")
+    assert "price-match" in {s.id for s in request.snippets}
+    assert junk_in("Each member can make up to 13 price-match requests a year.", request) is None
+    assert junk_in("See [price-match] for the rules.", request) is not None  # bracketed: a placeholder
+
+
 def test_a_plain_paragraph_answer_passes_the_guard_with_or_without_its_label() -> None:
     assert junk_in("Members save 10% on every order, applied automatically at checkout.", REQUEST) is None
     assert junk_in("Paragraph: Members save 10% on every order.", REQUEST) is None

@@ -48,7 +48,13 @@ def junk_in(answer: str, request: EmailRequest, *, subject: bool = False) -> str
     placeholder = PLACEHOLDER.search(text)
     if placeholder:
         return f'the answer has a placeholder ("{placeholder.group(0)}")'
-    ids = [s.id for s in request.snippets if re.search(rf"(?<![\w-]){re.escape(s.id)}(?![\w-])", text)]
+    # An id that is also a word of the sources ("price-match requests") is not a pasted id.
+    sources = " ".join([request.offer, *(s.text for s in request.snippets)]).casefold()
+    ids = [
+        s.id
+        for s in request.snippets
+        if s.id.casefold() not in sources and re.search(rf"(?<![\w-]){re.escape(s.id)}(?![\w-])", text)
+    ]
     if ids:
         return f'the answer names a snippet id ("{ids[0]}")'
     return None
