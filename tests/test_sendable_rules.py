@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from cpo.core.models import EmailDraft, EmailRequest
-from cpo.email.normalize import paragraphs
-from cpo.email.rubric import model_part
+from cpo.email.normalize import model_part, paragraphs
 from cpo.email.splice_guard import junk_in
 from cpo.email.validation import validate_draft
 from tests.test_email_loop import REQUEST, codes, email, good, make_loop, send, text, with_unbacked_number

@@ -118,6 +118,19 @@ def body_as_sent(request: EmailRequest, model_body: str) -> str:
     return "\n\n".join([greeting, *paragraphs(model_body), sender.sign_off])
 
 
+def model_part(body: str, request: EmailRequest) -> str:
+    """The body without cpo's greeting line and sign-off, when they are there as cpo writes them: the inverse
+    of `body_as_sent`, what the rubric reads as the model's own text."""
+    sender = request.sender
+    greeting = sender.greeting_line(request.merge_fields.get("first_name"))
+    text = body.strip()
+    if text.startswith(greeting):
+        text = text[len(greeting) :]
+    if text.rstrip().endswith(sender.sign_off.strip()):
+        text = text.rstrip()[: -len(sender.sign_off.strip())]
+    return text.strip()
+
+
 def as_read(text: str) -> str:
     """The text as a customer reads it: each Liquid merge tag shown as its fallback (or removed)."""
     return MERGE_TAG.sub(lambda m: m.group("fallback") or "", text)

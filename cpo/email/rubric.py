@@ -13,7 +13,7 @@ import re
 
 from cpo.core.models import EmailRequest
 from cpo.core.wording import NEAR_REPEAT, long_words, overlap
-from cpo.email.normalize import CLOSING, paragraphs
+from cpo.email.normalize import CLOSING, model_part, paragraphs
 
 Problem = tuple[str, str, list[str]]
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
@@ -58,18 +58,6 @@ THANKS_FOR = re.compile(
 )
 # A capitalised name of two or more words: a product, plan or programme.
 NAME = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
-
-
-def model_part(body: str, request: EmailRequest) -> str:
-    """The body without cpo's greeting line and sign-off, when they are there as cpo writes them."""
-    sender = request.sender
-    greeting = sender.greeting_line(request.merge_fields.get("first_name"))
-    text = body.strip()
-    if text.startswith(greeting):
-        text = text[len(greeting) :]
-    if text.rstrip().endswith(sender.sign_off.strip()):
-        text = text.rstrip()[: -len(sender.sign_off.strip())]
-    return text.strip()
 
 
 def said_again(parts: list[str]) -> str | None:
@@ -179,12 +167,16 @@ def rubric_problems(subject: str, body: str, request: EmailRequest) -> list[Prob
     return problems
 
 
+def retailer_words(request: EmailRequest) -> set[str]:
+    """The words of the retailer's brand and tier names, case-folded: what an invented name is built from."""
+    vocabulary = request.vocabulary
+    return {w.casefold() for name in (*vocabulary.brand_words, *vocabulary.tiers) for w in name.split()}
+
+
 def thanked_for_the_offer(text: str, request: EmailRequest) -> str | None:
     """Thanks for a programme named with two of the retailer's words that is not the sender's own name (the
     shop): the thing on offer, so the reader has not chosen it."""
-    own_words = {
-        w.casefold() for name in (*request.vocabulary.brand_words, *request.vocabulary.tiers) for w in name.split()
-    }
+    own_words = retailer_words(request)
     shop = " ".join(request.sender.brand.split()).casefold()
     for match in THANKS_FOR.finditer(text):
         words = match.group("name").split()
@@ -215,8 +207,7 @@ def sign_off_in(line: str, sign_off: str) -> str | None:
 def invented_names(text: str, request: EmailRequest) -> list[str]:
     """Capitalised names built on two of the retailer's words (brand words, tiers: "Silver Plus", "Bronze Plus
     Plan") that no source names. A capitalised phrase with fewer is often just a title-case subject."""
-    vocabulary = request.vocabulary
-    own_words = {w.casefold() for name in (*vocabulary.brand_words, *vocabulary.tiers) for w in name.split()}
+    own_words = retailer_words(request)
     sources = " ".join([request.offer, *(s.text for s in request.snippets), request.sender.brand])
     known = " ".join(sources.split()).casefold()
     found: list[str] = []

@@ -112,8 +112,8 @@ def validate_draft(
         )
     if LABEL.search(subject) or MARKDOWN.search(subject):
         fail("subject_format", "the subject has a 'Subject:' label or markdown; write plain text only", "subject")
-    if LABEL.search(body) or MARKDOWN.search(body) or LIST_LINE.search(body):
-        found = [m.group(0).strip() for m in (LABEL.search(body), MARKDOWN.search(body), LIST_LINE.search(body)) if m]
+    found = [m.group(0).strip() for m in (LABEL.search(body), MARKDOWN.search(body), LIST_LINE.search(body)) if m]
+    if found:
         fail(
             "body_format",
             "the body has 'Subject:'/'Body:' labels, markdown (**, #, `) or a list; write plain paragraphs",
