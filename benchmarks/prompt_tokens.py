@@ -3,8 +3,11 @@
 - compact: what an endpoint that enforces json_schema gets (Azure; CPO_PROMPT_PROFILE=auto):
   `system-compact.txt` + `user-compact.txt` and the slim json_schema schema. Budget: 400 tokens for
   everything but the snippet text (rules, offer, profile and schema).
-- full: the small-model guidance, sent with function calling or JSON mode: `system.txt` + `user.txt`
-  and the `tools=[EmailDraft]` function. Budget: 700 tokens for its messages (the schema aside, as before).
+- full: the whole-email guidance (`system.txt` + `user.txt`) and the `tools=[EmailDraft]` function, sent on a
+  first try of json_schema at an OpenAI-compatible server or when CPO_PROMPT_PROFILE=full. Budget: 700 tokens
+  for its messages (the schema aside, as before).
+- guided: what a small model behind function calling or JSON mode gets (`system-guided.txt` +
+  `user-guided.txt`, `tools=[GuidedDraft]`): it writes the framing and picks facts by number.
 
 Each request (the default 3 snippets) is counted as the project's test server bills it: the rendered
 messages with `cpo.count_tokens(messages, "gpt-4o-mini")` (o200k_base, OpenAI's per-message overhead) plus
@@ -29,10 +32,12 @@ import httpx
 
 from cpo import ContentBundle, Settings, build_chat_model, build_email_chain, count_tokens
 from cpo.core.models import TONES
+from cpo.email.guided import fact_lines
 from cpo.email.prompts import Profile, PromptSet, snippet_block
 from cpo.email.validation import ValidationLimits
 
 MODEL = "gpt-4o-mini"
+PROFILES: tuple[Profile, ...] = ("compact", "full", "guided")
 
 
 class _Captured(Exception):
@@ -61,20 +66,25 @@ def schema_tokens() -> dict[Profile, tuple[str, int]]:
     azure = Settings(
         azure_endpoint="http://capture.invalid", azure_deployment=MODEL, azure_api_key="capture", max_retries=0
     )
-    small = Settings(
-        openai_base_url="http://capture.invalid/v1",
-        model_name=MODEL,
-        structured_output_method="function_calling",
-        max_retries=0,
-    )
+
+    def small(profile: str) -> Settings:
+        return Settings(
+            openai_base_url="http://capture.invalid/v1",
+            model_name=MODEL,
+            structured_output_method="function_calling",
+            prompt_profile=profile,
+            max_retries=0,
+        )
+
     compact = wire_body(azure).get("response_format") or {}
-    tools = wire_body(small).get("tools")
-    if compact.get("type") != "json_schema" or not tools:
+    tools, plan_tools = wire_body(small("full")).get("tools"), wire_body(small("guided")).get("tools")
+    if compact.get("type") != "json_schema" or not tools or not plan_tools:
         raise SystemExit("could not capture the json_schema schema and the function-calling tools")
     schema = compact["json_schema"]["schema"]
     return {
         "compact": ("json_schema schema", count_tokens(json.dumps(schema), MODEL)),
         "full": ("tools=[EmailDraft]", count_tokens(json.dumps(tools), MODEL)),
+        "guided": ("tools=[GuidedDraft]", count_tokens(json.dumps(plan_tools), MODEL)),
     }
 
 
@@ -96,32 +106,38 @@ def main(argv: list[str] | None = None) -> int:
             request = bundle.request(segment.name, tone)
             snippets = count_tokens(snippet_block(request), MODEL)
             figures: dict[Profile, tuple[int, int]] = {}
-            for profile in ("compact", "full"):
+            for profile in PROFILES:
                 messages = count_tokens(prompts.render(request, limits, profile), MODEL)
                 total = messages + schemas[profile][1]
-                figures[profile] = (total - snippets, total)
+                # the guided prompt lists the facts (snippet sentences, numbered) in place of the snippets
+                source = count_tokens(fact_lines(request), MODEL) if profile == "guided" else snippets
+                figures[profile] = (total - source, total)
                 if profile == "full":
                     full_messages.append(messages)
             rows.append((segment.name, tone, snippets, figures))
 
     width = max(len("segment"), *(len(r[0]) for r in rows))
     print(f"First-draft prompt tokens per request ({MODEL}, o200k_base, as the test server bills them)")
-    for profile, what in (("compact", "json_schema endpoints (Azure)"), ("full", "function calling / JSON mode")):
+    for profile, what in (
+        ("compact", "json_schema endpoints (Azure)"),
+        ("full", "CPO_PROMPT_PROFILE=full, or a first try of json_schema on an OpenAI-compatible server"),
+        ("guided", "function calling / JSON mode on an OpenAI-compatible server (a small model)"),
+    ):
         label, tokens = schemas[profile]  # type: ignore[index]
         print(f"  {profile:<7} = {what}, schema sent: {label} ({tokens} tokens)")
+    print("  guided's non-snippet part leaves out its numbered fact lines (the snippets' sentences) instead")
     print()
-    head = f"{'':<{width}}  {'':<13}  {'snippet':>7}  {'compact':>19}  {'full':>19}"
-    print(head)
+    print(f"{'':<{width}}  {'':<13}  {'snippet':>7}" + "".join(f"  {p:>19}" for p in PROFILES))
     columns = f"{'non-snippet':>11} {'total':>7}"
-    print(f"{'segment':<{width}}  {'tone':<13}  {'tokens':>7}  {columns}  {columns}")
-    print(f"{'-' * width}  {'-' * 13}  {'-' * 7}  {'-' * 11} {'-' * 7}  {'-' * 11} {'-' * 7}")
+    print(f"{'segment':<{width}}  {'tone':<13}  {'tokens':>7}" + f"  {columns}" * len(PROFILES))
+    print(f"{'-' * width}  {'-' * 13}  {'-' * 7}" + f"  {'-' * 11} {'-' * 7}" * len(PROFILES))
     for name, tone, snippets, figures in rows:
-        (c_non, c_total), (f_non, f_total) = figures["compact"], figures["full"]
-        print(f"{name:<{width}}  {tone:<13}  {snippets:>7}  {c_non:>11} {c_total:>7}  {f_non:>11} {f_total:>7}")
+        cells = "".join(f"  {figures[p][0]:>11} {figures[p][1]:>7}" for p in PROFILES)
+        print(f"{name:<{width}}  {tone:<13}  {snippets:>7}{cells}")
     print()
-    for profile in ("compact", "full"):
-        non = [r[3][profile][0] for r in rows]  # type: ignore[index]
-        total = [r[3][profile][1] for r in rows]  # type: ignore[index]
+    for profile in PROFILES:
+        non = [r[3][profile][0] for r in rows]
+        total = [r[3][profile][1] for r in rows]
         print(
             f"{profile:<7}  non-snippet: min {min(non)}  mean {statistics.fmean(non):.1f}  max {max(non)}   "
             f"total: min {min(total)}  mean {statistics.fmean(total):.1f}  max {max(total)}"

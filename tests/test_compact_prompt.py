@@ -1,7 +1,8 @@
 """The compact first prompt for endpoints that enforce json_schema: its size, when it is sent, and that it works.
 
-The full prompt (the small-model guidance) stays for function calling and JSON mode, and for a first try of
-json_schema on an OpenAI-compatible server; CPO_PROMPT_PROFILE overrides the choice.
+The guided prompt (a small model writes the framing and picks facts, `tests/test_guided.py`) is for function
+calling and JSON mode on an OpenAI-compatible server; the full prompt for a first try of json_schema there;
+CPO_PROMPT_PROFILE overrides the choice.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def non_snippet_tokens(request: EmailRequest, profile: Profile, schema_tokens: i
 def sent_profile(body: dict[str, Any], request: EmailRequest) -> str:
     """Which profile's first prompt a request body carries."""
     system = body["messages"][0]["content"]
-    found = [p for p in ("compact", "full") if system == PROMPTS.render(request, LIMITS, p)[0].content]  # type: ignore[arg-type]
+    found = [p for p in ("compact", "full", "guided") if system == PROMPTS.render(request, LIMITS, p)[0].content]  # type: ignore[arg-type]
     return found[0] if found else "neither"
 
 
@@ -88,27 +89,33 @@ def test_with_json_schema_the_compact_prompt_is_sent_and_its_answer_passes_the_c
     assert variant.prompt_version == PROMPTS.version("urgent", "compact") != PROMPTS.version("urgent", "full")
 
 
-def test_with_function_calling_the_full_prompt_is_sent(live_server: Any) -> None:
+def test_with_function_calling_on_an_openai_compatible_server_the_guided_prompt_is_sent(live_server: Any) -> None:
     request = BUNDLE.request(SEGMENT, "friendly")
     live_server.script("qwen2.5", ok(tool_args=good_draft(request, "full"), model="qwen2.5"))
     settings = openai_compatible(live_server.endpoint, structured_output_method="function_calling")
     variant = build_email_chain(build_chat_model(settings), settings=settings).invoke(request)
     (sent,) = live_server.requests
     assert "tools" in sent and "response_format" not in sent
-    assert sent_profile(sent, request) == "full"
-    assert variant.valid and variant.prompt_version == PROMPTS.version("friendly", "full")
+    assert sent_profile(sent, request) == "guided"
+    # a small model that answers with the whole email anyway: its draft is checked as it is
+    assert variant.valid and variant.prompt_version == PROMPTS.version("friendly", "guided")
 
 
 @pytest.mark.parametrize(
     ("setting", "method", "expected"),
-    [("full", "json_schema", "full"), ("compact", "function_calling", "compact"), ("auto", "json_mode", "full")],
+    [
+        ("full", "json_schema", "full"),
+        ("compact", "function_calling", "compact"),
+        ("full", "json_mode", "full"),
+        ("auto", "json_mode", "guided"),
+    ],
 )
 def test_the_prompt_profile_setting_overrides_the_method(
     setting: str, method: str, expected: str, live_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CPO_PROMPT_PROFILE", setting)
     request = BUNDLE.request(SEGMENT, "informational")
-    answer = good_draft(request, expected)  # type: ignore[arg-type]
+    answer = good_draft(request, "full" if expected == "guided" else expected)  # type: ignore[arg-type]
     reply = ok(tool_args=answer, model="qwen2.5") if method == "function_calling" else ok(json.dumps(answer))
     live_server.script("qwen2.5", reply)
     settings = openai_compatible(live_server.endpoint, structured_output_method=method)
@@ -120,7 +127,9 @@ def test_the_prompt_profile_setting_overrides_the_method(
 
 def test_a_bad_prompt_profile_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPO_PROMPT_PROFILE", "small")
-    with pytest.raises(ConfigError, match=r"^CPO_PROMPT_PROFILE: .*'auto', 'compact' or 'full' \(got 'small'\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^CPO_PROMPT_PROFILE: .*'auto', 'compact', 'full' or 'guided' \(got 'small'\)$"
+    ):
         Settings()
 
 
@@ -142,9 +151,9 @@ def test_a_first_try_of_json_schema_keeps_the_full_prompt_until_the_server_answe
     assert after["response_format"] == COMPACT_JSON_SCHEMA_RESPONSE_FORMAT
 
 
-def test_after_a_move_down_from_json_schema_mid_email_the_next_calls_use_the_full_prompt(live_server: Any) -> None:
-    """The refused draft is asked again as it was (compact) by function calling; the rewrite after it is
-    a call by function calling, so it carries the full prompt."""
+def test_after_a_move_down_from_json_schema_mid_email_the_next_calls_use_the_guided_prompt(live_server: Any) -> None:
+    """The refused draft is asked again by function calling, in that method's profile (guided); the whole-email
+    repair after it carries the guided prompt too, from the start (a fresh plan)."""
     request = BUNDLE.request(SEGMENT, "urgent")
     good = good_draft(request, "full")
     spoiled = {**good, "citations": [good["citations"][0], "press-kit-2026"]}  # an unknown id: rewrite the email
@@ -161,8 +170,8 @@ def test_after_a_move_down_from_json_schema_mid_email_the_next_calls_use_the_ful
     variant = build_email_chain(model, settings=settings, notes=notes).invoke(request)
     refused, draft, rewrite = live_server.requests
     assert "response_format" in refused and "tools" in draft and "tools" in rewrite
-    assert [sent_profile(b, request) for b in (refused, draft, rewrite)] == ["compact", "compact", "full"]
-    assert variant.valid and [s.step for s in variant.steps] == ["draft", "rewrite"]
+    assert [sent_profile(b, request) for b in (refused, draft, rewrite)] == ["compact", "guided", "guided"]
+    assert variant.valid and [s.step for s in variant.steps] == ["draft", "fresh"]
 
 
 def test_a_prompts_folder_that_changes_only_the_full_prompt_keeps_it_with_json_schema(tmp_path: Path) -> None:

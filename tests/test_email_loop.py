@@ -181,6 +181,20 @@ def test_only_the_subject_failing_gets_a_subject_call_and_the_candidate_that_pas
     assert [s.step for s in variant.steps] == ["draft", "subject"]
 
 
+def test_when_every_subject_line_is_too_long_the_half_of_a_two_part_line_that_fits_is_kept() -> None:
+    """Real-model answer (held-out batch 2): every line over 60 characters, each in two parts."""
+    loop = make_loop()
+    paid_draft_with_long_subject(loop)
+    send(loop)
+    answer = (
+        "1. Upgrade to Northwind Plus: Exclusive Offer for Your Gold Membership Today\n"
+        f"2. {GOOD_SUBJECT}: a note on what members get with every single order\n"
+        "3. Northwind Plus membership offer for customers like you, explained in full"
+    )
+    checks = loop.answered(text(answer))
+    assert checks[0].report.valid and checks[0].subject == "Upgrade to Northwind Plus"
+
+
 def test_a_located_problem_gets_a_call_for_its_paragraph_and_the_answer_replaces_only_it() -> None:
     loop = make_loop()
     data = good(send(loop))
@@ -419,7 +433,8 @@ def test_a_fallback_during_a_targeted_repair_asks_the_offline_drafter_for_a_fres
 
     again = send(loop)
     assert again.model is fallback and again.step == "fresh" and again.kind == "email"
-    assert again.messages == loop.base and loop.attempts == 2  # the first prompt, in the same round
+    # the first prompt in the full profile (the one the offline drafter reads), in the same round
+    assert again.messages == PROMPTS.render(REQUEST, ValidationLimits(), "full") and loop.attempts == 2
     loop.answered(email(good(again)))
     variant = loop.variant()
     assert variant.valid and variant.fallback_used and variant.source == "offline"

@@ -104,6 +104,44 @@ def test_normalizations_are_a_closed_recorded_list() -> None:
     assert [c.code for c in changes] == ["subject_label", "markdown_emphasis", "greeting_replaced", "sign_off_replaced"]
 
 
+@pytest.mark.parametrize(
+    ("subject", "body", "expected_subject", "expected_body", "codes"),
+    [
+        # real-model text (Qwen2.5-Coder-1.5B, held-out batch 2): a greeting run into the first sentence and a
+        # sign-off run on after the last, on the same lines as the text
+        (
+            "Urgent: Join Northwind Plus for 2,000 Bonus Points",
+            "Hi there! Your first member order is close.\n\nJoin today! Best regards, The Northwind Plus team",
+            "Join Northwind Plus for 2,000 Bonus Points",
+            "Your first member order is close.\n\nJoin today!",
+            ["subject_label", "greeting_replaced", "sign_off_replaced"],
+        ),
+        (
+            "Reminder - join before the next sale",
+            "Hello, Bronze members! With Plus you save.",
+            "Join before the next sale",
+            "With Plus you save.",
+            ["subject_label", "greeting_replaced"],
+        ),
+        # not greetings, not sign-offs, not labels: left alone
+        ("Urgent news", "Hiking season is here! Yes.", "Urgent news", "Hiking season is here! Yes.", []),
+        (
+            "Important: save",
+            "We hope you enjoy it. Cheerful help awaits",
+            "Important: save",
+            "We hope you enjoy it. Cheerful help awaits",
+            [],
+        ),
+    ],
+)
+def test_a_greeting_sign_off_or_label_run_into_the_text_is_removed_and_nothing_else(
+    subject: str, body: str, expected_subject: str, expected_body: str, codes: list[str]
+) -> None:
+    clean, changes = normalize(EmailDraft(subject=subject, body=body, citations=[]))
+    assert (clean.subject, clean.body) == (expected_subject, expected_body)
+    assert [c.code for c in changes] == codes
+
+
 def test_normalization_never_truncates_or_pads() -> None:
     long_subject = "A" + " very" * 30 + " long subject"
     raw = EmailDraft(subject=long_subject, body="One short paragraph.", citations=[])
@@ -286,7 +324,8 @@ def test_a_json_error_names_the_field(live_server: Any) -> None:
         ok(as_json({"subject": "Hi", "citations": answer["citations"]}), model=MODEL),
         ok(as_json(answer), model=MODEL),
     )
-    variant = chain_for(live_server, structured_output_method="json_mode").invoke(request)
+    # the full profile asks for the email itself (a guided one asks for a plan: tests/test_guided.py)
+    variant = chain_for(live_server, structured_output_method="json_mode", prompt_profile="full").invoke(request)
     assert variant.valid and variant.attempts == 2
     repair = live_server.requests[1]["messages"][-1]["content"]
     assert "field 'body': Field required" in repair
@@ -372,7 +411,10 @@ def test_an_unreadable_verdict_fails_closed(live_server: Any) -> None:
 
 def chain_judge(server: Any, **kwargs: Any) -> Any:
     settings = Settings(
-        openai_base_url=f"{server.endpoint}/v1", model_name=MODEL, structured_output_method="function_calling"
+        openai_base_url=f"{server.endpoint}/v1",
+        model_name=MODEL,
+        structured_output_method="function_calling",
+        prompt_profile="full",  # whole emails, rewritten in the same conversation
     )
     return build_email_chain(build_chat_model(settings), settings=settings, judge=True, notes=EndpointNotes(), **kwargs)
 

@@ -27,6 +27,7 @@ R2 = "real_model-labelled-r2-20261205T171527Z"
 R2B = "real_model-labelled-r2-20261205T173647Z"
 HELD = json.loads((Path(__file__).parent / "sendable" / "heldout.json").read_text(encoding="utf-8"))
 HELD_BY_ID = {e["id"]: e for e in HELD}
+HELD_2 = json.loads((Path(__file__).parent / "sendable" / "heldout-2.json").read_text(encoding="utf-8"))
 
 
 def stored(key: str) -> tuple[EmailDraft, EmailRequest, dict[str, Any]]:
@@ -82,6 +83,18 @@ def test_a_subject_with_a_label_is_refused_and_the_plain_phrase_passes() -> None
     assert [i for i in validate_draft(draft, request).issues if i.code == "subject_label" and i.field == "subject"]
     plain = draft.model_copy(update={"subject": "Free assembly on orders of $400 or more"})
     assert not found(plain, request, "subject_label")
+
+
+def test_a_subject_headlining_a_figure_the_offer_does_not_state_is_refused() -> None:
+    """Real model (guided, held-out batch 2 segment, benchmarks/results/real_model-heldout-2-r2-20261205T204803Z):
+    the offer is $9.99 a month, and only the annual plan saves $20.88."""
+    entry = next(e for e in HELD_2 if e["request"]["segment"]["name"] == "Price-Conscious Silver")
+    request = EmailRequest.model_validate(entry["request"])
+    draft = EmailDraft(subject="Join Northwind Plus for $9.99 a month and save $20.88", body=entry["body"], citations=[])
+    issues = [i for i in validate_draft(draft, request).issues if i.code == "subject_figure"]
+    assert issues and issues[0].field == "subject" and '"$20.88"' in issues[0].message
+    plain = draft.model_copy(update={"subject": "Join Northwind Plus for $9.99 a month"})
+    assert not found(plain, request, "subject_figure")
 
 
 def test_a_fact_said_again_in_other_words_is_a_repeated_sentence() -> None:

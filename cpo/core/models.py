@@ -180,6 +180,16 @@ class EmailDraft(BaseModel):
     citations: list[str] = Field(description="Ids of the approved snippets whose facts the email uses")
 
 
+class GuidedDraft(BaseModel):
+    """What a small model returns under guided composition (`cpo.email.guided`): the framing and the facts to
+    use, by number; cpo lays out the email from them, so the model writes little that can be false."""
+
+    subject: str = Field(description="Plain-text subject line, no label, no markdown")
+    opening: str = Field(description="1-2 sentences leading into the offer, in the tone; no greeting, no figures")
+    facts: list[int] = Field(description="Numbers of the facts to include, most important first")
+    closing: str = Field(description="One sentence inviting the reader to act; no sign-off")
+
+
 class Citation(BaseModel):
     """A citation resolved to the approved content it points at."""
 
@@ -201,7 +211,7 @@ class ValidationIssue(BaseModel):
 class Normalization(BaseModel):
     """A change cpo made to the model's text, from a closed list (see `cpo.email.normalize`)."""
 
-    code: str  # "markdown_emphasis" | "subject_label" | "greeting_replaced" | "sign_off_replaced"
+    code: str  # "markdown_emphasis" | "subject_label" | "greeting_replaced" | "sign_off_replaced" | "sentence_left_out"
     detail: str
 
 

@@ -13,7 +13,7 @@ from cpo.core.errors import ConfigError
 
 Provider = Literal["azure", "openai-compatible", "offline"]
 StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
-PromptProfile = Literal["auto", "compact", "full"]
+PromptProfile = Literal["auto", "compact", "full", "guided"]
 
 
 def _env(*names: str) -> Any:

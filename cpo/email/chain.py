@@ -146,6 +146,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 except Exception as exc:
                     if not methods.refused(call, exc):
                         raise
+                    messages = _rebased(call, messages)
 
         async def asend(messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
             while True:
@@ -154,6 +155,7 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
                 except Exception as exc:
                     if not methods.refused(call, exc):
                         raise
+                    messages = _rebased(call, messages)
 
         return RunnableLambda(send, afunc=asend, name=call.name)
 
@@ -230,6 +232,14 @@ class EmailChain(Runnable[EmailRequest, EmailVariant]):
     ) -> EmailVariant:
         request, local, config = self._prepare(input, config)
         return await self._email_run(local).ainvoke(request, config)
+
+
+def _rebased(call: Call, messages: list[BaseMessage]) -> list[BaseMessage]:
+    """The messages to ask again with after a refusal: a first prompt re-rendered for the new method."""
+    if call.rebase is None:
+        return messages
+    call.rebase(call)
+    return call.messages
 
 
 def _owned(variant: EmailVariant, run_manager: Any) -> EmailVariant:

@@ -35,11 +35,13 @@ from cpo.core.models import (
     EmailDraft,
     EmailRequest,
     EmailVariant,
+    GuidedDraft,
     Normalization,
     Source,
     ValidationIssue,
     ValidationReport,
 )
+from cpo.email.guided import assemble_checked, read_plan
 from cpo.email.methods import StructuredOutput
 from cpo.email.normalize import body_as_sent, normalize, paragraphs, word_count
 from cpo.email.prompts import Profile, PromptSet, extend_plan
@@ -89,10 +91,10 @@ class EmailLoop:
     def __init__(self, drafting: Drafting, request: EmailRequest, local: CostTracker) -> None:
         self.d, self.request, self.local = drafting, request, local
         self.started = time.perf_counter()
-        self.profile: Profile = drafting.prompts.profile_for(drafting.methods.enforced)
-        self.base = drafting.prompts.render(request, drafting.limits, self.profile)
         self.model: BaseChatModel = drafting.methods.model
         self.source: Source = drafting.methods.source
+        self.profile: Profile = self._profile()
+        self.base = drafting.prompts.render(request, drafting.limits, self.profile)
         self.fallback_used = False
         self.sent: EmailDraft | None = None  # the email as sent (cpo's greeting and sign-off included)
         self.draft: EmailDraft | None = None  # the model's part, normalized
@@ -109,7 +111,7 @@ class EmailLoop:
         self.same_round = False
         self.call: Call | None = None
         self._t0: float | None = None
-        self._begin(Call("draft", self.model, self.base), same_round=False)
+        self._begin(Call("draft", self.model, self.base, shape=self._shape(), rebase=self._rebase), same_round=False)
 
     # -- what the driver calls ------------------------------------------------------------------
 
@@ -131,9 +133,11 @@ class EmailLoop:
         if fallback is not None and not self.fallback_used and call.kind != "judge" and is_transient(exc):
             self.d.announce_fallback(exc)
             self.model, self.source, self.fallback_used = fallback, "offline", True
-            # The offline drafter writes whole emails only: a targeted repair is asked of it as a fresh email.
-            whole = call.kind == "email"
-            self.call = Call(call.step if whole else "fresh", fallback, call.messages if whole else self._base())
+            # The offline drafter writes whole emails from the full prompt only: anything else is asked of it as a
+            # fresh email.
+            whole = call.kind == "email" and call.shape == "email"
+            full = self.d.prompts.render(self.request, self.d.limits, "full")
+            self.call = Call(call.step if whole else "fresh", fallback, call.messages if whole else full)
             return
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError) or self.report is None:
             raise exc  # nothing paid for to keep, or a fault that ends the run
@@ -222,10 +226,25 @@ class EmailLoop:
         self.round_parts.add(part_of(call))
         self.call, self.same_round, self._t0 = call, same_round, None
 
+    def _profile(self) -> Profile:
+        """The first prompt's profile for the method in use now; the offline drafter reads the full one only."""
+        methods = self.d.methods
+        if self.model is not methods.model or methods.source == "offline":
+            return "full"
+        return self.d.prompts.profile_for(methods.enforced, methods.small_model)
+
+    def _rebase(self, call: Call) -> None:
+        """The first draft asked again after a method refusal: in the profile of the method now in use."""
+        call.messages, call.shape = self._base(), self._shape()
+
+    def _shape(self) -> str:
+        """What a whole-email call asks for in the profile in use: a plan to lay out (guided), or the email."""
+        return "plan" if self.profile == "guided" else "email"
+
     def _base(self) -> list[BaseMessage]:
         """The first prompt in the profile of the method in use now: after a move down from json_schema
         mid-email, the calls that follow get that method's profile (the refused call itself is asked again as is)."""
-        profile = self.d.prompts.profile_for(self.d.methods.enforced)
+        profile = self._profile()
         if profile != self.profile:
             self.profile, self.base = profile, self.d.prompts.render(self.request, self.d.limits, profile)
         return self.base
@@ -259,6 +278,7 @@ class EmailLoop:
 
     def _drafted(self, call: Call, reply: AIMessage, seconds: float) -> list[Check]:
         previous = self.report
+        left_out: list[str] = []  # sentences of a guided plan a check found at fault (`assemble_checked`)
         if call.kind == "text":
             assert self.draft is not None
             text = str(reply.content or "")
@@ -271,6 +291,15 @@ class EmailLoop:
                 text = ""  # never spliced in: the draft stays as it was, and the next call is varied
             raw: EmailDraft | None = apply_answer(call, self.draft, text)
             error = None
+        elif call.shape == "plan":
+            plan, error = read_plan(reply)
+            if isinstance(plan, GuidedDraft):
+                raw, left_out = assemble_checked(
+                    self.request, plan, self.d.limits, lambda draft: self._assess(draft)[2]
+                )
+            else:
+                raw = plan
+            discarded = None
         else:
             raw, error = read_draft(reply)
             discarded = None
@@ -281,6 +310,8 @@ class EmailLoop:
             self.repeated = False
         else:
             self.draft, self.sent, self.report, self.changes = self._assess(raw)
+            if call.shape == "plan" and left_out:
+                self.changes = [*self.changes, *(Normalization(code="sentence_left_out", detail=s) for s in left_out)]
             self.valid_raw = self.report.valid and not self.changes
             self.repeated = not self.report.valid and repeats(call, self.draft, previous, self.seen)
             self.seen.add(f"s:{fingerprint(self.draft.subject)}")
@@ -348,8 +379,10 @@ class EmailLoop:
             if targeted is not None:
                 return targeted
         base = self._base()
-        if self.repeated:
-            return Call("fresh", model, prompts.fresh(request, limits, self.report.reasons, self.profile), vary=vary)
+        if self.repeated or self.profile == "guided":
+            # A plan is asked for again from the start, with what failed: the assembled email is not a plan to edit.
+            again = prompts.fresh(request, limits, self.report.reasons, self.profile)
+            return Call("fresh", model, again, vary=vary, shape=self._shape())
         # Only the latest answer is shown back: a short context is faster, and nothing older to copy.
         previous = draft.model_dump_json() if draft is not None else self.last_text[:4000]
         messages: list[BaseMessage] = [*base, AIMessage(previous), prompts.repair(self.report.reasons)]

@@ -19,7 +19,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
 
 from cpo.core.errors import first_line
-from cpo.core.models import EmailDraft
+from cpo.core.models import EmailDraft, GuidedDraft
 from cpo.email.repairs import Call
 from cpo.llm.endpoints import EndpointNotes, endpoint_key
 from cpo.llm.factory import model_source
@@ -46,6 +46,11 @@ COMPACT_JSON_SCHEMA_RESPONSE_FORMAT = {
     "type": "json_schema",
     "json_schema": {**EMAIL_DRAFT_JSON_SCHEMA, "schema": wire_schema(EMAIL_DRAFT_SCHEMA)},
 }
+GUIDED_SCHEMA = openai.pydantic_function_tool(GuidedDraft)["function"]["parameters"]
+GUIDED_RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "GuidedDraft", "schema": wire_schema(GUIDED_SCHEMA), "strict": True},
+}
 METHODS_AFTER = {"json_schema": "function_calling", "function_calling": "json_mode"}
 JUDGE_MAX_TOKENS = 400
 PROBE = 'Return this JSON object and nothing else: {"subject": "ok", "body": "ok", "citations": []}'
@@ -69,7 +74,7 @@ class StructuredOutput:
         # json_schema set by hand, or remembered as answered: the endpoint takes it (Azure always does).
         self._schema_answered = self.method == "json_schema" and (remembered == "json_schema" or not remember)
         self._lock = threading.Lock()
-        self._bound: dict[tuple[int, str, bool], Runnable[Any, Any]] = {}
+        self._bound: dict[tuple[int, str, bool, str], Runnable[Any, Any]] = {}
 
     @property
     def enforced(self) -> bool:
@@ -80,14 +85,20 @@ class StructuredOutput:
             return False
         return self.source == "azure" or self._schema_answered
 
+    @property
+    def small_model(self) -> bool:
+        """Does an OpenAI-compatible server take only function calling or JSON mode (a small local model, as a
+        rule)? Then the email's first prompt is the guided one (`cpo.email.guided`)."""
+        return self.source == "openai-compatible" and self.method in ("function_calling", "json_mode")
+
     def prepared(self, call: Call) -> Runnable[Any, Any]:
         """The model bound for this call (its sampling and output limit included); notes the method on the call."""
         call.method = self.method
-        bound = self._bound_for(call.model, call.kind, call.method)
+        bound = self._bound_for(call.model, call.kind, call.method, call.shape)
         extra = {**call.vary, **({"max_tokens": call.max_tokens} if call.max_tokens else {})}
         return bound.bind(**extra) if extra else bound
 
-    def _bound_for(self, model: BaseChatModel, kind: str, method: str) -> Runnable[Any, Any]:
+    def _bound_for(self, model: BaseChatModel, kind: str, method: str, shape: str = "email") -> Runnable[Any, Any]:
         """The model bound for one kind of call; email replies are parsed by cpo, leniently, not by a parser.
 
         No `with_structured_output(include_raw=True)`: it runs a parallel map per call (two threads),
@@ -98,19 +109,27 @@ class StructuredOutput:
             method = "function_calling"
         if kind != "email":
             method = kind
-        key = (id(model), method, method == "json_schema" and self.enforced)
+        key = (id(model), method, method == "json_schema" and self.enforced, shape)
         with self._lock:
             if key not in self._bound:
-                self._bound[key] = self._bind(model, method, compact=key[2])
+                self._bound[key] = self._bind(model, method, compact=key[2], shape=shape)
             return self._bound[key]
 
-    def _bind(self, model: BaseChatModel, method: str, *, compact: bool = False) -> Runnable[Any, Any]:
+    def _bind(
+        self, model: BaseChatModel, method: str, *, compact: bool = False, shape: str = "email"
+    ) -> Runnable[Any, Any]:
         if method == "text":
             return model  # each plain-text call carries its own max_tokens
         if method == "judge":
             return model.bind(
                 response_format={"type": "json_object"}, max_tokens=min(JUDGE_MAX_TOKENS, self.max_output_tokens)
             )
+        if shape == "plan" and method in ("json_schema", "function_calling"):
+            if method == "json_schema":
+                return model.bind(
+                    extra_body={"response_format": GUIDED_RESPONSE_FORMAT}, max_tokens=self.max_output_tokens
+                )
+            return model.bind_tools([GuidedDraft], tool_choice="GuidedDraft", max_tokens=self.max_output_tokens)
         if method == "json_schema":
             # Sent as extra_body: the same JSON on the wire, but the openai SDK skips its per-call
             # type-driven transform of the nested schema (about 1 ms of client CPU per email).

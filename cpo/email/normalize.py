@@ -7,12 +7,17 @@ variant so nobody mistakes cpo's edits for the model's work:
 - `unicode_compatibility`: compatibility characters (full-width letters, ligatures, non-breaking spaces)
   replaced by their plain form (Unicode NFKC), so what is checked is what is kept.
 - `subject_label`: a leading `Subject:` label removed from the subject, or a `Subject: ...` line from
-  the top of the body.
+  the top of the body; or a label brands do not send (`Urgent:`, `Reminder -`) before a subject of at least
+  three words.
 - `markdown_emphasis`: `**bold**`, `__bold__` and `*italic*` markers removed, the words kept.
-- `greeting_replaced`: a greeting the model wrote anyway (`Dear [Customer Name],`) removed, because
-  cpo's own greeting is added.
-- `sign_off_replaced`: a sign-off the model wrote anyway (`Best regards,\\n[Your Name]`) removed, because
-  cpo's own sign-off is added.
+- `greeting_replaced`: a greeting the model wrote anyway (`Dear [Customer Name],` on a line of its own, or
+  `Hi there!` opening the first sentence) removed, because cpo's own greeting is added.
+- `sign_off_replaced`: a sign-off the model wrote anyway (`Best regards,\\n[Your Name]`, or run on after the
+  last sentence: `... today! Best regards, The team`) removed, because cpo's own sign-off is added.
+
+Under guided composition (`cpo.email.guided`), where cpo lays out the email from a small model's plan, one
+more is recorded: `sentence_left_out`, a sentence of the model's opening or closing (or a fact) that a check
+found at fault, left out when the email was laid out.
 
 Nothing else: text is never truncated, padded or reworded here. A draft that is too long or too short
 goes back to the model with the measured length and the target.
@@ -26,6 +31,12 @@ import unicodedata
 from cpo.core.models import EmailDraft, EmailRequest, Normalization
 
 SUBJECT_LABEL = re.compile(r"^\s*[*_#>\s]*subject\s*[*_]*\s*:\s*[*_]*\s*", re.IGNORECASE)
+# A label before the subject that brands mark mail with ("Urgent:", "Reminder -", "Last chance!").
+TONE_LABEL = re.compile(
+    r"^\W*(?:urgent|important|reminder|alert|attention|announcement|news|notice|final notice|last chance|"
+    r"act now|hurry|limited time|action required|update)\s*[:!\-\u2013\u2014|]",
+    re.IGNORECASE,
+)
 BODY_SUBJECT_LINE = re.compile(r"\A\s*[*_#>\s]*subject\s*[*_]*\s*:[^\n]*\n+", re.IGNORECASE)
 EMPHASIS = (
     re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL),
@@ -33,12 +44,25 @@ EMPHASIS = (
     re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])"),
 )
 GREETING = re.compile(
-    r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening))\b[^\n]{0,60}?[,:!.]?[ \t]*$",
+    r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening))\b[^\n.!?]{0,60}?[,:!.]?[ \t]*$",
     re.IGNORECASE,
 )
 CLOSING = re.compile(
     r"^(?:(?:best|kind|warm|warmest|with)?\s*regards|best(?: wishes)?|warm(?:est)? wishes|sincerely|"
     r"yours(?: sincerely| truly)?|cheers|thanks|thank you|many thanks|all the best|talk soon)\b[^\n]{0,30}[,!.]?$",
+    re.IGNORECASE,
+)
+# A greeting run into the first line ("Hi there! We're ...", "Hello, Bronze members! With ..."): a short
+# greeting phrase ended by punctuation, then a new sentence.
+LEADING_GREETING = re.compile(
+    r"\A(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening))\b[^.!?:,\n]{0,40}(?:,[^.!?:,\n]{0,40})?[!.:]"
+    r"[ \t]+(?=[A-Z])",
+    re.IGNORECASE,
+)
+# A sign-off run on after the last sentence ("... join today! Best regards, The Northwind Plus team").
+TRAILING_SIGN_OFF = re.compile(
+    r"(?<=[.!?])[ \t]+(?:(?:best|kind|warm|warmest)\s+regards|regards|sincerely|cheers|best wishes|warm wishes|"
+    r"all the best)\b[^.!?\n]{0,50}[.!]?\s*\Z",
     re.IGNORECASE,
 )
 SIGNATURE_LINE_WORDS = 7
@@ -50,11 +74,18 @@ def _strip_greeting(body: str) -> tuple[str, str | None]:
     first = lines[0].strip()
     if first and len(first.split()) <= 8 and GREETING.match(first):
         return "\n".join(lines[1:]).lstrip("\n"), first
+    run_in = LEADING_GREETING.match(body.lstrip())
+    if run_in and len(run_in.group(0).split()) <= 8:
+        return body.lstrip()[run_in.end() :], run_in.group(0).strip()
     return body, None
 
 
 def _strip_sign_off(body: str) -> tuple[str, str | None]:
-    """A closing line near the end followed only by short signature lines (names, titles, placeholders)."""
+    """A closing line near the end followed only by short signature lines (names, titles, placeholders), or a
+    sign-off run on after the last sentence."""
+    run_on = TRAILING_SIGN_OFF.search(body.rstrip())
+    if run_on:
+        return body.rstrip()[: run_on.start()].rstrip(), run_on.group(0).strip()
     lines = body.rstrip().split("\n")
     for i in range(len(lines) - 1, max(-1, len(lines) - 6), -1):
         line = lines[i].strip()
@@ -83,6 +114,13 @@ def normalize(draft: EmailDraft) -> tuple[EmailDraft, list[Normalization]]:
     if SUBJECT_LABEL.match(subject):
         subject = SUBJECT_LABEL.sub("", subject, count=1).strip()
         done.append(Normalization(code="subject_label", detail="removed a 'Subject:' label from the subject"))
+    label = TONE_LABEL.match(subject)
+    rest = subject[label.end() :].strip(" -:|\u2013\u2014") if label else ""
+    if label and len(rest.split()) >= 3:
+        subject = rest[:1].upper() + rest[1:]
+        done.append(
+            Normalization(code="subject_label", detail=f"removed a {label.group(0).strip()!r} label from the subject")
+        )
     if BODY_SUBJECT_LINE.match(body):
         body = BODY_SUBJECT_LINE.sub("", body, count=1).strip()
         done.append(Normalization(code="subject_label", detail="removed a 'Subject: ...' line from the body"))

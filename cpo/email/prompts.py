@@ -14,6 +14,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from cpo.core.errors import ConfigError
 from cpo.core.models import TONES, EmailRequest, Tone
 from cpo.core.resources import bundled
+from cpo.email import guided
 from cpo.email.normalize import as_read, frame_words
 from cpo.email.validation import ValidationLimits
 
@@ -30,7 +31,9 @@ VERSIONED = (
 )
 # The compact profile's stand-ins for the first prompt: terse rules for a model whose endpoint enforces the schema.
 COMPACT = {"system.txt": "system-compact.txt", "user.txt": "user-compact.txt"}
-FILES = (*VERSIONED, *COMPACT.values(), "judge.txt", *(f"{t}.txt" for t in TONES))
+# The guided profile's: a small model writes the framing and picks facts by number (`cpo.email.guided`).
+GUIDED = {"system.txt": "system-guided.txt", "user.txt": "user-guided.txt"}
+FILES = (*VERSIONED, *COMPACT.values(), *GUIDED.values(), "judge.txt", *(f"{t}.txt" for t in TONES))
 PLACEHOLDERS = {
     "system.txt": {
         "brand",
@@ -57,18 +60,25 @@ PLACEHOLDERS = {
     "judge.txt": {"offer", "snippets", "sentences"},
 }
 PLACEHOLDERS.update({compact: PLACEHOLDERS[full] for full, compact in COMPACT.items()})  # the same as theirs
+PLACEHOLDERS["system-guided.txt"] = PLACEHOLDERS["system.txt"] | {"facts_low", "facts_high"}
+PLACEHOLDERS["user-guided.txt"] = (PLACEHOLDERS["user.txt"] - {"snippets"}) | {"facts"}
 PARAGRAPHS = 3
 
-Profile = Literal["compact", "full"]
-ProfileChoice = Literal["auto", "compact", "full"]
+Profile = Literal["compact", "full", "guided"]
+ProfileChoice = Literal["auto", "compact", "full", "guided"]
+STAND_INS: dict[Profile, dict[str, str]] = {"compact": COMPACT, "guided": GUIDED, "full": {}}
 
 
-def profile_for(schema_enforced: bool, choice: ProfileChoice = "auto") -> Profile:
+def profile_for(schema_enforced: bool, choice: ProfileChoice = "auto", small_model: bool = False) -> Profile:
     """The first prompt's profile: compact where the endpoint enforces the JSON schema (json_schema on Azure or
-    on a server known to take it: the schema holds the shape), else the full guidance a small model needs."""
+    on a server known to take it: the schema holds the shape); guided where an OpenAI-compatible server takes
+    only function calling or JSON mode (a small local model: it writes the framing, cpo lays out the facts);
+    else (a first try of json_schema) the full guidance."""
     if choice != "auto":
         return choice
-    return "compact" if schema_enforced else "full"
+    if schema_enforced:
+        return "compact"
+    return "guided" if small_model else "full"
 
 
 def _placeholders(template: str) -> set[str]:
@@ -107,14 +117,13 @@ class PromptSet:
                 raise ConfigError(f"{path}: unknown placeholder {{{sorted(unknown)[0]}}}; allowed: {sorted(allowed)}")
         return cls(texts, origin, profile)
 
-    def profile_for(self, schema_enforced: bool) -> Profile:
+    def profile_for(self, schema_enforced: bool, small_model: bool = False) -> Profile:
         """The profile of the first prompt (see `profile_for`); `auto` keeps the full one when a prompts folder
-        changes a full-profile file but not its compact stand-in, whose edits would be ignored otherwise."""
-        profile = profile_for(schema_enforced, self.choice)
-        if (
-            self.choice == "auto"
-            and profile == "compact"
-            and any(self._overridden(full) and not self._overridden(compact) for full, compact in COMPACT.items())
+        changes a full-profile file but not its stand-in, whose edits would be ignored otherwise."""
+        profile = profile_for(schema_enforced, self.choice, small_model)
+        stand_ins = STAND_INS[profile]
+        if self.choice == "auto" and any(
+            self._overridden(full) and not self._overridden(own) for full, own in stand_ins.items()
         ):
             return "full"
         return profile
@@ -123,7 +132,7 @@ class PromptSet:
         return self.origin[name].parent != bundled("prompts")
 
     def _file(self, name: str, profile: Profile) -> str:
-        return COMPACT.get(name, name) if profile == "compact" else name
+        return STAND_INS[profile].get(name, name)
 
     def version(self, tone: Tone, profile: Profile = "full") -> str:
         """Content hash of the files one tone's email is built from (repair included), in that prompt profile.
@@ -137,8 +146,12 @@ class PromptSet:
 
     def render(self, request: EmailRequest, limits: ValidationLimits, profile: Profile = "full") -> list[BaseMessage]:
         """The first prompt (system rules, then the request), in the given profile."""
-        system = self.texts[self._file("system.txt", profile)].format(**system_fields(request, limits))
+        system_values = system_fields(request, limits)
         fields = render_fields(request, self.texts[f"{request.tone}.txt"])
+        if profile == "guided":
+            system_values.update(facts_low=guided.FACTS_LOW, facts_high=guided.FACTS_HIGH)
+            fields = {**fields, "facts": guided.fact_lines(request)}
+        system = self.texts[self._file("system.txt", profile)].format(**system_values)
         user = self.texts[self._file("user.txt", profile)].format(**fields)
         return [SystemMessage(system), HumanMessage(user)]
 

@@ -7,6 +7,7 @@ asked to change is a repeat (`repeats`), and the next call for it is varied.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,10 @@ class Call:
     index: int = -1  # the paragraph a "paragraph" or "shorten" call rewrites
     max_tokens: int | None = None  # a plain-text call's own output limit
     method: str | None = None  # the structured-output method it was last sent with
+    shape: str = "email"  # what a structured call asks for: "email" (EmailDraft) or "plan" (GuidedDraft)
+    # Re-renders a first prompt for the method in use after the server refused the one it was sent with
+    # (`EmailChain._step` asks again in the same step): the new method's profile, not the refused one's.
+    rebase: Callable[[Call], None] | None = None
 
     @property
     def name(self) -> str:

@@ -18,6 +18,7 @@ LIST_MARK = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 REPLY_LABEL = re.compile(r"^\s*(?:new\s+)?(?:subject(?: line)?|paragraph)\s*:\s*", re.IGNORECASE)
 
 
+SUBJECT_PARTS = re.compile(r"\s*(?::|\s[-\u2013\u2014|]\s)\s*")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 
 
@@ -75,9 +76,13 @@ def paragraph_text(text: str) -> str:
 
 
 def subject_candidates(text: str) -> list[str]:
-    """The subject lines of a subject-fix reply (it asks for 3), numbering, labels and quotes removed."""
+    """The subject lines of a subject-fix reply (it asks for 3), numbering, labels and quotes removed; after
+    them, each half of a two-part line ("Upgrade to Northwind Plus: Exclusive Offer for Bronze Members"), at
+    least 3 words long: the model's own words, shorter, for when every line it wrote is too long."""
     lines = [LIST_MARK.sub("", line) for line in text.strip().splitlines() if line.strip()]
-    return list(dict.fromkeys(c for c in (subject_line(line) for line in lines) if c))
+    whole = [c for c in (subject_line(line) for line in lines) if c]
+    halves = [h.strip() for c in whole for h in SUBJECT_PARTS.split(c) if len(h.split()) >= 3 and h.strip() != c]
+    return list(dict.fromkeys([*whole, *halves]))
 
 
 def sentences_of(text: str) -> list[str]:

@@ -13,18 +13,13 @@ import re
 
 from cpo.core.models import EmailRequest
 from cpo.core.wording import NEAR_REPEAT, long_words, overlap
-from cpo.email.normalize import CLOSING, model_part, paragraphs
+from cpo.email.normalize import CLOSING, TONE_LABEL, model_part, paragraphs
 
 Problem = tuple[str, str, list[str]]
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 # A greeting opening a paragraph: "Hi there, Bronze members!", "Hello!", "Dear customer,".
 OPENING_GREETING = re.compile(
     r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening))\b[^.!?\n]{0,60}[,!]", re.IGNORECASE
-)
-SUBJECT_LABEL = re.compile(
-    r"^\W*(?:urgent|important|reminder|alert|attention|announcement|news|notice|final notice|last chance|"
-    r"act now|hurry|limited time|action required|update)\s*[:!\-\u2013\u2014|]",
-    re.IGNORECASE,
 )
 REPEAT_MIN_WORDS = 6
 # Note-taking shorthand no brand email uses: "$9.99/mo", "/yr", "desks & shelving", "w/".
@@ -57,6 +52,8 @@ THANKS_FOR = re.compile(
     re.IGNORECASE,
 )
 # A capitalised name of two or more words: a product, plan or programme.
+FIGURE = re.compile(r"\$?\d[\d,]*(?:\.\d+)?%?")
+SUBJECT_RULES = frozenset({"subject_label", "subject_figure"})  # the rules that judge the subject line
 NAME = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
 
 
@@ -155,7 +152,17 @@ def rubric_problems(subject: str, body: str, request: EmailRequest) -> list[Prob
                 [meta.group(0).strip()],
             )
         )
-    label = SUBJECT_LABEL.match(subject)
+    stray = subject_figures(subject, request.offer)
+    if stray:
+        problems.append(
+            (
+                "subject_figure",
+                f'the subject states "{stray[0]}", which the offer does not: a subject headlines the offer; use '
+                "its figures or none",
+                [],
+            )
+        )
+    label = TONE_LABEL.match(subject)
     if label:
         problems.append(
             (
@@ -165,6 +172,17 @@ def rubric_problems(subject: str, body: str, request: EmailRequest) -> list[Prob
             )
         )
     return problems
+
+
+def subject_figures(subject: str, offer: str) -> list[str]:
+    """Figures in the subject that the offer does not state ("save $20.88" headlining a $9.99-a-month offer,
+    where only the annual plan saves it): read as the offer's, they mislead."""
+
+    def value(figure: str) -> str:
+        return figure.strip("$%").replace(",", "").rstrip(".")
+
+    offered = {value(f) for f in FIGURE.findall(offer)}
+    return [f for f in FIGURE.findall(subject) if value(f) not in offered]
 
 
 def retailer_words(request: EmailRequest) -> set[str]:

@@ -74,7 +74,7 @@ MAX_ROUNDS = 8
 
 
 @dataclass(frozen=True)
-class _Sentence:
+class Quoted:
     snippet: int  # index in the request's snippets
     index: int  # index among that snippet's sentences
     text: str
@@ -101,11 +101,11 @@ def _for_every_reader(sentence: str, request: EmailRequest) -> bool:
     return bool(readers) and readers <= {t.casefold() for t in named}
 
 
-def usable_sentences(request: EmailRequest, dropped: frozenset[str] = frozenset()) -> list[list[_Sentence]]:
+def usable_sentences(request: EmailRequest, dropped: frozenset[str] = frozenset()) -> list[list[Quoted]]:
     """Per cited snippet, in order, the sentences the template may quote (`dropped`: ones the validator refused)."""
     out = []
     for n, snippet in enumerate(request.snippets):
-        usable: list[_Sentence] = []
+        usable: list[Quoted] = []
         context = True  # every sentence before is in the email (or said by the offer)
         for i, (read, written) in enumerate(sentences(snippet.text)):
             text = written.strip()
@@ -116,16 +116,16 @@ def usable_sentences(request: EmailRequest, dropped: frozenset[str] = frozenset(
                 and (not POINTS_BACK.search(read) or (i > 0 and context))
             )
             if ok:
-                usable.append(_Sentence(n, i, text, repeats))
+                usable.append(Quoted(n, i, text, repeats))
             ok = ok or (repeats and text not in dropped)  # what it says is in the email: the offer says it
             context = context and ok
         out.append(usable)
     return out
 
 
-def _compose(request: EmailRequest, chosen: Sequence[_Sentence], fillers: int) -> str:
+def _compose(request: EmailRequest, chosen: Sequence[Quoted], fillers: int) -> str:
     """The paragraphs: the offer, one paragraph per snippet quoted (in the snippets' order), a closing."""
-    by_snippet: dict[int, list[_Sentence]] = {}
+    by_snippet: dict[int, list[Quoted]] = {}
     for s in sorted(chosen, key=lambda s: (s.snippet, s.index)):
         by_snippet.setdefault(s.snippet, []).append(s)
     parts = [f"{OPENING} {request.offer.strip()}"]
@@ -134,18 +134,18 @@ def _compose(request: EmailRequest, chosen: Sequence[_Sentence], fillers: int) -
     return "\n\n".join(parts)
 
 
-def _body(request: EmailRequest, limits: ValidationLimits, usable: list[list[_Sentence]]) -> tuple[str, list[str]]:
+def _body(request: EmailRequest, limits: ValidationLimits, usable: list[list[Quoted]]) -> tuple[str, list[str]]:
     """Sentences taken a round at a time (each snippet's next one) until the email is long enough, never too long;
     then a closing filler; a sentence that repeats the offer only when the email is still short."""
     fresh = [[s for s in group if not s.repeats] for group in usable]
     rounds = [[group[i] for group in fresh if i < len(group)] for i in range(max(map(len, fresh), default=0))]
     queue = [s for batch in rounds for s in batch] + [s for group in usable for s in group if s.repeats]
-    chosen: list[_Sentence] = []
+    chosen: list[Quoted] = []
 
-    def words(candidate: list[_Sentence], fillers: int = 0) -> int:
+    def words(candidate: list[Quoted], fillers: int = 0) -> int:
         return word_count(body_as_sent(request, _compose(request, candidate, fillers)))
 
-    def fillers_needed(candidate: list[_Sentence]) -> int | None:
+    def fillers_needed(candidate: list[Quoted]) -> int | None:
         """The fewest closing fillers that bring the email within its limits (None: none do)."""
         fitting = (
             f for f in range(len(FILLERS) + 1) if limits.body_min_words <= words(candidate, f) <= limits.body_max_words

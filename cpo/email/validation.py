@@ -15,7 +15,7 @@ from cpo.email import offer_terms
 from cpo.email.grounding import check_grounding
 from cpo.email.grounding.audience import AUDIENCE_CODE, audience_problems
 from cpo.email.normalize import frame_words, word_count
-from cpo.email.rubric import rubric_problems
+from cpo.email.rubric import SUBJECT_RULES, rubric_problems
 from cpo.email.textsafety import fold, smuggled
 
 NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:[.,]\d+)*%?")
@@ -186,7 +186,7 @@ def validate_draft(
     for field, message, excerpts in offer_terms.problems(subject, body, request):
         fail("offer_condition", message, field, excerpts)
     for code, message, excerpts in rubric_problems(subject, body, request):
-        fail(code, message, "subject" if code == "subject_label" else "body", excerpts)
+        fail(code, message, "subject" if code in SUBJECT_RULES else "body", excerpts)
     _lint_subject(subject, limits, fail, (*request.vocabulary.tiers, *request.vocabulary.brand_words))
     return ValidationReport(
         valid=not issues, issues=issues, subject_chars=len(subject), body_words=words, citations=len(cited)
