@@ -350,6 +350,7 @@ def test_a_refused_structured_output_method_is_asked_again_within_the_same_step(
     from cpo.email.chain import build_email_chain
 
     chain = build_email_chain(openai_compatible(), offline_fallback=True)
+    chain.prompts = PromptSet.load(None, "full")  # whole emails (the guided profile's re-ask: test_compact_prompt)
     chain.methods.method = "json_schema"
     loop = EmailLoop(chain.drafting(), ContentBundle.load().request("High-Value Recent", "friendly"), CostTracker())
     call = send(loop)
