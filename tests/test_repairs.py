@@ -309,7 +309,7 @@ def test_json_mode_parses_the_shapes_small_models_answer_with(live_server: Any) 
     answer = good(request)
     wrapped = {"email": {**answer, "body": answer["body"].split("\n\n")}}  # seen from Qwen2.5 1.5B
     live_server.script(MODEL, ok(as_json(wrapped), model=MODEL))
-    variant = chain_for(live_server, structured_output_method="json_mode").invoke(request)
+    variant = chain_for(live_server, structured_output_method="json_mode", prompt_profile="full").invoke(request)
     assert variant.valid, variant.validation.reasons
     assert live_server.requests[0]["response_format"] == {"type": "json_object"}
     assert '"subject" (a string)' in live_server.requests[0]["messages"][0]["content"]
@@ -342,7 +342,8 @@ def test_a_refusal_is_counted_apart_and_the_method_is_remembered_across_processe
     notes_file = tmp_path / "endpoints.json"
     live_server.script(MODEL, error(500, JSON_SCHEMA_UNSUPPORTED_BODY), ok(tool_args=good(request), model=MODEL))
     tracker = CostTracker()
-    variant = chain_for(live_server, notes=EndpointNotes(notes_file)).invoke(request, {"callbacks": [tracker]})
+    chain = chain_for(live_server, notes=EndpointNotes(notes_file), prompt_profile="full")
+    variant = chain.invoke(request, {"callbacks": [tracker]})
     assert variant.valid
     assert tracker.session.refused_calls == 1 and tracker.session.failed_calls == 0 and tracker.session.calls == 1
     saved = json.loads(notes_file.read_text())["endpoints"]
@@ -351,7 +352,7 @@ def test_a_refusal_is_counted_apart_and_the_method_is_remembered_across_processe
     # A new process (new notes object, same file) starts with the method that worked: no second refusal.
     live_server.reset()
     live_server.script(MODEL, ok(tool_args=good(request), model=MODEL))
-    again = chain_for(live_server, notes=EndpointNotes(notes_file))
+    again = chain_for(live_server, notes=EndpointNotes(notes_file), prompt_profile="full")
     assert again.method == "function_calling"
     assert again.invoke(request).valid and len(live_server.requests) == 1
     assert "tools" in live_server.requests[0]
@@ -365,7 +366,7 @@ def test_a_refusal_is_recorded_apart_in_the_ledger(live_server: Any, tmp_path: A
     live_server.script(MODEL, error(500, JSON_SCHEMA_UNSUPPORTED_BODY), ok(tool_args=good(request), model=MODEL))
     tracker = CostTracker()
     tracker.use_ledger(Ledger(tmp_path / "ledger.sqlite"), session_name="t")
-    chain_for(live_server).invoke(request, {"callbacks": [tracker]})
+    chain_for(live_server, prompt_profile="full").invoke(request, {"callbacks": [tracker]})
     (session,) = tracker.ledger.sessions()  # type: ignore[union-attr]
     tracker.close()
     assert session["calls"] == 1 and session["failed_calls"] == 0 and session["refused_calls"] == 1
@@ -450,7 +451,7 @@ def test_one_email_is_one_named_run_with_a_child_run_per_step(live_server: Any) 
         ok("Your Gold upgrade offer", model=MODEL),
     )
     tracer = Collect()
-    chain = chain_for(live_server, structured_output_method="function_calling")
+    chain = chain_for(live_server, structured_output_method="function_calling", prompt_profile="full")
     variant = chain.invoke(request, {"callbacks": [tracer]})
     (root,) = tracer.runs
     assert root.name == "email High-Value Recent / urgent" and root.run_type == "chain"

@@ -90,7 +90,9 @@ def test_a_subject_headlining_a_figure_the_offer_does_not_state_is_refused() -> 
     the offer is $9.99 a month, and only the annual plan saves $20.88."""
     entry = next(e for e in HELD_2 if e["request"]["segment"]["name"] == "Price-Conscious Silver")
     request = EmailRequest.model_validate(entry["request"])
-    draft = EmailDraft(subject="Join Northwind Plus for $9.99 a month and save $20.88", body=entry["body"], citations=[])
+    draft = EmailDraft(
+        subject="Join Northwind Plus for $9.99 a month and save $20.88", body=entry["body"], citations=[]
+    )
     issues = [i for i in validate_draft(draft, request).issues if i.code == "subject_figure"]
     assert issues and issues[0].field == "subject" and '"$20.88"' in issues[0].message
     plain = draft.model_copy(update={"subject": "Join Northwind Plus for $9.99 a month"})

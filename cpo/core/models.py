@@ -181,13 +181,13 @@ class EmailDraft(BaseModel):
 
 
 class GuidedDraft(BaseModel):
-    """What a small model returns under guided composition (`cpo.email.guided`): the framing and the facts to
-    use, by number; cpo lays out the email from them, so the model writes little that can be false."""
+    """What a small model returns under guided composition (`cpo.email.guided`): its choices, by number, from
+    the lists in its request; cpo writes the email from them, so nothing in it is the model's own text."""
 
-    subject: str = Field(description="Plain-text subject line, no label, no markdown")
-    opening: str = Field(description="1-2 sentences leading into the offer, in the tone; no greeting, no figures")
-    facts: list[int] = Field(description="Numbers of the facts to include, most important first")
-    closing: str = Field(description="One sentence inviting the reader to act; no sign-off")
+    subject: int = Field(description="Number of the subject line chosen")
+    opening: int = Field(description="Number of the opening line chosen")
+    facts: list[int] = Field(description="Numbers of the facts chosen, most important first")
+    closing: int = Field(description="Number of the closing line chosen")
 
 
 class Citation(BaseModel):
@@ -211,7 +211,7 @@ class ValidationIssue(BaseModel):
 class Normalization(BaseModel):
     """A change cpo made to the model's text, from a closed list (see `cpo.email.normalize`)."""
 
-    code: str  # "markdown_emphasis" | "subject_label" | "greeting_replaced" | "sign_off_replaced" | "sentence_left_out"
+    code: str  # "markdown_emphasis" | "subject_label" | "greeting_replaced" | "sign_off_replaced" | "choice_changed"
     detail: str
 
 

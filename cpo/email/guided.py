@@ -1,50 +1,73 @@
-"""Guided composition: a small model writes the framing and picks the facts; cpo assembles the email.
+"""Guided composition: a small model chooses; cpo writes the email from approved text.
 
 A 1.5B model asked for a whole email pastes snippets at length, greets twice, signs off mid-body, tells the
-reader they have joined and miscounts words (2 of 152 labelled emails were sendable, `tests/sendable/`). Asked
-instead for a subject, a one- or two-sentence opening in the tone, the numbers of the facts that matter to
-this reader and a closing sentence, it writes little that can be false; cpo then lays out the email:
-the opening and the offer as written by the campaign, the chosen fact sentences as the snippets write them
-(only those true for every reader, `template_control.usable_sentences`), grouped by snippet, and the closing.
-cpo, not the model, fits the length: it drops the least important facts chosen, or adds the next ones.
-
-The assembled draft then goes through the same path as any draft (normalize, validate, targeted repairs), so
-whatever the model wrote (subject, opening, closing) is checked like any model text.
+reader they have joined and miscounts words: 2 of the 152 labelled emails were sendable (`tests/sendable/`).
+Asked for only an opening and a closing sentence, it still wrote one a careful reader would not send in most
+emails ("As a student or teacher, we know...", "thank you for your recent purchase from Northwind Plus", a
+subject "Upgrade to Platinum Business Accounts" for customers already Platinum), and no rule can tell those
+from good ones. So behind function calling or JSON mode the model writes nothing: it picks, by number, a
+subject from lines cut from the offer and the snippets' titles, an opening and a closing from the tone's
+approved lines (`prompts/framing.yaml`), and the facts that matter most to the reader from the snippets'
+sentences that are true for every reader (`template_control.usable_sentences`). cpo lays out the email: the
+opening and the campaign's offer, the chosen facts word for word grouped by snippet, the closing; it fits the
+length by dropping the least important facts chosen or adding the next ones, always states the price when
+the offer does not, and leaves out a fact a check finds at fault (or moves to the next subject). The email
+then goes through the same checks as any draft. The arms still differ in what a reader sees: the lines of
+their tone and the facts chosen for them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage
-from pydantic import ValidationError
 
-from cpo.core.models import EmailDraft, EmailRequest, GuidedDraft, ValidationReport
+from cpo.core.errors import ConfigError
+from cpo.core.models import TONES, EmailDraft, EmailRequest, GuidedDraft, Tone, ValidationReport
 from cpo.core.wording import says_again
 from cpo.email.grounding.text import sentences
 from cpo.email.normalize import body_as_sent, word_count
-from cpo.email.replies import draft_shape, field_error, lenient_json
-from cpo.email.template_control import CLOSING, Quoted, usable_sentences
+from cpo.email.replies import lenient_json
+from cpo.email.template_control import POINTS_BACK, Quoted, subject_candidates, usable_sentences
 from cpo.email.textsafety import fold
-from cpo.email.validation import ValidationLimits, numbers_in
+from cpo.email.validation import ValidationLimits
 
 NUMBER_IN_ID = re.compile(r"\d+")
-# What the model's framing may not state (its prompt says so; this holds it to it): a figure, or a benefit,
-# price or status word. Facts come from the offer and the snippets, word for word; framing only frames them.
-FRAMING_CLAIM = re.compile(
-    r"[\d$%]|\b(?:save[sd]?|saving|savings|discount(?:s|ed)?|deals?|credits?|points?|free|exclusive|premium|"
-    r"bonus|rewards?|refunds?|guarantee[sd]?|money|cheap(?:er|est)?|prices?|costs?|fees?|financial|"
-    r"expires?|deadline|limited|only|never|always|every)\b",
-    re.IGNORECASE,
-)
 # A sentence that states what the membership costs; when the offer states no price, the email must.
-PRICE_FACT = re.compile(r"\bcosts?\b[^.]*\$\d", re.IGNORECASE)
+PRICE_FACT = re.compile(r"(?P<what>[A-Z][\w ]*?)\s+costs?\b[^.]*\$\d")
 PRICED = re.compile(r"\$\d[\d.,]*\s*(?:a|per|an?)\s+(?:month|year)|\$\d[\d.,]*\s+(?:annual|monthly)", re.I)
-MAX_TRIMS = 4  # rounds of leaving out sentences at fault: each round removes at least one
+MAX_TRIMS = 6  # rounds of leaving out what a check faults: each round changes at least one part
 FACTS_LOW, FACTS_HIGH = 3, 6  # the facts asked for: cpo fits the length in either direction
 LENGTH_AIM = 0.4  # where in the word range a fitted body aims (above the minimum, clear of the maximum)
+
+
+@dataclass(frozen=True)
+class Framing:
+    """A tone's approved opening and closing lines (`prompts/framing.yaml`)."""
+
+    openings: tuple[str, ...]
+    closings: tuple[str, ...]
+
+
+def read_framing(data: Any, origin: str) -> dict[Tone, Framing]:
+    """The framing file's lines per tone; a clear error for a file that lacks a tone or a list."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{origin}: expected a mapping of tones to openings and closings")
+    out: dict[Tone, Framing] = {}
+    for tone in TONES:
+        entry = data.get(tone)
+        lists = {key: entry.get(key) if isinstance(entry, Mapping) else None for key in ("openings", "closings")}
+        for key, lines in lists.items():
+            if not isinstance(lines, list) or not lines or not all(isinstance(x, str) and x.strip() for x in lines):
+                raise ConfigError(f"{origin}: {tone}.{key} must be a list of one or more lines")
+        out[tone] = Framing(
+            tuple(" ".join(x.split()) for x in lists["openings"] or []),
+            tuple(" ".join(x.split()) for x in lists["closings"] or []),
+        )
+    return out
 
 
 def facts_of(request: EmailRequest) -> list[Quoted]:
@@ -53,42 +76,70 @@ def facts_of(request: EmailRequest) -> list[Quoted]:
     return [s for group in usable_sentences(request) for s in group if not s.repeats]
 
 
+def subject_options(request: EmailRequest, limits: ValidationLimits) -> list[str]:
+    """The subject lines to pick from: the offer and its first clauses, the snippets' titles, within the limit."""
+    fitting = [s for s in subject_candidates(request) if len(s) <= limits.subject_max_chars]
+    return fitting or [request.offer.strip()[: limits.subject_max_chars].rsplit(" ", 1)[0]]
+
+
+def numbered(lines: Sequence[str]) -> str:
+    return "\n".join(f"{n}. {line}" for n, line in enumerate(lines, 1))
+
+
 def fact_lines(request: EmailRequest) -> str:
-    """The numbered list the prompt shows ("3. Members save 10% on every order.")."""
-    return "\n".join(f"{n}. {s.text}" for n, s in enumerate(facts_of(request), 1))
+    """The numbered facts the prompt shows ("3. Members save 10% on every order.")."""
+    return numbered([s.text for s in facts_of(request)])
 
 
-def read_plan(reply: AIMessage) -> tuple[GuidedDraft | EmailDraft | None, str | None]:
-    """The plan in a reply (tool-call arguments or JSON content). A model that answered with a whole email
-    (subject, body, citations) instead is taken at its word: that draft is checked like any other."""
+def prompt_fields(request: EmailRequest, limits: ValidationLimits, framing: Framing) -> dict[str, str]:
+    """The lists the guided request shows, numbered as the answer picks from them."""
+    return {
+        "subjects": numbered(subject_options(request, limits)),
+        "openings": numbered(framing.openings),
+        "facts": fact_lines(request),
+        "closings": numbered(framing.closings),
+    }
+
+
+def read_plan(reply: AIMessage) -> tuple[GuidedDraft | None, str | None]:
+    """The choices in a reply (tool-call arguments or JSON content), in the shapes small models write numbers
+    in: 3, "3", "S3", [3, 1], "3, 1". A part not chosen is the list's first line; a reply that writes an
+    email instead of choosing is refused (asked again): its text is not approved."""
     candidates: list[Any] = [c["args"] for c in reply.tool_calls]
     candidates += [str(c.get("args") or "") for c in reply.invalid_tool_calls]
     candidates.append(str(reply.content or ""))
     preview = " ".join(str(reply.content or "").split())[:80]
     error = f"the reply was not a JSON object with keys subject, opening, facts, closing: {preview!r}"
     if reply.response_metadata.get("finish_reason") == "length":
-        error = "the reply was cut off at the output token limit (finish_reason=length); write less"
+        error = "the reply was cut off at the output token limit (finish_reason=length); answer with numbers only"
     for candidate in candidates:
         data = candidate if isinstance(candidate, dict) else lenient_json(candidate)
         if data is None:
             continue
-        if "subject" not in data and len(data) == 1 and isinstance(next(iter(data.values())), dict):
-            data = next(iter(data.values()))
-        if "opening" not in data and "body" in data:
-            try:
-                return EmailDraft.model_validate(draft_shape(data)), None
-            except ValidationError as exc:
-                error = f"the reply's JSON is not a plan ({field_error(exc)}); keys: subject, opening, facts, closing"
-                continue
-        try:
-            return GuidedDraft.model_validate({**data, "facts": _numbers(data.get("facts"))}), None
-        except ValidationError as exc:
-            error = f"the reply's JSON is not a plan ({field_error(exc)}); keys: subject, opening, facts, closing"
+        if not {"subject", "opening", "facts", "closing"} & data.keys() and len(data) == 1:
+            inner = next(iter(data.values()))
+            data = inner if isinstance(inner, dict) else data
+        if "body" in data or not {"subject", "opening", "facts", "closing"} & data.keys():
+            error = "the reply wrote an email instead of choosing: answer with the numbers of your choices only"
+            continue
+        return (
+            GuidedDraft(
+                subject=_first(_numbers(data.get("subject"))),
+                opening=_first(_numbers(data.get("opening"))),
+                facts=_numbers(data.get("facts")),
+                closing=_first(_numbers(data.get("closing"))),
+            ),
+            None,
+        )
     return None, error
 
 
+def _first(numbers: list[int]) -> int:
+    return numbers[0] if numbers else 1
+
+
 def _numbers(value: Any) -> list[int]:
-    """Fact numbers as small models write them: [3, 1], ["3", "1"], "3, 1", ["S3"], [{"number": 3}]."""
+    """Numbers as small models write them: [3, 1], ["3", "1"], "3, 1", ["S3"], [{"number": 3}], 3."""
     items = value if isinstance(value, list) else [value] if value is not None else []
     out: list[int] = []
     for item in items:
@@ -98,48 +149,76 @@ def _numbers(value: Any) -> list[int]:
             continue
         if isinstance(item, int):
             out.append(item)
+        elif isinstance(item, float) and item.is_integer():
+            out.append(int(item))
         elif isinstance(item, str):
             out += [int(n) for n in NUMBER_IN_ID.findall(item)]
     return out
 
 
-def _plain(text: str) -> str:
-    return " ".join(text.split())
+def _price_first(request: EmailRequest, listed: Sequence[Quoted]) -> list[int]:
+    """The number of the fact that prices what the offer names ("Northwind Plus costs ..."), when the offer
+    itself states no price: a reader asked to join is told what it costs."""
+    if PRICED.search(request.offer):
+        return []
+    offer = request.offer.casefold()
+    for number, fact in enumerate(listed, 1):
+        priced = PRICE_FACT.match(fact.text)
+        if priced and priced.group("what").casefold() in offer:
+            return [number]
+    return []
 
 
-def states_offer(opening: str, offer: str) -> bool:
-    """Does the opening already state the offer (all its figures, or nearly its words)? Then cpo does not add it."""
-    figures = numbers_in(offer)
-    if figures:
-        return figures <= numbers_in(opening)
-    return says_again(opening, offer)
+def _pick(lines: Sequence[str], number: int) -> str:
+    """The line a number picks; one out of range picks the first (the model chose nothing we listed)."""
+    return lines[number - 1] if 1 <= number <= len(lines) else lines[0]
 
 
 def assemble(
-    request: EmailRequest, plan: GuidedDraft, limits: ValidationLimits, dropped: frozenset[str] = frozenset()
+    request: EmailRequest,
+    plan: GuidedDraft,
+    limits: ValidationLimits,
+    framing: Framing,
+    dropped: frozenset[str] = frozenset(),
 ) -> EmailDraft:
-    """The email the plan describes, within the length limits where the facts allow (`dropped`: fact sentences
-    a check found at fault, never used)."""
-    facts = [f for f in facts_of(request) if f.text not in dropped]
-    opening, closing = _plain(plan.opening), _plain(plan.closing) or CLOSING
-    lead = opening if states_offer(opening, request.offer) else _plain(f"{opening} {request.offer.strip()}")
+    """The email the choices describe, within the length limits where the facts allow (`dropped`: fact
+    sentences a check found at fault, never used)."""
     listed = facts_of(request)  # as numbered in the prompt
-    framing = [written for text in (lead, closing) for _, written in sentences(text)]
-    picked: list[Quoted] = []
+    quoted = [s for group in usable_sentences(request) for s in group]  # the facts and the restating sentences
+    facts = [f for f in listed if f.text not in dropped]
+    lead = f"{_pick(framing.openings, plan.opening)} {request.offer.strip()}"
+    closing = _pick(framing.closings, plan.closing)
+    said = [written for text in (lead, closing) for _, written in sentences(text)]
     numbers = list(plan.facts)
-    if not PRICED.search(request.offer):  # the reader is told what it costs, first
-        numbers = [n for n, f in enumerate(listed, 1) if PRICE_FACT.search(f.text)][:1] + numbers
+    numbers = _price_first(request, listed) + numbers
+    picked: list[Quoted] = []
     for number in dict.fromkeys(numbers):
         if 1 <= number <= len(listed):
             fact = listed[number - 1]
-            if fact.text in dropped:
+            # A sentence that points back ("These ...", "Both ...") comes with the one before it, or not at all.
+            # (A restating sentence before it needs nothing: the offer says what it says.)
+            before = [f for f in quoted if (f.snippet, f.index) == (fact.snippet, fact.index - 1)]
+            needs = [f for f in before if not f.repeats] if POINTS_BACK.search(fact.text) else []
+            if POINTS_BACK.search(fact.text) and (not before or any(f.text in dropped for f in needs)):
                 continue
-            if not any(says_again(fact.text, said) for said in framing):
-                picked.append(fact)
-    spare = [f for f in _in_rounds(facts) if f not in picked and not any(says_again(f.text, s) for s in framing)]
+            for f in (*needs, fact):
+                if f not in picked and f.text not in dropped and not any(says_again(f.text, s) for s in said):
+                    picked.append(f)
+    spare = [f for f in _in_rounds(facts) if f not in picked and not any(says_again(f.text, s) for s in said)]
     chosen = _fitted(request, limits, lead, closing, picked, spare)
+
+    def words(facts: Sequence[Quoted], closing: str) -> int:
+        return word_count(body_as_sent(request, _compose(lead, facts, closing)))
+
+    # Still short with every fact in: the tone's other closing lines after the chosen one, as many as it takes
+    # (never a snippet's sentence that restates the offer: a reader would read the offer twice).
+    for other in [c for c in framing.closings if c != closing]:
+        if words(chosen, closing) >= limits.body_min_words:
+            break
+        if words(chosen, f"{closing} {other}") <= limits.body_max_words:
+            closing = f"{closing} {other}"
     return EmailDraft(
-        subject=_plain(plan.subject),
+        subject=_pick(subject_options(request, limits), plan.subject),
         body=_compose(lead, chosen, closing),
         citations=[request.snippets[n].id for n in sorted({s.snippet for s in chosen})],
     )
@@ -195,50 +274,50 @@ def _fitted(
 
 
 def assemble_checked(
-    request: EmailRequest, plan: GuidedDraft, limits: ValidationLimits, check: Callable[[EmailDraft], ValidationReport]
+    request: EmailRequest,
+    plan: GuidedDraft,
+    limits: ValidationLimits,
+    framing: Framing,
+    check: Callable[[EmailDraft], ValidationReport],
 ) -> tuple[EmailDraft, list[str]]:
-    """The plan assembled; then each sentence a check finds at fault is left out and the email assembled again
-    (no call): a sentence of the model's opening or closing, or a fact. Returns the draft and what was left out.
-
-    A small model's framing sentence that breaks a rule ("Hi there!", "you've been selected") costs a repair
-    call that, answered by the same model, writes a paragraph far longer than the one asked for; leaving the
-    sentence out keeps the rest of what it wrote, and every sentence left is still the model's or the sources'.
-    """
-    tiers = [t.casefold() for t in request.vocabulary.tiers]
-
-    def claims(sentence: str) -> bool:
-        words = set(re.findall(r"[a-z]+", sentence.casefold()))
-        return bool(FRAMING_CLAIM.search(sentence)) or any(t in words for t in tiers)
-
-    dropped: list[str] = []
-    parts = {name: [w for _, w in sentences(getattr(plan, name))] for name in ("opening", "closing")}
-    dropped += [s for part in parts.values() for s in part if claims(s)]
-    plan = plan.model_copy(update={name: " ".join(s for s in part if not claims(s)) for name, part in parts.items()})
+    """The choices assembled; then what a check finds at fault is changed and the email assembled again (no
+    call): a faulted fact is left out, a faulted subject, opening or closing gives way to the next line of its
+    list. Returns the draft and what was left out or replaced."""
+    changed: list[str] = []
     left_out: frozenset[str] = frozenset()
-    draft = assemble(request, plan, limits)
+    subjects = subject_options(request, limits)
+    draft = assemble(request, plan, limits, framing)
     for _ in range(MAX_TRIMS):
         report = check(draft)
-        faulty = [e.strip() for i in report.issues if i.field == "body" for e in i.excerpts if e.strip()]
-        if not faulty:
+        if report.valid:
             break
+        faulty = [fold(e.strip()) for i in report.issues if i.field == "body" for e in i.excerpts if e.strip()]
 
         def at_fault(sentence: str, faulty: list[str] = faulty) -> bool:
             folded = fold(sentence)
             return any(e in folded or folded in e for e in faulty)
 
-        opening = [w for _, w in sentences(plan.opening)]
-        closing = [w for _, w in sentences(plan.closing)]
-        framing = [s for s in (*opening, *closing) if at_fault(s)]
-        facts = {f.text for f in facts_of(request) if f.text in draft.body and at_fault(f.text)}
-        if not framing and not facts:
+        update: dict[str, int] = {}
+        if any(i.field == "subject" for i in report.issues) and len(subjects) > 1:
+            update["subject"] = _next(plan.subject, len(subjects))
+            changed.append(f"subject: {draft.subject}")
+        for part, lines in (("opening", framing.openings), ("closing", framing.closings)):
+            line = _pick(lines, getattr(plan, part))
+            if at_fault(line) and len(lines) > 1:
+                update[part] = _next(getattr(plan, part), len(lines))
+                changed.append(f"{part}: {line}")
+        quoted = [s for group in usable_sentences(request) for s in group]  # the facts and restating sentences
+        facts = {s.text for s in quoted if s.text in draft.body and at_fault(s.text)}
+        if not update and not facts:
             break
-        dropped += [*framing, *sorted(facts)]
+        changed += [f"fact: {text}" for text in sorted(facts)]
         left_out |= facts
-        plan = plan.model_copy(
-            update={
-                "opening": " ".join(s for s in opening if s not in framing),
-                "closing": " ".join(s for s in closing if s not in framing),
-            }
-        )
-        draft = assemble(request, plan, limits, left_out)
-    return draft, dropped
+        plan = plan.model_copy(update=update)
+        draft = assemble(request, plan, limits, framing, left_out)
+    return draft, changed
+
+
+def _next(number: int, count: int) -> int:
+    """The next line of a list of `count` (after the last, the first): what a faulted pick gives way to."""
+    current = number if 1 <= number <= count else 1
+    return current % count + 1

@@ -278,7 +278,7 @@ class EmailLoop:
 
     def _drafted(self, call: Call, reply: AIMessage, seconds: float) -> list[Check]:
         previous = self.report
-        left_out: list[str] = []  # sentences of a guided plan a check found at fault (`assemble_checked`)
+        left_out: list[str] = []  # guided choices a check found at fault, left out or moved on (`assemble_checked`)
         if call.kind == "text":
             assert self.draft is not None
             text = str(reply.content or "")
@@ -294,11 +294,12 @@ class EmailLoop:
         elif call.shape == "plan":
             plan, error = read_plan(reply)
             if isinstance(plan, GuidedDraft):
+                framing = self.d.prompts.framings[self.request.tone]
                 raw, left_out = assemble_checked(
-                    self.request, plan, self.d.limits, lambda draft: self._assess(draft)[2]
+                    self.request, plan, self.d.limits, framing, lambda draft: self._assess(draft)[2]
                 )
             else:
-                raw = plan
+                raw = None
             discarded = None
         else:
             raw, error = read_draft(reply)
@@ -311,7 +312,7 @@ class EmailLoop:
         else:
             self.draft, self.sent, self.report, self.changes = self._assess(raw)
             if call.shape == "plan" and left_out:
-                self.changes = [*self.changes, *(Normalization(code="sentence_left_out", detail=s) for s in left_out)]
+                self.changes = [*self.changes, *(Normalization(code="choice_changed", detail=s) for s in left_out)]
             self.valid_raw = self.report.valid and not self.changes
             self.repeated = not self.report.valid and repeats(call, self.draft, previous, self.seen)
             self.seen.add(f"s:{fingerprint(self.draft.subject)}")
@@ -374,13 +375,14 @@ class EmailLoop:
         request, limits, prompts, model, draft = self.request, self.d.limits, self.d.prompts, self.model, self.draft
         vary = {"temperature": VARIED_TEMPERATURE, "seed": 1000 + self.attempts} if self.repeated else {}
         issues = self.report.issues
-        if draft is not None and not any(i.code in WHOLE_EMAIL for i in issues):
+        if draft is not None and self.profile != "guided" and not any(i.code in WHOLE_EMAIL for i in issues):
             targeted = self._targeted(draft, done, vary)
             if targeted is not None:
                 return targeted
         base = self._base()
         if self.repeated or self.profile == "guided":
-            # A plan is asked for again from the start, with what failed: the assembled email is not a plan to edit.
+            # Choices are asked for again from the start, with what failed: nothing the model wrote is there to edit,
+            # and a text repair would put its words into an email of approved text.
             again = prompts.fresh(request, limits, self.report.reasons, self.profile)
             return Call("fresh", model, again, vary=vary, shape=self._shape())
         # Only the latest answer is shown back: a short context is faster, and nothing older to copy.

@@ -15,9 +15,9 @@ variant so nobody mistakes cpo's edits for the model's work:
 - `sign_off_replaced`: a sign-off the model wrote anyway (`Best regards,\\n[Your Name]`, or run on after the
   last sentence: `... today! Best regards, The team`) removed, because cpo's own sign-off is added.
 
-Under guided composition (`cpo.email.guided`), where cpo lays out the email from a small model's plan, one
-more is recorded: `sentence_left_out`, a sentence of the model's opening or closing (or a fact) that a check
-found at fault, left out when the email was laid out.
+Under guided composition (`cpo.email.guided`), where a small model only chooses and cpo writes the email
+from approved text, one more is recorded: `choice_changed`, a chosen fact a check found at fault and left
+out, or a chosen subject, opening or closing line that gave way to the next one in its list.
 
 Nothing else: text is never truncated, padded or reworded here. A draft that is too long or too short
 goes back to the model with the measured length and the target.

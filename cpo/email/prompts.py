@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from cpo.core.errors import ConfigError
+from cpo.core.errors import ConfigError, first_line
 from cpo.core.models import TONES, EmailRequest, Tone
 from cpo.core.resources import bundled
 from cpo.email import guided
@@ -33,7 +34,8 @@ VERSIONED = (
 COMPACT = {"system.txt": "system-compact.txt", "user.txt": "user-compact.txt"}
 # The guided profile's: a small model writes the framing and picks facts by number (`cpo.email.guided`).
 GUIDED = {"system.txt": "system-guided.txt", "user.txt": "user-guided.txt"}
-FILES = (*VERSIONED, *COMPACT.values(), *GUIDED.values(), "judge.txt", *(f"{t}.txt" for t in TONES))
+FRAMING = "framing.yaml"  # the guided profile's approved opening and closing lines, per tone
+FILES = (*VERSIONED, *COMPACT.values(), *GUIDED.values(), FRAMING, "judge.txt", *(f"{t}.txt" for t in TONES))
 PLACEHOLDERS = {
     "system.txt": {
         "brand",
@@ -61,7 +63,12 @@ PLACEHOLDERS = {
 }
 PLACEHOLDERS.update({compact: PLACEHOLDERS[full] for full, compact in COMPACT.items()})  # the same as theirs
 PLACEHOLDERS["system-guided.txt"] = PLACEHOLDERS["system.txt"] | {"facts_low", "facts_high"}
-PLACEHOLDERS["user-guided.txt"] = (PLACEHOLDERS["user.txt"] - {"snippets"}) | {"facts"}
+PLACEHOLDERS["user-guided.txt"] = (PLACEHOLDERS["user.txt"] - {"snippets"}) | {
+    "subjects",
+    "openings",
+    "facts",
+    "closings",
+}
 PARAGRAPHS = 3
 
 Profile = Literal["compact", "full", "guided"]
@@ -92,6 +99,7 @@ class PromptSet:
     texts: dict[str, str]
     origin: dict[str, Path]
     choice: ProfileChoice = "auto"
+    framings: Mapping[Tone, guided.Framing] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: Path | str | None = None, profile: ProfileChoice = "auto") -> PromptSet:
@@ -108,6 +116,8 @@ class PromptSet:
             except OSError as exc:
                 raise ConfigError(f"cannot read prompt file {path}: {exc.strerror}") from None
             origin[name] = path
+            if name == FRAMING:
+                continue  # data, not a template: read below
             allowed = PLACEHOLDERS.get(name, set())
             try:
                 unknown = _placeholders(texts[name]) - allowed
@@ -115,7 +125,11 @@ class PromptSet:
                 raise ConfigError(f"{path}: {exc} (write a literal brace as {{{{ or }}}})") from None
             if unknown:
                 raise ConfigError(f"{path}: unknown placeholder {{{sorted(unknown)[0]}}}; allowed: {sorted(allowed)}")
-        return cls(texts, origin, profile)
+        try:
+            data = yaml.safe_load(texts[FRAMING])
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{origin[FRAMING]}: not valid YAML ({first_line(exc, 120)})") from None
+        return cls(texts, origin, profile, guided.read_framing(data, str(origin[FRAMING])))
 
     def profile_for(self, schema_enforced: bool, small_model: bool = False) -> Profile:
         """The profile of the first prompt (see `profile_for`); `auto` keeps the full one when a prompts folder
@@ -140,7 +154,8 @@ class PromptSet:
         The full profile hashes as it did before the compact one existed, so its versions are unchanged.
         """
         digest = hashlib.sha256()
-        for name in (*(self._file(n, profile) for n in VERSIONED), f"{tone}.txt"):
+        extra = (FRAMING,) if profile == "guided" else ()
+        for name in (*(self._file(n, profile) for n in VERSIONED), f"{tone}.txt", *extra):
             digest.update(name.encode() + b"\0" + self.texts[name].encode() + b"\0")
         return digest.hexdigest()[:12]
 
@@ -150,7 +165,7 @@ class PromptSet:
         fields = render_fields(request, self.texts[f"{request.tone}.txt"])
         if profile == "guided":
             system_values.update(facts_low=guided.FACTS_LOW, facts_high=guided.FACTS_HIGH)
-            fields = {**fields, "facts": guided.fact_lines(request)}
+            fields = {**fields, **guided.prompt_fields(request, limits, self.framings[request.tone])}
         system = self.texts[self._file("system.txt", profile)].format(**system_values)
         user = self.texts[self._file("user.txt", profile)].format(**fields)
         return [SystemMessage(system), HumanMessage(user)]
