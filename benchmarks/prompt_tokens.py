@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ("full", "CPO_PROMPT_PROFILE=full, or a first try of json_schema on an OpenAI-compatible server"),
         ("guided", "function calling / JSON mode on an OpenAI-compatible server (a small model)"),
     ):
-        label, tokens = schemas[profile]  # type: ignore[index]
+        label, tokens = schemas[profile]
         print(f"  {profile:<7} = {what}, schema sent: {label} ({tokens} tokens)")
     print("  guided's non-snippet part leaves out its numbered fact lines (the snippets' sentences) instead")
     print()
@@ -131,16 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     columns = f"{'non-snippet':>11} {'total':>7}"
     print(f"{'segment':<{width}}  {'tone':<13}  {'tokens':>7}" + f"  {columns}" * len(PROFILES))
     print(f"{'-' * width}  {'-' * 13}  {'-' * 7}" + f"  {'-' * 11} {'-' * 7}" * len(PROFILES))
-    for name, tone, snippets, figures in rows:
+    for name, row_tone, snippets, figures in rows:
         cells = "".join(f"  {figures[p][0]:>11} {figures[p][1]:>7}" for p in PROFILES)
-        print(f"{name:<{width}}  {tone:<13}  {snippets:>7}{cells}")
+        print(f"{name:<{width}}  {row_tone:<13}  {snippets:>7}{cells}")
     print()
     for profile in PROFILES:
         non = [r[3][profile][0] for r in rows]
-        total = [r[3][profile][1] for r in rows]
+        totals = [r[3][profile][1] for r in rows]
         print(
             f"{profile:<7}  non-snippet: min {min(non)}  mean {statistics.fmean(non):.1f}  max {max(non)}   "
-            f"total: min {min(total)}  mean {statistics.fmean(total):.1f}  max {max(total)}"
+            f"total: min {min(totals)}  mean {statistics.fmean(totals):.1f}  max {max(totals)}"
         )
     print(f"full     messages only (schema aside): max {max(full_messages)}")
     print()
