@@ -17,17 +17,21 @@ from langchain_core.messages import AIMessage
 from cpo import ContentBundle, Settings, ValidationLimits, build_chat_model, build_email_chain
 from cpo.core.errors import ConfigError
 from cpo.core.models import TONES, EmailDraft, EmailRequest, GuidedDraft, ValidationIssue
+from cpo.core.wording import says_again
 from cpo.email.content import build_request, load_segments, load_snippets
+from cpo.email.grounding.text import sentences
 from cpo.email.guided import (
     PRICED,
     assemble,
     assemble_checked,
     facts_of,
     read_plan,
+    shares_a_word,
     subject_options,
 )
 from cpo.email.normalize import body_as_sent, normalize, paragraphs, word_count
 from cpo.email.prompts import PromptSet, profile_for
+from cpo.email.template_control import usable_sentences
 from cpo.email.validation import validate_draft
 from cpo.llm.endpoints import EndpointNotes
 
@@ -151,6 +155,9 @@ def test_every_approved_line_and_subject_option_passes_the_checks_in_every_segme
             report = check_for(request)(draft)
             assert report.valid, (tone, n, report.reasons)
             assert not [c for c in changed if not c.startswith("subject:")], changed  # lines and facts all pass
+            # closing lines stacked to reach the length never echo each other ("We hope ... We hope ...")
+            stacked = [s for _, s in sentences(paragraphs(draft.body)[-1])]
+            assert not any(shares_a_word(a, b) for i, a in enumerate(stacked) for b in stacked[i + 1 :]), stacked
 
 
 # -- what a check faults is changed, not sent back ----------------------------------------------------------
@@ -283,3 +290,23 @@ def test_a_fact_that_points_back_comes_with_the_sentence_before_it() -> None:
     assert body.index(facts[0].text) < body.index(facts[1].text)
     without = assemble(request, plan(facts=[3]), short, framing()).body
     assert facts[0].text not in without  # so it came with the sentence that points back, not as a top-up
+
+
+@pytest.mark.parametrize("tone", TONES)
+def test_no_opening_and_closing_of_a_tone_say_the_same_thing(tone: str) -> None:
+    """Real-model run (tests/sendable/guided.json): 'If this offer suits you, now is a good time to take it up.'
+    then 'If it suits you, today is a good day to take it up.' The lines of a tone never pair like that."""
+    lines = framing(tone)
+    for opening in lines.openings:
+        for closing in lines.closings:
+            assert not says_again(closing, opening) and not shares_a_word(closing, opening), (opening, closing)
+
+
+def test_a_fact_that_says_the_offer_again_is_not_offered() -> None:
+    """Real-model run (tests/sendable/guided.json, Gold Office Fit-Out): the offer, then the snippet's sentence
+    saying it again with who and what added; a reader reads the offer twice."""
+    segment = next(s for f, s in CASES if s.name == "Gold Office Fit-Out")
+    request = build_request(segment, "friendly", load_snippets())
+    again = "Gold and Platinum members of Northwind Plus get free assembly and installation"
+    assert any(again in s.text for g in usable_sentences(request) for s in g)  # usable, true for Gold readers
+    assert not any(again in f.text for f in facts_of(request))

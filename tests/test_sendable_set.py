@@ -46,7 +46,15 @@ def test_every_email_in_the_set_is_labelled_with_a_reason(path: Path) -> None:
 # Known shortfalls, kept visible (strict: it fails the day the rules meet the goal, so this is updated).
 # The first held-out batch (heldout.json) had 2 valid emails, both rejected by the reading (precision 0.00);
 # one of them led to the offer_condition rule, so that batch no longer measures the rules: heldout-2 does.
-SHORT_OF_GOAL: dict[str, str] = {}
+# The two guided sets are the runs made while guided composition was built, kept as the reading found them:
+# what made their valid emails unsendable is in how they were made, not in a rule a validator can decide
+# (the model's own framing sentences; then an offer restated by a snippet, a price for a membership the offer
+# does not name, tone lines echoing each other, closing lines stacked as padding). The assembly no longer
+# makes those (tests/test_guided.py); the batches made after it are acceptance-2 and heldout-3.
+SHORT_OF_GOAL: dict[str, str] = {
+    "guided-first-form": "the small model's own opening and closing sentences: 10 valid, 0 sendable",
+    "guided": "restated offers, an unnamed membership's price, echoing and stacked lines: 28 valid, 14 sendable",
+}
 
 
 def _scored(paths: list[Path]) -> list[object]:

@@ -27,7 +27,7 @@ from langchain_core.messages import AIMessage
 
 from cpo.core.errors import ConfigError
 from cpo.core.models import TONES, EmailDraft, EmailRequest, GuidedDraft, Tone, ValidationReport
-from cpo.core.wording import says_again
+from cpo.core.wording import long_words, says_again
 from cpo.email.grounding.text import sentences
 from cpo.email.normalize import body_as_sent, word_count
 from cpo.email.replies import lenient_json
@@ -72,8 +72,17 @@ def read_framing(data: Any, origin: str) -> dict[Tone, Framing]:
 
 def facts_of(request: EmailRequest) -> list[Quoted]:
     """The facts the model may pick, numbered from 1 in this order: each snippet's usable sentences, without
-    those that only restate the offer (the offer is stated once, by the campaign's words)."""
-    return [s for group in usable_sentences(request) for s in group if not s.repeats]
+    those that restate the offer (the offer is stated once, in the campaign's words): more than half of their
+    longer words are the offer's ("Gold and Platinum members of Northwind Plus get free assembly and
+    installation ... on orders of $400 or more" after an offer of free assembly and installation on orders of
+    $400 or more)."""
+    offer = long_words(request.offer)
+    return [
+        s
+        for group in usable_sentences(request)
+        for s in group
+        if not s.repeats and len(long_words(s.text) & offer) * 2 <= len(long_words(s.text))
+    ]
 
 
 def subject_options(request: EmailRequest, limits: ValidationLimits) -> list[str]:
@@ -156,6 +165,20 @@ def _numbers(value: Any) -> list[int]:
     return out
 
 
+# Words two framing lines may share without one echoing the other.
+PLAIN_WORDS = frozenset(
+    "your with have this that would will from about there they them then than what when were been into more "
+    "some such also just only each every other here offer".split()
+)
+
+
+def shares_a_word(line: str, other: str) -> bool:
+    """Do two framing lines share a word of four letters or more ("We hope ... We hope ...", "glad to help.
+    We would be glad to ...")? Stacked, they would read as padding."""
+    ours = {w for w in re.findall(r"[a-z]{4,}", line.casefold())} - PLAIN_WORDS
+    return bool(ours & set(re.findall(r"[a-z]{4,}", other.casefold())))
+
+
 def _price_first(request: EmailRequest, listed: Sequence[Quoted]) -> list[int]:
     """The number of the fact that prices what the offer names ("Northwind Plus costs ..."), when the offer
     itself states no price: a reader asked to join is told what it costs."""
@@ -215,7 +238,7 @@ def assemble(
     for other in [c for c in framing.closings if c != closing]:
         if words(chosen, closing) >= limits.body_min_words:
             break
-        if words(chosen, f"{closing} {other}") <= limits.body_max_words:
+        if not shares_a_word(other, closing) and words(chosen, f"{closing} {other}") <= limits.body_max_words:
             closing = f"{closing} {other}"
     return EmailDraft(
         subject=_pick(subject_options(request, limits), plan.subject),
