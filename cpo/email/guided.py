@@ -167,8 +167,38 @@ def _numbers(value: Any) -> list[int]:
 
 # Words two framing lines may share without one echoing the other.
 PLAIN_WORDS = frozenset(
-    "your with have this that would will from about there they them then than what when were been into more "
-    "some such also just only each every other here offer".split()
+    [
+        "your",
+        "with",
+        "have",
+        "this",
+        "that",
+        "would",
+        "will",
+        "from",
+        "about",
+        "there",
+        "they",
+        "them",
+        "then",
+        "than",
+        "what",
+        "when",
+        "were",
+        "been",
+        "into",
+        "more",
+        "some",
+        "such",
+        "also",
+        "just",
+        "only",
+        "each",
+        "every",
+        "other",
+        "here",
+        "offer",
+    ]
 )
 
 
