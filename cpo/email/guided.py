@@ -33,9 +33,10 @@ from cpo.email.normalize import body_as_sent, word_count
 from cpo.email.replies import lenient_json
 from cpo.email.template_control import POINTS_BACK, Quoted, subject_candidates, usable_sentences
 from cpo.email.textsafety import fold
-from cpo.email.validation import ValidationLimits
+from cpo.email.validation import ValidationLimits, numbers_in
 
 NUMBER_IN_ID = re.compile(r"\d+")
+CLAUSE = re.compile(r",\s+and\s+|;\s+|,\s+but\s+")  # where a sentence's clauses part
 # A sentence that states what the membership costs; when the offer states no price, the email must.
 PRICE_FACT = re.compile(r"(?P<what>[A-Z][\w ]*?)\s+costs?\b[^.]*\$\d")
 PRICED = re.compile(r"\$\d[\d.,]*\s*(?:a|per|an?)\s+(?:month|year)|\$\d[\d.,]*\s+(?:annual|monthly)", re.I)
@@ -76,13 +77,22 @@ def facts_of(request: EmailRequest) -> list[Quoted]:
     longer words are the offer's ("Gold and Platinum members of Northwind Plus get free assembly and
     installation ... on orders of $400 or more" after an offer of free assembly and installation on orders of
     $400 or more)."""
-    offer = long_words(request.offer)
-    return [
-        s
-        for group in usable_sentences(request)
-        for s in group
-        if not s.repeats and len(long_words(s.text) & offer) * 2 <= len(long_words(s.text))
-    ]
+    return [s for group in usable_sentences(request) for s in group if not s.repeats and not restates(s.text, request)]
+
+
+def restates(sentence: str, request: EmailRequest) -> bool:
+    """Does the sentence, or a clause of it, say the offer again: more than half of its longer words the
+    offer's, and no figure the offer does not state? "Every member return includes a free prepaid shipping
+    label, and refunds ..." after an offer "with a free prepaid shipping label on every member return" does;
+    "Northwind Plus costs $9.99 a month or $99 a year" after a $99-a-year offer adds the monthly price: it
+    does not."""
+    offer, figures = long_words(request.offer), numbers_in(request.offer)
+
+    def again(text: str) -> bool:
+        words = long_words(text)
+        return bool(words) and len(words & offer) * 2 > len(words) and numbers_in(text) <= figures
+
+    return again(sentence) or any(again(clause) for clause in CLAUSE.split(sentence))
 
 
 def subject_options(request: EmailRequest, limits: ValidationLimits) -> list[str]:
@@ -248,13 +258,15 @@ def assemble(
     for number in dict.fromkeys(numbers):
         if 1 <= number <= len(listed):
             fact = listed[number - 1]
-            # A sentence that points back ("These ...", "Both ...") comes with the one before it, or not at all.
-            # (A restating sentence before it needs nothing: the offer says what it says.)
+            # A snippet is quoted from its start: a fact comes with the facts before it in its snippet ("The
+            # annual plan saves $20.88" needs "Northwind Plus costs $9.99 a month or $99 a year" before it).
+            # One that points back ("These ...", "Both ...") to a sentence the email cannot have is left out
+            # (one the offer restates is there: the offer says it).
             before = [f for f in quoted if (f.snippet, f.index) == (fact.snippet, fact.index - 1)]
-            needs = [f for f in before if not f.repeats] if POINTS_BACK.search(fact.text) else []
-            if POINTS_BACK.search(fact.text) and (not before or any(f.text in dropped for f in needs)):
+            if POINTS_BACK.search(fact.text) and (not before or before[0].text in dropped):
                 continue
-            for f in (*needs, fact):
+            earlier = [f for f in facts if f.snippet == fact.snippet and f.index < fact.index]
+            for f in (*earlier, fact):
                 if f not in picked and f.text not in dropped and not any(says_again(f.text, s) for s in said):
                     picked.append(f)
     spare = [f for f in _in_rounds(facts) if f not in picked and not any(says_again(f.text, s) for s in said)]
