@@ -55,9 +55,10 @@ def test_every_email_in_the_set_is_labelled_with_a_reason(path: Path) -> None:
 # offer's clause said again; fixed in the assembly, and measured again on acceptance-3, made after.
 SHORT_OF_GOAL: dict[str, str] = {
     "guided-first-form": "the small model's own opening and closing sentences: 10 valid, 0 sendable",
-    "guided": "restated offers, an unnamed membership's price, echoing and stacked lines: 28 valid, 14 sendable",
+    "guided": "restated offers, a price left out or given for an unnamed membership, echoing and stacked lines: 36 valid, 18 sendable",
     "acceptance-2": "runs 3-4 lost the plans' price sentence (left out as a restatement): 48 valid, 32 sendable",
     "heldout-3": "the plans' price sentence left out; an offer's clause said again: 16 valid, 0 sendable",
+    "guided-current": "an offer naming no membership beside membership snippets (Repeat Supply Buyer): 28 valid, 24 sendable",
 }
 
 
