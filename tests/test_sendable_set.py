@@ -50,15 +50,15 @@ def test_every_email_in_the_set_is_labelled_with_a_reason(path: Path) -> None:
 # what made their valid emails unsendable is in how they were made, not in a rule a validator can decide
 # (the model's own framing sentences; then an offer restated by a snippet, a price for a membership the offer
 # does not name, tone lines echoing each other, closing lines stacked as padding). The assembly no longer
-# makes those (tests/test_guided.py). acceptance-2's runs 1-2 were all sendable; its runs 3-4 and heldout-3,
+# makes those (tests/test_guided.py). acceptance-2's first two runs were all sendable; its next two and heldout-3,
 # made after the restatement rule, showed that rule leaving out the sentence that prices the plans, and an
 # offer's clause said again; fixed in the assembly, and measured again on acceptance-3, made after.
 SHORT_OF_GOAL: dict[str, str] = {
     "guided-first-form": "the small model's own opening and closing sentences: 10 valid, 0 sendable",
-    "guided": "restated offers, a price left out or given for an unnamed membership, echoing and stacked lines: 36 valid, 18 sendable",
-    "acceptance-2": "runs 3-4 lost the plans' price sentence (left out as a restatement): 48 valid, 32 sendable",
+    "guided": "restated offers, a price left out or for an unnamed membership, echoing lines: 36 valid, 18 sendable",
+    "acceptance-2": "its second two runs lost the plans' price sentence as a restatement: 48 valid, 32 sendable",
     "heldout-3": "the plans' price sentence left out; an offer's clause said again: 16 valid, 0 sendable",
-    "guided-current": "an offer naming no membership beside membership snippets (Repeat Supply Buyer): 28 valid, 24 sendable",
+    "guided-current": "an offer naming no membership, beside membership snippets: 28 valid, 24 sendable",
 }
 
 

@@ -30,7 +30,7 @@ from cpo.core.models import TONES, EmailDraft, EmailRequest, GuidedDraft, Tone, 
 from cpo.core.wording import long_words, says_again
 from cpo.email.grounding.text import sentences
 from cpo.email.normalize import body_as_sent, word_count
-from cpo.email.replies import lenient_json
+from cpo.email.replies import reply_objects, unread
 from cpo.email.template_control import POINTS_BACK, Quoted, subject_candidates, usable_sentences
 from cpo.email.textsafety import fold
 from cpo.email.validation import ValidationLimits, numbers_in
@@ -124,21 +124,12 @@ def read_plan(reply: AIMessage) -> tuple[GuidedDraft | None, str | None]:
     """The choices in a reply (tool-call arguments or JSON content), in the shapes small models write numbers
     in: 3, "3", "S3", [3, 1], "3, 1". A part not chosen is the list's first line; a reply that writes an
     email instead of choosing is refused (asked again): its text is not approved."""
-    candidates: list[Any] = [c["args"] for c in reply.tool_calls]
-    candidates += [str(c.get("args") or "") for c in reply.invalid_tool_calls]
-    candidates.append(str(reply.content or ""))
-    preview = " ".join(str(reply.content or "").split())[:80]
-    error = f"the reply was not a JSON object with keys subject, opening, facts, closing: {preview!r}"
-    if reply.response_metadata.get("finish_reason") == "length":
-        error = "the reply was cut off at the output token limit (finish_reason=length); answer with numbers only"
-    for candidate in candidates:
-        data = candidate if isinstance(candidate, dict) else lenient_json(candidate)
-        if data is None:
-            continue
-        if not {"subject", "opening", "facts", "closing"} & data.keys() and len(data) == 1:
-            inner = next(iter(data.values()))
-            data = inner if isinstance(inner, dict) else data
-        if "body" in data or not {"subject", "opening", "facts", "closing"} & data.keys():
+    keys = {"subject", "opening", "facts", "closing"}
+    error = unread(reply, "object with keys subject, opening, facts, closing", "answer with numbers only")
+    for data in reply_objects(reply):
+        if not keys & data.keys() and len(data) == 1 and isinstance(next(iter(data.values())), dict):
+            data = next(iter(data.values()))  # a wrapper object: {"email": {...}}
+        if "body" in data or not keys & data.keys():
             error = "the reply wrote an email instead of choosing: answer with the numbers of your choices only"
             continue
         return (

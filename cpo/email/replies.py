@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from langchain_core.messages import AIMessage
@@ -89,23 +90,34 @@ def sentences_of(text: str) -> list[str]:
     return [s.strip() for p in paragraphs(text) for s in SENTENCE_END.split(p) if s.strip()]
 
 
-def read_draft(reply: AIMessage) -> tuple[EmailDraft | None, str | None]:
-    """The EmailDraft in a reply: tool-call arguments or JSON content, tolerating common shapes."""
+def reply_objects(reply: AIMessage) -> Iterator[dict[str, Any]]:
+    """The JSON objects a structured reply may hold, in the order to try them: tool-call arguments (parsed, or
+    as the server sent them when they did not parse), then the text content (code fences and prose allowed)."""
     candidates: list[Any] = [c["args"] for c in reply.tool_calls]
     candidates += [str(c.get("args") or "") for c in reply.invalid_tool_calls]
     candidates.append(str(reply.content or ""))
-    preview = " ".join(str(reply.content or "").split())[:80]
-    error = f"the reply was not a JSON email object with keys subject, body, citations: {preview!r}"
-    if reply.response_metadata.get("finish_reason") == "length":
-        error = "the reply was cut off at the output token limit (finish_reason=length); write a shorter email"
     for candidate in candidates:
         data = candidate if isinstance(candidate, dict) else lenient_json(candidate)
         if data is not None:
-            try:
-                return EmailDraft.model_validate(draft_shape(data)), None
-            except ValidationError as exc:
-                error = f"the reply's JSON is not an email object ({field_error(exc)}); keys: subject, body, citations"
-                continue
+            yield data
+
+
+def unread(reply: AIMessage, expected: str, cut_off: str) -> str:
+    """Why a reply held no usable object: cut off at the token limit, or not the JSON asked for."""
+    if reply.response_metadata.get("finish_reason") == "length":
+        return f"the reply was cut off at the output token limit (finish_reason=length); {cut_off}"
+    preview = " ".join(str(reply.content or "").split())[:80]
+    return f"the reply was not a JSON {expected}: {preview!r}"
+
+
+def read_draft(reply: AIMessage) -> tuple[EmailDraft | None, str | None]:
+    """The EmailDraft in a reply: tool-call arguments or JSON content, tolerating common shapes."""
+    error = unread(reply, "email object with keys subject, body, citations", "write a shorter email")
+    for data in reply_objects(reply):
+        try:
+            return EmailDraft.model_validate(draft_shape(data)), None
+        except ValidationError as exc:
+            error = f"the reply's JSON is not an email object ({field_error(exc)}); keys: subject, body, citations"
     return None, error
 
 
