@@ -346,3 +346,17 @@ def test_a_fact_with_a_clause_that_says_the_offer_again_is_not_offered() -> None
     request = build_request(segment, "friendly", load_snippets())
     assert restates("Every member return includes a free prepaid shipping label, and refunds are issued.", request)
     assert not any(f.text.startswith("Every member return includes") for f in facts_of(request))
+
+
+def test_gift_card_holder_real_model_faults_do_not_recur() -> None:
+    """Real-model run (heldout-4, Gift Card Holder, all 8 emails rejected by the reading): the subject 'Join
+    Northwind Plus for $99 a year and pay for it' (the offer cut before 'with a Northwind Supply gift card'),
+    and 'Gift cards never expire, carry no fees, ...' after an offer saying the card 'never expires and
+    carries no fees'."""
+    segment = next(s for f, s in CASES if s.name == "Gift Card Holder")
+    request = build_request(segment, "friendly", load_snippets())
+    assert not any(s.endswith("pay for it") for s in subject_options(request, LIMITS))
+    assert "Join Northwind Plus for $99 a year" in subject_options(request, LIMITS)
+    again = "Gift cards never expire, carry no fees, and can pay for orders or for a Northwind Plus membership."
+    assert restates(again, request)
+    assert again not in [f.text for f in facts_of(request)]

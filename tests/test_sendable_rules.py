@@ -99,6 +99,18 @@ def test_a_subject_headlining_a_figure_the_offer_does_not_state_is_refused() -> 
     assert not found(plain, request, "subject_figure")
 
 
+def test_a_subject_that_stops_as_if_cut_off_is_refused() -> None:
+    """Real model (guided, heldout-4, Gift Card Holder): the offer cut before 'with a Northwind Supply gift card'."""
+    held = json.loads((Path(__file__).parent / "sendable" / "heldout-4.json").read_text(encoding="utf-8"))
+    entry = next(e for e in held if e["subject"].endswith("and pay for it"))
+    request = EmailRequest.model_validate(entry["request"])
+    draft = EmailDraft(subject=entry["subject"], body=entry["body"], citations=entry["citations"])
+    issues = [i for i in validate_draft(draft, request).issues if i.code == "subject_unfinished"]
+    assert issues and issues[0].field == "subject" and '"it"' in issues[0].message
+    whole = draft.model_copy(update={"subject": "Join Northwind Plus for $99 a year"})
+    assert not found(whole, request, "subject_unfinished")
+
+
 def test_a_fact_said_again_in_other_words_is_a_repeated_sentence() -> None:
     # Real model (r2): the loyalty-points sentence said twice, "compared with" then "compared to".
     draft, request, _ = stored(f"{R2B}/Referral-Ready Regular/urgent")

@@ -86,10 +86,10 @@ def restates(sentence: str, request: EmailRequest) -> bool:
     label, and refunds ..." after an offer "with a free prepaid shipping label on every member return" does;
     "Northwind Plus costs $9.99 a month or $99 a year" after a $99-a-year offer adds the monthly price: it
     does not."""
-    offer, figures = long_words(request.offer), numbers_in(request.offer)
+    offer, figures = _stems(request.offer), numbers_in(request.offer)
 
     def again(text: str) -> bool:
-        words = long_words(text)
+        words = _stems(text)
         return bool(words) and len(words & offer) * 2 > len(words) and numbers_in(text) <= figures
 
     return again(sentence) or any(again(clause) for clause in CLAUSE.split(sentence))
@@ -142,6 +142,20 @@ def read_plan(reply: AIMessage) -> tuple[GuidedDraft | None, str | None]:
             None,
         )
     return None, error
+
+
+def _stems(text: str) -> set[str]:
+    """The longer words of a text without a plural or third-person ending: "expires" and "expire", "carries"
+    and "carry", "cards" and "card" alike."""
+    return {_stem(w) for w in long_words(text)}
+
+
+def _stem(word: str) -> str:
+    if word.endswith("ss"):
+        return word
+    word = re.sub(r"ies$", "y", word)
+    word = re.sub(r"(?<=[a-z]{3})e?s$", "", word)
+    return re.sub(r"(?<=[a-z]{3})e$", "", word)
 
 
 def _first(numbers: list[int]) -> int:

@@ -53,7 +53,11 @@ THANKS_FOR = re.compile(
 )
 # A capitalised name of two or more words: a product, plan or programme.
 FIGURE = re.compile(r"\$?\d[\d,]*(?:\.\d+)?%?")
-SUBJECT_RULES = frozenset({"subject_label", "subject_figure"})  # the rules that judge the subject line
+SUBJECT_RULES = frozenset({"subject_label", "subject_figure", "subject_unfinished"})
+# Words a subject cannot end on: they point past the end ("Join Northwind Plus for $99 a year and pay for it").
+UNFINISHED = frozenset(
+    ["it", "them", "this", "that", "these", "those", "for", "with", "and", "or", "to", "of", "on", "by", "the", "a"]
+)  # the rules that judge the subject line
 NAME = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
 
 
@@ -159,6 +163,15 @@ def rubric_problems(subject: str, body: str, request: EmailRequest) -> list[Prob
                 "subject_figure",
                 f'the subject states "{stray[0]}", which the offer does not: a subject headlines the offer; use '
                 "its figures or none",
+                [],
+            )
+        )
+    last = subject.rstrip(" .!?").split()[-1:] if subject.strip() else []
+    if last and last[0].casefold().strip(",;:") in UNFINISHED:
+        problems.append(
+            (
+                "subject_unfinished",
+                f'the subject stops on "{last[0]}", as if cut off; end it on the thing it names',
                 [],
             )
         )

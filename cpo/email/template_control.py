@@ -71,6 +71,27 @@ OFFER_VERBS = (
 )
 SUBJECT_CUTS = re.compile(rf"(?:,\s+and|,|\s+and)\s+(?=(?:{OFFER_VERBS})\b)|\s+with\s+")
 MAX_ROUNDS = 8
+DANGLING = frozenset(
+    [
+        "it",
+        "them",
+        "this",
+        "that",
+        "these",
+        "those",
+        "for",
+        "with",
+        "and",
+        "or",
+        "to",
+        "of",
+        "on",
+        "by",
+        "in",
+        "at",
+        "from",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -167,7 +188,9 @@ def subject_candidates(request: EmailRequest) -> list[str]:
     before those without), then the cited snippets' titles, the one closest to the offer first."""
     offer = request.offer.strip().rstrip(".!")
     cuts = [offer] + [offer[: m.start()] for m in SUBJECT_CUTS.finditer(offer)]
-    clauses = sorted({c for c in cuts if len(c.split()) >= 3}, key=len, reverse=True)
+    # a cut that ends on a word pointing past it reads unfinished ("... and pay for it" before "with a gift card")
+    whole = [c for c in cuts if c.split()[-1].casefold().strip(",") not in DANGLING]
+    clauses = sorted({c for c in whole if len(c.split()) >= 3}, key=len, reverse=True)
     priced = [c for c in clauses if re.search(r"\d", c)]
     titles = sorted(request.snippets, key=lambda s: -len(_words(s.title + " " + s.text) & _words(offer)))
     fitting = [t.title for t in titles if _for_every_reader(t.title, request)]
