@@ -360,3 +360,24 @@ def test_gift_card_holder_real_model_faults_do_not_recur() -> None:
     again = "Gift cards never expire, carry no fees, and can pay for orders or for a Northwind Plus membership."
     assert restates(again, request)
     assert again not in [f.text for f in facts_of(request)]
+
+
+@pytest.mark.parametrize(
+    ("segment", "again"),
+    [  # real-model runs (heldout-5), each sentence right after the offer it says again
+        (
+            "Platinum Welcome",
+            "Platinum members receive a $50 welcome credit and a dedicated account manager, available weekdays from "
+            "8 a.m. to 6 p.m. Eastern time.",
+        ),
+        (
+            "Low-Waste Household",
+            "Every Northwind Plus delivery ships carbon neutral, with emissions offset through certified forestry and "
+            "renewable energy projects.",
+        ),
+    ],
+)
+def test_a_sentence_that_adds_a_detail_to_the_offer_said_again_is_not_offered(segment: str, again: str) -> None:
+    request = build_request(next(s for f, s in CASES if s.name == segment), "friendly", load_snippets())
+    assert restates(again, request)
+    assert again not in [f.text for f in facts_of(request)]

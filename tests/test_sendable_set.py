@@ -59,6 +59,7 @@ SHORT_OF_GOAL: dict[str, str] = {
     "acceptance-2": "its second two runs lost the plans' price sentence as a restatement: 48 valid, 32 sendable",
     "heldout-3": "the plans' price sentence left out; an offer's clause said again: 16 valid, 0 sendable",
     "guided-current": "an offer naming no membership, beside membership snippets: 28 valid, 24 sendable",
+    "heldout-5": "a sentence saying the offer again with a detail added: 24 valid, 8 sendable",
 }
 
 

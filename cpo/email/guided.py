@@ -36,7 +36,8 @@ from cpo.email.textsafety import fold
 from cpo.email.validation import ValidationLimits, numbers_in
 
 NUMBER_IN_ID = re.compile(r"\d+")
-CLAUSE = re.compile(r",\s+and\s+|;\s+|,\s+but\s+")  # where a sentence's clauses part
+CLAUSE = re.compile(r",\s+(?:and|but|with)\s+|;\s+")  # where a sentence's clauses part
+COVER_SHARE, COVER_MIN_WORDS = 0.6, 6  # a sentence that holds this share of an offer's words says it again
 # A sentence that states what the membership costs; when the offer states no price, the email must.
 PRICE_FACT = re.compile(r"(?P<what>[A-Z][\w ]*?)\s+costs?\b[^.]*\$\d")
 PRICED = re.compile(r"\$\d[\d.,]*\s*(?:a|per|an?)\s+(?:month|year)|\$\d[\d.,]*\s+(?:annual|monthly)", re.I)
@@ -81,16 +82,22 @@ def facts_of(request: EmailRequest) -> list[Quoted]:
 
 
 def restates(sentence: str, request: EmailRequest) -> bool:
-    """Does the sentence, or a clause of it, say the offer again: more than half of its longer words the
-    offer's, and no figure the offer does not state? "Every member return includes a free prepaid shipping
-    label, and refunds ..." after an offer "with a free prepaid shipping label on every member return" does;
-    "Northwind Plus costs $9.99 a month or $99 a year" after a $99-a-year offer adds the monthly price: it
-    does not."""
-    offer, figures = _stems(request.offer), numbers_in(request.offer)
+    """Does the sentence, or a clause of it, say the offer again? More than half of its words (the retailer's
+    own names aside) are the offer's, and either it adds no figure the offer lacks, or it covers most of the
+    offer's words too. So "Every member return includes a free prepaid shipping label, and ..." after an offer
+    "with a free prepaid shipping label on every member return" does, and so does "Platinum members receive
+    a $50 welcome credit and a dedicated account manager, available weekdays from 8 a.m. ..." after an offer of
+    exactly that; "Northwind Plus costs $9.99 a month or $99 a year" after a $99-a-year offer adds the monthly
+    price and covers little of the offer: it does not."""
+    names = {_stem(w.casefold()) for w in request.vocabulary.brand_words}
+    offer, figures = _stems(request.offer) - names, numbers_in(request.offer)
 
     def again(text: str) -> bool:
-        words = _stems(text)
-        return bool(words) and len(words & offer) * 2 > len(words) and numbers_in(text) <= figures
+        words = _stems(text) - names
+        if not words or len(words & offer) * 2 <= len(words):
+            return False
+        covers = len(offer) >= COVER_MIN_WORDS and len(words & offer) >= COVER_SHARE * len(offer)
+        return numbers_in(text) <= figures or covers
 
     return again(sentence) or any(again(clause) for clause in CLAUSE.split(sentence))
 
