@@ -24,7 +24,7 @@ TIERS = {  # tier: (share, purchases per year, average order USD, days since eng
 }
 COLUMNS = (
     "customer_id", "first_name", "age", "location", "tier", "purchase_frequency", "avg_order_value",
-    "last_engagement_days", "historical_open_rate", "historical_click_rate", "email_opt_in",
+    "last_engagement_days", "historical_open_rate", "historical_click_rate", "email_opt_in", "email",
 )  # fmt: skip
 
 
@@ -35,11 +35,12 @@ def customers(count: int, seed: int) -> list[dict[str, object]]:
     rows = []
     for i in range(1, count + 1):
         tier = rng.choices(tiers, weights)[0]
+        customer_id = f"C{i:06d}"
         _, frequency, order_value, engagement = TIERS[tier]
         open_rate = min(0.95, max(0.02, rng.gauss(0.18 + 0.05 * tiers.index(tier), 0.06)))
         rows.append(
             {
-                "customer_id": f"C{i:06d}",
+                "customer_id": customer_id,
                 "first_name": rng.choice(FIRST_NAMES),
                 "age": rng.randint(19, 78),
                 "location": rng.choice(LOCATIONS),
@@ -52,6 +53,9 @@ def customers(count: int, seed: int) -> list[dict[str, object]]:
                 "email_opt_in": "true" if rng.random() > 0.04 else "false",
             }
         )
+        # a fictional address on the reserved example.com domain (RFC 2606), drawn after every other field so
+        # the sample's other columns are what they were before it had addresses
+        rows[-1]["email"] = f"{str(rows[-1]['first_name']).lower()}.{customer_id.lower()}@example.com"
     return rows
 
 

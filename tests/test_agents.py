@@ -372,7 +372,14 @@ def test_export_writes_what_a_platform_imports(tmp_path: Path) -> None:
     assert all(a["delivered_variant"] in ids for a in assignments)
     with (tmp_path / "send_list.csv").open(encoding="utf-8") as handle:
         send = list(csv.DictReader(handle))
-    assert len(send) == loaded.eligible and set(send[0]) == {"customer_id", "arm", "variant_id", "first_name", "source"}
+    assert len(send) == loaded.eligible and set(send[0]) == {
+        "customer_id",
+        "email",
+        "arm",
+        "variant_id",
+        "first_name",
+        "source",
+    }
     with (tmp_path / "segments.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert sum(int(r["size"]) for r in rows) == loaded.eligible

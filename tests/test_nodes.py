@@ -692,7 +692,14 @@ def test_export_writes_the_four_files_an_email_platform_imports(assigned: Run) -
     update = nodes.export(state)
 
     assert update == {
-        "delivery": {"substituted": [], "unsent": [], "unsent_customers": {}, "rendered": None, "withheld": {}}
+        "delivery": {
+            "substituted": [],
+            "unsent": [],
+            "unsent_customers": {},
+            "address_dropped": {},
+            "rendered": None,
+            "withheld": {},
+        }
     }
     templates = json.loads((run_dir / "templates.json").read_text(encoding="utf-8"))
     ordered = [state["variants"][key_of(r)]["variant_id"] for r in state["requests"]]

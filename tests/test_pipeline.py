@@ -42,6 +42,7 @@ def test_the_sample_campaign_runs_end_to_end(tmp_path: Path) -> None:
         "substituted": [],
         "unsent": [],
         "unsent_customers": {},
+        "address_dropped": {},
         "rendered": None,
         "withheld": {},
     }

@@ -20,7 +20,13 @@ from langgraph.types import Send, interrupt
 from cpo.accounting.tracker import trackers_in
 from cpo.campaign import stages
 from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers
-from cpo.campaign.agents.export import export_campaign, personal_delivery, render_emails, unsent_customers
+from cpo.campaign.agents.export import (
+    address_dropped,
+    export_campaign,
+    personal_delivery,
+    render_emails,
+    unsent_customers,
+)
 from cpo.campaign.agents.generation import current_request, template_controls
 from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy, sent_text
 from cpo.campaign.agents.segmentation import Segment
@@ -252,6 +258,7 @@ def export(state: CampaignState) -> CampaignState:
         )
         rendered = render_emails(loaded, variants, campaign, run_dir) if inputs.get("render") else None
         missing = unsent_customers(loaded)
+        dropped = address_dropped(loaded)
     finally:
         con.close()
     return {
@@ -259,6 +266,7 @@ def export(state: CampaignState) -> CampaignState:
             "substituted": delivery.substituted,
             "unsent": delivery.unsent,
             "unsent_customers": missing,
+            "address_dropped": dropped,
             "rendered": rendered,
             "withheld": held,
         }

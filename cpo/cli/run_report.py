@@ -72,6 +72,10 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
                 f"{segment}: {who}: its control is {why(own.get((segment, 'control')))}{template}, "
                 "with nothing to fall back on"
             )
+    dropped = result.delivery.get("address_dropped") or {}
+    if dropped:
+        said = ", ".join(f"{n} whose address is {reason}" for reason, n in dropped.items())
+        say(f"warning: left off the send list: {said} (see assignments.csv)", stderr=True)
     for v in (v for v in result.variants if not v.valid):
         label = " (template)" if v.source == TEMPLATE else ""
         say(f"invalid {v.segment} / {v.tone}{label}: {'; '.join(v.validation.reasons)}")

@@ -18,6 +18,9 @@ from cpo.core.errors import InputError
 
 ID = "customer_id"
 ID_NAMES = ("customer_id", "customerid", "customer_number", "customer_no")
+EMAIL = "email"
+# Accepted spellings of the address column (after `column_key`): passed through to the send list.
+EMAIL_NAMES = ("email", "email_address", "e_mail", "e_mail_address", "emailaddress", "mail", "email_addr")
 CONSENT = "email_opt_in"
 # Accepted spellings of the consent column (after `column_key`), in the order they are documented.
 CONSENT_NAMES = (
@@ -69,7 +72,8 @@ def clean_id_sql(column: str) -> str:
 def canonical_names(header: list[str], known: tuple[str, ...], what: str, path: Path) -> dict[str, int]:
     """{cpo's column name: its position in `header`} for the columns cpo uses; a name written twice is an error.
 
-    The id may be written `customerid`; the consent column any of `CONSENT_NAMES` (read as `email_opt_in`).
+    The id may be written `customerid`; the consent column any of `CONSENT_NAMES` (read as `email_opt_in`); the
+    address any of `EMAIL_NAMES` (read as `email`).
     """
     found: dict[str, int] = {}
     for position, name in enumerate(header):
@@ -78,6 +82,8 @@ def canonical_names(header: list[str], known: tuple[str, ...], what: str, path: 
             key = ID
         elif key in CONSENT_NAMES:
             key = CONSENT
+        elif key in EMAIL_NAMES:
+            key = EMAIL
         if key not in known:
             if CONSENT_WORDS & set(key.split("_")) and not any(column_key(h) in CONSENT_NAMES for h in header):
                 raise InputError(

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cpo.campaign.agents.assignment import HOLDOUT
+from cpo.campaign.agents.columns import EMAIL
 from cpo.campaign.agents.load import LoadedCustomers
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.campaign_file import Campaign
@@ -108,13 +109,23 @@ def personal_delivery(
 
 
 def unsent_customers(loaded: LoadedCustomers) -> dict[str, int]:
-    """Customers in the campaign (not the holdout) who get no email, per segment: after `export_campaign`."""
+    """Customers in the campaign (not the holdout) who get no email because nothing sendable was written for
+    them, per segment: after `export_campaign` (an unusable address is counted by `address_dropped`)."""
     con: Any = loaded.connection
     rows = con.execute(
         f"SELECT segment, count(*) FROM delivered WHERE delivered_variant = '' AND arm <> '{HOLDOUT}' "
-        "GROUP BY segment ORDER BY segment"
+        "AND address_problem = '' GROUP BY segment ORDER BY segment"
     ).fetchall()
     return {str(segment): int(n) for segment, n in rows}
+
+
+def address_dropped(loaded: LoadedCustomers) -> dict[str, int]:
+    """Customers left off the send list for their address: {"not an address": n, "an earlier customer's": m}."""
+    con: Any = loaded.connection
+    rows = con.execute(
+        "SELECT address_problem, count(*) FROM delivered WHERE address_problem <> '' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    return {ADDRESS_PROBLEMS[str(code)]: int(n) for code, n in rows}
 
 
 def write_templates(
@@ -218,17 +229,33 @@ def export_campaign(
     write_templates(run_dir / TEMPLATES_FILE, variants, campaign, withheld)
     write_segments(run_dir / SEGMENTS_FILE, segments)
     first_name = "c.first_name" if "first_name" in loaded.columns else "NULL"
+    email = "c.email" if EMAIL in loaded.columns else "NULL"
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE delivered AS "
+        "CREATE OR REPLACE TEMP TABLE planned AS "
         f"SELECT a.customer_id, a.segment, r.rule, a.arm, CASE WHEN a.arm = '{HOLDOUT}' THEN '' "
-        "ELSE coalesce(d.variant_id, '') END AS delivered_variant, "
-        f"{first_name} AS first_name "
+        "ELSE coalesce(d.variant_id, '') END AS planned_variant, "
+        f"{first_name} AS first_name, {email} AS email "
         f"FROM assignments a JOIN customers c USING (customer_id) {join} "
         "LEFT JOIN segment_rules r ON r.segment = a.segment"
     )
+    # With an address column, a customer whose address is not one, or is an earlier customer's (case aside),
+    # is not sent: the platform would bounce it or mail one inbox twice. Counted by `address_dropped`.
+    problem = (
+        f"CASE WHEN planned_variant = '' THEN '' WHEN email IS NULL OR NOT regexp_full_match(email, '{ADDRESS}') "
+        f"THEN '{BAD_ADDRESS}' WHEN row_number() OVER (PARTITION BY lower(email), planned_variant <> '' "
+        f"ORDER BY customer_id) > 1 THEN '{SHARED_ADDRESS}' ELSE '' END"
+        if EMAIL in loaded.columns
+        else "''"
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE delivered AS SELECT customer_id, segment, rule, arm, "
+        "CASE WHEN address_problem = '' THEN planned_variant ELSE '' END AS delivered_variant, first_name, email, "
+        f"address_problem FROM (SELECT *, {problem} AS address_problem FROM planned)"
+    )
     assigned = _safe_columns("customer_id", "segment", "rule", "arm", "delivered_variant")  # every column is text
     _copy_csv(con, f"SELECT {assigned} FROM delivered ORDER BY delivered.customer_id", run_dir / ASSIGNMENTS_FILE)
-    sent = _safe_columns("customer_id", "arm", "delivered_variant AS variant_id", "first_name")
+    address = ("email",) if EMAIL in loaded.columns else ()
+    sent = _safe_columns("customer_id", *address, "arm", "delivered_variant AS variant_id", "first_name")
     _copy_csv(
         con,
         f"SELECT {sent}, coalesce(s.source, '') AS source FROM delivered "
@@ -239,6 +266,11 @@ def export_campaign(
     return delivery
 
 
+# An address as platforms accept one: no spaces, one @, a dot in the domain (the full RFC 5322 grammar accepts
+# much that no platform will send to).
+ADDRESS = r"[^@\s\x00-\x1f\x7f<>(),;:\\\"\[\]]+@[^@\s\x00-\x1f\x7f<>(),;:\\\"\[\]]+\.[A-Za-z]{2,}"
+BAD_ADDRESS, SHARED_ADDRESS = "invalid", "shared"  # the codes in the `delivered` table
+ADDRESS_PROBLEMS = {BAD_ADDRESS: "not an address", SHARED_ADDRESS: "an earlier customer's"}
 RENDER_LIMIT = 10_000  # --render writes a file per customer: beyond this, use templates.json + send_list.csv
 MERGE_TAG = re.compile(r'\{\{\s*(\w+)\s*(?:\|\s*default:\s*"([^"]*)"\s*)?\}\}')
 

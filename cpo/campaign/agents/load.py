@@ -38,7 +38,7 @@ NUMERIC = (
     "historical_open_rate",
     "historical_click_rate",
 )
-TEXT = ("customer_id", "first_name", "location", "tier")
+TEXT = ("customer_id", "first_name", "location", "tier", "email")
 KNOWN = (*TEXT, *NUMERIC, CONSENT)
 YES, NO = ("true", "yes", "y", "1", "t"), ("false", "no", "n", "0", "f")
 CHUNK = 1 << 20
