@@ -60,3 +60,32 @@ def test_a_malformed_or_repeated_address_is_left_off_counted_and_said(capsys: py
     emails = [r["email"].lower() for r in send_list(run_dir)]
     assert len(emails) == len(set(emails))
     assert len(sent) == len(rows) - len(holdout) - len(dropped)
+
+
+# -- the .eml previews (`--render`), as a mail client shows them ----------------------------------------------
+
+
+def test_a_preview_has_the_headers_a_mail_client_needs_and_a_working_unsubscribe_link() -> None:
+    from email import message_from_bytes
+    from email.policy import SMTP
+
+    assert main(["run", "--render"]) == 0
+    run_dir = the_run_dir()
+    first = send_list(run_dir)[0]
+    preview = next((run_dir / "rendered").glob("*.eml"))
+    sent = {r["email"] for r in send_list(run_dir)}
+    message = message_from_bytes(preview.read_bytes(), policy=SMTP)
+    assert message["To"] in sent and first["email"] in sent
+    assert message["Date"] and message["Message-ID"].endswith("@example.com>")
+    assert message["List-Unsubscribe"] == "<https://example.com/unsubscribe>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"  # RFC 8058 one-click
+    html_part = message.get_body(("html",))
+    assert html_part is not None
+    page = html_part.get_content()
+    assert page.startswith("<!DOCTYPE html>") and '<html lang="en">' in page
+    assert '<a href="https://example.com/unsubscribe">https://example.com/unsubscribe</a>' in page
+
+    # the audit compares the previews with what --render writes: To and the unsubscribe headers too
+    assert main(["audit", "verify", str(run_dir)]) == 0
+    preview.write_bytes(preview.read_bytes().replace(message["To"].encode(), b"someone.else@example.com", 1))
+    assert main(["audit", "verify", str(run_dir)]) != 0

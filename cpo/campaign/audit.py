@@ -256,12 +256,12 @@ def unfaithful_previews(run_dir: Path, templates: list[dict[str, Any]]) -> tuple
     except CpoError as exc:
         return [f"cannot check the {len(files)} previews in {RENDERED}/: {first_line(exc)}"], len(files)
     by_id = {str(t.get("variant_id")): t for t in templates}
-    customers: dict[str, list[tuple[str, str]]] = {}  # file name, case-folded -> (variant id, first-name cell)
+    customers: dict[str, list[tuple[str, str, str]]] = {}  # file name, case-folded -> (variant, first name, email)
     send_list = run_dir / SEND_LIST_FILE
     if send_list.is_file():
         with send_list.open(newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
-                sent = (row.get("variant_id") or "", row.get("first_name") or "")
+                sent = (row.get("variant_id") or "", row.get("first_name") or "", row.get("email") or "")
                 for customer_id in cell_values(row.get("customer_id") or ""):
                     for whole_hash in (False, True):  # the name `render_emails` gives, or the one for a clash
                         name = preview_name(customer_id, whole_hash=whole_hash).casefold()
@@ -284,10 +284,11 @@ def unfaithful_previews(run_dir: Path, templates: list[dict[str, Any]]) -> tuple
             problems.append(f"{where} is not the preview of any customer on the send list")
             continue
         expected = (
-            _shape(_parsed(bytes(rendered_message(by_id[variant], campaign, preview_values(name, campaign)))))
-            for variant, cell in rows
+            _shape(_parsed(bytes(rendered_message(by_id[variant], campaign, preview_values(name, campaign), to=to))))
+            for variant, cell, address in rows
             if by_id.get(variant, {}).get("sendable")
             for name in cell_values(cell)
+            for to in cell_values(address)
         )
         if seen not in expected:
             problems.append(
@@ -302,12 +303,14 @@ def _parsed(raw: bytes) -> EmailMessage:
     return message
 
 
+# Headers a preview may carry as written at rendering time: the MIME framing, and the sending's own stamps.
+UNCOMPARED = ("content-type", "content-transfer-encoding", "date", "message-id")
+
+
 def _shape(part: MIMEPart) -> tuple[Any, ...]:
-    """What a reader of the email sees: every header (the Content-Type without its random boundary, the
-    transfer encoding left out) and each part's decoded content."""
-    headers = tuple(
-        (k.lower(), str(v)) for k, v in part.items() if k.lower() not in ("content-type", "content-transfer-encoding")
-    )
+    """What a reader of the email sees: every header (the Content-Type without its random boundary; the
+    transfer encoding, the Date and the Message-ID left out) and each part's decoded content."""
+    headers = tuple((k.lower(), str(v)) for k, v in part.items() if k.lower() not in UNCOMPARED)
     kind = (part.get_content_type(), part.get_content_charset())
     if part.is_multipart():
         return headers, kind, tuple(_shape(p) for p in part.iter_parts())

@@ -19,6 +19,7 @@ one rendered message per customer, for small lists only, from the templates as e
 from __future__ import annotations
 
 import csv
+import email.utils
 import hashlib
 import html
 import json
@@ -330,16 +331,18 @@ def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaig
     _clear_leftovers(folder)
     con: Any = loaded.connection
     rows = con.execute(
-        "SELECT customer_id, coalesce(first_name, ''), delivered_variant FROM delivered "
+        "SELECT customer_id, coalesce(first_name, ''), delivered_variant, coalesce(email, '') FROM delivered "
         "WHERE delivered_variant <> '' ORDER BY customer_id"
     ).fetchall()
     taken: set[str] = set()
-    for customer_id, first_name, variant_id in rows:
+    for customer_id, first_name, variant_id, address in rows:
         name = preview_name(str(customer_id))
         if name.casefold() in taken:  # ids that differ only in case (macOS, Windows), or 10 hex digits that clash
             name = preview_name(str(customer_id), whole_hash=True)
         taken.add(name.casefold())
-        message = rendered_message(templates[variant_id], campaign, preview_values(first_name, campaign))
+        message = rendered_message(
+            templates[variant_id], campaign, preview_values(first_name, campaign), to=str(address)
+        )
         write_atomically(folder / name, bytes(message))
     for stale in folder.glob("*.eml"):  # no preview of an email this pass does not send
         if stale.name.casefold() not in taken:
@@ -347,17 +350,40 @@ def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaig
     return len(taken)
 
 
-def rendered_message(template: Mapping[str, Any], campaign: Campaign, values: dict[str, str]) -> EmailMessage:
+def rendered_message(
+    template: Mapping[str, Any], campaign: Campaign, values: dict[str, str], to: str = ""
+) -> EmailMessage:
     """One customer's email (text and HTML) from a template as `templates.json` holds it (its body footed).
 
-    `cpo audit verify` renders with this too, to compare. Every header is `_plain`, so a line break cannot
-    add a header."""
+    As a mail client shows it: `To` when the address is known, `Date`, a `Message-ID`, one-click unsubscribe
+    headers (RFC 2369 `List-Unsubscribe`, RFC 8058 `List-Unsubscribe-Post`, for an https URL), and an HTML
+    part whose unsubscribe URL is a link. `cpo audit verify` renders with this too, to compare (all but `Date`
+    and `Message-ID`, which are the sending's, not the email's). Every header is `_plain`, so a line break
+    cannot add a header."""
     body = str(template["body"])
+    unsubscribe = _plain(values.get("unsubscribe_url", ""))
     message = EmailMessage(policy=SMTP)
     message["Subject"] = _plain(str(template["subject"]))
     message["From"] = _plain(f"{campaign.sender.brand} <{campaign.from_address}>")
+    if to:
+        message["To"] = _plain(to)
+    message["Date"] = email.utils.formatdate(localtime=False)
+    message["Message-ID"] = email.utils.make_msgid(domain=campaign.from_address.rpartition("@")[2] or None)
+    if unsubscribe:
+        message["List-Unsubscribe"] = f"<{unsubscribe}>"
+        if unsubscribe.lower().startswith("https://"):
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message["X-Cpo-Variant"] = _plain(str(template["variant_id"]))
     message.set_content(fill(body, values))
     paragraphs = fill(body, values, as_html=True).split("\n\n")
-    message.add_alternative("".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs), subtype="html")
+    if unsubscribe:
+        shown = html.escape(unsubscribe)
+        paragraphs = [p.replace(shown, f'<a href="{shown}">{shown}</a>') for p in paragraphs]
+    content = "".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs)
+    title = html.escape(_plain(str(template["subject"])))
+    document = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
+        f"<body>{content}</body></html>"
+    )
+    message.add_alternative(document, subtype="html")
     return message
