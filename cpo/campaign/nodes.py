@@ -28,6 +28,7 @@ from cpo.campaign.agents.export import (
     unsent_customers,
 )
 from cpo.campaign.agents.generation import current_request, template_controls
+from cpo.campaign.agents.preview_page import write_preview
 from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy, sent_text
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.audit import AuditLog, content_hash
@@ -259,6 +260,12 @@ def export(state: CampaignState) -> CampaignState:
         rendered = render_emails(loaded, variants, campaign, run_dir) if inputs.get("render") else None
         missing = unsent_customers(loaded)
         dropped = address_dropped(loaded)
+        customers = {
+            (str(s), str(a)): int(n)
+            for s, a, n in con.execute("SELECT segment, arm, count(*) FROM delivered GROUP BY 1, 2").fetchall()
+        }
+        names = [s.name for s in _segments(state) if s.size]
+        write_preview(run_dir, names, DEFAULT_ARMS, variants, delivery.plan, customers, held, campaign)
     finally:
         con.close()
     return {

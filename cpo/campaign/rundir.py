@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cpo.campaign.agents.export import ASSIGNMENTS_FILE, SEGMENTS_FILE, SEND_LIST_FILE, TEMPLATES_FILE
+from cpo.campaign.agents.preview_page import PREVIEW_FILE
 from cpo.campaign.campaign_file import Campaign, default_campaign_file, load_campaign
 from cpo.campaign.state import Inputs
 from cpo.core.errors import InputError
@@ -44,6 +45,7 @@ OUTPUTS = (
     TEMPLATES_FILE,
     ASSIGNMENTS_FILE,
     SEND_LIST_FILE,
+    PREVIEW_FILE,
     COSTS_FILE,
 )
 AUDIT_KEYS = ("audit_head", "audit_rows")
