@@ -22,6 +22,7 @@ from cpo.campaign import stages
 from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers
 from cpo.campaign.agents.export import (
     address_dropped,
+    customers_per_cell,
     export_campaign,
     personal_delivery,
     render_emails,
@@ -260,12 +261,9 @@ def export(state: CampaignState) -> CampaignState:
         rendered = render_emails(loaded, variants, campaign, run_dir) if inputs.get("render") else None
         missing = unsent_customers(loaded)
         dropped = address_dropped(loaded)
-        customers = {
-            (str(s), str(a)): int(n)
-            for s, a, n in con.execute("SELECT segment, arm, count(*) FROM delivered GROUP BY 1, 2").fetchall()
-        }
         names = [s.name for s in _segments(state) if s.size]
-        write_preview(run_dir, names, DEFAULT_ARMS, variants, delivery.plan, customers, held, campaign)
+        cells = customers_per_cell(loaded)
+        write_preview(run_dir, names, DEFAULT_ARMS, variants, delivery.plan, cells, held, campaign)
     finally:
         con.close()
     return {

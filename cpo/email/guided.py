@@ -264,8 +264,7 @@ def assemble(
     lead = f"{_pick(framing.openings, plan.opening)} {request.offer.strip()}"
     closing = _pick(framing.closings, plan.closing)
     said = [written for text in (lead, closing) for _, written in sentences(text)]
-    numbers = list(plan.facts)
-    numbers = _price_first(request, listed) + numbers
+    numbers = [*_price_first(request, listed), *plan.facts]
     picked: list[Quoted] = []
     for number in dict.fromkeys(numbers):
         if 1 <= number <= len(listed):
@@ -283,16 +282,13 @@ def assemble(
                     picked.append(f)
     spare = [f for f in _in_rounds(facts) if f not in picked and not any(says_again(f.text, s) for s in said)]
     chosen = _fitted(request, limits, lead, closing, picked, spare)
-
-    def words(facts: Sequence[Quoted], closing: str) -> int:
-        return word_count(body_as_sent(request, _compose(lead, facts, closing)))
-
     # Still short with every fact in: the tone's other closing lines after the chosen one, as many as it takes
     # (never a snippet's sentence that restates the offer: a reader would read the offer twice).
     for other in [c for c in framing.closings if c != closing]:
-        if words(chosen, closing) >= limits.body_min_words:
+        if _words(request, lead, chosen, closing) >= limits.body_min_words:
             break
-        if not shares_a_word(other, closing) and words(chosen, f"{closing} {other}") <= limits.body_max_words:
+        longer = _words(request, lead, chosen, f"{closing} {other}")
+        if not shares_a_word(other, closing) and longer <= limits.body_max_words:
             closing = f"{closing} {other}"
     return EmailDraft(
         subject=_pick(subject_options(request, limits), plan.subject),
@@ -313,6 +309,11 @@ def _compose(lead: str, chosen: Sequence[Quoted], closing: str) -> str:
     return "\n\n".join([lead, *(" ".join(s.text for s in group) for group in by_snippet.values()), closing])
 
 
+def _words(request: EmailRequest, lead: str, chosen: Sequence[Quoted], closing: str) -> int:
+    """The words of the body as sent (cpo's greeting and sign-off included) that these parts lay out."""
+    return word_count(body_as_sent(request, _compose(lead, chosen, closing)))
+
+
 def _fitted(
     request: EmailRequest,
     limits: ValidationLimits,
@@ -325,7 +326,7 @@ def _fitted(
     cites at least `min_citations` snippets: cut from the least important, topped up in cpo's own order."""
 
     def words(chosen: Sequence[Quoted]) -> int:
-        return word_count(body_as_sent(request, _compose(lead, chosen, closing)))
+        return _words(request, lead, chosen, closing)
 
     def cited(chosen: Sequence[Quoted]) -> int:
         return len({s.snippet for s in chosen})
@@ -363,6 +364,7 @@ def assemble_checked(
     changed: list[str] = []
     left_out: frozenset[str] = frozenset()
     subjects = subject_options(request, limits)
+    quoted = [s for group in usable_sentences(request) for s in group]  # the facts and restating sentences
     draft = assemble(request, plan, limits, framing)
     for _ in range(MAX_TRIMS):
         report = check(draft)
@@ -383,7 +385,6 @@ def assemble_checked(
             if at_fault(line) and len(lines) > 1:
                 update[part] = _next(getattr(plan, part), len(lines))
                 changed.append(f"{part}: {line}")
-        quoted = [s for group in usable_sentences(request) for s in group]  # the facts and restating sentences
         facts = {s.text for s in quoted if s.text in draft.body and at_fault(s.text)}
         if not update and not facts:
             break

@@ -243,7 +243,8 @@ class EmailLoop:
 
     def _base(self) -> list[BaseMessage]:
         """The first prompt in the profile of the method in use now: after a move down from json_schema
-        mid-email, the calls that follow get that method's profile (the refused call itself is asked again as is)."""
+        mid-email, the calls that follow get that method's profile (a refused first draft is asked again in it too,
+        `_rebase`)."""
         profile = self._profile()
         if profile != self.profile:
             self.profile, self.base = profile, self.d.prompts.render(self.request, self.d.limits, profile)

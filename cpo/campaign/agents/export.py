@@ -120,6 +120,13 @@ def unsent_customers(loaded: LoadedCustomers) -> dict[str, int]:
     return {str(segment): int(n) for segment, n in rows}
 
 
+def customers_per_cell(loaded: LoadedCustomers) -> dict[tuple[str, str], int]:
+    """{(segment, arm): customers}, the holdout included: after `export_campaign`."""
+    con: Any = loaded.connection
+    rows = con.execute("SELECT segment, arm, count(*) FROM delivered GROUP BY 1, 2").fetchall()
+    return {(str(segment), str(arm)): int(n) for segment, arm, n in rows}
+
+
 def address_dropped(loaded: LoadedCustomers) -> dict[str, int]:
     """Customers left off the send list for their address: {"not an address": n, "an earlier customer's": m}."""
     con: Any = loaded.connection
@@ -255,7 +262,7 @@ def export_campaign(
     )
     assigned = _safe_columns("customer_id", "segment", "rule", "arm", "delivered_variant")  # every column is text
     _copy_csv(con, f"SELECT {assigned} FROM delivered ORDER BY delivered.customer_id", run_dir / ASSIGNMENTS_FILE)
-    address = ("email",) if EMAIL in loaded.columns else ()
+    address = (EMAIL,) if EMAIL in loaded.columns else ()
     sent = _safe_columns("customer_id", *address, "arm", "delivered_variant AS variant_id", "first_name")
     _copy_csv(
         con,
