@@ -156,9 +156,23 @@ MUTATIONS = (
     Mutation(
         "footer-link-not-required",
         "cpo/campaign/agents/safety.py",
-        "    if policy.footer_required and not UNSUBSCRIBE_TAG.search(footer):",
+        "    if policy.footer_required and not UNSUBSCRIBE_TAG.search(frame.footer):",
         "    if False:",
         ("tests/test_oversight.py",),
+    ),
+    Mutation(
+        "platform-template-not-escaped-unnoticed",
+        "cpo/campaign/mail/platforms.py",
+        '            if as_html and reader == HOSTILE_NAME and "<b>Ada</b>" in got:',
+        "            if False:",
+        ("tests/test_platform_exports.py",),
+    ),
+    Mutation(
+        "cta-link-names-no-variant",
+        "cpo/campaign/mail/message.py",
+        '            "utm_content": variant.variant_id,',
+        '            "utm_content": variant.segment,',
+        ("tests/test_platform_exports.py",),
     ),
     Mutation(
         "consent-ignored",
@@ -183,9 +197,9 @@ MUTATIONS = (
     ),
     Mutation(
         "merge-values-not-escaped-in-html",
-        "cpo/campaign/agents/export.py",
-        "        out += [html.escape(text), html.escape(value)] if as_html else [text, value]",
-        "        out += [text, value]",
+        "cpo/campaign/mail/layout.py",
+        """    first_name_html='{{ first_name | default: "there" | escape }}',""",
+        """    first_name_html='{{ first_name | default: "there" }}',""",
         ("tests/test_campaign_run.py",),
     ),
     Mutation(

@@ -362,7 +362,8 @@ def test_export_writes_what_a_platform_imports(tmp_path: Path) -> None:
 
     templates = json.loads((tmp_path / "templates.json").read_text(encoding="utf-8"))
     assert len(templates) == len(variants)
-    assert all(t["body"].endswith(campaign.unsubscribe) for t in templates)
+    footer = f"--\n{campaign.unsubscribe}\n{campaign.sender.postal_address}"
+    assert all(t["body"].endswith(footer) for t in templates)
     assert all('{{ first_name | default: "there" }}' in t["body"] for t in templates)
     with (tmp_path / "assignments.csv").open(encoding="utf-8") as handle:
         assignments = list(csv.DictReader(handle))
@@ -378,6 +379,7 @@ def test_export_writes_what_a_platform_imports(tmp_path: Path) -> None:
         "arm",
         "variant_id",
         "first_name",
+        "segment",
         "source",
     }
     with (tmp_path / "segments.csv").open(encoding="utf-8") as handle:

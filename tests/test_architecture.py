@@ -24,7 +24,7 @@ LAYERS = ("core", "net", "accounting", "llm", "email", "campaign", "cli", "integ
 # imports them.
 FACADES = frozenset({"cpo", "cpo.costs", "cpo.chains", "cpo.chains.email", "cpo.chains.grounding"})
 # Inside the campaign layer: the agents and the backends are the bottom, the graph's machinery above them.
-CAMPAIGN_BOTTOM = ("cpo.campaign.agents", "cpo.campaign.backends", "cpo.campaign.campaign_file")
+CAMPAIGN_BOTTOM = ("cpo.campaign.agents", "cpo.campaign.backends", "cpo.campaign.campaign_file", "cpo.campaign.mail")
 MAX_LINES = 450
 
 

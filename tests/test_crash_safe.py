@@ -53,7 +53,7 @@ def assert_whole_or_absent(run_dir: Path) -> None:
     """send_list.csv is absent, or whole: one row for each assigned customer who gets a variant."""
     if not (run_dir / SEND_LIST_FILE).exists():
         return
-    sent = rows(run_dir / SEND_LIST_FILE, 6)  # customer_id, email, arm, variant_id, first_name, source
+    sent = rows(run_dir / SEND_LIST_FILE, 7)  # customer_id, email, arm, variant_id, first_name, segment, source
     assigned = rows(run_dir / ASSIGNMENTS_FILE, 5)
     assert len(sent) == sum(1 for r in assigned if r[4]) > 0
 

@@ -166,7 +166,9 @@ def test_batch_and_abatch_make_one_run_per_email(azure_server: Any, cassette_bil
     azure_server.responder = email_drafter
     tracker = CostTracker()
     variants = azure_chain().batch(requests, config={"callbacks": [tracker], "max_concurrency": 4})
-    assert all(v.valid for v in variants)
+    assert all(v.valid for v in variants), [
+        (v.tone, [s.step for s in v.steps], v.validation.reasons) for v in variants if not v.valid
+    ]
     assert len(tracker.runs) == len(requests)
     for v in variants:
         assert tracker.run_usage(v.run_id).total_tokens == v.usage.total_tokens  # type: ignore[arg-type]

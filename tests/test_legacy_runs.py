@@ -24,7 +24,7 @@ import pytest
 
 from cpo.campaign.kept import KeptEmails, request_key
 from cpo.campaign.planning import plan_campaign
-from cpo.campaign.rundir import RUN_FILE
+from cpo.campaign.rundir import RUN_FILE, input_fingerprint
 from cpo.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -41,9 +41,14 @@ def legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def run_dir_of(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The one run in `root/runs`, resumable from `root` (its working directory)."""
     (run,) = [p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    monkeypatch.chdir(root)
     record = json.loads((run / RUN_FILE).read_text(encoding="utf-8"))
     record["cwd"] = str(root)
     record["options"]["prompts"] = str(FIXTURES / "prompts-0.2.0")
+    # The 0.2.0 sample campaign has no call to action and no postal address, which a campaign file now must
+    # have; its offers, snippets, sender and rules are today's. Each run is resumed as if started with today's
+    # sample campaign (a run whose campaign file changed is refused, as `test_runner` checks).
+    record["fingerprint"]["campaign"] = input_fingerprint(record["inputs"] | {"campaign": None})["campaign"]
     (run / RUN_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
     monkeypatch.chdir(root)
     return run.relative_to(root)
@@ -103,6 +108,13 @@ def test_a_run_paused_for_review_goes_on_with_no_model_call(
     legacy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = run_dir_of(legacy / "paused", monkeypatch)
+    # Screened before emails had a preheader, a call to action and a postal address: what a reviewer would see
+    # now is not what was screened, so review waits for the resumed run to screen them as they are now sent.
+    assert main(["review", str(run), "--approve-rest", "--reviewer", "Ana"]) != 0
+    assert "screens it again" in capsys.readouterr().err
+    paused = main(["run", "--resume", str(run)])  # screens again (no model call), and pauses for review again
+    assert "await a decision: cpo review" in capsys.readouterr().err and session_calls(run) == 0
+    assert paused == main(["run", "--review"])  # the exit code of any run paused for review
     assert main(["review", str(run), "--approve-rest", "--reviewer", "Ana"]) == 0
     assert main(["run", "--resume", str(run)]) == 0  # from the old checkpoint, through the review node
     assert session_calls(run) == 0

@@ -51,6 +51,7 @@ CUSTOMERS = bundled("data") / "customers.csv"
 TOTAL, NO_CONSENT, ELIGIBLE = 250, 9, 241
 SEGMENTS = ("Business Bulk Buyer", "High-Value Recent", "Lapsed", "New Customer", "Regular")
 EMAILS = len(SEGMENTS) * len(DEFAULT_ARMS)  # 20
+POSTAL = "Northwind Supply, 100 Example Street, Springfield, IL 62701, USA"  # the sample campaign's
 CONFIG: RunnableConfig = {"callbacks": []}
 Run = tuple[Path, Any]  # a run directory and the graph's state for it (a CampaignState)
 
@@ -581,8 +582,10 @@ def test_screen_blocks_a_severity_at_the_policy_threshold(run: Run, threshold: i
     _, state = run
     target = variant_of(state, "Lapsed", "urgent")
     policy = load_policy().model_copy(update={"threshold": threshold})
+    words = target["body"].rsplit("\n\n", 1)[0]  # up to the sign-off: as sent, the call to action follows
     assert [v["body"] for v in state["variants"].values()].count(target["body"]) == 1
-    backend = FlakyScreen(flagged=target["body"], severity=6)
+    assert sum(v["body"].startswith(words) for v in state["variants"].values()) == 1
+    backend = FlakyScreen(flagged=words, severity=6)
 
     decisions = nodes.screen(state, CONFIG, offline_tools(screen=backend, policy=policy))["screening"]
 
@@ -705,7 +708,7 @@ def test_export_writes_the_four_files_an_email_platform_imports(assigned: Run) -
     ordered = [state["variants"][key_of(r)]["variant_id"] for r in state["requests"]]
     assert [t["variant_id"] for t in templates] == ordered  # request order: segment, then arm
     assert all(t["sendable"] and t["withheld"] is None for t in templates)
-    assert all(t["body"].endswith("Unsubscribe: {{ unsubscribe_url }}") for t in templates)
+    assert all(t["body"].endswith("Unsubscribe: {{ unsubscribe_url }}\n" + POSTAL) for t in templates)
     assert [r["segment"] for r in csv_rows(run_dir / "segments.csv")] == [s["name"] for s in state["segments"]]
     assignments = csv_rows(run_dir / "assignments.csv")
     assert len(assignments) == ELIGIBLE and all(r["delivered_variant"] in ordered for r in assignments)

@@ -11,6 +11,7 @@ import pytest
 
 from cpo.campaign.agents.safety import CATEGORIES, LocalScreen, SafetyPolicy, load_policy, screen_variant
 from cpo.campaign.audit import FIELDS, row_hash
+from cpo.campaign.mail.message import Frame
 from cpo.campaign.rundir import AUDIT_FILE
 from cpo.cli import main
 from cpo.core.errors import InputError
@@ -20,6 +21,7 @@ from cpo.email.content import ContentBundle
 from cpo.llm.offline import OfflineChatModel
 
 FOOTER = "Unsubscribe: {{ unsubscribe_url }}"
+FRAME = Frame(footer=FOOTER)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_a_severity_at_the_threshold_blocks_and_one_below_passes(
     variant: EmailVariant, severity: int, blocked: bool
 ) -> None:
     policy = SafetyPolicy(threshold=4)
-    decision = screen_variant(variant, footer=FOOTER, screen=Fixed({"Violence": severity}), policy=policy)
+    decision = screen_variant(variant, frame=FRAME, screen=Fixed({"Violence": severity}), policy=policy)
     assert decision.blocked is blocked
     assert decision.severities == {**dict.fromkeys(CATEGORIES, 0), "Violence": severity}
     if blocked:
@@ -60,16 +62,14 @@ def test_a_severity_at_the_threshold_blocks_and_one_below_passes(
 
 def test_a_screening_error_blocks_the_variant(variant: EmailVariant) -> None:
     """Fail closed: a screen that cannot answer never lets a variant through."""
-    decision = screen_variant(
-        variant, footer=FOOTER, screen=Fixed(TimeoutError("read timed out")), policy=SafetyPolicy()
-    )
+    decision = screen_variant(variant, frame=FRAME, screen=Fixed(TimeoutError("read timed out")), policy=SafetyPolicy())
     assert decision.blocked and decision.reasons == ["screening unavailable: read timed out"]
 
 
 def test_the_subject_is_screened_as_well_as_the_body(variant: EmailVariant) -> None:
     screen = LocalScreen(load_policy())
     bad_subject = variant.model_copy(update={"subject": "A nude offer for you"})
-    decision = screen_variant(bad_subject, footer=FOOTER, screen=screen, policy=load_policy())
+    decision = screen_variant(bad_subject, frame=FRAME, screen=screen, policy=load_policy())
     assert decision.blocked and decision.severities["Sexual"] == 6
 
 
@@ -83,18 +83,19 @@ def test_local_terms_match_whole_words_only(variant: EmailVariant) -> None:
 def test_compliance_rules_block_unsupported_claims_and_allow_quoted_ones(variant: EmailVariant) -> None:
     policy = load_policy()
     screen = LocalScreen(policy)
-    risk = screen_variant(with_body(variant, "Upgrading is completely risk-free."), footer=FOOTER, screen=screen,
+    risk = screen_variant(with_body(variant, "Upgrading is completely risk-free."), frame=FRAME, screen=screen,
                           policy=policy)  # fmt: skip
     assert risk.blocked and risk.reasons == ["risk-free claim: 'risk-free'"]
     promise = with_body(variant, "We guarantee the lowest price.")
-    assert screen_variant(promise, footer=FOOTER, screen=screen, policy=policy).blocked
+    assert screen_variant(promise, frame=FRAME, screen=screen, policy=policy).blocked
     backed = [Snippet(id="price-guarantee", title="t", text="Our price guarantee covers 14 days.")]
-    assert not screen_variant(promise, footer=FOOTER, screen=screen, policy=policy, cited=backed).blocked
+    assert not screen_variant(promise, frame=FRAME, screen=screen, policy=policy, cited=backed).blocked
 
 
 def test_a_footer_without_an_unsubscribe_link_blocks(variant: EmailVariant) -> None:
     policy = load_policy()
-    decision = screen_variant(variant, footer="Thanks for reading.", screen=LocalScreen(policy), policy=policy)
+    frame = Frame(footer="Thanks for reading.")
+    decision = screen_variant(variant, frame=frame, screen=LocalScreen(policy), policy=policy)
     assert decision.blocked and decision.reasons == ["the unsubscribe footer has no {{ unsubscribe_url }} link"]
 
 

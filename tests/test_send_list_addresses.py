@@ -6,6 +6,7 @@ Each test goes through the real `cpo run` with the offline drafter, as a user wo
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def assignments(run_dir: Path) -> dict[str, dict[str, str]]:
 def test_the_sample_campaigns_send_list_carries_every_sent_customers_address() -> None:
     assert main(["run"]) == 0
     rows = send_list(the_run_dir())
-    assert list(rows[0]) == ["customer_id", "email", "arm", "variant_id", "first_name", "source"]
+    assert list(rows[0]) == ["customer_id", "email", "arm", "variant_id", "first_name", "segment", "source"]
     sample = {r["customer_id"]: r["email"] for r in sample_rows()}
     assert rows and all(r["email"] == sample[r["customer_id"]] for r in rows)
     assert all(r["email"].endswith("@example.com") for r in rows)  # fictional, on the reserved domain
@@ -38,7 +39,7 @@ def test_the_address_column_is_read_in_any_common_spelling(header: str) -> None:
 def test_without_an_address_column_the_send_list_is_keyed_on_the_customer_id_alone() -> None:
     assert main(["run", "--customers", write_customers(sample_rows(), rename={"email": ""})]) == 0
     rows = send_list(the_run_dir())
-    assert list(rows[0]) == ["customer_id", "arm", "variant_id", "first_name", "source"]
+    assert list(rows[0]) == ["customer_id", "arm", "variant_id", "first_name", "segment", "source"]
 
 
 def test_a_malformed_or_repeated_address_is_left_off_counted_and_said(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,7 +84,8 @@ def test_a_preview_has_the_headers_a_mail_client_needs_and_a_working_unsubscribe
     assert html_part is not None
     page = html_part.get_content()
     assert page.startswith("<!DOCTYPE html>") and '<html lang="en">' in page
-    assert '<a href="https://example.com/unsubscribe">https://example.com/unsubscribe</a>' in page
+    assert re.search(r'<a href="https://example.com/unsubscribe"[^>]*>Unsubscribe</a>', page)
+    assert re.search(r'<a class="button" href="https://example.com/account/upgrade\?utm_source=cpo&amp;', page)
 
     # the audit compares the previews with what --render writes: To and the unsubscribe headers too
     assert main(["audit", "verify", str(run_dir)]) == 0

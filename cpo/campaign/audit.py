@@ -18,6 +18,7 @@ import email
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage, MIMEPart
@@ -29,10 +30,12 @@ from cpo.campaign.agents.export import (
     RENDERED,
     SEND_LIST_FILE,
     TEMPLATES_FILE,
+    message_from_template,
     preview_name,
     preview_values,
     rendered_message,
 )
+from cpo.campaign.mail.layout import CANONICAL, LayoutError, html_part
 from cpo.campaign.rundir import AUDIT_FILE, read_record, recorded_campaign, run_id_of
 from cpo.core.csvsafe import cell_values, safe_cell
 from cpo.core.errors import CpoError, first_line
@@ -206,7 +209,7 @@ def unbound_templates(run_dir: Path, templates: list[dict[str, Any]], reviewed: 
     problems = []
     for t in (t for t in templates if t.get("sendable")):
         vid = str(t.get("variant_id"))
-        digest = content_hash(f"{t.get('subject', '')}\n\n{t.get('body', '')}")
+        digest = content_hash(template_text(t))
         row = screened.get(vid)
         if row is None or row["decision"] != "pass":
             problems.append(f"variant {vid} is sendable in templates.json but the audit has no pass for it")
@@ -216,7 +219,26 @@ def unbound_templates(run_dir: Path, templates: list[dict[str, Any]], reviewed: 
             problems.append(f"variant {vid} is sendable in templates.json but the audit has no approval for it")
         elif reviewed and decided[vid]["content_sha256"] != digest:
             problems.append(f"variant {vid}: templates.json is not the content the reviewer approved")
+        elif not laid_out(t):
+            problems.append(f"variant {vid}: templates.json's HTML part is not its text laid out (edited?)")
     return problems
+
+
+def template_text(template: Mapping[str, Any]) -> str:
+    """The canonical text of a template as exported (`cpo.campaign.mail.message`): what the audit hash covers."""
+    subject, preheader, body = (str(template.get(k) or "") for k in ("subject", "preheader", "body"))
+    return f"{subject}\n\n{preheader}\n\n{body}" if preheader else f"{subject}\n\n{body}"
+
+
+def laid_out(template: Mapping[str, Any]) -> bool:
+    """Are a template's parts, text part and HTML part one email (made before HTML parts: nothing to compare)?"""
+    if "html" not in template:
+        return True
+    try:
+        message = message_from_template(template)
+        return message.text == template.get("body") and html_part(message, CANONICAL) == template.get("html")
+    except LayoutError:
+        return False
 
 
 def unsendable_deliveries(run_dir: Path, templates: list[dict[str, Any]]) -> list[str]:

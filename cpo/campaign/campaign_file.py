@@ -14,12 +14,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cpo.campaign.mail.message import CallToAction, Frame
 from cpo.core.errors import InputError
 from cpo.core.files import load_yaml_model
 from cpo.core.models import DEFAULT_TIERS, TONES, Sender, Snippet, Vocabulary, tier_names, vocabulary_words
 from cpo.core.resources import bundled
 from cpo.email.content import load_snippets
 from cpo.email.grounding import check_grounding
+from cpo.email.textsafety import smuggled
 
 DEFAULT_OFFER = "default"
 MAX_WEIGHT = 1e6  # relative weights; a larger one (or inf, nan) would overflow the allocation's bounds
@@ -30,6 +32,7 @@ class Offer(BaseModel):
     model_config = ConfigDict(extra="forbid")
     offer: str = Field(min_length=1)
     snippets: list[str] = Field(min_length=1)
+    cta: CallToAction | None = None  # this segment's call to action; else the campaign's
 
 
 class Campaign(BaseModel):
@@ -49,6 +52,9 @@ class Campaign(BaseModel):
     unsubscribe_url: str = "https://example.com/unsubscribe"
     from_address: str = "no-reply@example.com"
     offers: dict[str, Offer] = Field(min_length=1)
+    # The link every email asks the reader to follow (an offer may name its own); cpo adds UTM parameters.
+    cta: CallToAction
+    utm_source: str = Field("cpo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$")
     # The retailer's words the grounding check reads entities with (see `cpo.core.models.Vocabulary`).
     tiers: list[str] = Field(default_factory=lambda: list(DEFAULT_TIERS), min_length=1)
     brand_words: list[str] = Field(default_factory=lambda: list(Vocabulary().brand_words))
@@ -88,20 +94,40 @@ class Campaign(BaseModel):
             )
         return value
 
+    @field_validator("sender")
+    @classmethod
+    def _postal(cls, value: Sender) -> Sender:
+        address = " ".join(value.postal_address.split())
+        if not address:
+            raise ValueError(
+                "postal_address is required: commercial email must carry the sender's postal address "
+                "(CAN-SPAM and similar laws); every footer shows it"
+            )
+        if smuggled(address, subject=True) or len(address) > 200:
+            raise ValueError("postal_address must be one plain line of at most 200 characters (no links, tags or HTML)")
+        return value.model_copy(update={"postal_address": address})
+
+    @property
+    def frame(self) -> Frame:
+        """What cpo adds around every email of this campaign (`cpo.campaign.mail.message`)."""
+        ctas = {name: offer.cta or self.cta for name, offer in self.offers.items()}
+        ctas.setdefault(DEFAULT_OFFER, self.cta)
+        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or "campaign"
+        return Frame(
+            footer=self.unsubscribe,
+            postal_address=self.sender.postal_address,
+            sign_off=self.sender.sign_off,
+            ctas=ctas,
+            campaign=slug,
+            utm_source=self.utm_source,
+        )
+
     @property
     def vocabulary(self) -> Vocabulary:
         return Vocabulary(tiers=tuple(self.tiers), brand_words=tuple(self.brand_words))
 
-    def footed(self, body: str) -> str:
-        return footed(body, self.unsubscribe)
-
     def offer_for(self, segment: str) -> Offer | None:
         return self.offers.get(segment) or self.offers.get(DEFAULT_OFFER)
-
-
-def footed(body: str, footer: str) -> str:
-    """A body with the unsubscribe footer: the text every export writes and the safety screen reads."""
-    return f"{body}\n\n--\n{footer}"
 
 
 def default_campaign_file() -> Path:

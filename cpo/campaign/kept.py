@@ -36,7 +36,8 @@ def request_key(request: EmailRequest) -> str:
     earlier versions resume without generating anything again, except a segment that mixes tiers, whose
     request (no tier in its profile) is not the one its old email was written for.
     """
-    exclude: dict[str, Any] = {}
+    # The sender's postal address is in the footer cpo adds, not in anything the model is asked: not hashed.
+    exclude: dict[str, Any] = {"sender": {"postal_address"}}
     if request.vocabulary == Vocabulary():
         exclude["vocabulary"] = True
     tier = request.segment.features.get("tier")
@@ -59,7 +60,12 @@ def rechecked(data: dict[str, Any], request: EmailRequest, limits: ValidationLim
     they find (added to what was recorded). A recheck only takes validity away: what the rules cannot
     recompute without a model call (a judge's verdict, a failed repair) stays as recorded."""
     variant = EmailVariant.model_validate(data)
-    draft = EmailDraft(subject=variant.subject, body=variant.body, citations=[c.id for c in variant.citations])
+    draft = EmailDraft(
+        subject=variant.subject,
+        preheader=variant.preheader,
+        body=variant.body,
+        citations=[c.id for c in variant.citations],
+    )
     today = validate_draft(draft, request, limits)  # the body as sent: cpo's greeting and sign-off included
     if today.valid:
         return data

@@ -30,13 +30,14 @@ from cpo.campaign.agents.export import (
 )
 from cpo.campaign.agents.generation import current_request, template_controls
 from cpo.campaign.agents.preview_page import write_preview
-from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy, sent_text
+from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.audit import AuditLog, content_hash
 from cpo.campaign.backends import build_screen, embedded_index
 from cpo.campaign.backends.content_index import ContentIndex
 from cpo.campaign.guard import Guard
 from cpo.campaign.kept import KeptEmails, is_final, rechecked, request_key
+from cpo.campaign.mail.message import Frame, sent_text
 from cpo.campaign.planning import campaign_of, connect, load_and_segment, plan_emails, reopened
 from cpo.campaign.rundir import RETRIEVAL_FILE, SCREENING_FILE, write_json
 from cpo.campaign.screening import audited_hashes, earlier_screening, screen_variants
@@ -179,7 +180,7 @@ def screen(state: CampaignState, config: RunnableConfig, tools: Tools) -> Campai
     decisions = screen_variants(
         every_variant(state),
         requests,
-        footer=campaign_of(inputs).unsubscribe,
+        frame=campaign_of(inputs).frame,
         screen=backend,
         policy=policy,
         audit=AuditLog(run_dir, run_id),
@@ -224,14 +225,14 @@ def assign(state: CampaignState) -> CampaignState:
     }
 
 
-def unbound(state: CampaignState, variants: list[EmailVariant], footer: str) -> dict[str, str]:
+def unbound(state: CampaignState, variants: list[EmailVariant], frame: Frame) -> dict[str, str]:
     """Variants whose content as sent is not the content screened (or, in a reviewed run, approved): withheld.
 
     The audit binds a hash of the canonical email as sent; what is exported must be exactly that."""
     screening, decisions = state.get("screening") or {}, state.get("review") or {}
     out = {}
     for v in variants:
-        digest = content_hash(sent_text(v, footer))
+        digest = content_hash(sent_text(v, frame))
         screened = screening.get(v.variant_id)
         approved = decisions.get(v.variant_id, {}).get("content_sha256", digest)
         if screened is None:
@@ -247,7 +248,7 @@ def export(state: CampaignState) -> CampaignState:
     """What an email platform imports (and, with --render, one rendered email per customer)."""
     inputs = state["inputs"]
     variants, campaign, run_dir = ordered_variants(state), campaign_of(inputs), Path(inputs["run_dir"])
-    held = {**unbound(state, variants, campaign.unsubscribe), **withheld(state)}
+    held = {**unbound(state, variants, campaign.frame), **withheld(state)}
     con = connect(inputs)
     try:
         loaded = reopened(con, inputs, state["counts"])

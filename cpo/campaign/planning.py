@@ -20,6 +20,7 @@ from cpo.campaign.backends import uses_azure_content_safety
 from cpo.campaign.backends.content_index import ContentIndex
 from cpo.campaign.campaign_file import Campaign, default_campaign_file, load_campaign
 from cpo.campaign.kept import request_key
+from cpo.campaign.mail.message import Frame
 from cpo.campaign.rundir import DATABASE
 from cpo.campaign.state import Inputs
 from cpo.core.errors import InputError
@@ -61,10 +62,17 @@ def load_and_segment(
 ) -> tuple[LoadedCustomers, list[Segment]]:
     """Load the customers into `con` and segment them: the run's first stage (and a dry run's)."""
     campaign = campaign_of(inputs)
-    blocking = footer_problems(campaign.unsubscribe, load_policy(), local_terms=not uses_azure_content_safety())
+    policy, local = load_policy(), not uses_azure_content_safety()
+    where = inputs["campaign"] or default_campaign_file()
+    blocking = footer_problems(Frame(footer=campaign.unsubscribe), policy, local_terms=local)
     if blocking:
-        where = inputs["campaign"] or default_campaign_file()
         raise InputError(f"campaign file {where}: unsubscribe: the footer would block every email ({blocking[0]})")
+    blocking = footer_problems(campaign.frame, policy, local_terms=local)
+    if blocking:
+        raise InputError(
+            f"campaign file {where}: cta / sender.postal_address: a line cpo adds to every email would block it "
+            f"({blocking[0]})"
+        )
     suppress = Path(inputs["suppress"]) if inputs["suppress"] else None
     loaded = load_customers(
         Path(inputs["customers"]),

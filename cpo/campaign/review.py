@@ -59,12 +59,13 @@ def review_items(run_dir: Path) -> list[ReviewItem]:
 
 
 def _shown_hashes(run_dir: Path, record: dict[str, Any]) -> dict[str, str]:
-    """The audit hash of each variant as `cpo review` shows it (variants.json, with the campaign's footer)."""
-    from cpo.campaign.agents.safety import sent_text
+    """The audit hash of each variant as `cpo review` shows it (variants.json, as sent: with the campaign's call
+    to action and footer)."""
+    from cpo.campaign.mail.message import sent_text
 
-    footer = recorded_campaign(record).unsubscribe
+    frame = recorded_campaign(record).frame
     variants = [EmailVariant.model_validate(v) for v in read_json(run_dir, VARIANTS_FILE, [])]
-    return {v.variant_id: content_hash(sent_text(v, footer)) for v in variants}
+    return {v.variant_id: content_hash(sent_text(v, frame)) for v in variants}
 
 
 def record_decisions(

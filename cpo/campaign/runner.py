@@ -78,6 +78,28 @@ def review_decisions(run_dir: Path, state: dict[str, Any]) -> dict[str, dict[str
     return decisions
 
 
+def stale_screening(state: dict[str, Any]) -> bool:
+    """Is any variant awaiting review screened as other text than it is sent as today? (A run paused for review
+    by a cpo that sent emails without the parts it adds now.)"""
+    from cpo.campaign.audit import content_hash
+    from cpo.campaign.mail.message import sent_text
+    from cpo.campaign.planning import campaign_of
+    from cpo.campaign.state import every_variant
+
+    frame = campaign_of(state["inputs"]).frame
+    screening = state.get("screening") or {}
+    for data in every_variant(state).values():
+        variant = EmailVariant.model_validate(data)
+        screened = screening.get(variant.variant_id)
+        if (
+            screened
+            and not screened["blocked"]
+            and screened["content_sha256"] != content_hash(sent_text(variant, frame))
+        ):
+            return True
+    return False
+
+
 @dataclass
 class RunResult:
     """What a run produced and why it ended."""
@@ -209,7 +231,11 @@ class CampaignRunner:
                         tools.audiences.update(
                             {s["name"]: tuple(s.get("tiers") or ()) for s in self._state.get("segments", [])}
                         )
-                    if any(task.interrupts for task in snapshot.tasks):
+                    if any(task.interrupts for task in snapshot.tasks) and stale_screening(self._state):
+                        # Screened as the emails were sent then (before a preheader, a call to action and a postal
+                        # address): screened again as sent now, then paused for review again.
+                        await graph.aupdate_state(config, None, as_node=stages.TEMPLATE)
+                    elif any(task.interrupts for task in snapshot.tasks):
                         start = Command(resume=review_decisions(self.run_dir, self._state))
                     else:
                         self._started_generation()

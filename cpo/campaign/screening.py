@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cpo.campaign.agents.safety import UNAVAILABLE, SafetyPolicy, Screen, screen_variant, sent_text
+from cpo.campaign.agents.safety import UNAVAILABLE, SafetyPolicy, Screen, screen_variant
 from cpo.campaign.audit import AuditLog, content_hash, screening_rows
+from cpo.campaign.mail.message import Frame, sent_text
 from cpo.campaign.rundir import AUDIT_FILE, SCREENING_FILE, read_json
 from cpo.core.models import EmailRequest, EmailVariant
 from cpo.email.textsafety import smuggled
@@ -53,7 +54,7 @@ def screen_variants(
     variants: Mapping[str, Mapping[str, Any]],
     requests: Mapping[str, EmailRequest],
     *,
-    footer: str,
+    frame: Frame,
     screen: Screen,
     policy: SafetyPolicy,
     audit: AuditLog,
@@ -68,14 +69,17 @@ def screen_variants(
         if variant.variant_id in decisions:
             continue
         prior = earlier.get(variant.variant_id)
-        digest = content_hash(sent_text(variant, footer))
+        digest = content_hash(sent_text(variant, frame))
         if prior is not None and prior.get("content_sha256") == digest:  # already screened and audited as it is
             decisions[variant.variant_id] = prior
             continue
         cited = list(requests[key].snippets) if key in requests else []
-        decision = screen_variant(variant, footer=footer, screen=screen, policy=policy, cited=cited)
+        decision = screen_variant(variant, frame=frame, screen=screen, policy=policy, cited=cited)
         before = (audited or {}).get(variant.variant_id)
-        reasons = [CHANGED] if before is not None and before != digest else []  # a kept email edited on disk
+        # A kept email edited on disk; not one audited before emails had a preheader, a call to action and a
+        # postal address (its text as then sent, the footer alone around it, is what the audit holds).
+        bare = content_hash(sent_text(variant.model_copy(update={"preheader": ""}), Frame(footer=frame.footer)))
+        reasons = [CHANGED] if before is not None and before not in (digest, bare) else []
         reasons += model_text_problems(variant)
         if reasons:
             decision = decision.model_copy(update={"blocked": True, "reasons": [*reasons, *decision.reasons]})

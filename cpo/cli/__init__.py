@@ -25,6 +25,7 @@ COMMANDS = {
     "run": ("cpo.cli.run", "cmd_run"),
     "review": ("cpo.cli.commands", "cmd_review"),
     "audit": ("cpo.cli.commands", "cmd_audit"),
+    "export": ("cpo.cli.commands", "cmd_export"),
     "index": ("cpo.cli.commands", "cmd_index"),
     "generate": ("cpo.cli.commands", "cmd_generate"),
     "try-prompts": ("cpo.cli.commands", "cmd_try_prompts"),

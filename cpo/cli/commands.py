@@ -203,6 +203,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         unsendable_deliveries,
         verify,
     )
+    from cpo.campaign.platform_export import export_problems
     from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE, read_json, read_record
     from cpo.core.errors import InputError
 
@@ -215,7 +216,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return ExitCode.FAILED
     exported = args.run_dir / TEMPLATES_FILE
     problems: list[str] = []
-    previews = 0
+    previews = exports = 0
     if exported.is_file():  # what is sent must be what the audit passed (and, reviewed, approved)
         flagged = bool(read_record(args.run_dir, "cannot verify").get("inputs", {}).get("review"))
         reviewed = flagged or bool(review_rows(args.run_dir / AUDIT_FILE))  # run.json alone can be edited
@@ -224,6 +225,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         problems += unsendable_deliveries(args.run_dir, exported_templates)
         unfaithful, previews = unfaithful_previews(args.run_dir, exported_templates)
         problems += unfaithful
+        unexported, exports = export_problems(args.run_dir, exported_templates)
+        problems += unexported
     for problem in problems:
         say(f"error: {args.run_dir}: {problem}", stderr=True)
     if problems:
@@ -231,8 +234,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
     anchors = " and ".join(k for k, h in heads.items() if h is not None) or "nothing (no head recorded)"
     checked = f"; {TEMPLATES_FILE} and the send list are what it passed" if exported.is_file() else ""
     checked += f", and the {previews} rendered previews are what they say" if previews else ""
+    checked += f"; the {exports} platform export(s) are what cpo export writes from them" if exports else ""
     say(f"ok: {verdict.rows} rows, head {verdict.head[:16]}, matching {anchors}{checked}")
     return ExitCode.OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cpo.campaign.platform_export import export_platform
+
+    say(exported_line(export_platform(args.run_dir, args.platform, args.out)))
+    return ExitCode.OK
+
+
+def exported_line(done: Any) -> str:
+    """One line saying what `cpo export` wrote (a `PlatformExport`)."""
+    left = ", ".join(f"{n} whose address is {why}" for why, n in done.left_off.items())
+    return (
+        f"exported for {done.platform.title}: {done.templates} templates and {done.audience} audience rows in "
+        f"{done.folder} (manifest.json lists them)" + (f"; left off the audience: {left}" if left else "")
+    ) + (
+        "; a per-customer run: each customer's own email is in messages/ (messages.csv lists them), to send one "
+        "by one through the platform's transactional API"
+        if done.per_customer
+        else ""
+    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from cpo.core.errors import ExitCode
 
 # The tones as `cpo.core.models.TONES` lists them (a test keeps the two equal): the parser imports no pydantic.
 TONES = ("urgent", "informational", "friendly", "control")
+# The platforms `cpo export` writes for (`cpo.campaign.mail.platforms.PLATFORMS`; a test keeps the two the same).
+PLATFORM_NAMES = ("liquid", "braze", "iterable", "mailchimp", "customerio", "sendgrid")
 LIMITS_HELP = """\
 --limits FILE is YAML with any of these keys (defaults in brackets):
   subject_min_chars [1], subject_max_chars [60]      subject length in characters
@@ -166,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hard budget for the session (a resumed run counts its earlier spend); at the cap the run stops (exit 3)",
     )
     run.add_argument("--strict", action="store_true", help="exit 1 if any email is invalid")
+    run.add_argument(
+        "--platform",
+        choices=PLATFORM_NAMES,
+        metavar="NAME",
+        help=f"at the end, also export for an email platform ({', '.join(PLATFORM_NAMES)}); see cpo export",
+    )
 
     generate = commands.add_parser("generate", help="generate one email and print it", epilog=LIMITS_HELP)
     generate.add_argument("--segment", required=True, help="segment name, e.g. 'High-Value Recent'")
@@ -215,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify RUN_DIR/safety_audit.csv: its hash chain and its head against run.json and the ledger",
     )
     verify.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
+    export = commands.add_parser(
+        "export",
+        help="export a finished run's sendable emails and audience for an email platform",
+        description="Write RUN_DIR/exports/<platform>/ (or --out DIR): each sendable variant's HTML and text "
+        "template in the platform's merge syntax (checked by rendering it with that syntax's engine), the "
+        "audience CSV in the columns its import expects, and manifest.json. Refused unless the run's templates "
+        "and send list are what its audit passed. Import steps per platform: docs/platforms.md.",
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--platform", required=True, choices=PLATFORM_NAMES, metavar="NAME",
+                        help=f"one of {', '.join(PLATFORM_NAMES)}")  # fmt: skip
+    export.add_argument("--out", type=Path, metavar="DIR", help="folder to write [RUN_DIR/exports/<platform>]")
 
     index = commands.add_parser(
         "index",

@@ -36,7 +36,7 @@ from cpo.campaign.state import Inputs
 from cpo.cli.context import CommandContext
 from cpo.cli.output import console, say
 from cpo.cli.run_report import report
-from cpo.core.errors import InputError, first_line
+from cpo.core.errors import ExitCode, InputError, first_line
 
 # Options a resumed run takes from its run.json: changing them would mix emails made two ways.
 RECORDED = (
@@ -178,7 +178,22 @@ def _cmd_run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         unsent_customers=result.unsent_customers,
         finished=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    if getattr(args, "platform", None) and not result.stopped_by:  # not a run paused for review or stopped
+        code = max(code, _export_for(run_dir, args.platform))
     return code
+
+
+def _export_for(run_dir: Path, platform: str) -> int:
+    """`cpo run --platform`: the finished run exported for one platform; a refusal is one line and exit 1."""
+    from cpo.campaign.platform_export import export_platform
+    from cpo.cli.commands import exported_line
+
+    try:
+        say(exported_line(export_platform(run_dir, platform)))
+    except InputError as exc:
+        say(f"error: {first_line(exc)}", stderr=True)
+        return ExitCode.FAILED
+    return ExitCode.OK
 
 
 def _same_directory(recorded: dict[str, Any], inputs: Inputs, run_dir: Path) -> None:

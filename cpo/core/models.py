@@ -87,6 +87,9 @@ class Sender(BaseModel):
     brand: str = Field("Northwind Supply", min_length=1)
     greeting: str = Field("Hi {name},", min_length=1)
     sign_off: str = Field("Best regards,\nThe Northwind Plus team", min_length=1)
+    # The sender's postal address, in every email's footer (CAN-SPAM and similar laws ask commercial email for
+    # one); a campaign file must give it (`cpo.campaign.campaign_file`).
+    postal_address: str = ""
 
     @field_validator("greeting")
     @classmethod
@@ -174,6 +177,7 @@ class EmailDraft(BaseModel):
     greeting and sign-off, so the model has nothing to invent (no `[Customer Name]`, no `[Your Name]`)."""
 
     subject: str = Field(description="Plain-text subject line, no label, no markdown")
+    preheader: str = Field("", description="Inbox preview text after the subject: one plain sentence")
     body: str = Field(
         description="The email's paragraphs only, plain text, separated by blank lines; no greeting, no sign-off"
     )
@@ -204,14 +208,16 @@ class ValidationIssue(BaseModel):
 
     code: str
     message: str
-    field: Literal["subject", "body", "citations", "reply", ""] = ""
+    field: Literal["subject", "preheader", "body", "citations", "reply", ""] = ""
     excerpts: list[str] = Field(default_factory=list, description="the text at fault, to repair only its paragraph")
 
 
 class Normalization(BaseModel):
     """A change cpo made to the model's text, from a closed list (see `cpo.email.normalize`)."""
 
-    code: str  # "markdown_emphasis" | "subject_label" | "greeting_replaced" | "sign_off_replaced" | "choice_changed"
+    # "markdown_emphasis" | "subject_label" | "greeting_replaced" | "sign_off_replaced" | "choice_changed" |
+    # "preheader_written"
+    code: str
     detail: str
 
 
@@ -262,6 +268,7 @@ class EmailVariant(BaseModel):
     body: str
     citations: list[Citation]
     prompt_version: str
+    preheader: str = ""  # the inbox preview line; "" in runs made before it was written
     model: str
     usage: Usage
     latency_s: float

@@ -44,6 +44,8 @@ from cpo.core.models import (
 from cpo.email.guided import assemble_checked, read_plan
 from cpo.email.methods import StructuredOutput
 from cpo.email.normalize import body_as_sent, normalize, paragraphs, word_count
+from cpo.email.preheader import WRITTEN as PREHEADER_WRITTEN
+from cpo.email.preheader import settled
 from cpo.email.prompts import Profile, PromptSet, extend_plan
 from cpo.email.repairs import (
     PARAGRAPH_MAX_TOKENS,
@@ -60,7 +62,7 @@ from cpo.email.repairs import (
 )
 from cpo.email.replies import judged_issues, read_draft, sentences_of, subject_candidates, tokens_of
 from cpo.email.splice_guard import junk_in
-from cpo.email.validation import ValidationLimits, validate_draft
+from cpo.email.validation import ValidationLimits
 from cpo.net.faults import is_transient
 
 # Why a paid draft was kept without its checks passing, by the error that stopped the email.
@@ -100,6 +102,7 @@ class EmailLoop:
         self.draft: EmailDraft | None = None  # the model's part, normalized
         self.report: ValidationReport | None = None
         self.changes: list[Normalization] = []
+        self.preheader_written: tuple[str, Normalization] | None = None  # the preheader cpo wrote, and its record
         self.valid_raw = False
         self.steps: list[Attempt] = []
         self.seen: set[str] = set()  # fingerprints of every subject ("s:") and paragraph ("p:") the model wrote
@@ -201,6 +204,7 @@ class EmailLoop:
             segment=self.request.segment.name,
             tone=self.request.tone,
             subject=subject,
+            preheader=draft.preheader.strip() if draft else "",
             body=body,
             citations=citations,
             prompt_version=self.d.prompts.version(self.request.tone, self.profile),
@@ -312,8 +316,10 @@ class EmailLoop:
             self.repeated = False
         else:
             self.draft, self.sent, self.report, self.changes = self._assess(raw)
-            if call.shape == "plan" and left_out:
-                self.changes = [*self.changes, *(Normalization(code="choice_changed", detail=s) for s in left_out)]
+            if call.shape == "plan":
+                # Under guided composition cpo writes every line, the preheader too: that is the assembly, not a change.
+                kept = [c for c in self.changes if c.code != PREHEADER_WRITTEN]
+                self.changes = [*kept, *(Normalization(code="choice_changed", detail=s) for s in left_out)]
             self.valid_raw = self.report.valid and not self.changes
             self.repeated = not self.report.valid and repeats(call, self.draft, previous, self.seen)
             self.seen.add(f"s:{fingerprint(self.draft.subject)}")
@@ -345,10 +351,17 @@ class EmailLoop:
         return True
 
     def _assess(self, raw: EmailDraft) -> tuple[EmailDraft, EmailDraft, ValidationReport, list[Normalization]]:
-        """Normalize, assemble the email as sent (cpo's greeting and sign-off around it), validate."""
+        """Normalize, assemble the email as sent (cpo's greeting and sign-off around it), validate; a missing
+        or faulted preheader is written by cpo (`cpo.email.preheader`), and stays recorded as cpo's in repairs."""
         clean, changes = normalize(raw)
         sent = clean.model_copy(update={"body": body_as_sent(self.request, clean.body)})
-        return clean, sent, validate_draft(sent, self.request, self.d.limits), changes
+        sent, report, written = settled(sent, self.request, self.d.limits)
+        if written is not None:
+            self.preheader_written = (sent.preheader, written)
+        elif self.preheader_written and self.preheader_written[0] == sent.preheader:
+            written = self.preheader_written[1]
+        clean = clean.model_copy(update={"preheader": sent.preheader})
+        return clean, sent, report, [*changes, *([written] if written else [])]
 
     def _best_subject(self, draft: EmailDraft, text: str) -> str:
         """The candidate subject that breaks the fewest rules (the first of equals): the model wrote them all."""

@@ -28,12 +28,14 @@ from cpo.net.faults import refuses_format
 log = logging.getLogger(__name__)
 
 
-def wire_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def wire_schema(schema: dict[str, Any], bare: tuple[str, ...] = ()) -> dict[str, Any]:
     """A JSON schema as json_schema sends it: without the model's docstring and the titles, which are for
-    developers (about 80 tokens of every request); the field descriptions, which the model reads, are kept."""
+    developers (about 80 tokens of every request); the field descriptions, which the model reads, are kept but
+    for the `bare` fields (the compact prompt describes its preheader itself)."""
     out = {k: v for k, v in schema.items() if k not in ("title", "description")}
     out["properties"] = {
-        name: {k: v for k, v in field.items() if k != "title"} for name, field in schema["properties"].items()
+        name: {k: v for k, v in field.items() if k != "title" and not (name in bare and k == "description")}
+        for name, field in schema["properties"].items()
     }
     return out
 
@@ -44,7 +46,7 @@ JSON_SCHEMA_RESPONSE_FORMAT = {"type": "json_schema", "json_schema": EMAIL_DRAFT
 # Where json_schema is known to be enforced (the compact prompt's schema: part of its 400-token budget).
 COMPACT_JSON_SCHEMA_RESPONSE_FORMAT = {
     "type": "json_schema",
-    "json_schema": {**EMAIL_DRAFT_JSON_SCHEMA, "schema": wire_schema(EMAIL_DRAFT_SCHEMA)},
+    "json_schema": {**EMAIL_DRAFT_JSON_SCHEMA, "schema": wire_schema(EMAIL_DRAFT_SCHEMA, bare=("preheader",))},
 }
 GUIDED_SCHEMA = openai.pydantic_function_tool(GuidedDraft)["function"]["parameters"]
 GUIDED_RESPONSE_FORMAT = {

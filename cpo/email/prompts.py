@@ -40,6 +40,7 @@ PLACEHOLDERS = {
     "system.txt": {
         "brand",
         "subject_max",
+        "preheader_max",
         "subject_target",
         "subject_words",
         "body_min",
@@ -283,6 +284,7 @@ def system_fields(request: EmailRequest, limits: ValidationLimits) -> dict[str, 
         "subject_max": limits.subject_max_chars,
         "subject_words": max(4, limits.subject_max_chars // 8),
         "subject_target": max(10, limits.subject_max_chars * 5 // 6),  # models overshoot a character limit
+        "preheader_max": limits.preheader_max_chars,
         "body_min": limits.body_min_words,
         "body_max": limits.body_max_words,
         "words_min": per_low * PARAGRAPHS,

@@ -15,11 +15,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cpo.core.models import Citation, EmailDraft, EmailRequest, EmailVariant, Snippet
+from cpo.core.models import Citation, EmailDraft, EmailRequest, EmailVariant, Snippet, ValidationReport
 from cpo.core.usage import Usage
 from cpo.email.grounding.audience import tiers_named
 from cpo.email.grounding.text import sentences
 from cpo.email.normalize import body_as_sent, normalize, word_count
+from cpo.email.preheader import settled
 from cpo.email.validation import ValidationLimits, validate_draft
 
 TEMPLATE_MODEL = "cpo-template"  # the variant's model: none was called
@@ -210,12 +211,10 @@ def _written(request: EmailRequest, limits: ValidationLimits) -> tuple[EmailDraf
     draft = sent = EmailDraft(subject="", body="", citations=[])
     for _ in range(MAX_ROUNDS):
         body, cited = _body(request, limits, usable_sentences(request, dropped))
-        draft, sent = _checked(request, subjects[0], body, cited)
-        report = validate_draft(sent, request, limits)
+        draft, sent, report = _checked(request, subjects[0], body, cited, limits)
         if any(i.field == "subject" for i in report.issues):
             for subject in subjects[1:]:
-                trial, trial_sent = _checked(request, subject, body, cited)
-                trial_report = validate_draft(trial_sent, request, limits)
+                trial, trial_sent, trial_report = _checked(request, subject, body, cited, limits)
                 if not any(i.field == "subject" for i in trial_report.issues):
                     draft, sent, report = trial, trial_sent, trial_report
                     break
@@ -227,10 +226,14 @@ def _written(request: EmailRequest, limits: ValidationLimits) -> tuple[EmailDraf
     return draft, sent
 
 
-def _checked(request: EmailRequest, subject: str, body: str, cited: list[str]) -> tuple[EmailDraft, EmailDraft]:
-    """The draft after normalization, and as sent (cpo's greeting and sign-off around it), as the chain makes them."""
+def _checked(
+    request: EmailRequest, subject: str, body: str, cited: list[str], limits: ValidationLimits
+) -> tuple[EmailDraft, EmailDraft, ValidationReport]:
+    """The draft after normalization, as sent (cpo's greeting and sign-off around it, a preheader cpo writes as
+    the chain does), and its report."""
     clean, _ = normalize(EmailDraft(subject=subject, body=body, citations=cited))
-    return clean, clean.model_copy(update={"body": body_as_sent(request, clean.body)})
+    sent, report, _ = settled(clean.model_copy(update={"body": body_as_sent(request, clean.body)}), request, limits)
+    return clean.model_copy(update={"preheader": sent.preheader}), sent, report
 
 
 def template_variant(request: EmailRequest, limits: ValidationLimits | None = None) -> EmailVariant:
@@ -245,6 +248,7 @@ def template_variant(request: EmailRequest, limits: ValidationLimits | None = No
         segment=request.segment.name,
         tone=request.tone,
         subject=subject,
+        preheader=sent.preheader.strip(),
         body=body,
         citations=[Citation(id=s.id, title=s.title, section=s.section, quote=s.text) for s in cited],
         prompt_version=TEMPLATE_VERSION,

@@ -36,6 +36,9 @@ class ValidationLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
     subject_min_chars: int = Field(1, ge=1)
     subject_max_chars: int = Field(60, ge=1)
+    # The preheader (the inbox preview line) is checked like the subject; the word limits below count the body
+    # as sent (greeting and sign-off included), not the preheader, the call to action or the footer.
+    preheader_max_chars: int = Field(120, ge=1)
     body_min_words: int = Field(150, ge=1)
     body_max_words: int = Field(200, ge=1)
     min_citations: int = Field(2, ge=0)
@@ -112,6 +115,17 @@ def validate_draft(
         )
     if LABEL.search(subject) or MARKDOWN.search(subject):
         fail("subject_format", "the subject has a 'Subject:' label or markdown; write plain text only", "subject")
+    preheader = draft.preheader.strip()
+    if len(preheader) > limits.preheader_max_chars:
+        fail(
+            "preheader_length",
+            f"the preheader is {len(preheader)} characters; write one of at most {limits.preheader_max_chars}",
+            "preheader",
+        )
+    if LABEL.search(preheader) or MARKDOWN.search(preheader) or "\n" in preheader:
+        fail(
+            "preheader_format", "the preheader has a label, markdown or a line break; write one plain line", "preheader"
+        )
     found = [m.group(0).strip() for m in (LABEL.search(body), MARKDOWN.search(body), LIST_LINE.search(body)) if m]
     if found:
         fail(
@@ -153,7 +167,20 @@ def validate_draft(
 
     # Claims are read on the folded text (and sources), so a look-alike letter hides no claim.
     snippets = [s.model_copy(update={"text": fold(s.text)}) for s in request.snippets]
-    folded, folded_subject, folded_offer = fold(f"{subject}\n\n{body}"), fold(subject), fold(request.offer)
+    folded, folded_subject, folded_offer = (
+        fold(f"{subject}\n\n{preheader}\n\n{body}"),
+        fold(subject),
+        fold(request.offer),
+    )
+    folded_preheader = fold(preheader)
+
+    def field_of(sentence: str) -> str:
+        """Where a sentence at fault is: the subject, the preheader, or the body."""
+        said = sentence.strip()
+        if said and said in folded_subject:
+            return "subject"
+        return "preheader" if said and said in folded_preheader else "body"
+
     for problem in check_grounding(
         folded,
         [s for s in snippets if s.id in cited],
@@ -161,60 +188,70 @@ def validate_draft(
         others=[s for s in snippets if s.id not in cited],
         vocabulary=request.vocabulary,
     ):
-        in_subject = bool(problem.sentence.strip()) and problem.sentence.strip() in folded_subject
-        fail("ungrounded_claim", problem.message, "subject" if in_subject else "body", [problem.sentence.strip()])
+        fail("ungrounded_claim", problem.message, field_of(problem.sentence), [problem.sentence.strip()])
     backing = [folded_offer, *(s.text for s in snippets if s.id in cited)]
     for sentence, message in audience_problems(folded, request.segment.readers, backing, request.vocabulary):
-        in_subject = sentence.strip() in folded_subject
-        fail(AUDIENCE_CODE, message, "subject" if in_subject else "body", [sentence.strip()])
+        fail(AUDIENCE_CODE, message, field_of(sentence), [sentence.strip()])
 
-    shown = f"{subject}\n{body}".replace(GREETING_TAG, "")
+    shown = f"{subject}\n{preheader}\n{body}".replace(GREETING_TAG, "")
     placeholders = sorted(set(PLACEHOLDER.findall(shown)))
     if placeholders:
+        where = next((f for f, text in (("subject", subject), ("preheader", preheader))
+                      if all(p in text for p in placeholders)), "body")  # fmt: skip
         fail(
             "placeholder",
             f"unresolved placeholders {', '.join(placeholders)}; write the words themselves (cpo adds the greeting "
             "and sign-off)",
-            "subject" if all(p in subject for p in placeholders) else "body",
+            where,
             placeholders,
         )
 
-    for field, text in (("subject", draft.subject), ("body", draft.body)):
-        for item in smuggled(text, subject=field == "subject"):
+    for field, text in (("subject", draft.subject), ("preheader", draft.preheader), ("body", draft.body)):
+        for item in smuggled(text, subject=field != "body"):
             fail(item.code, item.message, field, item.excerpts if field == "body" else [])
 
     for field, message, excerpts in offer_terms.problems(subject, body, request):
         fail("offer_condition", message, field, excerpts)
+    if preheader:
+        for _, message, excerpts in offer_terms.problems(preheader, "", request):
+            fail("offer_condition", message, "preheader", excerpts)
     for code, message, excerpts in rubric_problems(subject, body, request):
         fail(code, message, "subject" if code in SUBJECT_RULES else "body", excerpts)
-    _lint_subject(subject, limits, fail, (*request.vocabulary.tiers, *request.vocabulary.brand_words))
+    names = (*request.vocabulary.tiers, *request.vocabulary.brand_words)
+    _lint_subject(subject, limits, fail, names)
+    if preheader:
+        _lint_subject(preheader, limits, fail, names, what="preheader")
     return ValidationReport(
         valid=not issues, issues=issues, subject_chars=len(subject), body_words=words, citations=len(cited)
     )
 
 
 def _lint_subject(
-    subject: str, limits: ValidationLimits, fail: Callable[[str, str, str], None], names: Iterable[str] = ()
+    subject: str,
+    limits: ValidationLimits,
+    fail: Callable[[str, str, str], None],
+    names: Iterable[str] = (),
+    what: str = "subject",
 ) -> None:
-    """Spam-trigger lint: shouting, stacked punctuation, piled-up urgency. `names` (the retailer's own tiers
-    and brand words, such as a "VVIP" tier) may be written in capitals."""
+    """Spam-trigger lint of the subject (or the preheader, `what`): shouting, stacked punctuation, piled-up
+    urgency. `names` (the retailer's own tiers and brand words, such as a "VVIP" tier) may be written in capitals."""
     letters = [c for c in subject if c.isalpha()]
     allowed = {*limits.allowed_caps, *(w for name in names for w in name.split())}
     caps = [w for w in CAPS_WORD.findall(subject) if w not in allowed]
     if (len(letters) >= 8 and sum(c.isupper() for c in letters) / len(letters) > 0.6) or caps:
         fail(
-            "subject_caps",
-            f"the subject shouts in capitals ({', '.join(caps) or 'mostly upper case'}); use sentence case",
-            "subject",
+            f"{what}_caps",
+            f"the {what} shouts in capitals ({', '.join(caps) or 'mostly upper case'}); use sentence case",
+            what,
         )
     if re.search(r"[!?]{2,}", subject):
-        fail("subject_punctuation", "the subject stacks exclamation or question marks; use one at most", "subject")
+        fail(f"{what}_punctuation", f"the {what} stacks exclamation or question marks; use one at most", what)
     lowered = fold(subject).lower()
     found = [p for p in limits.urgency_phrases if p in lowered]
     if len(found) > limits.max_urgency_phrases:
         fail(
-            "subject_urgency",
-            f"the subject stacks {len(found)} urgency phrases ({', '.join(found)}); "
+            f"{what}_urgency",
+            f"the {what} stacks {len(found)} urgency phrases ({', '.join(found)}); "
             f"keep at most {limits.max_urgency_phrases}",
-            "subject",
+            what,
         )

@@ -30,6 +30,7 @@ NOT_CONFIGURED = (
     "No LLM endpoint is configured, so cpo used its offline drafting model. Set AZURE_OPENAI_ENDPOINT, "
     "AZURE_OPENAI_API_KEY and AZURE_OPENAI_DEPLOYMENT_NAME (or OPENAI_BASE_URL and CPO_MODEL_NAME) to use a real model."
 )
+PREHEADER_MAX = 120  # the validator's default preheader_max_chars
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 SNIPPET_LINE = re.compile(r"^\[(?P<id>[^\]\s]+)\] (?P<text>.+)$", re.MULTILINE)
 
@@ -177,7 +178,11 @@ def draft_email(brief: _Brief) -> dict[str, Any]:
     while len(body.split()) < brief.body_min and fillers < len(FILLERS[tone]):
         fillers += 1
         body = compose(used, fillers)
-    return {"subject": subject, "body": body, "citations": [s["id"] for s in used]}
+    # The preheader: the first short sentence of a snippet the email quotes (approved text, so grounded).
+    lines = [x for s in used for x in SENTENCE.split(s["text"]) if len(x) <= PREHEADER_MAX]
+    lines = [x for x in lines if not says_again(x, subject)]
+    preheader = lines[0] if lines else ""
+    return {"subject": subject, "preheader": preheader, "body": body, "citations": [s["id"] for s in used]}
 
 
 class OfflineChatModel(ResilientChatModel):

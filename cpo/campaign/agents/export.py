@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import email.utils
 import hashlib
-import html
 import json
 import re
 import unicodedata
@@ -37,6 +36,9 @@ from cpo.campaign.agents.columns import EMAIL
 from cpo.campaign.agents.load import LoadedCustomers
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.campaign_file import Campaign
+from cpo.campaign.mail.layout import CANONICAL, LayoutError, html_part
+from cpo.campaign.mail.message import Message, message_of
+from cpo.campaign.mail.platforms import PLATFORMS, TemplateCheckError, check_template, render
 from cpo.core.csvsafe import safe_cell, safe_sql
 from cpo.core.files import replacing, write_atomically
 from cpo.core.models import EmailVariant
@@ -138,27 +140,63 @@ def address_dropped(loaded: LoadedCustomers) -> dict[str, int]:
 
 def write_templates(
     path: Path, variants: list[EmailVariant], campaign: Campaign, withheld: Mapping[str, str] | None = None
-) -> None:
+) -> list[dict[str, Any]]:
     """One template per variant; `sendable` is false for invalid or withheld ones (with the reason)."""
     templates = [template_of(v, campaign, withheld or {}) for v in variants]
     write_atomically(path, json.dumps(templates, indent=2, ensure_ascii=False) + "\n")
+    return templates
 
 
 def template_of(variant: EmailVariant, campaign: Campaign, withheld: Mapping[str, str]) -> dict[str, Any]:
-    """A variant as `templates.json` holds it: the body with the campaign's footer, merge tags unfilled."""
+    """A variant as `templates.json` holds it, merge tags unfilled: the subject, the preheader, the text part
+    (`body`: the email with its call to action and footer), the HTML part from the one layout, and the parts
+    both are made of. A template that does not render to the email as sent (`check_template`) is withheld."""
+    message = message_of(variant, campaign.frame)
+    reason = withheld.get(variant.variant_id)
+    try:
+        page = html_part(message, CANONICAL)
+        if sendable(variant, withheld):
+            check_template(PLATFORMS["liquid"], message, page, message.text)
+    except (LayoutError, TemplateCheckError) as exc:
+        page, reason = "", f"its template cannot be laid out: {exc}"
     return {
         "variant_id": variant.variant_id,
         "segment": variant.segment,
         "arm": variant.tone,
         "source": variant.source,
         "valid": variant.valid,
-        "sendable": sendable(variant, withheld),
-        "withheld": withheld.get(variant.variant_id),
+        "sendable": variant.valid and reason is None,
+        "withheld": reason,
         "subject": variant.subject,
-        "body": campaign.footed(variant.body),
+        "preheader": message.preheader,
+        "body": message.text,
+        "html": page,
+        "cta": {"text": message.cta_text, "url": message.cta_url},
+        "parts": {
+            "body": message.body,
+            "sign_off": message.sign_off,
+            "footer": message.footer,
+            "postal_address": message.postal_address,
+        },
         "merge_fields": ["first_name", "unsubscribe_url"],
         "citations": [c.id for c in variant.citations],
     }
+
+
+def message_from_template(template: Mapping[str, Any]) -> Message:
+    """The message a template was made from (one made before templates kept their parts: body and footer)."""
+    parts, cta = template.get("parts") or {}, template.get("cta") or {}
+    body, _, footer = str(template.get("body", "")).partition("\n\n--\n")
+    return Message(
+        subject=str(template.get("subject", "")),
+        preheader=str(template.get("preheader") or ""),
+        body=str(parts.get("body", body)),
+        sign_off=str(parts.get("sign_off", "")),
+        cta_text=str(cta.get("text", "")),
+        cta_url=str(cta.get("url", "")),
+        footer=str(parts.get("footer", footer)),
+        postal_address=str(parts.get("postal_address", "")),
+    )
 
 
 def write_segments(path: Path, segments: list[Segment]) -> None:
@@ -209,7 +247,11 @@ def export_campaign(
     instead of one variant per segment x arm.
     """
     names = [s.name for s in segments if s.size]
-    delivery = plan_delivery(variants, arms, names, withheld or {}) if personal is None else None
+    _clear_leftovers(run_dir, (TEMPLATES_FILE, SEGMENTS_FILE, ASSIGNMENTS_FILE, SEND_LIST_FILE))
+    templates = write_templates(run_dir / TEMPLATES_FILE, variants, campaign, withheld)
+    # A template withheld for its layout is withheld from delivery too: the control goes instead, or nothing.
+    withheld = {**(withheld or {}), **{t["variant_id"]: t["withheld"] for t in templates if t["withheld"]}}
+    delivery = plan_delivery(variants, arms, names, withheld) if personal is None else None
     con: Any = loaded.connection
     if personal is None:
         assert delivery is not None
@@ -219,6 +261,7 @@ def export_campaign(
             con.executemany("INSERT INTO delivery VALUES (?, ?, ?)", rows)
         join = "LEFT JOIN delivery d ON d.segment = a.segment AND d.arm = a.arm"
     else:
+        personal = {c: NOT_SENT if v in withheld else v for c, v in personal.items()}
         con.execute("CREATE OR REPLACE TEMP TABLE delivery (customer_id VARCHAR, variant_id VARCHAR)")
         if personal:
             con.executemany("INSERT INTO delivery VALUES (?, ?)", list(personal.items()))
@@ -233,8 +276,6 @@ def export_campaign(
         con.executemany("INSERT INTO variant_sources VALUES (?, ?)", sources)
     con.execute("CREATE OR REPLACE TEMP TABLE segment_rules (segment VARCHAR, rule VARCHAR)")
     con.executemany("INSERT INTO segment_rules VALUES (?, ?)", [(s.name, s.rule) for s in segments])
-    _clear_leftovers(run_dir, (TEMPLATES_FILE, SEGMENTS_FILE, ASSIGNMENTS_FILE, SEND_LIST_FILE))
-    write_templates(run_dir / TEMPLATES_FILE, variants, campaign, withheld)
     write_segments(run_dir / SEGMENTS_FILE, segments)
     first_name = "c.first_name" if "first_name" in loaded.columns else "NULL"
     email = "c.email" if EMAIL in loaded.columns else "NULL"
@@ -263,7 +304,7 @@ def export_campaign(
     assigned = _safe_columns("customer_id", "segment", "rule", "arm", "delivered_variant")  # every column is text
     _copy_csv(con, f"SELECT {assigned} FROM delivered ORDER BY delivered.customer_id", run_dir / ASSIGNMENTS_FILE)
     address = (EMAIL,) if EMAIL in loaded.columns else ()
-    sent = _safe_columns("customer_id", *address, "arm", "delivered_variant AS variant_id", "first_name")
+    sent = _safe_columns("customer_id", *address, "arm", "delivered_variant AS variant_id", "first_name", "segment")
     _copy_csv(
         con,
         f"SELECT {sent}, coalesce(s.source, '') AS source FROM delivered "
@@ -280,27 +321,12 @@ ADDRESS = r"[^@\s\x00-\x1f\x7f<>(),;:\\\"\[\]]+@[^@\s\x00-\x1f\x7f<>(),;:\\\"\[\
 BAD_ADDRESS, SHARED_ADDRESS = "invalid", "shared"  # the codes in the `delivered` table
 ADDRESS_PROBLEMS = {BAD_ADDRESS: "not an address", SHARED_ADDRESS: "an earlier customer's"}
 RENDER_LIMIT = 10_000  # --render writes a file per customer: beyond this, use templates.json + send_list.csv
-MERGE_TAG = re.compile(r'\{\{\s*(\w+)\s*(?:\|\s*default:\s*"([^"]*)"\s*)?\}\}')
 
 
 def _plain(value: str) -> str:
     """A merge value or header as text: control characters and line breaks (U+2028 and U+2029 too) made spaces,
     so it cannot add a line or a header."""
     return "".join(" " if unicodedata.category(ch)[0] == "C" or ch in "\u2028\u2029" else ch for ch in value).strip()
-
-
-def fill(template: str, values: dict[str, str], *, as_html: bool = False) -> str:
-    """Fill Liquid merge tags (`{{ name | default: "x" }}`); in HTML the template and values are escaped."""
-    out: list[str] = []
-    last = 0
-    for match in MERGE_TAG.finditer(template):
-        text = template[last : match.start()]
-        value = _plain(values.get(match.group(1), "")) or (match.group(2) or "")
-        out += [html.escape(text), html.escape(value)] if as_html else [text, value]
-        last = match.end()
-    tail = template[last:]
-    out.append(html.escape(tail) if as_html else tail)
-    return "".join(out)
 
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # an id that is a safe file name as it is
@@ -360,15 +386,16 @@ def render_emails(loaded: LoadedCustomers, variants: list[EmailVariant], campaig
 def rendered_message(
     template: Mapping[str, Any], campaign: Campaign, values: dict[str, str], to: str = ""
 ) -> EmailMessage:
-    """One customer's email (text and HTML) from a template as `templates.json` holds it (its body footed).
+    """One customer's email (text and HTML) from a template as `templates.json` holds it, both parts rendered
+    by python-liquid from the exported Liquid (`cpo.campaign.mail.platforms.render`).
 
     As a mail client shows it: `To` when the address is known, `Date`, a `Message-ID`, one-click unsubscribe
-    headers (RFC 2369 `List-Unsubscribe`, RFC 8058 `List-Unsubscribe-Post`, for an https URL), and an HTML
-    part whose unsubscribe URL is a link. `cpo audit verify` renders with this too, to compare (all but `Date`
-    and `Message-ID`, which are the sending's, not the email's). Every header is `_plain`, so a line break
-    cannot add a header."""
-    body = str(template["body"])
-    unsubscribe = _plain(values.get("unsubscribe_url", ""))
+    headers (RFC 2369 `List-Unsubscribe`, RFC 8058 `List-Unsubscribe-Post`, for an https URL), the preheader
+    first in the HTML, the call to action and the unsubscribe URL as links. `cpo audit verify` renders with
+    this too, to compare (all but `Date` and `Message-ID`, which are the sending's, not the email's). Every
+    header and merge value is `_plain`, so a line break cannot add a header or a line."""
+    name, unsubscribe = _plain(values.get("first_name", "")), _plain(values.get("unsubscribe_url", ""))
+    liquid = PLATFORMS["liquid"]
     message = EmailMessage(policy=SMTP)
     message["Subject"] = _plain(str(template["subject"]))
     message["From"] = _plain(f"{campaign.sender.brand} <{campaign.from_address}>")
@@ -381,16 +408,7 @@ def rendered_message(
         if unsubscribe.lower().startswith("https://"):
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message["X-Cpo-Variant"] = _plain(str(template["variant_id"]))
-    message.set_content(fill(body, values))
-    paragraphs = fill(body, values, as_html=True).split("\n\n")
-    if unsubscribe:
-        shown = html.escape(unsubscribe)
-        paragraphs = [p.replace(shown, f'<a href="{shown}">{shown}</a>') for p in paragraphs]
-    content = "".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs)
-    title = html.escape(_plain(str(template["subject"])))
-    document = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
-        f"<body>{content}</body></html>"
-    )
-    message.add_alternative(document, subtype="html")
+    message.set_content(render(liquid, str(template["body"]), name, unsubscribe, as_html=False))
+    page = str(template.get("html") or "") or html_part(message_from_template(template), CANONICAL)
+    message.add_alternative(render(liquid, page, name, unsubscribe, as_html=True), subtype="html")
     return message

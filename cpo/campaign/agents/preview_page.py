@@ -1,6 +1,6 @@
 """`preview.html`: a campaign's variants side by side, to look at before sending.
 
-Per segment, one column per arm: the subject, the email as its HTML part renders (in a sandboxed frame, no
+Per segment, one column per arm: the subject and preheader, the email as its HTML part renders (in a sandboxed frame, no
 script runs), the citations, whether it is sendable (valid, not blocked by screening, not rejected in
 review) and, when not, why, its source, and how many customers the arm has. One self-contained file (inline
 CSS, no script, nothing fetched), so it opens offline and can be attached to a sign-off email. Everything
@@ -111,6 +111,7 @@ def _card(
         f'<div class="arm" data-arm="{_e(arm)}" data-variant="{_e(variant.variant_id)}">'
         f'<h3>{_e(arm)} <span class="small">{_e(variant.variant_id)}</span></h3>'
         f'<p class="subject">{_e(variant.subject)}</p>'
+        f'<p class="small preheader">{_e(variant.preheader or "(no preheader: the inbox shows the first line)")}</p>'
         f'<p class="{"ok" if sendable else "no"}">{_e(status)}</p>'
         f'<iframe sandbox="" title="{_e(variant.subject)}" srcdoc="{frame}"></iframe>'
         f'<p class="small">{_e(count)} · tone {_e(variant.tone)} · {_e(source)}</p>'

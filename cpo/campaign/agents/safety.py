@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cpo.campaign.campaign_file import UNSUBSCRIBE_TAG, footed
+from cpo.campaign.campaign_file import UNSUBSCRIBE_TAG
+from cpo.campaign.mail.message import Frame, sent_text
 from cpo.core.errors import InputError, first_line
 from cpo.core.files import load_yaml_model
 from cpo.core.models import EmailVariant, Snippet
@@ -115,22 +116,19 @@ class SafetyDecision(BaseModel):
     content_sha256: str
 
 
-def sent_text(variant: EmailVariant, footer: str) -> str:
-    """What a customer receives of a variant: its subject, and its body with the campaign's footer."""
-    return f"{variant.subject}\n\n{footed(variant.body, footer)}"
-
-
-def footer_problems(footer: str, policy: SafetyPolicy, *, local_terms: bool) -> list[str]:
-    """What in the footer alone would block every email: the compliance rules no citation can excuse (they
-    apply with either screening backend), the policy's terms when the local policy screens (`local_terms`),
-    and a missing unsubscribe link. Checked before the first model call, so such a footer costs nothing."""
+def footer_problems(frame: Frame, policy: SafetyPolicy, *, local_terms: bool) -> list[str]:
+    """What in the lines cpo adds (the footer, the postal address, the calls to action) would block every
+    email: the compliance rules no citation can excuse (they apply with either screening backend), the
+    policy's terms when the local policy screens (`local_terms`), and a missing unsubscribe link. Checked
+    before the first model call, so such a campaign costs nothing."""
     reasons = []
+    fixed, footer = frame.fixed_text, frame.footer
     if local_terms:
-        severities = LocalScreen(policy).analyze(footer)
+        severities = LocalScreen(policy).analyze(fixed)
         reasons += [f"{c} severity {n} is at or above the threshold {policy.threshold}"
                     for c, n in severities.items() if n >= policy.threshold]  # fmt: skip
     for rule in (r for r in policy.compliance if not r.unless_cited):
-        found = next((m for m in (re.search(p, footer, re.I) for p in rule.patterns) if m), None)
+        found = next((m for m in (re.search(p, fixed, re.I) for p in rule.patterns) if m), None)
         if found:
             reasons.append(f"{rule.name}: {found.group(0)!r}")
     if policy.footer_required and UNSUBSCRIBE_TAG.search(footer) is None:
@@ -141,13 +139,14 @@ def footer_problems(footer: str, policy: SafetyPolicy, *, local_terms: bool) -> 
 def screen_variant(
     variant: EmailVariant,
     *,
-    footer: str,
+    frame: Frame,
     screen: Screen,
     policy: SafetyPolicy,
     cited: list[Snippet] | None = None,
 ) -> SafetyDecision:
-    """Screen one variant; any error of the screen blocks it ("screening unavailable": fail closed)."""
-    text = sent_text(variant, footer)
+    """Screen one variant as sent (`cpo.campaign.mail.message`); any error of the screen blocks it ("screening
+    unavailable": fail closed)."""
+    text = sent_text(variant, frame)
     decision: dict[str, Any] = {
         "variant_id": variant.variant_id,
         "segment": variant.segment,
@@ -185,6 +184,6 @@ def screen_variant(
             if found and not (rule.unless_cited and excused):
                 reasons.append(f"{rule.name}: {found.group(0)!r}")
                 break
-    if policy.footer_required and not UNSUBSCRIBE_TAG.search(footer):
+    if policy.footer_required and not UNSUBSCRIBE_TAG.search(frame.footer):
         reasons.append("the unsubscribe footer has no {{ unsubscribe_url }} link")
     return SafetyDecision(**decision, blocked=bool(reasons), reasons=reasons, severities=severities)
