@@ -256,3 +256,37 @@ def test_a_per_customer_run_exports_each_customers_own_email_for_a_transactional
         assert f"To: {m['email']}" in eml and f"Hi {sent[m['customer_id']]['first_name']}," in eml
         assert (folder / m["html_file"]).is_file() and (folder / m["text_file"]).is_file()
     assert main(["audit", "verify", str(run_dir)]) == 0
+
+
+def test_the_columns_a_campaign_lists_reach_the_send_list_and_every_audience_as_they_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = sample_rows()
+    for n, row in enumerate(rows):
+        row["Home Store"] = f"=store {n % 3}" if n == 0 else f"Store {n % 3}"  # a formula-like cell stays data
+        row["order"] = str(n)  # an SQL keyword as a column name is data too
+    path = campaign(**{"offers:": "audience_columns: [Home Store, ORDER]\noffers:"})
+    assert main(["run", "--config", path, "--customers", write_customers(rows), "--platform", "braze"]) == 0
+    run_dir = the_run_dir()
+    sent = send_list(run_dir)
+    assert list(sent[0])[-3:] == ["home_store", "order", "source"]
+    by_id = {r["customer_id"]: r for r in rows}
+    for row in sent:
+        original = by_id[row["customer_id"]]
+        assert row["order"] == original["order"]
+        assert row["home_store"] == ("'" if original["Home Store"].startswith("=") else "") + original["Home Store"]
+    folder, _ = exported(run_dir, "braze")
+    with (folder / "audience.csv").open(encoding="utf-8", newline="") as handle:
+        audience = list(csv.DictReader(handle))
+    assert {(r["external_id"], r["home_store"], r["order"]) for r in audience} == {
+        (r["customer_id"], r["home_store"], r["order"]) for r in sent
+    }
+
+    capsys.readouterr()
+    missing = campaign("other.yaml", **{"offers:": "audience_columns: [Region]\noffers:"})
+    assert main(["run", "--config", missing, "--customers", write_customers(rows)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "no column 'region', which the campaign passes to the send list" in err and len(err.splitlines()) == 1
+    own = campaign("own.yaml", **{"offers:": "audience_columns: [E-mail]\noffers:"})
+    assert main(["run", "--config", own]) != 0
+    assert "is a column cpo writes itself" in capsys.readouterr().err

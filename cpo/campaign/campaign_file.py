@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cpo.campaign.agents.columns import canonical_key
 from cpo.campaign.mail.message import CallToAction, Frame
 from cpo.core.errors import InputError
 from cpo.core.files import load_yaml_model
@@ -26,6 +27,9 @@ from cpo.email.textsafety import smuggled
 DEFAULT_OFFER = "default"
 MAX_WEIGHT = 1e6  # relative weights; a larger one (or inf, nan) would overflow the allocation's bounds
 UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
+PASSED_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+# The send list's own columns (and the consent column): not passed through under the same name.
+SEND_LIST_COLUMNS = ("customer_id", "email", "arm", "variant_id", "first_name", "segment", "source", "email_opt_in")
 
 
 class Offer(BaseModel):
@@ -55,6 +59,9 @@ class Campaign(BaseModel):
     # The link every email asks the reader to follow (an offer may name its own); cpo adds UTM parameters.
     cta: CallToAction
     utm_source: str = Field("cpo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$")
+    # Columns of the customer file passed through, as they are, to the send list and every platform's audience
+    # file (a store, a loyalty number): named as headers are matched (case and spacing aside).
+    audience_columns: list[str] = Field(default_factory=list, max_length=20)
     # The retailer's words the grounding check reads entities with (see `cpo.core.models.Vocabulary`).
     tiers: list[str] = Field(default_factory=lambda: list(DEFAULT_TIERS), min_length=1)
     brand_words: list[str] = Field(default_factory=lambda: list(Vocabulary().brand_words))
@@ -93,6 +100,19 @@ class Campaign(BaseModel):
                 "HTML (a comment or tag could hide the link)"
             )
         return value
+
+    @field_validator("audience_columns")
+    @classmethod
+    def _passed(cls, value: list[str]) -> list[str]:
+        keys = [canonical_key(name) for name in value]
+        for name, key in zip(value, keys, strict=True):
+            if not PASSED_NAME.fullmatch(key):
+                raise ValueError(f"{name!r} is not a column name: letters, digits and spaces, starting with a letter")
+            if key in SEND_LIST_COLUMNS:
+                raise ValueError(f"{name!r} is a column cpo writes itself ({', '.join(SEND_LIST_COLUMNS)})")
+        if len(set(keys)) != len(keys):
+            raise ValueError("a column is listed twice (names are matched ignoring case and spacing)")
+        return keys
 
     @field_validator("sender")
     @classmethod

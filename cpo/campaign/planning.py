@@ -80,6 +80,7 @@ def load_and_segment(
         connection=con,
         tiers=campaign.tiers,
         consent_required=campaign.consent == "required",
+        passed=campaign.audience_columns,
     )
     if inputs.get("render") and loaded.eligible > RENDER_LIMIT:
         raise InputError(

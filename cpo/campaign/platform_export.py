@@ -58,6 +58,7 @@ PERSONAL_SENDING = (
     "the platform's transactional API, one message per customer (a campaign template cannot carry a body per recipient)"
 )
 ENGINES = {"liquid": "python-liquid", "handlebars": "pybars3"}
+OWN_COLUMNS = ("customer_id", "email", "arm", "variant_id", "first_name", "segment", "source")  # send_list.csv's
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def _audience(
     source = {"id": "customer_id", "email": "email", "first_name": "first_name", "arm": "arm",
               "variant_id": "variant_id", "segment": "segment"}  # fmt: skip
     fields = [f for f in platform.columns if f != "email" or has_email]
+    passed = [c for c in header if c not in OWN_COLUMNS]  # the campaign's audience_columns, as they are
     out, seen, left = [], set(), {name: 0 for name in ADDRESS_PROBLEMS.values()}
     for row in rows:
         if row.get("variant_id") not in sendable:
@@ -138,8 +140,8 @@ def _audience(
                 left[ADDRESS_PROBLEMS[SHARED_ADDRESS]] += 1
                 continue
             seen.add(address.lower())
-        out.append([row.get(source[f]) or "" for f in fields])
-    return [platform.columns[f] for f in fields], out, {k: n for k, n in left.items() if n}
+        out.append([*(row.get(source[f]) or "" for f in fields), *(row.get(c) or "" for c in passed)])
+    return [*(platform.columns[f] for f in fields), *passed], out, {k: n for k, n in left.items() if n}
 
 
 def platform_files(platform: Platform, template: dict[str, Any]) -> tuple[str, str]:

@@ -69,6 +69,16 @@ def clean_id_sql(column: str) -> str:
     )
 
 
+def canonical_key(name: str) -> str:
+    """A header as cpo reads it: its `column_key`, the id, consent and address columns by their one name."""
+    key = column_key(name)
+    if key in ID_NAMES:
+        return ID
+    if key in CONSENT_NAMES:
+        return CONSENT
+    return EMAIL if key in EMAIL_NAMES else key
+
+
 def canonical_names(header: list[str], known: tuple[str, ...], what: str, path: Path) -> dict[str, int]:
     """{cpo's column name: its position in `header`} for the columns cpo uses; a name written twice is an error.
 
@@ -77,13 +87,7 @@ def canonical_names(header: list[str], known: tuple[str, ...], what: str, path: 
     """
     found: dict[str, int] = {}
     for position, name in enumerate(header):
-        key = column_key(name)
-        if key in ID_NAMES:
-            key = ID
-        elif key in CONSENT_NAMES:
-            key = CONSENT
-        elif key in EMAIL_NAMES:
-            key = EMAIL
+        key = canonical_key(name)
         if key not in known:
             if CONSENT_WORDS & set(key.split("_")) and not any(column_key(h) in CONSENT_NAMES for h in header):
                 raise InputError(

@@ -33,7 +33,7 @@ from typing import Any
 
 from cpo.campaign.agents.assignment import HOLDOUT
 from cpo.campaign.agents.columns import EMAIL
-from cpo.campaign.agents.load import LoadedCustomers
+from cpo.campaign.agents.load import PASSED, LoadedCustomers, passed_columns
 from cpo.campaign.agents.segmentation import Segment
 from cpo.campaign.campaign_file import Campaign
 from cpo.campaign.mail.layout import CANONICAL, LayoutError, html_part
@@ -279,11 +279,12 @@ def export_campaign(
     write_segments(run_dir / SEGMENTS_FILE, segments)
     first_name = "c.first_name" if "first_name" in loaded.columns else "NULL"
     email = "c.email" if EMAIL in loaded.columns else "NULL"
+    passed = [f"{PASSED}{c}" for c in passed_columns(loaded.columns)]  # the campaign's audience_columns
     con.execute(
         "CREATE OR REPLACE TEMP TABLE planned AS "
         f"SELECT a.customer_id, a.segment, r.rule, a.arm, CASE WHEN a.arm = '{HOLDOUT}' THEN '' "
         "ELSE coalesce(d.variant_id, '') END AS planned_variant, "
-        f"{first_name} AS first_name, {email} AS email "
+        f"{first_name} AS first_name, {email} AS email{''.join(f', c.{c}' for c in passed)} "
         f"FROM assignments a JOIN customers c USING (customer_id) {join} "
         "LEFT JOIN segment_rules r ON r.segment = a.segment"
     )
@@ -299,12 +300,15 @@ def export_campaign(
     con.execute(
         "CREATE OR REPLACE TEMP TABLE delivered AS SELECT customer_id, segment, rule, arm, "
         "CASE WHEN address_problem = '' THEN planned_variant ELSE '' END AS delivered_variant, first_name, email, "
-        f"address_problem FROM (SELECT *, {problem} AS address_problem FROM planned)"
+        f"{''.join(f'{c}, ' for c in passed)}address_problem FROM (SELECT *, {problem} AS address_problem FROM planned)"
     )
     assigned = _safe_columns("customer_id", "segment", "rule", "arm", "delivered_variant")  # every column is text
     _copy_csv(con, f"SELECT {assigned} FROM delivered ORDER BY delivered.customer_id", run_dir / ASSIGNMENTS_FILE)
     address = (EMAIL,) if EMAIL in loaded.columns else ()
-    sent = _safe_columns("customer_id", *address, "arm", "delivered_variant AS variant_id", "first_name", "segment")
+    extra = [f'{c} AS "{c[len(PASSED) :]}"' for c in passed]
+    sent = _safe_columns(
+        "customer_id", *address, "arm", "delivered_variant AS variant_id", "first_name", "segment", *extra
+    )
     _copy_csv(
         con,
         f"SELECT {sent}, coalesce(s.source, '') AS source FROM delivered "

@@ -21,6 +21,7 @@ from cpo.campaign.agents.columns import (
     CONSENT,
     CONSENT_NAMES,
     ID,
+    canonical_key,
     canonical_names,
     clean_id_sql,
     csv_error,
@@ -138,7 +139,29 @@ def _fingerprint(path: Path, what: str) -> str:
     return digest.hexdigest()
 
 
-def _raw_table(con: Any, path: Path) -> tuple[list[str], dict[str, int]]:
+PASSED = "attr_"  # the prefix of a column the campaign passes through to the send list (`audience_columns`)
+
+
+def passed_columns(columns: Sequence[str]) -> list[str]:
+    """The passed-through columns of a loaded table, as the campaign names them (their `column_key`)."""
+    return [c[len(PASSED) :] for c in columns if c.startswith(PASSED)]
+
+
+def _passed_positions(header: list[str], passed: Sequence[str], path: Path) -> dict[str, int]:
+    """Where each column the campaign passes through is in the header; a missing one is a one-line error."""
+    keys = [canonical_key(h) for h in header]
+    out = {}
+    for name in passed:
+        if name not in keys:
+            raise InputError(
+                f"customer file {path}: no column {name!r}, which the campaign passes to the send list "
+                f"(audience_columns); it has: {', '.join(header)}"
+            )
+        out[name] = keys.index(name)
+    return out
+
+
+def _raw_table(con: Any, path: Path, passed: Sequence[str] = ()) -> tuple[list[str], dict[str, int]]:
     """Every column cpo uses as text, under cpo's names, with the line each row came from; returns the header
     and where cpo's columns are in it.
 
@@ -154,8 +177,10 @@ def _raw_table(con: Any, path: Path) -> tuple[list[str], dict[str, int]]:
         if parquet:
             header = [str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{source}')").fetchall()]
             names = canonical_names(header, KNOWN, "customer file", path)
+            extra = _passed_positions(header, passed, path)
             columns = ", ".join(
-                f"{_cleaned(f'CAST({_quoted(header[i])} AS VARCHAR)', n)} AS {n}" for n, i in names.items()
+                [f"{_cleaned(f'CAST({_quoted(header[i])} AS VARCHAR)', n)} AS {n}" for n, i in names.items()]
+                + [f"CAST({_quoted(header[i])} AS VARCHAR) AS {PASSED}{n}" for n, i in extra.items()]
             )
             con.execute(
                 f"CREATE TEMP TABLE raw AS SELECT row_number() OVER () + 1 AS _line, {columns} "
@@ -164,8 +189,12 @@ def _raw_table(con: Any, path: Path) -> tuple[list[str], dict[str, int]]:
         else:
             header = read_header(path, "customer file")
             names = canonical_names(header, KNOWN, "customer file", path)
+            extra = _passed_positions(header, passed, path)
             types = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header)))
-            columns = ", ".join(f"{_cleaned(f'c{i}', n)} AS {n}" for n, i in names.items())
+            columns = ", ".join(
+                [f"{_cleaned(f'c{i}', n)} AS {n}" for n, i in names.items()]
+                + [f"c{i} AS {PASSED}{n}" for n, i in extra.items()]
+            )
             con.execute(
                 f"CREATE TEMP TABLE raw AS SELECT row_number() OVER () + 1 AS _line, {columns} "
                 f"FROM read_csv('{source}', header = true, delim = ',', quote = '\"', escape = '\"', "
@@ -260,12 +289,15 @@ def load_customers(
     connection: Any = None,
     tiers: Sequence[str] | None = None,
     consent_required: bool = False,
+    passed: Sequence[str] = (),
 ) -> LoadedCustomers:
     """Check and load a customer file: the eligible customers end up in the table `customers`, the others
     in `excluded` (customer_id, reason), so an audit can say who was left out and why.
 
     `tiers` are the campaign's (default: Bronze, Silver, Gold, Platinum): a tier is matched ignoring case
-    and written as the campaign spells it; any other tier is an error naming its line.
+    and written as the campaign spells it; any other tier is an error naming its line. `passed`: columns the
+    campaign passes through to the send list as they are (`audience_columns`, by their `column_key`), kept as
+    `attr_<name>`.
     """
     import duckdb
 
@@ -277,7 +309,7 @@ def load_customers(
     parquet = path.suffix.lower() == ".parquet"
     fingerprint = _fingerprint(path, "customer file") if parquet else _fingerprint_utf8(path, "customer file")
     con: Any = connection or duckdb.connect()
-    header, names = _raw_table(con, path)
+    header, names = _raw_table(con, path, passed)
     columns = tuple(names)
     consent_name = header[names[CONSENT]].strip() if CONSENT in names else None
     if consent_name is None and consent_required:
@@ -295,6 +327,7 @@ def load_customers(
     select = [f"trim({c}) AS {c}" for c in TEXT if c in columns and c != "tier"]
     select.append(f"CASE lower(trim(tier)) {spelled} END AS tier")
     select += [f"TRY_CAST({c} AS DOUBLE) AS {c}" for c in NUMERIC if c in columns]
+    select += [f"trim({PASSED}{c}) AS {PASSED}{c}" for c in passed]
     value = f"lower(trim({CONSENT}))"
     if consent_name is None:
         reason = "NULL"
@@ -313,7 +346,7 @@ def load_customers(
         f"count(*) FILTER (WHERE _excluded = '{NOT_RECORDED}'), count(*) FILTER (WHERE _excluded = '{SUPPRESSED}'), "
         f"{unmatched_sql} FROM flagged"
     ).fetchone()
-    kept = [c for c in (*TEXT, *NUMERIC) if c in columns]
+    kept = [c for c in (*TEXT, *NUMERIC) if c in columns] + [f"{PASSED}{c}" for c in passed]
     con.execute(
         f"CREATE OR REPLACE TABLE customers AS SELECT {', '.join(kept)} FROM flagged WHERE _excluded IS NULL "
         "ORDER BY _line"
