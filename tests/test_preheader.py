@@ -63,15 +63,24 @@ def test_a_faulty_or_missing_preheader_is_replaced_by_approved_text_without_a_ca
     assert same == sent and note is None  # a preheader that passes is the model's own
 
 
-def test_the_preheader_written_for_a_subject_that_is_the_offer_is_a_snippet_sentence_for_every_reader(
+def test_after_a_subject_the_offer_opens_with_the_preheader_is_the_rest_of_the_offer(
     request_and_sent: tuple[EmailRequest, EmailDraft],
 ) -> None:
     request, sent = request_and_sent
-    subject = "Join Northwind Plus for $9.99 a month"  # the offer's first clause: the offer would say it again
+    subject = "Join Northwind Plus for $9.99 a month"  # the offer's first clause: the whole offer would say it again
     fixed, report, _ = settled(sent.model_copy(update={"subject": subject, "preheader": ""}), request, LIMITS)
-    assert report.valid
+    assert report.valid and fixed.preheader == "Get free 2-day delivery on every order with no minimum."
+
+
+def test_when_the_offer_does_not_fit_the_preheader_is_a_cited_sentence_for_every_reader(
+    request_and_sent: tuple[EmailRequest, EmailDraft],
+) -> None:
+    request, sent = request_and_sent
+    tight = LIMITS.model_copy(update={"preheader_max_chars": 54})
+    subject = "Join Northwind Plus for $9.99 a month"
+    fixed, report, _ = settled(sent.model_copy(update={"subject": subject, "preheader": ""}), request, tight)
     quoted = " ".join(s.text for s in request.snippets if s.id in sent.citations)
-    assert fixed.preheader in quoted and fixed.preheader != request.offer
+    assert report.valid and fixed.preheader in quoted and len(fixed.preheader) <= 54
 
 
 def test_with_nothing_short_enough_there_is_no_preheader_and_the_email_stays_valid(

@@ -46,19 +46,41 @@ def settled(
 
 
 def _candidates(sent: EmailDraft, request: EmailRequest, limits: ValidationLimits) -> Iterator[str]:
-    """The offer, then each cited snippet's sentences for every reader, in order; short enough, not the subject."""
-    subject = set(WORD.findall(sent.subject.casefold()))
-    said = " ".join(WORD.findall(sent.subject.casefold()))
+    """The offer (or, when it opens with the subject, the rest of it), then each cited snippet's sentences for
+    every reader, in order; short enough, and neither the subject nor opening with it."""
+    subject = _words(sent.subject)
     cited = [s for s in request.snippets if s.id in set(sent.citations)]
-    lines = [request.offer.strip(), *(x.strip() for s in cited for _, x in sentences(s.text))]
+    offer = request.offer.strip()
+    lines = [offer, _after(offer, subject), *(x.strip() for s in cited for _, x in sentences(s.text))]
     readers = {r.casefold() for r in request.segment.readers}
     for line in dict.fromkeys(lines):
-        words = set(WORD.findall(line.casefold()))
-        if not line or len(line) > limits.preheader_max_chars or words <= subject:
+        words = _words(line)
+        if not line or len(line) > limits.preheader_max_chars or set(words) <= set(subject):
             continue
-        if said and said in " ".join(WORD.findall(line.casefold())):  # the subject again, with more after it
+        if subject and words[: len(subject)] == subject:  # "Upgrade to Northwind Plus" twice in a row in the inbox
             continue
         named = {t.casefold() for t in tiers_named(line, request.vocabulary.tiers)}
         if named and not (readers and readers <= named):
             continue
         yield line
+
+
+def _words(text: str) -> list[str]:
+    return WORD.findall(text.casefold())
+
+
+def _after(offer: str, subject: list[str]) -> str:
+    """What an offer that opens with the subject says after it, as a sentence ("Upgrade to Northwind Plus and get
+    your first 3 months ..." after "Upgrade to Northwind Plus": "Get your first 3 months ..."); else ""."""
+    if not subject or _words(offer)[: len(subject)] != subject:
+        return ""
+    tokens, seen = offer.split(), 0
+    for n, token in enumerate(tokens):
+        seen += len(_words(token))
+        if seen >= len(subject):
+            rest = tokens[n + 1 :]
+            while rest and rest[0].casefold().strip(",;:-\u2013\u2014") in ("", "and", "to", "with", "then"):
+                rest = rest[1:]
+            text = " ".join(rest)
+            return text[:1].upper() + text[1:] if len(rest) >= 3 else ""
+    return ""
