@@ -692,7 +692,7 @@ def test_assign_holds_out_the_campaign_files_share(run: Run, tmp_path: Path) -> 
 def test_export_writes_the_four_files_an_email_platform_imports(assigned: Run) -> None:
     run_dir, state = assigned
 
-    update = nodes.export(state)
+    update = nodes.export(state, CONFIG, offline_tools())
 
     assert update == {
         "delivery": {
@@ -733,7 +733,7 @@ def test_export_withholds_a_variant_and_sends_its_segments_control_instead(assig
         reason = "rejected in review by ana: off brand"
     cells = {(s, a): n for s, a, n in state["assignment"]["cells"]}
 
-    delivery = nodes.export(state)["delivery"]
+    delivery = nodes.export(state, CONFIG, offline_tools())["delivery"]
 
     assert delivery["substituted"] == [("Regular", "urgent")] and delivery["unsent"] == []
     assert delivery["withheld"] == {bad: reason}
@@ -752,7 +752,7 @@ def test_export_sends_nothing_to_a_control_arm_whose_control_is_blocked(assigned
     state["screening"][control].update({"blocked": True, "reasons": ["Hate severity 5"]})
     cells = {(s, a): n for s, a, n in state["assignment"]["cells"]}
 
-    delivery = nodes.export(state)["delivery"]
+    delivery = nodes.export(state, CONFIG, offline_tools())["delivery"]
 
     assert delivery["unsent"] == ["Regular"] and delivery["substituted"] == []
     send_list = csv_rows(run_dir / "send_list.csv")

@@ -125,9 +125,29 @@ def test_an_edited_export_or_audience_fails_the_audit_and_a_tampered_run_is_not_
     original = page.read_text(encoding="utf-8")
     page.write_text(original.replace("Upgrade from your account", "Claim your free gift"), encoding="utf-8")
     assert main(["audit", "verify", str(run_dir)]) != 0
-    assert "template files are not what cpo export writes" in capsys.readouterr().err
+    assert f"exports/braze: {manifest['templates'][0]['html_file']} is not what cpo export writes" in (  # type: ignore[index]
+        capsys.readouterr().err
+    )
     page.write_text(original, encoding="utf-8")
     assert main(["audit", "verify", str(run_dir)]) == 0
+    # the audience, the manifest and the folder are bound too: a changed address, subject or an added file fails
+    audience = folder / "audience.csv"
+    rows = audience.read_bytes()
+    first = send_list(run_dir)[0]["email"].encode()
+    for path, edit in (
+        (audience, lambda data: data.replace(first, b"attacker@evil.example", 1)),
+        (folder / "manifest.json", lambda data: data.replace(b'"subject": "', b'"subject": "Re: ', 1)),
+    ):
+        before = path.read_bytes()
+        path.write_bytes(edit(before))
+        assert main(["audit", "verify", str(run_dir)]) != 0, path.name
+        assert f"{path.name} is not what cpo export writes" in capsys.readouterr().err
+        path.write_bytes(before)
+    (folder / "templates" / "extra.html").write_text("<a href='https://evil.example'>win</a>", encoding="utf-8")
+    assert main(["audit", "verify", str(run_dir)]) != 0
+    assert "templates/extra.html is not what cpo export writes" in capsys.readouterr().err
+    (folder / "templates" / "extra.html").unlink()
+    assert audience.read_bytes() == rows and main(["audit", "verify", str(run_dir)]) == 0
 
     templates = run_dir / "templates.json"
     text = templates.read_text(encoding="utf-8")
@@ -154,22 +174,45 @@ def test_a_platform_keyed_on_email_refuses_a_file_without_addresses_in_one_line(
     assert main(["export", str(run_dir), "--platform", "braze"]) == 0  # keyed on the external id: fine
 
 
-def test_the_audience_checks_addresses_again_after_a_hand_edit(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_edited_send_list_fails_the_audit_and_is_not_exported(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run"]) == 0
     run_dir = the_run_dir()
     path = run_dir / "send_list.csv"
-    rows = send_list(run_dir)
-    rows[1]["email"] = rows[0]["email"].upper()
-    rows[2]["email"] = "nobody"
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    original = path.read_bytes()
+    first = send_list(run_dir)[0]["email"].encode()
+    path.write_bytes(original.replace(first, b"attacker@evil.example", 1))
+    capsys.readouterr()
+    assert main(["audit", "verify", str(run_dir)]) != 0
+    assert "send_list.csv is not the file the run wrote and its audit binds" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--platform", "mailchimp"]) != 0
+    assert not (run_dir / "exports").exists()
+    path.write_bytes(original)
+    assert main(["export", str(run_dir), "--platform", "mailchimp"]) == 0
+
+
+def test_the_audience_checks_addresses_again(tmp_path: Path) -> None:
+    """A send list written before it was bound in the audit may have been edited: the audience checks again."""
+    from cpo.campaign.platform_export import _audience
+
+    rows = [
+        {"customer_id": "C1", "email": "a@example.com", "arm": "control", "variant_id": "v1", "first_name": "A",
+         "segment": "S", "source": "offline"},
+        {"customer_id": "C2", "email": "A@EXAMPLE.COM", "arm": "control", "variant_id": "v1", "first_name": "B",
+         "segment": "S", "source": "offline"},
+        {"customer_id": "C3", "email": "nobody", "arm": "control", "variant_id": "v1", "first_name": "C",
+         "segment": "S", "source": "offline"},
+        {"customer_id": "'-C4", "email": "'-d@example.com", "arm": "control", "variant_id": "v1",
+         "first_name": "'-D", "segment": "S", "source": "offline"},
+    ]  # fmt: skip
+    with (tmp_path / "send_list.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    assert main(["export", str(run_dir), "--platform", "mailchimp"]) == 0
-    out = capsys.readouterr().out
-    assert "left off the audience: 1 whose address is not an address, 1 whose address is an earlier customer's" in out
-    _, manifest = exported(run_dir, "mailchimp")
-    assert manifest["audience"]["rows"] == len(rows) - 2  # type: ignore[index]
+    header, out, left = _audience(tmp_path, PLATFORMS["mailchimp"], {"v1"})
+    assert left == {"not an address": 1, "an earlier customer's": 1}
+    kept = [dict(zip(header, r, strict=True)) for r in out]
+    assert [r["Customer ID"] for r in kept] == ["C1", "-C4"]  # the id and address as the customer file had them
+    assert kept[1]["Email Address"] == "-d@example.com" and kept[1]["First Name"] == "'-D"  # a name stays safe
 
 
 def test_a_hostile_first_name_stays_data_in_every_platform(capsys: pytest.CaptureFixture[str]) -> None:
@@ -220,6 +263,19 @@ def test_a_hostile_first_name_stays_data_in_every_platform(capsys: pytest.Captur
             {"text: Upgrade from your account": "text: Visit https://evil.example now"},
             "cta.text: the call to action's text must be plain words",
         ),
+        (
+            {"url: https://example.com/account/upgrade": "url: https://ex\u0430mple.com/account/upgrade"},
+            "cta.url: the URL's host has letters outside ASCII (a look-alike?)",
+        ),
+        (
+            {"Unsubscribe: {{ unsubscribe_url }}": "Archive: *|ARCHIVE|* Unsubscribe: {{ unsubscribe_url }}"},
+            "unsubscribe: the footer: has a template tag",
+        ),
+        (
+            {"Unsubscribe: {{ unsubscribe_url }}": "Visit https://evil.example.com Unsubscribe: {{ unsubscribe_url }}"},
+            "unsubscribe: the footer: has a link or web address",
+        ),
+        ({"    The Northwind Plus team": "    The Northwind Plus team {{ x }}"}, "sender.sign_off: has a template tag"),
         (
             {"  postal_address: Northwind Supply, 100 Example Street, Springfield, IL 62701, USA": ""},
             "sender: postal_address is required",
@@ -290,3 +346,24 @@ def test_the_columns_a_campaign_lists_reach_the_send_list_and_every_audience_as_
     own = campaign("own.yaml", **{"offers:": "audience_columns: [E-mail]\noffers:"})
     assert main(["run", "--config", own]) != 0
     assert "is a column cpo writes itself" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_is_not_an_export_is_never_replaced(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 0
+    run_dir = the_run_dir()
+    extension = Path("myext")  # a folder of someone's own that happens to hold a manifest.json
+    (extension / "src").mkdir(parents=True)
+    (extension / "manifest.json").write_text('{"manifest_version": 3}', encoding="utf-8")
+    (extension / "src" / "bg.js").write_text("code", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--platform", "braze", "--out", str(extension)]) != 0
+    assert "is not empty and not a cpo export" in capsys.readouterr().err
+    assert (extension / "src" / "bg.js").read_text(encoding="utf-8") == "code"
+    Path("a-file").write_text("x", encoding="utf-8")
+    assert main(["export", str(run_dir), "--platform", "braze", "--out", "a-file"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == "error: a-file is a file, not a folder: choose another --out"
+    assert main(["export", str(run_dir), "--platform", "braze", "--out", "mine"]) == 0
+    assert main(["export", str(run_dir), "--platform", "iterable", "--out", "mine"]) != 0  # not over another's
+    assert "holds the braze export" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--platform", "braze", "--out", "mine"]) == 0  # its own: replaced

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cpo.campaign.agents.export import (
+    ASSIGNMENTS_FILE,
     RENDERED,
     SEND_LIST_FILE,
     TEMPLATES_FILE,
@@ -36,6 +37,7 @@ from cpo.campaign.agents.export import (
     rendered_message,
 )
 from cpo.campaign.mail.layout import CANONICAL, LayoutError, html_part
+from cpo.campaign.mail.message import Frame
 from cpo.campaign.rundir import AUDIT_FILE, read_record, recorded_campaign, run_id_of
 from cpo.core.csvsafe import cell_values, safe_cell
 from cpo.core.errors import CpoError, first_line
@@ -192,7 +194,44 @@ def review_rows(path: Path, rows: list[dict[str, str]] | None = None) -> dict[st
 
 def screening_rows(path: Path, rows: list[dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
     """The last screening decision for each variant in the chain."""
-    return {r["variant_id"]: r for r in (_rows(path) if rows is None else rows) if r["backend"] != "review"}
+    return {
+        r["variant_id"]: r for r in (_rows(path) if rows is None else rows) if r["backend"] not in ("review", EXPORT)
+    }
+
+
+EXPORT = "export"  # the backend of a row binding a written file (`bind_files`) rather than a variant
+BOUND_FILES = (SEND_LIST_FILE, ASSIGNMENTS_FILE)
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bind_files(run_dir: Path, audit: AuditLog, names: tuple[str, ...] = BOUND_FILES) -> bool:
+    """Append an audit row binding each file's sha256 (the send list, the assignments), unless the chain's last
+    row for it holds that hash already; returns whether a row was added. `cpo audit verify` then compares."""
+    bound = {r["variant_id"]: r["content_sha256"] for r in _rows(audit.path) if r["backend"] == EXPORT}
+    added = False
+    for name in names:
+        path = run_dir / name
+        if path.is_file() and bound.get(name) != (digest := file_hash(path)):
+            audit.append(variant_id=name, backend=EXPORT, decision="written", content_sha256=digest)
+            added = True
+    return added
+
+
+def unbound_files(run_dir: Path) -> list[str]:
+    """Why each file the run bound in its audit (`bind_files`) is not what it wrote: one line each. A run made
+    before files were bound has none to compare."""
+    bound = {r["variant_id"]: r["content_sha256"] for r in _rows(run_dir / AUDIT_FILE) if r["backend"] == EXPORT}
+    problems = []
+    for name, digest in bound.items():
+        path = run_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing, though the audit binds the one the run wrote")
+        elif file_hash(path) != digest:
+            problems.append(f"{name} is not the file the run wrote and its audit binds (edited?)")
+    return problems
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -202,7 +241,14 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def unbound_templates(run_dir: Path, templates: list[dict[str, Any]], reviewed: bool) -> list[str]:
     """Why each sendable template is not what the audit passed (and, when reviewed, approved): one line each.
 
-    The hash is recomputed from the exported subject and body (the body as exported carries the footer)."""
+    The hash is recomputed from the exported subject, preheader and text part; the parts the HTML part is laid
+    out from must be that text, with the call to action and footer of the campaign the run recorded."""
+    try:
+        frame: Frame | None = recorded_campaign(read_record(run_dir, "cannot verify"), unchanged=True).frame
+    except CpoError as exc:
+        if any(t.get("sendable") and "html" in t for t in templates):
+            return [f"cannot check the templates' call to action and footer: {first_line(exc)}"]
+        frame = None
     path = run_dir / AUDIT_FILE
     rows = _rows(path)
     screened, decided = screening_rows(path, rows), review_rows(path, rows)
@@ -219,8 +265,11 @@ def unbound_templates(run_dir: Path, templates: list[dict[str, Any]], reviewed: 
             problems.append(f"variant {vid} is sendable in templates.json but the audit has no approval for it")
         elif reviewed and decided[vid]["content_sha256"] != digest:
             problems.append(f"variant {vid}: templates.json is not the content the reviewer approved")
-        elif not laid_out(t):
-            problems.append(f"variant {vid}: templates.json's HTML part is not its text laid out (edited?)")
+        elif not laid_out(t, frame):
+            problems.append(
+                f"variant {vid}: templates.json's HTML part or call to action is not the campaign's email laid out "
+                "(edited?)"
+            )
     return problems
 
 
@@ -230,12 +279,28 @@ def template_text(template: Mapping[str, Any]) -> str:
     return f"{subject}\n\n{preheader}\n\n{body}" if preheader else f"{subject}\n\n{body}"
 
 
-def laid_out(template: Mapping[str, Any]) -> bool:
-    """Are a template's parts, text part and HTML part one email (made before HTML parts: nothing to compare)?"""
+def laid_out(template: Mapping[str, Any], frame: Frame | None) -> bool:
+    """Are a template's parts, text part and HTML part one email, with the call to action, sign-off and footer
+    `frame` gives them? (A template made before HTML parts has nothing to compare.)"""
     if "html" not in template:
         return True
     try:
         message = message_from_template(template)
+        if frame is not None:
+            cta = frame.cta_for(str(template.get("segment")))
+            url = frame.link_for(
+                str(template.get("segment")), str(template.get("variant_id")), str(template.get("arm"))
+            )
+            expected = (
+                frame.footer,
+                frame.postal_address,
+                cta.text if cta else "",
+                url,
+                frame.sign_off.strip() if cta else "",
+            )
+            shown = (message.footer, message.postal_address, message.cta_text, message.cta_url, message.sign_off)
+            if shown != expected:
+                return False
         return message.text == template.get("body") and html_part(message, CANONICAL) == template.get("html")
     except LayoutError:
         return False
@@ -265,7 +330,7 @@ def unfaithful_previews(run_dir: Path, templates: list[dict[str, Any]]) -> tuple
 
     Each preview is rendered again (`rendered_message`) from its customer's row of `send_list.csv` (variant
     and first name) and that variant's template in `templates.json`, and compared header by header and part
-    by part; only the MIME boundary and the transfer encoding may differ (`_shape`). A preview of a variant
+    by part; only the MIME boundary and the transfer encoding may differ (`message_shape`). A preview of a variant
     that is not sendable, or of no customer on the send list, fails. A missing preview is not a failure:
     nothing unaudited is shown. The sender and unsubscribe URL come from the run's campaign file, which
     must be the one the run fingerprinted."""
@@ -292,9 +357,9 @@ def unfaithful_previews(run_dir: Path, templates: list[dict[str, Any]]) -> tuple
     for path in files:
         where = f"{RENDERED}/{path.name}"
         try:
-            shown = _parsed(path.read_bytes())
+            shown = parsed_message(path.read_bytes())
             named = str(shown.get("X-Cpo-Variant") or "")
-            seen = _shape(shown)
+            seen = message_shape(shown)
         except Exception:  # any file that is not a well-formed email fails, whatever the parser raised
             problems.append(f"{where} cannot be read as an email")
             continue
@@ -306,7 +371,9 @@ def unfaithful_previews(run_dir: Path, templates: list[dict[str, Any]]) -> tuple
             problems.append(f"{where} is not the preview of any customer on the send list")
             continue
         expected = (
-            _shape(_parsed(bytes(rendered_message(by_id[variant], campaign, preview_values(name, campaign), to=to))))
+            message_shape(
+                parsed_message(bytes(rendered_message(by_id[variant], campaign, preview_values(name, campaign), to=to)))
+            )
             for variant, cell, address in rows
             if by_id.get(variant, {}).get("sendable")
             for name in cell_values(cell)
@@ -319,7 +386,7 @@ def unfaithful_previews(run_dir: Path, templates: list[dict[str, Any]]) -> tuple
     return problems, len(files)
 
 
-def _parsed(raw: bytes) -> EmailMessage:
+def parsed_message(raw: bytes) -> EmailMessage:
     message = email.message_from_bytes(raw, policy=SMTP)
     assert isinstance(message, EmailMessage)
     return message
@@ -329,13 +396,13 @@ def _parsed(raw: bytes) -> EmailMessage:
 UNCOMPARED = ("content-type", "content-transfer-encoding", "date", "message-id")
 
 
-def _shape(part: MIMEPart) -> tuple[Any, ...]:
+def message_shape(part: MIMEPart) -> tuple[Any, ...]:
     """What a reader of the email sees: every header (the Content-Type without its random boundary; the
     transfer encoding, the Date and the Message-ID left out) and each part's decoded content."""
     headers = tuple((k.lower(), str(v)) for k, v in part.items() if k.lower() not in UNCOMPARED)
     kind = (part.get_content_type(), part.get_content_charset())
     if part.is_multipart():
-        return headers, kind, tuple(_shape(p) for p in part.iter_parts())
+        return headers, kind, tuple(message_shape(p) for p in part.iter_parts())
     return headers, kind, part.get_content()
 
 

@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cpo.campaign.agents.columns import canonical_key
-from cpo.campaign.mail.message import CallToAction, Frame
+from cpo.campaign.mail.message import MARKS, CallToAction, Frame
 from cpo.core.errors import InputError
 from cpo.core.files import load_yaml_model
 from cpo.core.models import DEFAULT_TIERS, TONES, Sender, Snippet, Vocabulary, tier_names, vocabulary_words
@@ -94,12 +94,22 @@ class Campaign(BaseModel):
         if not UNSUBSCRIBE_TAG.search(value):
             raise ValueError("the footer has no {{ unsubscribe_url }} link: every email must carry one")
         rest = UNSUBSCRIBE_TAG.sub("", value)
-        if any(mark in rest for mark in ("{{", "{%", "{#", "<!--", "<")):
+        if any(mark in rest for mark in ("{{", "{%", "{#", "<!--", "<")) or len(UNSUBSCRIBE_TAG.findall(value)) > 1:
             raise ValueError(
                 "the footer is plain text with one merge tag, {{ unsubscribe_url }}: no other tags, Liquid or "
                 "HTML (a comment or tag could hide the link)"
             )
+        _plain_line("the footer", rest)
         return value
+
+    @model_validator(mode="after")
+    def _sender_lines(self) -> Campaign:
+        """The sender's lines go into every email's layout as they are: plain text only."""
+        sender = self.sender
+        for what, text in (("sender.brand", sender.brand), ("sender.greeting", sender.greeting.replace("{name}", "")),
+                           ("sender.sign_off", sender.sign_off)):  # fmt: skip
+            _plain_line(what, text)
+        return self
 
     @field_validator("audience_columns")
     @classmethod
@@ -148,6 +158,16 @@ class Campaign(BaseModel):
 
     def offer_for(self, segment: str) -> Offer | None:
         return self.offers.get(segment) or self.offers.get(DEFAULT_OFFER)
+
+
+def _plain_line(what: str, text: str) -> None:
+    """Refuse (ValueError) a line cpo adds to every email that holds a link, markup, a template tag of any platform,
+    a control or look-alike character, or one of the layout's merge markers."""
+    found = smuggled(text, subject=False)
+    if found:
+        raise ValueError(f"{what}: {found[0].message.replace('the body has', 'has')}")
+    if any(mark in text for mark in MARKS):
+        raise ValueError(f"{what} holds one of cpo's merge markers ({', '.join(MARKS)})")
 
 
 def default_campaign_file() -> Path:

@@ -35,7 +35,7 @@ def build_pipeline(tools: Tools, checkpointer: Any = None) -> Any:
     graph.add_node(stages.SCREEN, partial(nodes.screen, tools=tools))
     graph.add_node(stages.REVIEW, nodes.review)
     graph.add_node(stages.ASSIGN, nodes.assign)
-    graph.add_node(stages.EXPORT, nodes.export)
+    graph.add_node(stages.EXPORT, partial(nodes.export, tools=tools))
     graph.add_edge(START, stages.LOAD_SEGMENT)
     graph.add_edge(stages.LOAD_SEGMENT, stages.RETRIEVE)
     graph.add_conditional_edges(stages.RETRIEVE, nodes.fan_out, [stages.GENERATE])

@@ -32,7 +32,7 @@ from cpo.campaign.agents.generation import current_request, template_controls
 from cpo.campaign.agents.preview_page import write_preview
 from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy
 from cpo.campaign.agents.segmentation import Segment
-from cpo.campaign.audit import AuditLog, content_hash
+from cpo.campaign.audit import AuditLog, bind_files, content_hash
 from cpo.campaign.backends import build_screen, embedded_index
 from cpo.campaign.backends.content_index import ContentIndex
 from cpo.campaign.guard import Guard
@@ -244,8 +244,9 @@ def unbound(state: CampaignState, variants: list[EmailVariant], frame: Frame) ->
     return out
 
 
-def export(state: CampaignState) -> CampaignState:
-    """What an email platform imports (and, with --render, one rendered email per customer)."""
+def export(state: CampaignState, config: RunnableConfig, tools: Tools) -> CampaignState:
+    """What an email platform imports (and, with --render, one rendered email per customer); the send list and
+    the assignments are bound in the audit by their hashes, so `cpo audit verify` finds an edit to either."""
     inputs = state["inputs"]
     variants, campaign, run_dir = ordered_variants(state), campaign_of(inputs), Path(inputs["run_dir"])
     held = {**unbound(state, variants, campaign.frame), **withheld(state)}
@@ -267,6 +268,9 @@ def export(state: CampaignState) -> CampaignState:
         write_preview(run_dir, names, DEFAULT_ARMS, variants, delivery.plan, cells, held, campaign)
     finally:
         con.close()
+    audit = AuditLog(run_dir, str(config.get("configurable", {}).get("thread_id") or run_dir.name))
+    if bind_files(run_dir, audit) and tools.on_audit is not None:
+        tools.on_audit(audit.head, audit.count)
     return {
         "delivery": {
             "substituted": delivery.substituted,

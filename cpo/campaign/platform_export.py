@@ -17,7 +17,6 @@ so a failed export leaves the previous one as it was. `cpo audit verify` checks 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from typing import Any
 from cpo.campaign.agents.export import (
     ADDRESS,
     ADDRESS_PROBLEMS,
+    ASSIGNMENTS_FILE,
     BAD_ADDRESS,
     PLAIN_ID,
     SEND_LIST_FILE,
@@ -41,12 +41,21 @@ from cpo.campaign.agents.export import (
     preview_values,
     rendered_message,
 )
-from cpo.campaign.audit import content_hash, review_rows, template_text, unbound_templates, unsendable_deliveries
+from cpo.campaign.audit import (
+    content_hash,
+    message_shape,
+    parsed_message,
+    review_rows,
+    template_text,
+    unbound_files,
+    unbound_templates,
+    unsendable_deliveries,
+)
 from cpo.campaign.mail.layout import LayoutError, html_part, text_part
 from cpo.campaign.mail.platforms import PLATFORMS, Platform, TemplateCheckError, check_template
 from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE, read_json, read_record, recorded_campaign, run_id_of
-from cpo.core.csvsafe import safe_cell
-from cpo.core.errors import InputError
+from cpo.core.csvsafe import cell_values, safe_cell
+from cpo.core.errors import InputError, first_line
 from cpo.core.files import write_atomically
 
 EXPORTS = "exports"
@@ -103,7 +112,11 @@ def _audited_templates(run_dir: Path) -> list[dict[str, Any]]:
         raise InputError(f"{run_dir / TEMPLATES_FILE} cannot be read: {exc}") from None
     flagged = bool(read_record(run_dir, "cannot export").get("inputs", {}).get("review"))
     reviewed = flagged or bool(review_rows(run_dir / AUDIT_FILE))
-    problems = unbound_templates(run_dir, templates, reviewed) + unsendable_deliveries(run_dir, templates)
+    problems = [
+        *unbound_templates(run_dir, templates, reviewed),
+        *unsendable_deliveries(run_dir, templates),
+        *unbound_files(run_dir),
+    ]
     if problems:
         raise InputError(f"{run_dir}: {problems[0]}; nothing exported (cpo audit verify {run_dir} says more)")
     return templates
@@ -118,6 +131,10 @@ def _audience(
         header = reader.fieldnames or []
         rows = list(reader)
     has_email = "email" in header
+    segments: dict[str, str] = {}
+    if "segment" not in header and (run_dir / ASSIGNMENTS_FILE).is_file():
+        with (run_dir / ASSIGNMENTS_FILE).open(newline="", encoding="utf-8") as handle:
+            segments = {r["customer_id"]: r["segment"] for r in csv.DictReader(handle)}
     if platform.needs_email and not has_email:
         raise InputError(
             f"{platform.title} imports contacts by email address and the customer file had no email column: "
@@ -132,7 +149,7 @@ def _audience(
         if row.get("variant_id") not in sendable:
             continue
         if has_email:
-            address = (row.get("email") or "").strip()
+            address = cell_values((row.get("email") or "").strip())[0]
             if not re.fullmatch(ADDRESS, address):
                 left[ADDRESS_PROBLEMS[BAD_ADDRESS]] += 1
                 continue
@@ -140,7 +157,12 @@ def _audience(
                 left[ADDRESS_PROBLEMS[SHARED_ADDRESS]] += 1
                 continue
             seen.add(address.lower())
-        out.append([*(row.get(source[f]) or "" for f in fields), *(row.get(c) or "" for c in passed)])
+        if "segment" not in header:  # a send list written before it had the segment: from the assignments
+            row["segment"] = segments.get(row.get("customer_id") or "", "")
+        # The id and the address as the customer file has them (the platform matches on them): without the `'` a
+        # send list puts before a value a spreadsheet would run; names and listed columns keep it.
+        exact = {f: cell_values(row.get(source[f]) or "")[0] for f in ("id", "email")}
+        out.append([*(exact.get(f, row.get(source[f]) or "") for f in fields), *(row.get(c) or "" for c in passed)])
     return [*(platform.columns[f] for f in fields), *passed], out, {k: n for k, n in left.items() if n}
 
 
@@ -159,61 +181,77 @@ def export_platform(run_dir: Path, name: str, out: Path | None = None) -> Platfo
     """Write one platform's export of a finished run (see the module docstring); returns what it wrote."""
     platform = platform_named(name)
     templates = _audited_templates(run_dir)
+    folder = out or default_folder(run_dir, platform.name)
+    _check_target(folder, platform)
+    made = not folder.parent.exists()  # removed again if the export fails: a refused export leaves nothing
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    except OSError as exc:
+        raise InputError(f"cannot write to {folder.parent}: {exc.strerror or exc}") from None
+    try:
+        done = _build(run_dir, platform, templates, building)
+        _replace_folder(building, folder)
+    except OSError as exc:
+        raise InputError(f"cannot write the export to {folder}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+        if made and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+    return PlatformExport(platform, folder, *done)
+
+
+def _build(
+    run_dir: Path, platform: Platform, templates: list[dict[str, Any]], building: Path
+) -> tuple[int, int, dict[str, int], bool]:
+    """Write a platform's export into the empty folder `building`: (templates, audience rows, rows left off by
+    reason, per-customer). The same inputs write the same bytes (`export_problems` relies on it)."""
     record = read_record(run_dir, "cannot export")
     sendable = [t for t in templates if t.get("sendable")]
     if not sendable:
         raise InputError(f"{run_dir}: no variant is sendable: nothing to export")
-    folder = out or default_folder(run_dir, platform.name)
     header, rows, left = _audience(run_dir, platform, {str(t["variant_id"]) for t in sendable})
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        (building / TEMPLATES_DIR).mkdir()
-        listed = []
-        for t in sendable:
-            vid = str(t["variant_id"])
-            if not PLAIN_ID.fullmatch(vid):
-                raise InputError(f"variant id {vid[:40]!r} is not a safe file name; nothing exported")
-            page, text = platform_files(platform, t)
-            html_file, text_file = f"{TEMPLATES_DIR}/{vid}.html", f"{TEMPLATES_DIR}/{vid}.txt"
-            write_atomically(building / html_file, page)
-            write_atomically(building / text_file, text)
-            listed.append({
-                "variant_id": vid,
-                "segment": t.get("segment"),
-                "arm": t.get("arm"),
-                "subject": t.get("subject"),
-                "preheader": t.get("preheader") or "",
-                "html_file": html_file,
-                "text_file": text_file,
-                "cta_url": (t.get("cta") or {}).get("url", ""),
-                "content_sha256": content_hash(template_text(t)),
-                "html_sha256": hashlib.sha256(page.encode("utf-8")).hexdigest(),
-                "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            })  # fmt: skip
-        with (building / AUDIENCE).open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        personal = bool(record.get("inputs", {}).get("per_customer"))
-        messages = _write_messages(run_dir, building, record, {str(t["variant_id"]): t for t in sendable}, listed)
-        manifest = {
-            "platform": platform.name,
-            "title": platform.title,
-            "run_id": run_id_of(run_dir, record),
-            "syntax": platform.syntax,
-            "checked_with": _engine(platform),
-            "templates": listed,
-            "audience": {"file": AUDIENCE, "rows": len(rows), "columns": header, "left_off": left},
-            "mode": "per_customer" if personal else "segments",
-        }
-        if personal:
-            manifest["messages"] = {"file": MESSAGES, "rows": messages, "send_with": PERSONAL_SENDING}
-        write_atomically(building / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        _replace_folder(building, folder)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return PlatformExport(platform, folder, len(listed), len(rows), left, personal)
+    (building / TEMPLATES_DIR).mkdir()
+    listed = []
+    for t in sendable:
+        vid = str(t["variant_id"])
+        if not PLAIN_ID.fullmatch(vid):
+            raise InputError(f"variant id {vid[:40]!r} is not a safe file name; nothing exported")
+        page, text = platform_files(platform, t)
+        html_file, text_file = f"{TEMPLATES_DIR}/{vid}.html", f"{TEMPLATES_DIR}/{vid}.txt"
+        write_atomically(building / html_file, page)
+        write_atomically(building / text_file, text)
+        listed.append({
+            "variant_id": vid,
+            "segment": t.get("segment"),
+            "arm": t.get("arm"),
+            "subject": t.get("subject"),
+            "preheader": t.get("preheader") or "",
+            "html_file": html_file,
+            "text_file": text_file,
+            "cta_url": (t.get("cta") or {}).get("url", ""),
+            "content_sha256": content_hash(template_text(t)),
+        })  # fmt: skip
+    with (building / AUDIENCE).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    personal = bool(record.get("inputs", {}).get("per_customer"))
+    messages = _write_messages(run_dir, building, record, {str(t["variant_id"]): t for t in sendable}, listed)
+    manifest = {
+        "platform": platform.name,
+        "title": platform.title,
+        "run_id": run_id_of(run_dir, record),
+        "syntax": platform.syntax,
+        "checked_with": _engine(platform),
+        "templates": listed,
+        "audience": {"file": AUDIENCE, "rows": len(rows), "columns": header, "left_off": left},
+        "mode": "per_customer" if personal else "segments",
+    }
+    if personal:
+        manifest["messages"] = {"file": MESSAGES, "rows": messages, "send_with": PERSONAL_SENDING}
+    write_atomically(building / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return len(listed), len(rows), left, personal
 
 
 def _write_messages(
@@ -249,15 +287,39 @@ def _write_messages(
     return len(rows)
 
 
+def _is_export(folder: Path) -> bool:
+    """Is this folder one `cpo export` wrote (its manifest names a platform and a run, and nothing else is there)?"""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    ours = {MANIFEST, AUDIENCE, TEMPLATES_DIR, MESSAGES, MESSAGES_DIR}
+    return (
+        isinstance(manifest, dict)
+        and manifest.get("platform") in PLATFORMS
+        and bool(manifest.get("run_id"))
+        and {p.name for p in folder.iterdir()} <= ours
+    )
+
+
+def _check_target(folder: Path, platform: Platform) -> None:
+    """Refuse, in one line and before any work, an --out that is not an empty folder or an export of this platform."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file, not a folder: choose another --out")
+    if folder.is_dir() and any(folder.iterdir()) and not _is_export(folder):
+        raise InputError(f"{folder} is not empty and not a cpo export: choose another --out (nothing was changed)")
+    if folder.is_dir() and _is_export(folder):
+        named = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("platform")
+        if named != platform.name:
+            raise InputError(f"{folder} holds the {named} export: choose another --out for {platform.name}")
+
+
 def _replace_folder(built: Path, folder: Path) -> None:
-    """Put a finished export in place of the one before it (renamed away first, removed after)."""
+    """Put a finished export in place of the one before it (renamed to a fresh name first, removed after)."""
     old = None
     if folder.exists():
-        if not (folder / MANIFEST).is_file() and any(folder.iterdir()):
-            raise InputError(f"{folder} exists and is not a cpo export: choose another --out")
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        os.replace(folder, old / folder.name)
     os.replace(built, folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -265,42 +327,45 @@ def _replace_folder(built: Path, folder: Path) -> None:
 
 def export_problems(run_dir: Path, templates: list[dict[str, Any]]) -> tuple[list[str], int]:
     """Why each platform export under `RUN_DIR/exports/` is not what `cpo export` writes from the audited
-    templates, one line each; and how many exports there are. Each template file is made again and compared."""
-    by_id = {str(t.get("variant_id")): t for t in templates}
-    manifests = sorted((run_dir / EXPORTS).glob(f"*/{MANIFEST}")) if (run_dir / EXPORTS).is_dir() else []
+    templates and send list, one line each; and how many exports there are. Each export is written again into a
+    scratch folder and compared file by file: the same files, the same bytes (a message's `.eml` as a reader
+    sees it: its `Date` and `Message-ID` are the sending's)."""
+    folders = (
+        sorted(p.parent for p in (run_dir / EXPORTS).glob(f"*/{MANIFEST}")) if (run_dir / EXPORTS).is_dir() else []
+    )
     problems: list[str] = []
-    for path in manifests:
-        where = path.parent.relative_to(run_dir)
+    for folder in folders:
+        where = folder.relative_to(run_dir)
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-            platform = platform_named(str(manifest.get("platform")))
-        except (OSError, ValueError, InputError) as exc:
-            problems.append(f"{where}/{MANIFEST} cannot be read: {exc}")
+            platform = platform_named(str(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("platform")))
+        except (OSError, ValueError, AttributeError, InputError) as exc:
+            problems.append(f"{where}/{MANIFEST} cannot be read: {first_line(exc)}")
             continue
-        for item in manifest.get("templates", []):
-            vid = str(item.get("variant_id"))
-            template = by_id.get(vid)
-            if template is None or not template.get("sendable"):
-                problems.append(f"{where}: variant {vid} is exported but not sendable in {TEMPLATES_FILE}")
-                continue
-            if item.get("content_sha256") != content_hash(template_text(template)):
-                problems.append(f"{where}: variant {vid} is not the content the audit passed")
-                continue
+        with tempfile.TemporaryDirectory(prefix=".cpo-verify-") as scratch:
             try:
-                page, text = platform_files(platform, template)
-                shown = [(path.parent / str(item[k])).read_text(encoding="utf-8") for k in ("html_file", "text_file")]
-            except (InputError, OSError, KeyError) as exc:
-                problems.append(f"{where}: variant {vid}: {exc}")
+                _build(run_dir, platform, templates, Path(scratch))
+            except InputError as exc:
+                problems.append(f"{where}: cannot be made again: {first_line(exc)}")
                 continue
-            if shown != [page, text]:
-                problems.append(f"{where}: variant {vid}'s template files are not what cpo export writes (edited?)")
-        audience = path.parent / str((manifest.get("audience") or {}).get("file", AUDIENCE))
-        if audience.is_file():
-            columns = {v: k for k, v in platform.columns.items()}
-            with audience.open(newline="", encoding="utf-8") as handle:
-                for line, row in enumerate(csv.DictReader(handle), start=2):
-                    variant = next((v for k, v in row.items() if columns.get(k) == "variant_id"), "")
-                    if variant not in by_id or not by_id[variant].get("sendable"):
-                        problems.append(f"{where}/{audience.name} line {line} sends variant {variant}, not sendable")
-                        break
-    return problems, len(manifests)
+            differ = _differences(Path(scratch), folder)
+        problems += [f"{where}: {d} is not what cpo export writes (edited?)" for d in differ[:3]]
+    return problems, len(folders)
+
+
+def _differences(expected: Path, found: Path) -> list[str]:
+    """The relative paths whose presence or content differ between two export folders."""
+    want = {p.relative_to(expected).as_posix() for p in expected.rglob("*") if p.is_file()}
+    have = {p.relative_to(found).as_posix() for p in found.rglob("*") if p.is_file()}
+    out = sorted(want ^ have)
+    for name in sorted(want & have):
+        a, b = (expected / name).read_bytes(), (found / name).read_bytes()
+        if name.endswith(".eml") and a != b:
+            try:
+                same = message_shape(parsed_message(a)) == message_shape(parsed_message(b))
+            except Exception:  # a file that is not a well-formed email differs, whatever the parser raised
+                same = False
+            if not same:
+                out.append(name)
+        elif a != b:
+            out.append(name)
+    return out

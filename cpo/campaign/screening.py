@@ -40,9 +40,13 @@ def audited_hashes(run_dir: Path) -> dict[str, str]:
 
 
 def model_text_problems(variant: EmailVariant) -> list[str]:
-    """What the subject and body hold that model text may not (links, HTML, tags, hidden characters): the
+    """What the subject, preheader and body hold that model text may not (links, HTML, tags, hidden characters): the
     screen blocks it whatever the variant's own validation says (a kept email is a file that can be edited)."""
-    found = [*smuggled(variant.subject, subject=True), *smuggled(variant.body, subject=False)]
+    found = [
+        *smuggled(variant.subject, subject=True),
+        *smuggled(variant.preheader, subject=True),
+        *smuggled(variant.body, subject=False),
+    ]
     return [f"{s.code}: {s.message}" for s in found]
 
 

@@ -198,6 +198,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from cpo.campaign.audit import (
         recorded_heads,
         review_rows,
+        unbound_files,
         unbound_templates,
         unfaithful_previews,
         unsendable_deliveries,
@@ -223,6 +224,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         exported_templates = read_json(args.run_dir, TEMPLATES_FILE, [])
         problems = unbound_templates(args.run_dir, exported_templates, reviewed)
         problems += unsendable_deliveries(args.run_dir, exported_templates)
+        problems += unbound_files(args.run_dir)
         unfaithful, previews = unfaithful_previews(args.run_dir, exported_templates)
         problems += unfaithful
         unexported, exports = export_problems(args.run_dir, exported_templates)

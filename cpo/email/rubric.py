@@ -166,21 +166,23 @@ def rubric_problems(subject: str, body: str, request: EmailRequest) -> list[Prob
                 [],
             )
         )
-    last = subject.rstrip(" .!?").split()[-1:] if subject.strip() else []
+    return problems + headline_problems(subject)
+
+
+def headline_problems(line: str, what: str = "subject") -> list[Problem]:
+    """A subject's (or the preheader's, `what`) shape: cut off on a word that points past it, or led by a label."""
+    problems: list[Problem] = []
+    last = line.rstrip(" .!?").split()[-1:] if line.strip() else []
     if last and last[0].casefold().strip(",;:") in UNFINISHED:
         problems.append(
-            (
-                "subject_unfinished",
-                f'the subject stops on "{last[0]}", as if cut off; end it on the thing it names',
-                [],
-            )
+            (f"{what}_unfinished", f'the {what} stops on "{last[0]}", as if cut off; end it on the thing it names', [])
         )
-    label = TONE_LABEL.match(subject)
+    label = TONE_LABEL.match(line)
     if label:
         problems.append(
             (
-                "subject_label",
-                f'the subject starts with a label ("{label.group(0).strip()}"); write the subject as a plain phrase',
+                f"{what}_label",
+                f'the {what} starts with a label ("{label.group(0).strip()}"); write the {what} as a plain phrase',
                 [],
             )
         )

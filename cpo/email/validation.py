@@ -15,7 +15,7 @@ from cpo.email import offer_terms
 from cpo.email.grounding import check_grounding
 from cpo.email.grounding.audience import AUDIENCE_CODE, audience_problems
 from cpo.email.normalize import frame_words, word_count
-from cpo.email.rubric import SUBJECT_RULES, rubric_problems
+from cpo.email.rubric import SUBJECT_RULES, headline_problems, rubric_problems
 from cpo.email.textsafety import fold, smuggled
 
 NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:[.,]\d+)*%?")
@@ -221,6 +221,8 @@ def validate_draft(
     _lint_subject(subject, limits, fail, names)
     if preheader:
         _lint_subject(preheader, limits, fail, names, what="preheader")
+        for code, message, _ in headline_problems(preheader, "preheader"):
+            fail(code, message, "preheader")
     return ValidationReport(
         valid=not issues, issues=issues, subject_chars=len(subject), body_words=words, citations=len(cited)
     )

@@ -18,13 +18,10 @@ from pathlib import Path
 import css_inline
 from liquid import Environment, StrictUndefined
 
-from cpo.campaign.mail.message import Message
+from cpo.campaign.mail.message import MARKS, NAME_MARK, UNSUBSCRIBE_MARK, Message
 from cpo.core.models import GREETING_TAG
 
 LAYOUT = Path(__file__).parent / "layouts" / "email.html.liquid"
-UNSUBSCRIBE_MARK = "https://cpo-merge.invalid/unsubscribe"  # .invalid: never a real host (RFC 2606)
-NAME_MARK = "cpoMergeFirstName"
-MARKS = (UNSUBSCRIBE_MARK, NAME_MARK, "cpo-merge.invalid", "cpoMerge")
 UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
 LINK_LABEL = re.compile(r"([^\W\d_][\w' -]{0,40}):\s*$")  # "... Unsubscribe: " before the link: its label
 

@@ -25,6 +25,10 @@ from cpo.core.models import EmailVariant
 from cpo.email.textsafety import smuggled
 
 UTM_MEDIUM = "email"
+# The inert markers the layout puts at the merge points (`cpo.campaign.mail.layout`): no text may hold them.
+UNSUBSCRIBE_MARK = "https://cpo-merge.invalid/unsubscribe"  # .invalid: never a real host (RFC 2606)
+NAME_MARK = "cpoMergeFirstName"
+MARKS = (UNSUBSCRIBE_MARK, NAME_MARK, "cpo-merge.invalid", "cpoMerge")
 CTA_MAX_CHARS = 40
 
 
@@ -42,7 +46,8 @@ class CallToAction(BaseModel):
         value = " ".join(value.split())
         found = smuggled(value, subject=True)
         if found:
-            raise ValueError(f"the call to action's text must be plain words: {found[0].message}")
+            why = found[0].message.replace("the subject", "the text")
+            raise ValueError(f"the call to action's text must be plain words: {why}")
         return value
 
     @field_validator("url")
@@ -59,6 +64,12 @@ def checked_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"{value[:60]!r} is not an https URL with a host")
+    if not parts.hostname.isascii():
+        raise ValueError("the URL's host has letters outside ASCII (a look-alike?): write it in its xn-- form")
+    try:
+        parts.port  # noqa: B018 (raises for a port out of range)
+    except ValueError:
+        raise ValueError("the URL's port is not a port number") from None
     if parts.username or parts.password:
         raise ValueError("the URL carries a user name or password")
     taken = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if k.lower().startswith("utm_")})
@@ -85,7 +96,10 @@ class Frame:
 
     def link(self, variant: EmailVariant) -> str:
         """The variant's call-to-action URL with its UTM parameters, or "" when there is none."""
-        cta = self.cta_for(variant.segment)
+        return self.link_for(variant.segment, variant.variant_id, variant.tone)
+
+    def link_for(self, segment: str, variant_id: str, arm: str) -> str:
+        cta = self.cta_for(segment)
         if cta is None:
             return ""
         parts = urlsplit(cta.url)
@@ -93,10 +107,10 @@ class Frame:
             "utm_source": self.utm_source,
             "utm_medium": UTM_MEDIUM,
             "utm_campaign": self.campaign,
-            "utm_content": variant.variant_id,
-            "utm_term": variant.tone,
+            "utm_content": variant_id,
+            "utm_term": arm,
         }
-        query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *utm.items()])
+        query = "&".join(q for q in (parts.query, urlencode(list(utm.items()))) if q)  # the author's query as written
         return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
     @property
