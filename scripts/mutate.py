@@ -170,8 +170,8 @@ MUTATIONS = (
     Mutation(
         "cta-link-names-no-variant",
         "cpo/campaign/mail/message.py",
-        '            "utm_content": variant.variant_id,',
-        '            "utm_content": variant.segment,',
+        '            "utm_content": variant_id,',
+        '            "utm_content": segment,',
         ("tests/test_platform_exports.py",),
     ),
     Mutation(
@@ -194,6 +194,13 @@ MUTATIONS = (
         "    return variant.valid and variant.variant_id not in withheld",
         "    return variant.valid",
         ("tests/test_nodes.py", "tests/test_oversight.py"),
+    ),
+    Mutation(
+        "export-send-list-unbound",
+        "cpo/campaign/audit.py",
+        '            problems.append(f"{name} is not the file the run wrote and its audit binds (edited?)")',
+        "            pass",
+        ("tests/test_platform_exports.py",),
     ),
     Mutation(
         "merge-values-not-escaped-in-html",

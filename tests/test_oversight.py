@@ -162,7 +162,7 @@ def test_a_blocked_variant_falls_back_to_control_and_is_audited(
         assert row["delivered_variant"] == controls[row["segment"]]  # never the blocked one
     blocked = {v for v, d in screening.items() if d["blocked"]}
     assert len(blocked) == 5 and all(not templates[v]["sendable"] for v in blocked)
-    decisions = {r["variant_id"]: r["decision"] for r in audit_rows(folder)}
+    decisions = {r["variant_id"]: r["decision"] for r in audit_rows(folder) if r["backend"] != "export"}
     assert {v for v, d in decisions.items() if d == "block"} == blocked and len(decisions) == 20
     assert verify(capsys, folder)[0] == 0
 
@@ -176,7 +176,9 @@ def audited(capsys: pytest.CaptureFixture[str]) -> Path:
 
 def test_audit_verify_passes_an_untouched_run(capsys: pytest.CaptureFixture[str], audited: Path) -> None:
     code, out = verify(capsys, audited)
-    assert code == 0 and out.startswith("ok: 20 rows, head ") and "matching run.json and the cost ledger" in out
+    # 20 screening rows, then the send list and the assignments bound by their hashes at export
+    assert code == 0 and out.startswith("ok: 22 rows, head ") and "matching run.json and the cost ledger" in out
+    assert [r["variant_id"] for r in audit_rows(audited)[-2:]] == ["send_list.csv", "assignments.csv"]
     assert main(["review", str(audited), "--approve-rest", "--reviewer", "ana"]) == 2  # nothing to review
     assert capsys.readouterr().err.endswith("was not run with --review: its variants were exported without review\n")
 
@@ -262,5 +264,5 @@ def test_a_resumed_run_keeps_its_screening_instead_of_auditing_it_twice(
 ) -> None:
     assert main(["run", "--resume", str(audited)]) == 0
     capsys.readouterr()
-    assert len(audit_rows(audited)) == 20  # the same variants, screened once
+    assert len(audit_rows(audited)) == 22  # the same variants screened once, the same files bound once
     assert verify(capsys, audited)[0] == 0

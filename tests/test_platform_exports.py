@@ -367,3 +367,14 @@ def test_an_out_folder_that_is_not_an_export_is_never_replaced(capsys: pytest.Ca
     assert main(["export", str(run_dir), "--platform", "iterable", "--out", "mine"]) != 0  # not over another's
     assert "holds the braze export" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--platform", "braze", "--out", "mine"]) == 0  # its own: replaced
+
+
+def test_a_run_paused_for_review_exports_for_its_platform_when_it_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["run", "--review", "--platform", "customerio"])
+    run_dir = the_run_dir()
+    assert not (run_dir / "exports").exists()  # nothing is exported before the review
+    assert main(["review", str(run_dir), "--approve-rest", "--reviewer", "Ana"]) == 0
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    assert "exported for Customer.io:" in capsys.readouterr().out
+    _, manifest = exported(run_dir, "customerio")
+    assert manifest["templates"] and main(["audit", "verify", str(run_dir)]) == 0

@@ -22,6 +22,7 @@ class Inputs(TypedDict):
     render: NotRequired[bool]  # also write one rendered email per customer (small lists only)
     per_customer: NotRequired[bool]  # one email per customer, for its arm's tone (small lists only)
     review: NotRequired[bool]  # pause after screening until a person approves or rejects each variant
+    platform: NotRequired[str | None]  # export for this email platform when the run ends (`cpo run --platform`)
 
 
 def merged(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def _cmd_run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             "render": bool(args.render),
             "per_customer": bool(args.per_customer),
             "review": bool(args.review),
+            "platform": args.platform,
         }
         load_campaign(Path(inputs["campaign"]) if inputs["campaign"] else None)  # one-line error before any file
     fingerprint = input_fingerprint(inputs, args.prompts, args.limits)
@@ -178,8 +179,9 @@ def _cmd_run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         unsent_customers=result.unsent_customers,
         finished=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    if getattr(args, "platform", None) and not result.stopped_by:  # not a run paused for review or stopped
-        code = max(code, _export_for(run_dir, args.platform))
+    platform = args.platform or inputs.get("platform")  # a resumed run exports for the platform it was started with
+    if platform and not result.stopped_by:  # not a run paused for review or stopped
+        code = max(code, _export_for(run_dir, platform))
     return code
 
 
