@@ -258,6 +258,15 @@ def test_review_pauses_then_approvals_and_rejections_resume_the_run(capsys: pyte
     assert sum(r["decision"] == "reject" and r["reasons"] == "off-brand" for r in decisions) == 5
     assert verify(capsys, folder)[0] == 0
 
+    # Resumed again once finished: the reviewers' decisions for that very content are in the chain, so the run
+    # goes on through them instead of pausing for a review that was made (twice in a row, the same files)
+    sent = (folder / "send_list.csv").read_bytes()
+    for _ in range(2):
+        assert main(["run", "--resume", str(folder)]) == 0
+        assert "paused for review" not in capsys.readouterr().err
+        assert (folder / "send_list.csv").read_bytes() == sent
+    assert verify(capsys, folder)[0] == 0
+
 
 def test_a_resumed_run_keeps_its_screening_instead_of_auditing_it_twice(
     capsys: pytest.CaptureFixture[str], audited: Path

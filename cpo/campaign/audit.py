@@ -192,6 +192,21 @@ def review_rows(path: Path, rows: list[dict[str, str]] | None = None) -> dict[st
     return decisions
 
 
+def decided_before(run_dir: Path, pending: Mapping[str, str]) -> dict[str, dict[str, str]] | None:
+    """The decisions the run's verified chain holds for every pending variant ({variant id: content hash}), each
+    for that very content; None when any is missing or the chain does not verify. A finished, reviewed run
+    passed over again (`--resume`) finds its reviewers' decisions here instead of pausing for them again."""
+    if not pending:
+        return None
+    run_id, heads = recorded_heads(run_dir)
+    if not verify(run_dir / AUDIT_FILE, run_id, heads).ok:
+        return None
+    decided = review_rows(run_dir / AUDIT_FILE)
+    if all(v in decided and decided[v]["content_sha256"] == digest for v, digest in pending.items()):
+        return {v: decided[v] for v in pending}
+    return None
+
+
 def screening_rows(path: Path, rows: list[dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
     """The last screening decision for each variant in the chain."""
     return {

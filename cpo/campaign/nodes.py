@@ -32,7 +32,7 @@ from cpo.campaign.agents.generation import current_request, template_controls
 from cpo.campaign.agents.preview_page import write_preview
 from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy
 from cpo.campaign.agents.segmentation import Segment
-from cpo.campaign.audit import AuditLog, bind_files, content_hash
+from cpo.campaign.audit import AuditLog, bind_files, content_hash, decided_before
 from cpo.campaign.backends import build_screen, embedded_index
 from cpo.campaign.backends.content_index import ContentIndex
 from cpo.campaign.guard import Guard
@@ -196,8 +196,11 @@ def review(state: CampaignState) -> CampaignState:
     """With --review, pause for a person: `cpo review` records decisions, `--resume` brings them here."""
     if not state["inputs"].get("review"):
         return {}
-    pending = sorted(v for v, d in (state.get("screening") or {}).items() if not d["blocked"])
-    decisions = interrupt({"awaiting_review": pending})
+    screening = state.get("screening") or {}
+    pending = sorted(v for v, d in screening.items() if not d["blocked"])
+    decisions = decided_before(Path(state["inputs"]["run_dir"]), {v: screening[v]["content_sha256"] for v in pending})
+    if decisions is None:  # someone has to decide: pause
+        decisions = interrupt({"awaiting_review": pending})
     return {"review": {v: decisions[v] for v in pending if v in decisions}}
 
 
