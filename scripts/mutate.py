@@ -197,7 +197,7 @@ MUTATIONS = (
     ),
     Mutation(
         "export-send-list-unbound",
-        "cpo/campaign/audit.py",
+        "cpo/campaign/file_binding.py",
         '            problems.append(f"{name} is not the file the run wrote and its audit binds (edited?)")',
         "            pass",
         ("tests/test_platform_exports.py",),

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from cpo.campaign.agents.export import (
-    ASSIGNMENTS_FILE,
     RENDERED,
     SEND_LIST_FILE,
     TEMPLATES_FILE,
@@ -196,10 +195,11 @@ def decided_before(run_dir: Path, pending: Mapping[str, str]) -> dict[str, dict[
     """The decisions the run's verified chain holds for every pending variant ({variant id: content hash}), each
     for that very content; None when any is missing or the chain does not verify. A finished, reviewed run
     passed over again (`--resume`) finds its reviewers' decisions here instead of pausing for them again."""
-    if not pending:
+    try:
+        run_id, heads = recorded_heads(run_dir)
+    except CpoError:
         return None
-    run_id, heads = recorded_heads(run_dir)
-    if not verify(run_dir / AUDIT_FILE, run_id, heads).ok:
+    if not pending or not verify(run_dir / AUDIT_FILE, run_id, heads).ok:
         return None
     decided = review_rows(run_dir / AUDIT_FILE)
     if all(v in decided and decided[v]["content_sha256"] == digest for v, digest in pending.items()):
@@ -214,39 +214,7 @@ def screening_rows(path: Path, rows: list[dict[str, str]] | None = None) -> dict
     }
 
 
-EXPORT = "export"  # the backend of a row binding a written file (`bind_files`) rather than a variant
-BOUND_FILES = (SEND_LIST_FILE, ASSIGNMENTS_FILE)
-
-
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def bind_files(run_dir: Path, audit: AuditLog, names: tuple[str, ...] = BOUND_FILES) -> bool:
-    """Append an audit row binding each file's sha256 (the send list, the assignments), unless the chain's last
-    row for it holds that hash already; returns whether a row was added. `cpo audit verify` then compares."""
-    bound = {r["variant_id"]: r["content_sha256"] for r in _rows(audit.path) if r["backend"] == EXPORT}
-    added = False
-    for name in names:
-        path = run_dir / name
-        if path.is_file() and bound.get(name) != (digest := file_hash(path)):
-            audit.append(variant_id=name, backend=EXPORT, decision="written", content_sha256=digest)
-            added = True
-    return added
-
-
-def unbound_files(run_dir: Path) -> list[str]:
-    """Why each file the run bound in its audit (`bind_files`) is not what it wrote: one line each. A run made
-    before files were bound has none to compare."""
-    bound = {r["variant_id"]: r["content_sha256"] for r in _rows(run_dir / AUDIT_FILE) if r["backend"] == EXPORT}
-    problems = []
-    for name, digest in bound.items():
-        path = run_dir / name
-        if not path.is_file():
-            problems.append(f"{name} is missing, though the audit binds the one the run wrote")
-        elif file_hash(path) != digest:
-            problems.append(f"{name} is not the file the run wrote and its audit binds (edited?)")
-    return problems
+EXPORT = "export"  # the backend of a row binding a written file (`cpo.campaign.file_binding`), not a variant
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

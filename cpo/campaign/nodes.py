@@ -32,9 +32,10 @@ from cpo.campaign.agents.generation import current_request, template_controls
 from cpo.campaign.agents.preview_page import write_preview
 from cpo.campaign.agents.safety import SafetyPolicy, Screen, load_policy
 from cpo.campaign.agents.segmentation import Segment
-from cpo.campaign.audit import AuditLog, bind_files, content_hash, decided_before
+from cpo.campaign.audit import AuditLog, content_hash, decided_before
 from cpo.campaign.backends import build_screen, embedded_index
 from cpo.campaign.backends.content_index import ContentIndex
+from cpo.campaign.file_binding import bind_files
 from cpo.campaign.guard import Guard
 from cpo.campaign.kept import KeptEmails, is_final, rechecked, request_key
 from cpo.campaign.mail.message import Frame, sent_text
@@ -198,7 +199,8 @@ def review(state: CampaignState) -> CampaignState:
         return {}
     screening = state.get("screening") or {}
     pending = sorted(v for v, d in screening.items() if not d["blocked"])
-    decisions = decided_before(Path(state["inputs"]["run_dir"]), {v: screening[v]["content_sha256"] for v in pending})
+    hashes = {v: str(screening[v].get("content_sha256", "")) for v in pending}
+    decisions = decided_before(Path(state["inputs"]["run_dir"]), hashes)
     if decisions is None:  # someone has to decide: pause
         decisions = interrupt({"awaiting_review": pending})
     return {"review": {v: decisions[v] for v in pending if v in decisions}}

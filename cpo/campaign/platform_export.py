@@ -47,10 +47,10 @@ from cpo.campaign.audit import (
     parsed_message,
     review_rows,
     template_text,
-    unbound_files,
     unbound_templates,
     unsendable_deliveries,
 )
+from cpo.campaign.file_binding import unbound_files
 from cpo.campaign.mail.layout import LayoutError, html_part, text_part
 from cpo.campaign.mail.platforms import PLATFORMS, Platform, TemplateCheckError, check_template
 from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE, read_json, read_record, recorded_campaign, run_id_of

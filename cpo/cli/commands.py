@@ -198,12 +198,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from cpo.campaign.audit import (
         recorded_heads,
         review_rows,
-        unbound_files,
         unbound_templates,
         unfaithful_previews,
         unsendable_deliveries,
         verify,
     )
+    from cpo.campaign.file_binding import unbound_files
     from cpo.campaign.platform_export import export_problems
     from cpo.campaign.rundir import AUDIT_FILE, RUN_FILE, read_json, read_record
     from cpo.core.errors import InputError
