@@ -65,8 +65,15 @@ MUTATIONS = (
     Mutation(
         "arms-by-row-order",
         "cpo/campaign/agents/assignment.py",
-        "CAST(('0x' || substr(md5(? || ':' || customer_id), 1, 8)) AS UBIGINT) / 4294967296.0 AS u",
-        "((row_number() OVER () - 1 + 0 * CAST(? AS BIGINT)) % 4) / 4.0 AS u",  # dealt round-robin by row
+        "PARTITION BY segment ORDER BY md5(? || ':' || customer_id), customer_id) - 1 AS p FROM customers)",
+        "PARTITION BY segment ORDER BY md5(?) IS NULL) - 1 AS p FROM customers)",  # dealt in the file's row order
+        ("tests/test_agents.py",),
+    ),
+    Mutation(
+        "hash-arms-by-row-order",
+        "cpo/campaign/agents/assignment.py",
+        "CAST(('0x' || substr(md5(? || ':' || customer_id), 1, 8)) AS UBIGINT) / 4294967296.0\"",
+        "((row_number() OVER () - 1 + 0 * CAST(? AS BIGINT)) % 4) / 4.0\"",  # dealt round-robin by row
         ("tests/test_agents.py",),
     ),
     Mutation(

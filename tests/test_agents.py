@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from cpo.campaign.agents.assignment import DEFAULT_ARMS, HOLDOUT, assign_customers
+from cpo.campaign.agents.assignment import DEFAULT_ARMS, HOLDOUT, assign_customers, block_of
 from cpo.campaign.agents.export import export_campaign, plan_delivery
 from cpo.campaign.agents.generation import email_requests
-from cpo.campaign.agents.load import load_customers
+from cpo.campaign.agents.load import LoadedCustomers, load_customers
 from cpo.campaign.agents.segmentation import segment_customers
 from cpo.campaign.campaign_file import load_campaign
 from cpo.core.errors import InputError
@@ -202,13 +202,49 @@ def test_appending_customers_does_not_move_anyone_already_assigned(tmp_path: Pat
         for row in extra
     ]
     more.write_text("\n".join([header, *body, *padded]) + "\n", encoding="utf-8")
-    before, after = assigned(7), assigned(7, more)
+    before, after = assigned(7, mode="hash"), assigned(7, more, mode="hash")
     assert len(after) == len(before) + 100
-    assert all(after[cid] == arm for cid, arm in before.items())
+    assert all(after[cid] == arm for cid, arm in before.items())  # the promise of hash mode, not of balanced
 
 
-def test_reordering_the_customer_file_moves_no_one(tmp_path: Path) -> None:
-    """A customer's arm depends on the seed and their id only: never on where the row sits in the file."""
+def test_balanced_arms_follow_the_allocation_in_every_segment_and_pass_a_sample_ratio_test() -> None:
+    """Hash-only arms on the sample were 49/67/41/84 (a chi-square test rejects that at p = 0.0004)."""
+    from scipy.stats import chisquare
+
+    for weights, holdout in ((None, 0.0), ({"control": 1, "urgent": 1, "informational": 2, "friendly": 0}, 0.0),
+                             (None, 0.2)):  # fmt: skip
+        loaded = load_customers(SAMPLE)
+        segment_customers(loaded)
+        result = assign_customers(loaded, seed=2027, weights=weights, holdout=holdout)  # type: ignore[arg-type]
+        block = block_of(DEFAULT_ARMS, weights, holdout)  # type: ignore[arg-type]
+        share = {arm: block.count(arm) / len(block) for arm in set(block)}
+        for segment in {s for s, _ in result.cells}:
+            size = sum(n for (s, _), n in result.cells.items() if s == segment)
+            for arm, part in share.items():
+                n = result.cells.get((segment, arm), 0)
+                assert abs(n - part * size) <= block.count(arm), (segment, arm, n, part * size)  # one block's rest
+        counts = result.per_arm()
+        observed = [counts.get(arm, 0) for arm in share]
+        expected = [share[arm] * result.total for arm in share]
+        assert chisquare(observed, expected).pvalue > 0.5
+    hashed = assign_customers(load_and_segment(), seed=2027, mode="hash").per_arm()
+    assert chisquare(list(hashed.values())).pvalue < 0.001  # what balancing fixes
+
+
+def load_and_segment() -> LoadedCustomers:
+    loaded = load_customers(SAMPLE)
+    segment_customers(loaded)
+    return loaded
+
+
+def test_an_allocation_too_fine_to_balance_is_one_line() -> None:
+    with pytest.raises(InputError, match=r"needs blocks of \d+ customers to balance; .* or set assignment: hash"):
+        block_of(DEFAULT_ARMS, {"control": 0.01, "urgent": 0.97, "informational": 1, "friendly": 1}, 0.37)
+
+
+@pytest.mark.parametrize("mode", ["balanced", "hash"])
+def test_reordering_the_customer_file_moves_no_one(tmp_path: Path, mode: str) -> None:
+    """A customer's arm depends on the seed and the ids only: never on where the row sits in the file."""
     import random
 
     lines = SAMPLE.read_text(encoding="utf-8").splitlines()
@@ -216,11 +252,11 @@ def test_reordering_the_customer_file_moves_no_one(tmp_path: Path) -> None:
     random.Random(3).shuffle(body)
     shuffled = tmp_path / "shuffled.csv"
     shuffled.write_text("\n".join([lines[0], *body]) + "\n", encoding="utf-8")
-    before, after = assigned(7), assigned(7, shuffled)
-    assert len(before) == 241 and after == before
+    before, after = assigned(7, mode=mode), assigned(7, shuffled, mode=mode)
+    assert len(before) == 241 and after == before and before != assigned(8, mode=mode)
     reversed_file = tmp_path / "reversed.csv"
     reversed_file.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n", encoding="utf-8")
-    assert assigned(7, reversed_file) == before
+    assert assigned(7, reversed_file, mode=mode) == before
 
 
 def test_holdout_and_weights_follow_the_allocation() -> None:

@@ -159,10 +159,19 @@ def test_request_keys_are_those_of_the_code_before_the_move(tmp_path: Path) -> N
     from cpo.core.resources import bundled
 
     recorded = json.loads((FIXTURES / "request_keys.json").read_text(encoding="utf-8"))
+    # The code before the move dealt arms by hash, so customers have the arms (and per-customer requests the
+    # tones) they had then in hash mode; balanced blocks deal them otherwise.
+    sample = (bundled("data") / "campaign.yaml").read_text(encoding="utf-8")
+    hashed = tmp_path / "campaign.yaml"
+    hashed.write_text(
+        sample.replace("rules: segment_rules.yaml", f"rules: {bundled('data') / 'segment_rules.yaml'}")
+        + "assignment: hash\n",
+        encoding="utf-8",
+    )
     for per_customer, name in ((False, "segments"), (True, "per_customer")):
         inputs: Any = {
             "customers": str(bundled("data") / "customers.csv"),
-            "campaign": None,
+            "campaign": str(hashed),
             "suppress": None,
             "seed": 2027,
             "run_dir": str(tmp_path),

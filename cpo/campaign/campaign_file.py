@@ -48,6 +48,9 @@ class Campaign(BaseModel):
     sender: Sender = Field(default_factory=Sender)
     allocation: dict[str, float] = Field(default_factory=dict)
     holdout: float = Field(0.0, ge=0, lt=1)
+    # How customers are dealt to arms (`cpo.campaign.agents.assignment`): "balanced" blocks per segment, or "hash"
+    # (a customer's arm from the seed and their id alone: customers appended later move no one).
+    assignment: Literal["balanced", "hash"] = "balanced"
     unsubscribe: str = Field(min_length=1)
     # What a customer file without a consent column means: "warn" (everyone consented, with a warning on
     # stderr and in run.json) or "required" (the file is refused).

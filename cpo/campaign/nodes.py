@@ -217,11 +217,13 @@ def assign(state: CampaignState) -> CampaignState:
             seed=inputs["seed"],
             weights=campaign.allocation or None,
             holdout=campaign.holdout,
+            mode=campaign.assignment,
         )
     finally:
         con.close()
     return {
         "assignment": {
+            "mode": campaign.assignment,
             "total": result.total,
             "per_arm": result.per_arm(),
             "cells": [[s, a, n] for (s, a), n in sorted(result.cells.items())],

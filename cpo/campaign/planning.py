@@ -123,7 +123,13 @@ def personal_requests_for(
     chosen: dict[str, list[str]] | None = None,
 ) -> list[EmailRequest]:
     """--per-customer: assign first (the tone is the customer's arm), then one request per distinct profile."""
-    assign_customers(loaded, seed=inputs["seed"], weights=campaign.allocation or None, holdout=campaign.holdout)
+    assign_customers(
+        loaded,
+        seed=inputs["seed"],
+        weights=campaign.allocation or None,
+        holdout=campaign.holdout,
+        mode=campaign.assignment,
+    )
     pairs = personal_requests(loaded, segments, campaign, snippets, chosen)
     con: Any = loaded.connection
     con.execute("CREATE OR REPLACE TABLE personal (customer_id VARCHAR, request_key VARCHAR)")
