@@ -73,7 +73,7 @@ MUTATIONS = (
         "hash-arms-by-row-order",
         "cpo/campaign/agents/assignment.py",
         "CAST(('0x' || substr(md5(? || ':' || customer_id), 1, 8)) AS UBIGINT) / 4294967296.0\"",
-        "((row_number() OVER () - 1 + 0 * CAST(? AS BIGINT)) % 4) / 4.0\"",  # dealt round-robin by row
+        '((row_number() OVER () - 1 + 0 * CAST(? AS BIGINT)) % 4) / 4.0"',  # dealt round-robin by row
         ("tests/test_agents.py",),
     ),
     Mutation(
