@@ -36,7 +36,7 @@ from cpo.campaign.agents.export import (
     rendered_message,
 )
 from cpo.campaign.mail.layout import CANONICAL, LayoutError, html_part
-from cpo.campaign.mail.message import Frame
+from cpo.campaign.mail.message import Frame, framed
 from cpo.campaign.rundir import AUDIT_FILE, read_record, recorded_campaign, run_id_of
 from cpo.core.csvsafe import cell_values, safe_cell
 from cpo.core.errors import CpoError, first_line
@@ -269,20 +269,10 @@ def laid_out(template: Mapping[str, Any], frame: Frame | None) -> bool:
         return True
     try:
         message = message_from_template(template)
-        if frame is not None:
-            cta = frame.cta_for(str(template.get("segment")))
-            url = frame.link_for(
-                str(template.get("segment")), str(template.get("variant_id")), str(template.get("arm"))
-            )
-            expected = (
-                frame.footer,
-                frame.postal_address,
-                cta.text if cta else "",
-                url,
-                frame.sign_off.strip() if cta else "",
-            )
-            shown = (message.footer, message.postal_address, message.cta_text, message.cta_url, message.sign_off)
-            if shown != expected:
+        if frame is not None:  # the parts must be the email's words framed as the campaign frames them
+            sent = f"{message.body}\n\n{message.sign_off}" if message.sign_off else message.body
+            segment, vid, arm = (str(template.get(k)) for k in ("segment", "variant_id", "arm"))
+            if message != framed(message.subject, message.preheader, sent, frame, segment, vid, arm):
                 return False
         return message.text == template.get("body") and html_part(message, CANONICAL) == template.get("html")
     except LayoutError:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cpo.campaign.agents.columns import canonical_key
+from cpo.campaign.agents.columns import CONSENT, SEND_LIST_COLUMNS, canonical_key
 from cpo.campaign.mail.message import MARKS, CallToAction, Frame
 from cpo.core.errors import InputError
 from cpo.core.files import load_yaml_model
@@ -28,8 +28,8 @@ DEFAULT_OFFER = "default"
 MAX_WEIGHT = 1e6  # relative weights; a larger one (or inf, nan) would overflow the allocation's bounds
 UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
 PASSED_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
-# The send list's own columns (and the consent column): not passed through under the same name.
-SEND_LIST_COLUMNS = ("customer_id", "email", "arm", "variant_id", "first_name", "segment", "source", "email_opt_in")
+# The send list's own columns and the consent column: not passed through under the same name.
+OWN_COLUMNS = (*SEND_LIST_COLUMNS, CONSENT)
 
 
 class Offer(BaseModel):
@@ -121,8 +121,8 @@ class Campaign(BaseModel):
         for name, key in zip(value, keys, strict=True):
             if not PASSED_NAME.fullmatch(key):
                 raise ValueError(f"{name!r} is not a column name: letters, digits and spaces, starting with a letter")
-            if key in SEND_LIST_COLUMNS:
-                raise ValueError(f"{name!r} is a column cpo writes itself ({', '.join(SEND_LIST_COLUMNS)})")
+            if key in OWN_COLUMNS:
+                raise ValueError(f"{name!r} is a column cpo writes itself ({', '.join(OWN_COLUMNS)})")
         if len(set(keys)) != len(keys):
             raise ValueError("a column is listed twice (names are matched ignoring case and spacing)")
         return keys

@@ -27,6 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from cpo.campaign.agents.columns import SEND_LIST_COLUMNS
 from cpo.campaign.agents.export import (
     ADDRESS,
     ADDRESS_PROBLEMS,
@@ -67,7 +68,6 @@ PERSONAL_SENDING = (
     "the platform's transactional API, one message per customer (a campaign template cannot carry a body per recipient)"
 )
 ENGINES = {"liquid": "python-liquid", "handlebars": "pybars3"}
-OWN_COLUMNS = ("customer_id", "email", "arm", "variant_id", "first_name", "segment", "source")  # send_list.csv's
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def _audience(
     source = {"id": "customer_id", "email": "email", "first_name": "first_name", "arm": "arm",
               "variant_id": "variant_id", "segment": "segment"}  # fmt: skip
     fields = [f for f in platform.columns if f != "email" or has_email]
-    passed = [c for c in header if c not in OWN_COLUMNS]  # the campaign's audience_columns, as they are
+    passed = [c for c in header if c not in SEND_LIST_COLUMNS]  # the campaign's audience_columns, as they are
     out, seen, left = [], set(), {name: 0 for name in ADDRESS_PROBLEMS.values()}
     for row in rows:
         if row.get("variant_id") not in sendable:
@@ -287,31 +287,30 @@ def _write_messages(
     return len(rows)
 
 
-def _is_export(folder: Path) -> bool:
-    """Is this folder one `cpo export` wrote (its manifest names a platform and a run, and nothing else is there)?"""
+def _export_platform(folder: Path) -> str | None:
+    """The platform of the export this folder holds (its manifest names a platform and a run, and nothing else
+    is there), or None when it is not one `cpo export` wrote."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
     ours = {MANIFEST, AUDIENCE, TEMPLATES_DIR, MESSAGES, MESSAGES_DIR}
-    return (
-        isinstance(manifest, dict)
-        and manifest.get("platform") in PLATFORMS
-        and bool(manifest.get("run_id"))
-        and {p.name for p in folder.iterdir()} <= ours
-    )
+    if not isinstance(manifest, dict) or manifest.get("platform") not in PLATFORMS or not manifest.get("run_id"):
+        return None
+    return str(manifest["platform"]) if {p.name for p in folder.iterdir()} <= ours else None
 
 
 def _check_target(folder: Path, platform: Platform) -> None:
     """Refuse, in one line and before any work, an --out that is not an empty folder or an export of this platform."""
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} is a file, not a folder: choose another --out")
-    if folder.is_dir() and any(folder.iterdir()) and not _is_export(folder):
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    named = _export_platform(folder)
+    if named is None:
         raise InputError(f"{folder} is not empty and not a cpo export: choose another --out (nothing was changed)")
-    if folder.is_dir() and _is_export(folder):
-        named = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("platform")
-        if named != platform.name:
-            raise InputError(f"{folder} holds the {named} export: choose another --out for {platform.name}")
+    if named != platform.name:
+        raise InputError(f"{folder} holds the {named} export: choose another --out for {platform.name}")
 
 
 def _replace_folder(built: Path, folder: Path) -> None:

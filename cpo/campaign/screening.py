@@ -82,8 +82,11 @@ def screen_variants(
         before = (audited or {}).get(variant.variant_id)
         # A kept email edited on disk; not one audited before emails had a preheader, a call to action and a
         # postal address (its text as then sent, the footer alone around it, is what the audit holds).
-        bare = content_hash(sent_text(variant.model_copy(update={"preheader": ""}), Frame(footer=frame.footer)))
-        reasons = [CHANGED] if before is not None and before not in (digest, bare) else []
+        bare = Frame(footer=frame.footer)
+        changed = before is not None and before != digest
+        if changed and before == content_hash(sent_text(variant.model_copy(update={"preheader": ""}), bare)):
+            changed = False
+        reasons = [CHANGED] if changed else []
         reasons += model_text_problems(variant)
         if reasons:
             decision = decision.model_copy(update={"blocked": True, "reasons": [*reasons, *decision.reasons]})

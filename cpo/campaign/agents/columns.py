@@ -22,6 +22,9 @@ EMAIL = "email"
 # Accepted spellings of the address column (after `column_key`): passed through to the send list.
 EMAIL_NAMES = ("email", "email_address", "e_mail", "e_mail_address", "emailaddress", "mail", "email_addr")
 CONSENT = "email_opt_in"
+# The columns of send_list.csv cpo writes itself (`cpo.campaign.agents.export`); a passed-through column may not
+# take one of these names, and a platform's audience maps them to its own.
+SEND_LIST_COLUMNS = ("customer_id", "email", "arm", "variant_id", "first_name", "segment", "source")
 # Accepted spellings of the consent column (after `column_key`), in the order they are documented.
 CONSENT_NAMES = (
     "email_opt_in",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import css_inline
@@ -73,8 +73,10 @@ def _marked(message: Message) -> Message:
     )
 
 
+@lru_cache(maxsize=256)
 def neutral_html(message: Message, lang: str = "en") -> str:
-    """The HTML part with inert markers at the merge points: rendered, escaped, CSS inlined."""
+    """The HTML part with inert markers at the merge points: rendered, escaped, CSS inlined. Kept per message:
+    every platform's part and every reader's check (`filled`) start from it."""
     marked = _marked(message)
     before, _, after = marked.footer.partition(UNSUBSCRIBE_MARK)
     label = LINK_LABEL.search(before)

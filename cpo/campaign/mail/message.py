@@ -156,17 +156,24 @@ class Message:
 
 def message_of(variant: EmailVariant, frame: Frame) -> Message:
     """A variant as sent, with the frame's call to action (before the sign-off) and footer."""
-    body, sign_off = variant.body, ""
-    cta = frame.cta_for(variant.segment)
+    return framed(variant.subject, variant.preheader, variant.body, frame, variant.segment, variant.variant_id,
+                  variant.tone)  # fmt: skip
+
+
+def framed(subject: str, preheader: str, body: str, frame: Frame, segment: str, variant_id: str, arm: str) -> Message:
+    """An email's own words (`body` as sent, sign-off included) with what the frame adds for its segment, variant
+    and arm: the one place that says where the call to action, the sign-off and the footer go."""
+    sign_off = ""
+    cta = frame.cta_for(segment)
     if cta is not None and frame.sign_off and body.rstrip().endswith(frame.sign_off.strip()):
         body, sign_off = body.rstrip()[: -len(frame.sign_off.strip())].rstrip(), frame.sign_off.strip()
     return Message(
-        subject=variant.subject,
-        preheader=variant.preheader,
+        subject=subject,
+        preheader=preheader,
         body=body,
         sign_off=sign_off,
         cta_text=cta.text if cta else "",
-        cta_url=frame.link(variant) if cta else "",
+        cta_url=frame.link_for(segment, variant_id, arm) if cta else "",
         footer=frame.footer,
         postal_address=frame.postal_address,
     )
