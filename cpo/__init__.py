@@ -39,6 +39,9 @@ _EXPORTS: dict[str, str] = {
     "ValidationLimits": "cpo.email.validation",
     "validate_draft": "cpo.email.validation",
     "build_email_chain": "cpo.email.chain",
+    "analyze_run": "cpo.campaign.analysis",
+    "SimulationRates": "cpo.campaign.agents.simulation",
+    "build_report": "cpo.campaign.report_page",
 }
 
 __all__ = [
@@ -58,14 +61,17 @@ __all__ = [
     "PriceBook",
     "SegmentProfile",
     "Settings",
+    "SimulationRates",
     "Snippet",
     "Usage",
     "UsageCounts",
     "ValidationLimits",
     "ValidationReport",
     "Vocabulary",
+    "analyze_run",
     "build_chat_model",
     "build_email_chain",
+    "build_report",
     "count_tokens",
     "model_source",
     "validate_draft",
@@ -88,6 +94,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from cpo.accounting.pricing import PriceBook
     from cpo.accounting.tracker import CostTracker
+    from cpo.campaign.agents.simulation import SimulationRates
+    from cpo.campaign.analysis import analyze_run
+    from cpo.campaign.report_page import build_report
     from cpo.core.errors import BudgetExceeded, ConfigError, CpoError, DeadlineExceeded, InputError, LedgerError
     from cpo.core.models import (
         Citation,

@@ -307,6 +307,34 @@ MUTATIONS = (
         "        if False:",
         ("tests/test_template_control.py",),
     ),
+    Mutation(
+        "holm-dropped",
+        "cpo/campaign/agents/experiment.py",
+        '        row["p_holm"] = adjusted',
+        '        row["p_holm"] = row["p_value"]',
+        ("tests/test_results_statistics.py",),
+    ),
+    Mutation(
+        "unpooled-z-test",
+        "cpo/campaign/agents/experiment_stats.py",
+        'value=0, alternative="two-sided", prop_var=False)',
+        'value=0, alternative="two-sided", prop_var=s1 / n1)',
+        ("tests/test_results_statistics.py",),
+    ),
+    Mutation(
+        "srm-on-assigned-not-present",
+        "cpo/campaign/agents/experiment.py",
+        '    present = frame[frame["present"]]',
+        "    present = frame",
+        ("tests/test_results_analysis.py",),
+    ),
+    Mutation(
+        "unknown-outcome-ids-not-counted",
+        "cpo/campaign/agents/outcomes.py",
+        "            unknown.add(raw.casefold())\n",
+        "",
+        ("tests/test_results_analysis.py",),
+    ),
 )
 
 

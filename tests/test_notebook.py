@@ -1,4 +1,5 @@
-"""The generation playground notebook runs top to bottom offline, as CI executes it.
+"""The notebooks run top to bottom offline, as CI executes them: the generation playground and the experiment
+analysis.
 
 The kernel subprocess inherits the hermetic environment from conftest (no AZURE_OPENAI_*/OPENAI_*/CPO_*
 variables, cwd in a tmp dir), so the notebook uses the offline drafting model and needs no network.
@@ -12,7 +13,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "generation_playground.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK = NOTEBOOKS / "generation_playground.ipynb"
+ANALYSIS = NOTEBOOKS / "experiment_analysis.ipynb"
 TONES = ("urgent", "informational", "friendly", "control")
 
 
@@ -30,8 +33,9 @@ def _cell(nb: nbformat.NotebookNode, cell_id: str) -> nbformat.NotebookNode:
     return next(c for c in nb.cells if c.get("id") == cell_id)
 
 
-def test_committed_notebook_has_no_outputs() -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("path", [NOTEBOOK, ANALYSIS], ids=lambda p: p.stem)
+def test_committed_notebook_has_no_outputs(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
     assert nb.metadata.kernelspec.name == "python3"
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -52,3 +56,21 @@ def test_notebook_runs_offline(tmp_path: Path) -> None:
     missing = [tone for tone in TONES if tone not in text]
     assert not missing, f"variants table does not mention {missing}:\n{text[:2000]}"
     assert "offline drafting model" in _output_text(_cell(nb, "setup"))
+
+
+@pytest.mark.waits
+def test_the_experiment_analysis_notebook_runs_offline_and_says_its_data_is_simulated(tmp_path: Path) -> None:
+    nb = nbformat.read(ANALYSIS, as_version=4)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    assert _output_text(_cell(nb, "analyze")).startswith("Simulated data: ")
+    plot = _cell(nb, "lift-plot")
+    assert any("image/png" in o.get("data", {}) for o in plot.outputs), "the lift plot drew nothing"
+    table = _output_text(_cell(nb, "segment-table"))
+    for segment in ("Business Bulk Buyer", "High-Value Recent", "Lapsed", "New Customer", "Regular"):
+        assert segment in table
+    (run_dir,) = [p for p in (tmp_path / "notebook-runs").iterdir() if p.is_dir()]
+    assert (run_dir / "analysis.json").is_file() and (run_dir / "report.html").is_file()

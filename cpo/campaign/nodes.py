@@ -19,7 +19,7 @@ from langgraph.types import Send, interrupt
 
 from cpo.accounting.tracker import trackers_in
 from cpo.campaign import stages
-from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers
+from cpo.campaign.agents.assignment import DEFAULT_ARMS, assign_customers, shares_for
 from cpo.campaign.agents.export import (
     address_dropped,
     customers_per_cell,
@@ -224,6 +224,7 @@ def assign(state: CampaignState) -> CampaignState:
     return {
         "assignment": {
             "mode": campaign.assignment,
+            "shares": shares_for(DEFAULT_ARMS, campaign.allocation or None, campaign.holdout),
             "total": result.total,
             "per_arm": result.per_arm(),
             "cells": [[s, a, n] for (s, a), n in sorted(result.cells.items())],

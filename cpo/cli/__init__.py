@@ -26,6 +26,8 @@ COMMANDS = {
     "review": ("cpo.cli.commands", "cmd_review"),
     "audit": ("cpo.cli.commands", "cmd_audit"),
     "export": ("cpo.cli.commands", "cmd_export"),
+    "analyze": ("cpo.cli.results", "cmd_analyze"),
+    "report": ("cpo.cli.results", "cmd_report"),
     "index": ("cpo.cli.commands", "cmd_index"),
     "generate": ("cpo.cli.commands", "cmd_generate"),
     "try-prompts": ("cpo.cli.commands", "cmd_try_prompts"),

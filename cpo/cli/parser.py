@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"one of {', '.join(PLATFORM_NAMES)}")  # fmt: skip
     export.add_argument("--out", type=Path, metavar="DIR", help="folder to write [RUN_DIR/exports/<platform>]")
 
+    _results_commands(commands)
+
     index = commands.add_parser(
         "index",
         help="(re)build the approved-content index that retrieval searches",
@@ -254,3 +256,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--out", type=Path, metavar="DIR", help="runs directory [CPO_RUNS_DIR or ./runs]")
     return parser
+
+
+OUTCOME_FORMATS = ("generic", "sendgrid", "customerio")
+METRIC_NAMES = ("delivered", "opened", "clicked", "converted", "unsubscribed", "bounced")
+
+
+def _results_commands(commands: Any) -> None:
+    """`cpo analyze` and `cpo report`: the experiment's results, read back into the run directory."""
+    analyze = commands.add_parser(
+        "analyze",
+        help="read a run's outcomes (a platform's export, or simulated) and write its statistics and report",
+        description="Join outcomes to the run's assignments (by assigned arm: intention to treat) and write "
+        "RUN_DIR/analysis.json, outcomes.csv and report.html: rates with Wilson intervals, lift against control "
+        "with intervals, pooled z-tests with Holm-adjusted p-values, a sample-ratio check, the smallest "
+        "detectable lift, the unsubscribe guardrail and a one-sentence verdict. Observed unsubscribes and "
+        "bounces are written to suppress_next.csv for the next run's --suppress. Formats: docs/results.md.",
+    )
+    analyze.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    source = analyze.add_mutually_exclusive_group(required=True)
+    source.add_argument("--outcomes", type=Path, metavar="FILE", help="the email platform's engagement export (CSV)")
+    source.add_argument(
+        "--simulate", action="store_true", help="simulate outcomes from each customer's history (no effect unless "
+        "--effect says so); the report says the data is simulated",
+    )  # fmt: skip
+    analyze.add_argument("--platform", choices=OUTCOME_FORMATS, default="generic", metavar="NAME",
+                         help=f"the export's format: one of {', '.join(OUTCOME_FORMATS)} [generic]")  # fmt: skip
+    analyze.add_argument("--map", nargs="+", default=[], metavar="COLUMN=FIELD", dest="mapping",
+                         help="name the file's columns: FIELD is customer_id, email, event, url or a metric "
+                         f"({', '.join(METRIC_NAMES)})")  # fmt: skip
+    analyze.add_argument("--conversions", type=Path, metavar="FILE",
+                         help="customer ids that converted (CSV with a customer_id column): the only outcome the "
+                         "holdout has")  # fmt: skip
+    analyze.add_argument("--primary", choices=METRIC_NAMES, default="clicked", metavar="METRIC",
+                         help="the metric the verdict is about [clicked]")  # fmt: skip
+    sim = analyze.add_argument_group("simulation (with --simulate)")
+    sim.add_argument("--seed", type=int, default=1, help="seed of the simulated outcomes [1]")
+    sim.add_argument("--effect", nargs="+", default=[], metavar="ARM[:METRIC]=X",
+                     help="multiply an arm's chance of a metric by X (ARM=X: clicks and conversions) "
+                     "[no effect]")  # fmt: skip
+    sim.add_argument("--bounce-rate", type=float, default=0.02, metavar="P", help="share of emails that bounce [0.02]")
+    sim.add_argument("--unsubscribe-rate", type=float, default=0.003, metavar="P",
+                     help="share of delivered emails whose reader unsubscribes [0.003]")  # fmt: skip
+    sim.add_argument("--conversion-rate", type=float, default=0.02, metavar="P",
+                     help="share of customers who convert, holdout included [0.02]")  # fmt: skip
+
+    report = commands.add_parser(
+        "report",
+        help="(re)build a run's report.html from its files and analysis.json",
+        description="Write RUN_DIR/report.html: one self-contained page (charts inline, no script, opens offline) "
+        "with the verdict, lift by arm and by segment, guardrail, sample-ratio check, power, the safety and "
+        "review summary, each variant and the run's cost.",
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR")

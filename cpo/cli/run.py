@@ -178,6 +178,7 @@ def _cmd_run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         warnings=result.warnings,
         unsent_customers=result.unsent_customers,
         assignment_mode=result.assignment.get("mode"),
+        allocation=result.assignment.get("shares"),
         finished=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     platform = args.platform or inputs.get("platform")  # a resumed run exports for the platform it was started with

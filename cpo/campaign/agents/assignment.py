@@ -101,6 +101,14 @@ def allocation_for(arms: tuple[str, ...], weights: dict[str, float] | None, hold
     return bounds
 
 
+def shares_for(arms: tuple[str, ...], weights: dict[str, float] | None, holdout: float) -> dict[str, float]:
+    """The planned share of each arm (the holdout's included): what the sample-ratio test compares against."""
+    bounds, lower, out = allocation_for(arms, weights, holdout), 0.0, {}
+    for arm, upper in bounds:
+        out[arm], lower = upper - lower, upper
+    return out
+
+
 def block_of(arms: tuple[str, ...], weights: dict[str, float] | None, holdout: float) -> list[str]:
     """The arms of one balanced block, in allocation order: each arm as many times as its weight in the smallest
     whole numbers (1, 1, 2 for weights 0.5, 0.5, 1), the holdout as one more arm holding its share."""

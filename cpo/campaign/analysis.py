@@ -1,0 +1,231 @@
+"""`cpo analyze`: a finished run's outcomes (observed from a platform's export, or simulated) read against its
+assignments, the experiment's statistics, and `analysis.json` and `outcomes.csv` in the run directory.
+
+The assignments must be the file the run's audit bound: an edited arm would quietly change every number. An
+observed export's unsubscribes and bounces become `suppress_next.csv`, for `cpo run --suppress` next time;
+simulated ones never do (they are not real people's choices).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cpo.campaign.agents.assignment import DEFAULT_ARMS, HOLDOUT, shares_for
+from cpo.campaign.agents.experiment import METRICS, analyze, comparisons
+from cpo.campaign.agents.export import ASSIGNMENTS_FILE, SEND_LIST_FILE
+from cpo.campaign.agents.outcomes import Outcomes, read_conversions, read_outcomes
+from cpo.campaign.agents.simulation import SimulationRates, simulate
+from cpo.campaign.file_binding import unbound_files
+from cpo.campaign.rundir import DATABASE, read_json, read_record, recorded_campaign, write_json
+from cpo.core.csvsafe import cell_values, safe_cell
+from cpo.core.errors import InputError
+from cpo.core.files import replacing
+from cpo.core.version import __version__
+
+ANALYSIS_FILE, OUTCOMES_FILE, SUPPRESS_NEXT_FILE = "analysis.json", "outcomes.csv", "suppress_next.csv"
+FEATURE_COLUMNS = (
+    "tier",
+    "last_engagement_days",
+    "purchase_frequency",
+    "historical_open_rate",
+    "historical_click_rate",
+)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_csv(path: Path, what: str) -> list[dict[str, str]]:
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            return [{k: cell_values(v or "")[0] for k, v in row.items()} for row in csv.DictReader(handle)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read the run's {what} {path}: {exc}") from None
+
+
+def run_customers(run_dir: Path) -> Any:
+    """The run's assignments (customer_id, segment, arm, delivered_variant, email) with what the customer file
+    said (tier, recency, frequency, historical rates), as a DataFrame; refused if the audit binds other files."""
+    import pandas as pd
+
+    record = read_record(run_dir, "cannot analyze")
+    if not (run_dir / ASSIGNMENTS_FILE).is_file():
+        status = record.get("status", "unfinished")
+        raise InputError(f"cannot analyze {run_dir}: it has no {ASSIGNMENTS_FILE} (the run is {status})")
+    problems = unbound_files(run_dir)
+    if problems:
+        raise InputError(f"cannot analyze {run_dir}: {problems[0]}")
+    rows = _read_csv(run_dir / ASSIGNMENTS_FILE, "assignments")
+    missing = {"customer_id", "segment", "arm"} - set(rows[0] if rows else {})
+    if not rows or missing:
+        raise InputError(f"cannot analyze {run_dir}: {ASSIGNMENTS_FILE} has no customers or lacks {missing}")
+    frame = pd.DataFrame(rows)
+    if "delivered_variant" not in frame:
+        frame["delivered_variant"] = ""
+    emails = {r["customer_id"]: r.get("email", "") for r in _read_csv(run_dir / SEND_LIST_FILE, "send list")}
+    frame["email"] = frame["customer_id"].map(emails).fillna("")
+    database = run_dir / DATABASE
+    if database.is_file():
+        import duckdb
+
+        con = duckdb.connect(str(database), read_only=True)
+        try:
+            have = {r[0] for r in con.execute("DESCRIBE customers").fetchall()}
+            wanted = ["customer_id", *(c for c in FEATURE_COLUMNS if c in have)]
+            features = con.execute(f"SELECT {', '.join(wanted)} FROM customers").df()  # column names are ours
+        finally:
+            con.close()
+        frame = frame.merge(features, on="customer_id", how="left")
+    return frame
+
+
+def planned_shares(run_dir: Path) -> dict[str, float]:
+    """The allocation the run assigned by (run.json; a run made before it was recorded: its campaign file)."""
+    record = read_record(run_dir, "cannot analyze")
+    shares = record.get("allocation")
+    if isinstance(shares, dict) and shares:
+        return {str(k): float(v) for k, v in shares.items()}
+    campaign = recorded_campaign(record)
+    return shares_for(DEFAULT_ARMS, campaign.allocation or None, campaign.holdout)
+
+
+def _variant_arms(run_dir: Path) -> dict[str, str]:
+    return {t["variant_id"]: t["arm"] for t in read_json(run_dir, "templates.json", []) if "variant_id" in t}
+
+
+def _observed(frame: Any, found: Outcomes) -> Any:
+    frame["present"] = frame["customer_id"].isin(found.values.keys())
+    for metric in METRICS:
+        if metric in found.measured:
+            values = frame["customer_id"].map(lambda c, m=metric: found.values.get(c, {}).get(m, 0))
+            frame[metric] = values.where(frame["present"]).astype(float)
+    return frame
+
+
+def analyze_run(
+    run_dir: Path,
+    *,
+    outcomes: Path | None = None,
+    platform: str = "generic",
+    mapping: dict[str, str] | None = None,
+    conversions: Path | None = None,
+    simulate_seed: int | None = None,
+    rates: SimulationRates | None = None,
+    primary: str = "clicked",
+) -> dict[str, Any]:
+    """Analyze a finished run and write analysis.json (and outcomes.csv, suppress_next.csv); return the analysis.
+
+    Give `outcomes` (a platform's export) or `simulate_seed` (simulated outcomes); `conversions` is a file of
+    converted customer ids, the one source that measures the holdout."""
+    if (outcomes is None) == (simulate_seed is None):
+        raise InputError("give an outcome file (--outcomes FILE) or --simulate, not both and not neither")
+    if primary not in METRICS:
+        raise InputError(f"primary metric must be one of {', '.join(METRICS)} (got {primary!r})")
+    frame = run_customers(run_dir)
+    variant_arm = _variant_arms(run_dir)
+    by_id = {c.casefold(): c for c in frame["customer_id"]}
+    data: dict[str, Any] = {"source": "observed" if outcomes else "simulated", "file": None, "file_sha256": None}
+    data.update(unknown_ids=0, duplicates=0, missing=0, holdout_in_export=0)
+    utm: dict[str, Any] = {"clicks": 0, "by_variant": {}, "other_variant": 0}
+    found: Outcomes | None = None
+    if outcomes is not None:
+        by_email = {e.casefold(): c for c, e in zip(frame["customer_id"], frame["email"], strict=True) if e}
+        found = read_outcomes(
+            outcomes, by_id=by_id, by_email=by_email, variants=set(variant_arm), platform=platform, mapping=mapping
+        )
+        frame = _observed(frame, found)
+        held = frame["arm"] == HOLDOUT
+        data.update(file=str(outcomes), file_sha256=_sha256(outcomes), platform=platform, rows=found.rows)
+        data.update(unknown_ids=found.unknown_ids, duplicates=found.duplicates, columns=found.columns)
+        data.update(
+            missing=int((~frame["present"] & ~held).sum()), holdout_in_export=int((frame["present"] & held).sum())
+        )
+        data.update(ignored_events=found.ignored_events, measured=list(found.measured))
+        frame.loc[held, [m for m in METRICS if m in frame]] = float("nan")  # no email: nothing of it to measure
+        frame.loc[held, "present"] = False
+        delivered = dict(zip(frame["customer_id"], frame["delivered_variant"], strict=True))
+        for customer, variant in found.utm_clicks:
+            utm["clicks"] += 1
+            utm["by_variant"][variant] = utm["by_variant"].get(variant, 0) + 1
+            utm["other_variant"] += int(delivered.get(customer) != variant)
+    else:
+        if "historical_open_rate" not in frame:
+            raise InputError(f"cannot simulate {run_dir}: its customer database has no historical rates")
+        rates = rates or SimulationRates()
+        simulated = simulate(frame, rates, int(simulate_seed or 0))
+        frame = frame.join(simulated, on="customer_id")
+        frame["present"] = frame["arm"] != HOLDOUT
+        data.update(seed=simulate_seed, rates=asdict(rates), measured=list(METRICS))
+    if conversions is not None:
+        converted, unknown = read_conversions(conversions, by_id)
+        frame["converted"] = frame["customer_id"].isin(converted).astype(float)
+        data["conversions"] = {"file": str(conversions), "file_sha256": _sha256(conversions), "unknown_ids": unknown}
+    result = analyze(
+        frame, shares=planned_shares(run_dir), primary=primary, simulated=outcomes is None, variant_arm=variant_arm
+    )
+    record = read_record(run_dir, "cannot analyze")
+    analysis = {
+        "run_id": record.get("run_id", run_dir.name),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpo": __version__,
+        "alpha": 0.05,
+        **result,
+        "utm": utm,
+        "data": data,
+    }
+    analysis["data"]["suppression_file"] = _suppress_next(run_dir, frame) if outcomes is not None else None
+    _write_outcomes(run_dir, frame)
+    write_json(run_dir, ANALYSIS_FILE, analysis)
+    return analysis
+
+
+def _suppress_next(run_dir: Path, frame: Any) -> str | None:
+    """Observed unsubscribes and bounces, for the next run's --suppress; None when there are none."""
+    rows = []
+    for reason in ("unsubscribed", "bounced"):
+        if reason in frame:
+            hit = frame[frame[reason] == 1]
+            rows += [(c, reason) for c in hit["customer_id"]]
+    path = run_dir / SUPPRESS_NEXT_FILE
+    if not rows:
+        path.unlink(missing_ok=True)
+        return None
+    _write_csv(path, ["customer_id", "reason"], [[c, r] for c, r in dict(rows).items()])
+    return SUPPRESS_NEXT_FILE
+
+
+def _write_outcomes(run_dir: Path, frame: Any) -> None:
+    """outcomes.csv: the per-customer table the statistics were computed from (for notebooks and audits)."""
+    metrics = [m for m in METRICS if m in frame]
+    header = ["customer_id", "segment", "arm", "delivered_variant", "present", *metrics]
+    rows = []
+    for row in frame[header].itertuples(index=False):
+        cells = [str(v) for v in row[:4]] + [str(bool(row[4])).lower()]
+        cells += ["" if v != v else str(int(v)) for v in row[5:]]
+        rows.append(cells)
+    _write_csv(run_dir / OUTCOMES_FILE, header, rows)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with replacing(path) as temp, temp.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows([[safe_cell(c) for c in row] for row in rows])
+
+
+def false_positive_share(run_dir: Path, runs: int = 200, rates: SimulationRates | None = None) -> float:
+    """The calibration check: across `runs` seeded simulations with no effect, the share that declare any
+    significant difference in the Holm family. It should be near or below alpha (0.05)."""
+    frame = run_customers(run_dir)
+    hits = 0
+    for seed in range(1, runs + 1):
+        simulated = frame.join(simulate(frame, rates or SimulationRates(), seed), on="customer_id")
+        simulated["present"] = simulated["arm"] != HOLDOUT
+        hits += any(c["significant"] for c in comparisons(simulated, intervals=False))
+    return hits / runs
