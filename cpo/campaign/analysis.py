@@ -22,7 +22,7 @@ from cpo.campaign.agents.outcomes import Outcomes, read_conversions, read_outcom
 from cpo.campaign.agents.simulation import SimulationRates, simulate
 from cpo.campaign.file_binding import unbound_files
 from cpo.campaign.rundir import DATABASE, read_json, read_record, recorded_campaign, write_json
-from cpo.core.csvsafe import cell_values, safe_cell
+from cpo.core.csvsafe import FORMULA_STARTS, safe_cell
 from cpo.core.errors import InputError
 from cpo.core.files import replacing
 from cpo.core.version import __version__
@@ -41,18 +41,24 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _read_csv(path: Path, what: str) -> list[dict[str, str]]:
+def _read_csv(path: Path, what: str) -> Any:
+    """One of the run's own CSV files as text columns, without the `'` cpo put before formula-like cells."""
+    import pandas as pd
+
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            return [{k: cell_values(v or "")[0] for k, v in row.items()} for row in csv.DictReader(handle)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"cannot read the run's {what} {path}: {exc}") from None
+    for column in frame.columns:
+        quoted = frame[column].str[:1].eq("'") & frame[column].str[1:2].isin(FORMULA_STARTS)
+        if quoted.any():
+            frame.loc[quoted, column] = frame.loc[quoted, column].str[1:]
+    return frame
 
 
 def run_customers(run_dir: Path) -> Any:
     """The run's assignments (customer_id, segment, arm, delivered_variant, email) with what the customer file
     said (tier, recency, frequency, historical rates), as a DataFrame; refused if the audit binds other files."""
-    import pandas as pd
 
     record = read_record(run_dir, "cannot analyze")
     if not (run_dir / ASSIGNMENTS_FILE).is_file():
@@ -61,14 +67,14 @@ def run_customers(run_dir: Path) -> Any:
     problems = unbound_files(run_dir)
     if problems:
         raise InputError(f"cannot analyze {run_dir}: {problems[0]}")
-    rows = _read_csv(run_dir / ASSIGNMENTS_FILE, "assignments")
-    missing = {"customer_id", "segment", "arm"} - set(rows[0] if rows else {})
-    if not rows or missing:
+    frame = _read_csv(run_dir / ASSIGNMENTS_FILE, "assignments")
+    missing = {"customer_id", "segment", "arm"} - set(frame.columns)
+    if frame.empty or missing:
         raise InputError(f"cannot analyze {run_dir}: {ASSIGNMENTS_FILE} has no customers or lacks {missing}")
-    frame = pd.DataFrame(rows)
     if "delivered_variant" not in frame:
         frame["delivered_variant"] = ""
-    emails = {r["customer_id"]: r.get("email", "") for r in _read_csv(run_dir / SEND_LIST_FILE, "send list")}
+    sent = _read_csv(run_dir / SEND_LIST_FILE, "send list")
+    emails = dict(zip(sent["customer_id"], sent["email"], strict=True)) if "email" in sent else {}
     frame["email"] = frame["customer_id"].map(emails).fillna("")
     database = run_dir / DATABASE
     if database.is_file():
@@ -100,11 +106,14 @@ def _variant_arms(run_dir: Path) -> dict[str, str]:
 
 
 def _observed(frame: Any, found: Outcomes) -> Any:
+    """The export's metrics per customer: 1/0 for those present, NaN (not measured) for those absent."""
+    import pandas as pd
+
     frame["present"] = frame["customer_id"].isin(found.values.keys())
-    for metric in METRICS:
-        if metric in found.measured:
-            values = frame["customer_id"].map(lambda c, m=metric: found.values.get(c, {}).get(m, 0))
-            frame[metric] = values.where(frame["present"]).astype(float)
+    table = pd.DataFrame.from_dict(found.values, orient="index", columns=list(found.measured), dtype=float)
+    for metric in found.measured:
+        values = frame["customer_id"].map(table[metric]).astype(float)
+        frame[metric] = values.fillna(0.0).where(frame["present"])
     return frame
 
 
@@ -203,13 +212,15 @@ def _suppress_next(run_dir: Path, frame: Any) -> str | None:
 def _write_outcomes(run_dir: Path, frame: Any) -> None:
     """outcomes.csv: the per-customer table the statistics were computed from (for notebooks and audits)."""
     metrics = [m for m in METRICS if m in frame]
-    header = ["customer_id", "segment", "arm", "delivered_variant", "present", *metrics]
-    rows = []
-    for row in frame[header].itertuples(index=False):
-        cells = [str(v) for v in row[:4]] + [str(bool(row[4])).lower()]
-        cells += ["" if v != v else str(int(v)) for v in row[5:]]
-        rows.append(cells)
-    _write_csv(run_dir / OUTCOMES_FILE, header, rows)
+    out = frame[["customer_id", "segment", "arm", "delivered_variant"]].astype(str)
+    for column in out.columns:  # text a spreadsheet would run gets a leading ' (cpo.core.csvsafe)
+        risky = out[column].str[:1].isin(FORMULA_STARTS)
+        out.loc[risky, column] = "'" + out.loc[risky, column]
+    out["present"] = frame["present"].map({True: "true", False: "false"})
+    for metric in metrics:
+        out[metric] = frame[metric].astype("Int64")
+    with replacing(run_dir / OUTCOMES_FILE) as temp:
+        out.to_csv(temp, index=False, lineterminator="\r\n")
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:

@@ -44,9 +44,17 @@ FEATURE_BUCKETS: dict[str, tuple[str, tuple[tuple[str, float], ...]]] = {
 }
 
 
-def _counts(frame: Any, metric: str) -> tuple[int, int]:
-    values = frame[metric].dropna()
-    return int(values.sum()), len(values)
+def counts(frame: Any) -> dict[str, dict[str, tuple[int, int]]]:
+    """counts[metric][arm] = (successes, customers measured), from one vectorized group-by."""
+    metrics = [m for m in METRICS if m in frame]
+    if not metrics or frame.empty:
+        return {}
+    table = frame.groupby("arm", sort=False)[metrics].agg(["sum", "count"])
+    return {
+        m: {str(arm): (int(table.at[arm, (m, "sum")]), int(table.at[arm, (m, "count")])) for arm in table.index}
+        for m in metrics
+        if table[(m, "count")].sum() > 0
+    }
 
 
 def _arms(frame: Any) -> list[str]:
@@ -56,16 +64,12 @@ def _arms(frame: Any) -> list[str]:
     return [a for a in order if a in present] + sorted(present - set(order))
 
 
-def _metrics(frame: Any) -> list[str]:
-    return [m for m in METRICS if m in frame and frame[m].notna().any()]
-
-
 def rate_table(frame: Any, with_lift: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
     """table[metric][arm] = {n, successes, rate, ci_low, ci_high} (and, descriptively, the lift over control)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for metric in _metrics(frame):
-        by_arm = {arm: _counts(part, metric) for arm, part in frame.groupby("arm", sort=False)}
-        cells = {arm: rate(*by_arm[arm]) for arm in _arms(frame) if by_arm[arm][1] > 0}
+    arms = _arms(frame)
+    for metric, by_arm in counts(frame).items():
+        cells = {arm: rate(*by_arm[arm]) for arm in arms if by_arm[arm][1] > 0}
         if with_lift and CONTROL in cells:
             s0, n0 = by_arm[CONTROL]
             for arm, cell in cells.items():
@@ -78,12 +82,11 @@ def rate_table(frame: Any, with_lift: bool = False) -> dict[str, dict[str, dict[
     return out
 
 
-def _pairs(frame: Any) -> Iterator[tuple[str, str, str]]:
+def _pairs(frame: Any, by_metric: dict[str, dict[str, tuple[int, int]]]) -> Iterator[tuple[str, str, str]]:
     """(metric, arm, baseline) for every comparison in the run's family."""
-    arms = _arms(frame)
-    emailed = [a for a in arms if a != HOLDOUT]
-    for metric in _metrics(frame):
-        measured = {a for a, part in frame.groupby("arm", sort=False) if part[metric].notna().any()}
+    emailed = [a for a in _arms(frame) if a != HOLDOUT]
+    for metric, by_arm in by_metric.items():
+        measured = {a for a, (_, n) in by_arm.items() if n > 0}
         if CONTROL in measured:
             yield from ((metric, arm, CONTROL) for arm in emailed if arm != CONTROL and arm in measured)
         if metric == "converted" and HOLDOUT in measured:
@@ -94,9 +97,9 @@ def comparisons(frame: Any, intervals: bool = True) -> list[dict[str, Any]]:
     """Every arm against its baseline, with Holm-adjusted p-values across them all (`intervals=False`: the
     tests alone, for the many simulations of a calibration check)."""
     found: list[dict[str, Any]] = []
-    for metric, arm, base in _pairs(frame):
-        s1, n1 = _counts(frame[frame["arm"] == arm], metric)
-        s0, n0 = _counts(frame[frame["arm"] == base], metric)
+    by_metric = counts(frame)
+    for metric, arm, base in _pairs(frame, by_metric):
+        (s1, n1), (s0, n0) = by_metric[metric][arm], by_metric[metric][base]
         found.append(
             {
                 "metric": metric,
