@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_who_gets_emailed import campaign
+from test_who_gets_emailed import DATA, campaign
 
 from cpo.campaign.agents.outcomes import flag
 from cpo.campaign.agents.suppression import suppression_ids
@@ -137,7 +137,9 @@ def test_a_sendgrid_event_export_joins_on_email_and_attributes_clicks_by_utm_con
     events += [[second["email"], "click", "1764000300", other], [second["email"], "spamreport", "1764000400", ""]]
     path = write(run_dir / "sendgrid.csv", ["email", "event", "timestamp", "url"], events)
     analysis = analyze_run(run_dir, outcomes=path, platform="sendgrid")
-    assert analysis["data"]["missing"] == 0 and analysis["data"]["ignored_events"] == {"processed": 1, "spamreport": 1}
+    assert analysis["data"]["missing"] == 0 and analysis["data"]["ignored_events"] == {"processed": 1}
+    assert analysis["data"]["complained"] == 1  # the spam report: never emailed again
+    assert rows(run_dir / "suppress_next.csv") == [{"customer_id": second["customer_id"], "reason": "complained"}]
     assert sum(c["successes"] for c in analysis["arms"]["clicked"].values()) == 2
     assert analysis["utm"] == {"clicks": 2, "by_variant": {first["variant_id"]: 2}, "other_variant": 1}
     assert set(analysis["data"]["measured"]) == {"delivered", "opened", "clicked", "unsubscribed", "bounced"}
@@ -251,6 +253,8 @@ def test_a_run_whose_assignments_were_edited_is_not_analyzed(run_dir: Path, caps
         (["--simulate", "--effect", "urgent=lots"], "expected ARM=MULTIPLIER"),
         (["--simulate", "--bounce-rate", "1.5"], "bounce rate must be between 0 and 1"),
         (["--outcomes", "missing.csv"], "No such file"),
+        (["--outcomes", "x.csv", "--seed", "3"], "go with --simulate"),
+        (["--simulate", "--seed", "-1"], "must be 0-4294967295"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(
@@ -264,3 +268,106 @@ def test_bad_options_are_one_line_and_exit_2(
 def test_a_directory_that_is_not_a_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(tmp_path), "--simulate"]) == 2
     assert "not a cpo run directory" in capsys.readouterr().err
+
+
+def test_ids_match_exactly_first_and_ignoring_case_only_when_that_names_one_customer(tmp_path: Path) -> None:
+    from cpo.campaign.agents.outcomes import CustomerIndex
+
+    index = CustomerIndex(["abc", "ABC", "C000001", "-17"], [("abc", "Kim@Example.com"), ("ABC", "kim@example.com")])
+    assert index.by_id("ABC") == "ABC" and index.by_id(" abc ") == "abc"
+    assert index.by_id("Abc") is None  # two customers fold to it: ambiguous, so no one
+    assert index.by_id("c000001") == "C000001" and index.by_id("'-17") == "-17"
+    assert index.by_email("KIM@example.com") is None  # two customers share it ignoring case
+    assert CustomerIndex(["x"], [("x", "Ann@Example.com")]).by_email(" ann@example.COM ") == "x"
+
+
+def test_two_columns_meaning_the_id_are_an_error_and_map_wins_over_a_formats_names(run_dir: Path) -> None:
+    recipients = rows(run_dir / "send_list.csv")
+    body = [[r["customer_id"], str(n), "open"] for n, r in enumerate(recipients)]
+    path = write(run_dir / "two.csv", ["customer_id", "id", "event"], body)
+    with pytest.raises(InputError, match="columns 'customer_id', 'id' all mean 'customer_id'"):
+        analyze_run(run_dir, outcomes=path)
+    found = analyze_run(run_dir, outcomes=path, mapping={"customer_id": "customer_id", "id": "url"})
+    assert found["data"]["missing"] == 0
+    sender = [[r["email"], "noreply@northwind.example", "1"] for r in recipients]
+    path = write(run_dir / "contact.csv", ["Contact", "email", "opened"], sender)
+    found = analyze_run(run_dir, outcomes=path, mapping={"contact": "email"})  # not the sender's `email` column
+    assert found["data"]["missing"] == 0 and found["data"]["unknown_ids"] == 0
+
+
+def test_an_export_or_a_conversions_file_matching_no_one_is_refused_and_the_last_analysis_stays(
+    run_dir: Path,
+) -> None:
+    assert main(["analyze", str(run_dir), "--simulate"]) == 0
+    before = (run_dir / "analysis.json").read_bytes()
+    path = write(run_dir / "nobody.csv", ["customer_id", "opened"], [["X1", "1"], ["X2", "0"]])
+    with pytest.raises(InputError, match="none of its 2 ids is a customer of this run"):
+        analyze_run(run_dir, outcomes=path)
+    with pytest.raises(InputError, match=r"conversions file .* none of its 2 ids"):
+        analyze_run(run_dir, simulate_seed=1, conversions=path)
+    assert (run_dir / "analysis.json").read_bytes() == before
+
+
+def test_a_url_column_beside_a_click_column_names_the_variant_and_is_not_a_click(run_dir: Path) -> None:
+    recipients = rows(run_dir / "send_list.csv")
+    link = "https://example.com/account/upgrade?utm_content="
+    body = [[r["email"], "1", "0", link + r["variant_id"]] for r in recipients]
+    found = analyze_run(run_dir, outcomes=write(run_dir / "links.csv", ["email", "opened", "clicked", "url"], body))
+    assert sum(c["successes"] for c in found["arms"]["clicked"].values()) == 0 and found["utm"]["clicks"] == 0
+
+
+def test_unsubscribes_found_earlier_stay_on_the_suppression_list(run_dir: Path) -> None:
+    recipients = rows(run_dir / "send_list.csv")
+    first = write(
+        run_dir / "a.csv",
+        ["customer_id", "unsubscribed"],
+        [[r["customer_id"], int(i == 0)] for i, r in enumerate(recipients)],
+    )
+    analyze_run(run_dir, outcomes=first)
+    later = write(run_dir / "b.csv", ["customer_id", "opened"], [[r["customer_id"], 1] for r in recipients])
+    assert analyze_run(run_dir, outcomes=later)["data"]["suppression_file"] == "suppress_next.csv"
+    assert rows(run_dir / "suppress_next.csv") == [
+        {"customer_id": recipients[0]["customer_id"], "reason": "unsubscribed"}
+    ]
+
+
+def test_a_run_whose_audit_file_was_removed_is_not_analyzed(run_dir: Path) -> None:
+    (run_dir / "safety_audit.csv").unlink()
+    with pytest.raises(InputError, match=r"safety_audit\.csv is missing"):
+        analyze_run(run_dir, simulate_seed=1)
+
+
+def test_a_holdout_customer_found_by_email_is_counted_as_such(tmp_path: Path) -> None:
+    assert main(["run", "--config", campaign(**{"holdout: 0.0": "holdout: 0.2"})]) == 0
+    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    held = {r["customer_id"] for r in rows(run_dir / "assignments.csv") if r["arm"] == "holdout"}
+    with (DATA / "customers.csv").open(encoding="utf-8", newline="") as handle:
+        everyone = [r for r in csv.DictReader(handle) if r["email_opt_in"] == "true"]
+    path = write(tmp_path / "all.csv", ["email", "event"], [[r["email"], "delivered"] for r in everyone])
+    data = analyze_run(run_dir, outcomes=path, platform="sendgrid")["data"]
+    assert data["holdout_in_export"] == len(held) and data["unknown_ids"] == 0
+
+
+def test_customers_the_run_sent_nothing_stay_in_their_arm_with_no_engagement(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--review"]) == 4
+    (run_dir,) = [p for p in Path("runs").iterdir() if p.is_dir()]
+    variants = json.loads((run_dir / "variants.json").read_text(encoding="utf-8"))
+    rejected = [v["variant_id"] for v in variants if v["segment"] == "Regular" and v["tone"] in ("control", "urgent")]
+    argv = ["review", str(run_dir), "--reject", *rejected, "--reviewer", "ana", "--reason", "off brand"]
+    assert main(argv) == 0 and main(["review", str(run_dir), "--approve-rest", "--reviewer", "ana"]) == 0
+    main(["run", "--resume", str(run_dir)])
+    assigned = rows(run_dir / "assignments.csv")
+    unsent = {r["customer_id"] for r in assigned if r["arm"] != "holdout" and not r["delivered_variant"]}
+    assert unsent
+    analysis = analyze_run(run_dir, simulate_seed=2)
+    assert analysis["data"]["not_sent"] == len(unsent)
+    table = {r["customer_id"]: r for r in rows(run_dir / "outcomes.csv")}
+    assert all(table[c]["opened"] == "0" and table[c]["delivered"] == "0" for c in unsent)
+    sizes = {a: sum(r["arm"] == a for r in assigned) for a in ("control", "urgent")}
+    assert {a: analysis["arms"]["opened"][a]["n"] for a in sizes} == sizes  # intention to treat: all of them
+    sent = [[r["customer_id"], 1] for r in assigned if r["customer_id"] not in unsent]
+    observed = analyze_run(run_dir, outcomes=write(run_dir / "sent.csv", ["customer_id", "delivered"], sent))
+    assert observed["data"]["missing"] == 0 and observed["arms"]["delivered"]["control"]["n"] == sizes["control"]
+    capsys.readouterr()

@@ -193,3 +193,38 @@ def test_no_detectable_difference_is_said_so_with_the_power_warning() -> None:
     (power,) = result["mde"]
     assert power["underpowered"] and power["warning"].startswith("underpowered: with 60 and 60 customers, only a lift")
     assert result["srm"]["observed"] == {"control": 60, "urgent": 60} and not result["srm"]["flagged"]
+
+
+def test_a_sample_ratio_mismatch_comes_before_any_winner() -> None:
+    cells = {"control": {"clicked": (10, 400)}, "urgent": {"clicked": (40, 200)}}
+    result = analyze(frame(cells), shares={"control": 0.5, "urgent": 0.5})
+    assert result["srm"]["flagged"] and result["verdict"]["status"] == "sample_ratio_mismatch"
+    assert result["verdict"]["winner"] is None and result["verdict"]["text"].startswith("Do not trust")
+
+
+def test_more_bounces_or_unsubscribes_are_never_a_win() -> None:
+    cells = {"control": {"bounced": (8, 400)}, "urgent": {"bounced": (40, 400)}}
+    result = analyze(frame(cells), shares={"control": 0.5, "urgent": 0.5}, primary="bounced")
+    assert result["verdict"]["status"] == "worse" and result["verdict"]["worse"] == ["urgent"]
+    fewer = analyze(
+        frame({"control": cells["urgent"], "urgent": cells["control"]}),
+        shares={"control": 1, "urgent": 1},
+        primary="bounced",
+    )
+    assert fewer["verdict"]["winner"] == "urgent" and "-8.0 points" in fewer["verdict"]["text"]
+
+
+def test_the_guardrail_trips_on_the_unadjusted_p_value() -> None:
+    cells = {
+        "control": {"clicked": (20, 1000), "opened": (200, 1000), "unsubscribed": (3, 1000)},
+        "urgent": {"clicked": (60, 1000), "opened": (210, 1000), "unsubscribed": (11, 1000)},
+    }
+    result = analyze(frame(cells), shares={"control": 0.5, "urgent": 0.5})
+    (unsub,) = [c for c in result["comparisons"] if c["metric"] == "unsubscribed"]
+    assert unsub["p_value"] < 0.05 and not unsub["significant"]  # p = 0.032 raw, 0.064 after Holm (x2)
+    assert result["guardrail"]["tripped"] and result["verdict"]["status"] == "guardrail"
+
+
+def test_a_relative_interval_with_only_events_in_both_arms_is_undefined() -> None:
+    found = lift(40, 40, 39, 39)
+    assert found["rel_lift"] == pytest.approx(0) and found["rel_ci_low"] is None and found["rel_ci_high"] is None

@@ -18,10 +18,10 @@ from typing import Any
 from cpo.campaign.agents.assignment import DEFAULT_ARMS, HOLDOUT, shares_for
 from cpo.campaign.agents.experiment import METRICS, analyze, comparisons
 from cpo.campaign.agents.export import ASSIGNMENTS_FILE, SEND_LIST_FILE
-from cpo.campaign.agents.outcomes import Outcomes, read_conversions, read_outcomes
+from cpo.campaign.agents.outcomes import CustomerIndex, Outcomes, read_conversions, read_outcomes
 from cpo.campaign.agents.simulation import SimulationRates, simulate
 from cpo.campaign.file_binding import unbound_files
-from cpo.campaign.rundir import DATABASE, read_json, read_record, recorded_campaign, write_json
+from cpo.campaign.rundir import AUDIT_FILE, DATABASE, read_json, read_record, recorded_campaign, write_json
 from cpo.core.csvsafe import FORMULA_STARTS, safe_cell
 from cpo.core.errors import InputError
 from cpo.core.files import replacing
@@ -62,8 +62,10 @@ def run_customers(run_dir: Path) -> Any:
 
     record = read_record(run_dir, "cannot analyze")
     if not (run_dir / ASSIGNMENTS_FILE).is_file():
-        status = record.get("status", "unfinished")
-        raise InputError(f"cannot analyze {run_dir}: it has no {ASSIGNMENTS_FILE} (the run is {status})")
+        status = str(record.get("status", "unfinished")).replace("review", "paused for review")
+        raise InputError(f"cannot analyze {run_dir}: it has no {ASSIGNMENTS_FILE} (run.json status: {status})")
+    if record.get("audit_rows") and not (run_dir / AUDIT_FILE).is_file():
+        raise InputError(f"cannot analyze {run_dir}: its {AUDIT_FILE} is missing, though run.json records one")
     problems = unbound_files(run_dir)
     if problems:
         raise InputError(f"cannot analyze {run_dir}: {problems[0]}")
@@ -71,6 +73,12 @@ def run_customers(run_dir: Path) -> Any:
     missing = {"customer_id", "segment", "arm"} - set(frame.columns)
     if frame.empty or missing:
         raise InputError(f"cannot analyze {run_dir}: {ASSIGNMENTS_FILE} has no customers or lacks {missing}")
+    twice = frame["customer_id"][frame["customer_id"].duplicated()]
+    if len(twice):
+        raise InputError(
+            f"cannot analyze {run_dir}: {ASSIGNMENTS_FILE} holds {len(twice)} id(s) twice once a spreadsheet's "
+            "leading ' is removed; outcomes could not be told apart"
+        )
     if "delivered_variant" not in frame:
         frame["delivered_variant"] = ""
     sent = _read_csv(run_dir / SEND_LIST_FILE, "send list")
@@ -83,11 +91,17 @@ def run_customers(run_dir: Path) -> Any:
         con = duckdb.connect(str(database), read_only=True)
         try:
             have = {r[0] for r in con.execute("DESCRIBE customers").fetchall()}
-            wanted = ["customer_id", *(c for c in FEATURE_COLUMNS if c in have)]
+            wanted = ["customer_id", *(c for c in (*FEATURE_COLUMNS, "email") if c in have)]
             features = con.execute(f"SELECT {', '.join(wanted)} FROM customers").df()  # column names are ours
         finally:
             con.close()
+        if "email" in features:  # every customer's address, the holdout's too: found if an export has them
+            features = features.rename(columns={"email": "file_email"})
         frame = frame.merge(features, on="customer_id", how="left")
+        if "file_email" in frame:
+            frame["email"] = frame["email"].where(frame["email"] != "", frame["file_email"].fillna(""))
+            frame = frame.drop(columns="file_email")
+    frame["not_sent"] = (frame["arm"] != HOLDOUT) & (frame["delivered_variant"].fillna("") == "")
     return frame
 
 
@@ -117,6 +131,16 @@ def _observed(frame: Any, found: Outcomes) -> Any:
     return frame
 
 
+def _unsent(frame: Any) -> Any:
+    """Customers of an emailed arm the run sent nothing (their segment's variants withheld or rejected): by
+    intention to treat they stay in their arm, with no delivery and no engagement (there was no email), and
+    they count as accounted for, not as lost from the export."""
+    email_metrics = [m for m in METRICS if m in frame and m != "converted"]
+    frame.loc[frame["not_sent"], email_metrics] = 0.0
+    frame.loc[frame["not_sent"], "present"] = True
+    return frame
+
+
 def analyze_run(
     run_dir: Path,
     *,
@@ -138,17 +162,19 @@ def analyze_run(
         raise InputError(f"primary metric must be one of {', '.join(METRICS)} (got {primary!r})")
     frame = run_customers(run_dir)
     variant_arm = _variant_arms(run_dir)
-    by_id = {c.casefold(): c for c in frame["customer_id"]}
+    index = CustomerIndex(list(frame["customer_id"]), list(zip(frame["customer_id"], frame["email"], strict=True)))
     data: dict[str, Any] = {"source": "observed" if outcomes else "simulated", "file": None, "file_sha256": None}
-    data.update(unknown_ids=0, duplicates=0, missing=0, holdout_in_export=0)
+    data.update(unknown_ids=0, duplicates=0, missing=0, holdout_in_export=0, not_sent=int(frame["not_sent"].sum()))
     utm: dict[str, Any] = {"clicks": 0, "by_variant": {}, "other_variant": 0}
     found: Outcomes | None = None
     if outcomes is not None:
-        by_email = {e.casefold(): c for c, e in zip(frame["customer_id"], frame["email"], strict=True) if e}
-        found = read_outcomes(
-            outcomes, by_id=by_id, by_email=by_email, variants=set(variant_arm), platform=platform, mapping=mapping
-        )
-        frame = _observed(frame, found)
+        found = read_outcomes(outcomes, customers=index, variants=set(variant_arm), platform=platform, mapping=mapping)
+        if not found.values:
+            raise InputError(
+                f"outcome file {outcomes}: none of its {found.unknown_ids} ids is a customer of this run (matched "
+                "by customer id or email); check the id column (--map COLUMN=customer_id or COLUMN=email)"
+            )
+        frame = _unsent(_observed(frame, found))
         held = frame["arm"] == HOLDOUT
         data.update(file=str(outcomes), file_sha256=_sha256(outcomes), platform=platform, rows=found.rows)
         data.update(unknown_ids=found.unknown_ids, duplicates=found.duplicates, columns=found.columns)
@@ -156,6 +182,7 @@ def analyze_run(
             missing=int((~frame["present"] & ~held).sum()), holdout_in_export=int((frame["present"] & held).sum())
         )
         data.update(ignored_events=found.ignored_events, measured=list(found.measured))
+        data.update(complained=len(found.complained), rows_without_id=found.rows_without_id)
         frame.loc[held, [m for m in METRICS if m in frame]] = float("nan")  # no email: nothing of it to measure
         frame.loc[held, "present"] = False
         delivered = dict(zip(frame["customer_id"], frame["delivered_variant"], strict=True))
@@ -170,11 +197,13 @@ def analyze_run(
         simulated = simulate(frame, rates, int(simulate_seed or 0))
         frame = frame.join(simulated, on="customer_id")
         frame["present"] = frame["arm"] != HOLDOUT
+        frame = _unsent(frame)  # no email was sent to them: nothing of it is simulated
         data.update(seed=simulate_seed, rates=asdict(rates), measured=list(METRICS))
     if conversions is not None:
-        converted, unknown = read_conversions(conversions, by_id)
+        converted, unknown = read_conversions(conversions, index)
         frame["converted"] = frame["customer_id"].isin(converted).astype(float)
         data["conversions"] = {"file": str(conversions), "file_sha256": _sha256(conversions), "unknown_ids": unknown}
+        data["measured"] = [m for m in METRICS if m in data.get("measured", []) or m == "converted"]
     result = analyze(
         frame, shares=planned_shares(run_dir), primary=primary, simulated=outcomes is None, variant_arm=variant_arm
     )
@@ -188,24 +217,30 @@ def analyze_run(
         "utm": utm,
         "data": data,
     }
-    analysis["data"]["suppression_file"] = _suppress_next(run_dir, frame) if outcomes is not None else None
+    complained = found.complained if found is not None else set()
+    analysis["data"]["suppression_file"] = _suppress_next(run_dir, frame, complained) if found is not None else None
     _write_outcomes(run_dir, frame)
     write_json(run_dir, ANALYSIS_FILE, analysis)
     return analysis
 
 
-def _suppress_next(run_dir: Path, frame: Any) -> str | None:
-    """Observed unsubscribes and bounces, for the next run's --suppress; None when there are none."""
-    rows = []
+def _suppress_next(run_dir: Path, frame: Any, complained: set[str]) -> str | None:
+    """Observed unsubscribes, bounces and spam complaints, added to suppress_next.csv for the next run's
+    --suppress. Rows already there stay: an unsubscribe read from an earlier export does not expire because a
+    later export lacks it. None when the file has no one."""
+    path = run_dir / SUPPRESS_NEXT_FILE
+    rows: dict[str, str] = {}
+    if path.is_file():
+        rows.update((r["customer_id"], r["reason"]) for _, r in _read_csv(path, "suppression list").iterrows())
     for reason in ("unsubscribed", "bounced"):
         if reason in frame:
-            hit = frame[frame[reason] == 1]
-            rows += [(c, reason) for c in hit["customer_id"]]
-    path = run_dir / SUPPRESS_NEXT_FILE
+            for customer in frame.loc[frame[reason] == 1, "customer_id"]:
+                rows.setdefault(customer, reason)
+    for customer in sorted(complained):
+        rows.setdefault(customer, "complained")
     if not rows:
-        path.unlink(missing_ok=True)
         return None
-    _write_csv(path, ["customer_id", "reason"], [[c, r] for c, r in dict(rows).items()])
+    _write_csv(path, ["customer_id", "reason"], [[c, r] for c, r in rows.items()])
     return SUPPRESS_NEXT_FILE
 
 

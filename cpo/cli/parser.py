@@ -282,23 +282,23 @@ def _results_commands(commands: Any) -> None:
     )  # fmt: skip
     analyze.add_argument("--platform", choices=OUTCOME_FORMATS, default="generic", metavar="NAME",
                          help=f"the export's format: one of {', '.join(OUTCOME_FORMATS)} [generic]")  # fmt: skip
-    analyze.add_argument("--map", nargs="+", default=[], metavar="COLUMN=FIELD", dest="mapping",
-                         help="name the file's columns: FIELD is customer_id, email, event, url or a metric "
-                         f"({', '.join(METRIC_NAMES)})")  # fmt: skip
+    analyze.add_argument("--map", action="append", default=[], metavar="COLUMN=FIELD", dest="mapping",
+                         help="name one of the file's columns (repeat for more): FIELD is customer_id, email, event, "
+                         f"url, complained or a metric ({', '.join(METRIC_NAMES)})")  # fmt: skip
     analyze.add_argument("--conversions", type=Path, metavar="FILE",
                          help="customer ids that converted (CSV with a customer_id column): the only outcome the "
                          "holdout has")  # fmt: skip
     analyze.add_argument("--primary", choices=METRIC_NAMES, default="clicked", metavar="METRIC",
                          help="the metric the verdict is about [clicked]")  # fmt: skip
     sim = analyze.add_argument_group("simulation (with --simulate)")
-    sim.add_argument("--seed", type=int, default=1, help="seed of the simulated outcomes [1]")
-    sim.add_argument("--effect", nargs="+", default=[], metavar="ARM[:METRIC]=X",
-                     help="multiply an arm's chance of a metric by X (ARM=X: clicks and conversions) "
-                     "[no effect]")  # fmt: skip
-    sim.add_argument("--bounce-rate", type=float, default=0.02, metavar="P", help="share of emails that bounce [0.02]")
-    sim.add_argument("--unsubscribe-rate", type=float, default=0.003, metavar="P",
+    sim.add_argument("--seed", type=_positive_int(0, 2**32 - 1), metavar="N", help="seed of the simulated outcomes [1]")
+    sim.add_argument("--effect", action="append", default=[], metavar="ARM[:METRIC]=X",
+                     help="multiply an arm's chance of a metric by X (ARM=X: clicks and conversions; repeat for "
+                     "more) [no effect]")  # fmt: skip
+    sim.add_argument("--bounce-rate", type=float, metavar="P", help="share of emails that bounce [0.02]")
+    sim.add_argument("--unsubscribe-rate", type=float, metavar="P",
                      help="share of delivered emails whose reader unsubscribes [0.003]")  # fmt: skip
-    sim.add_argument("--conversion-rate", type=float, default=0.02, metavar="P",
+    sim.add_argument("--conversion-rate", type=float, metavar="P",
                      help="share of customers who convert, holdout included [0.02]")  # fmt: skip
 
     report = commands.add_parser(

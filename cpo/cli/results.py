@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from cpo.cli.output import console, say
-from cpo.core.errors import ExitCode
+from cpo.core.errors import CpoError, ExitCode, InputError
 
 
 def _pct(value: float | None) -> str:
@@ -21,19 +21,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from cpo.campaign.agents.outcomes import parse_map
     from cpo.campaign.agents.simulation import SimulationRates, parse_effects
     from cpo.campaign.analysis import analyze_run, planned_shares
-    from cpo.campaign.report_page import build_report
+    from cpo.campaign.report_page import REPORT_FILE, build_report
 
+    simulation = {"bounce": args.bounce_rate, "unsubscribe": args.unsubscribe_rate, "conversion": args.conversion_rate}
+    given = {k: v for k, v in simulation.items() if v is not None}
     rates = None
     if args.simulate:
         arms = tuple(planned_shares(args.run_dir))
-        rates = SimulationRates(
-            bounce=args.bounce_rate,
-            unsubscribe=args.unsubscribe_rate,
-            conversion=args.conversion_rate,
-            effects=parse_effects(args.effect, arms),
-        )
-    elif args.effect:
-        say("error: --effect goes with --simulate (an observed export's effects are what they are)", stderr=True)
+        rates = SimulationRates(**given, effects=parse_effects(args.effect, arms))
+    elif args.effect or given or args.seed is not None:
+        say("error: --seed, --effect and the --*-rate options go with --simulate, not with --outcomes", stderr=True)
         return ExitCode.BAD_INPUT
     analysis = analyze_run(
         args.run_dir,
@@ -41,12 +38,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         platform=args.platform,
         mapping=parse_map(args.mapping),
         conversions=args.conversions,
-        simulate_seed=args.seed if args.simulate else None,
+        simulate_seed=(1 if args.seed is None else args.seed) if args.simulate else None,
         rates=rates,
         primary=args.primary,
     )
     print_analysis(analysis)
-    report = build_report(args.run_dir)
+    try:
+        report = build_report(args.run_dir)
+    except CpoError as exc:  # the analysis stands; a report of the analysis before it must not pass for this one
+        (args.run_dir / REPORT_FILE).unlink(missing_ok=True)
+        raise InputError(
+            f"analysis.json and outcomes.csv are written, but report.html could not be: {exc} "
+            f"(fix it, then: cpo report {args.run_dir})"
+        ) from None
     files = ["analysis.json", "outcomes.csv", report.name]
     if analysis["data"].get("suppression_file"):
         files.append(f"{analysis['data']['suppression_file']} (for the next run's --suppress)")
@@ -67,7 +71,8 @@ def print_analysis(analysis: dict[str, Any]) -> None:
     for column in ("arm", "n", metric, "95% CI", "vs control (points)", "95% CI ", "p (Holm)"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     compared = {c["arm"]: c for c in analysis["comparisons"] if c["metric"] == metric and c["control"] == "control"}
-    for arm, cell in analysis["arms"].get(metric, {}).items():
+    cells = analysis["arms"].get(metric, {})
+    for arm, cell in cells.items():
         c = compared.get(arm)
         table.add_row(
             arm,
@@ -78,7 +83,8 @@ def print_analysis(analysis: dict[str, Any]) -> None:
             f"{_points(c['abs_ci_low'])} to {_points(c['abs_ci_high'])}" if c else "",
             f"{c['p_holm']:.3g}" if c else "",
         )
-    console().print(table)
+    if cells:
+        console().print(table)
     for line in warnings(analysis):
         say(f"warning: {line}")
 
@@ -98,9 +104,16 @@ def warnings(analysis: dict[str, Any]) -> list[str]:
         ("unknown_ids", "ids in the export match no customer of this run"),
         ("duplicates", "rows of the export repeat a customer or an event (each counted once)"),
         ("holdout_in_export", "held-out customers appear in the export: were they emailed?"),
-    ):
+        ("rows_without_id", "rows of the export have no id (not counted)"),
+        ("not_sent", "assigned customers were sent nothing by the run (variant withheld or rejected): counted in "
+         "their arm with no engagement (intention to treat)"),
+        ("complained", "spam complaints: added to the suppression list"),
+    ):  # fmt: skip
         if data.get(key):
             out.append(f"{data[key]} {text}")
+    unmatched = (data.get("conversions") or {}).get("unknown_ids")
+    if unmatched:
+        out.append(f"{unmatched} ids in the conversions file match no customer of this run")
     if data.get("ignored_events"):
         names = ", ".join(f"{k} ({n})" for k, n in data["ignored_events"].items())
         out.append(f"event types not counted as any metric: {names}")

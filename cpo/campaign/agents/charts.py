@@ -43,6 +43,7 @@ class Point:
     low: float | None
     high: float | None
     significant: bool = False
+    lower_is_better: bool = False  # unsubscribes, bounces: a rise is harm
 
 
 @contextmanager
@@ -103,13 +104,15 @@ def rate_chart(points: Sequence[Point], title: str, unit: str = "%") -> bytes:
 def lift_chart(points: Sequence[Point], title: str, axis_label: str) -> bytes:
     """A forest plot: each row's lift and its 95% interval against a line at no difference: SVG bytes.
 
-    Significant rows are coloured (green above zero, red below); the rest are grey."""
+    Significant rows are coloured (green for a change in the good direction, red for one in the bad: for
+    unsubscribes and bounces a rise is bad); the rest are grey."""
     with _figure(7.6, 0.9 + 0.3 * max(len(points), 1), title) as figure:
         axes = figure.add_subplot()
         rows = list(reversed(points))  # the first point at the top
         for row, point in enumerate(rows):
             if point.value is not None:
-                colour = (BETTER if point.value > 0 else WORSE) if point.significant else MUTED
+                good = (point.value > 0) != point.lower_is_better
+                colour = (BETTER if good else WORSE) if point.significant else MUTED
                 _interval(axes, len(rows) - 1 - row, row, point, colour, horizontal=True)
         axes.axvline(0, color="#1d2330", linewidth=0.9)
         axes.set_yticks(range(len(rows)), [_short(p.label) for p in rows])

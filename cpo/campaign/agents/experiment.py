@@ -37,6 +37,7 @@ LABELS = {
 }
 CONTROL = "control"
 GUARDRAIL = "unsubscribed"
+LOWER_IS_BETTER = frozenset({"unsubscribed", "bounced"})  # a rise in these is harm, never a win
 # Buckets of what the customer file says about each customer: (column, [(label, upper bound inclusive)]).
 FEATURE_BUCKETS: dict[str, tuple[str, tuple[tuple[str, float], ...]]] = {
     "recency": ("last_engagement_days", (("0-30 days", 30), ("31-90 days", 90), ("91+ days", float("inf")))),
@@ -139,32 +140,58 @@ def power(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def guardrail(found: list[dict[str, Any]]) -> dict[str, Any]:
-    """The unsubscribe rate: a significant rise against control in any arm overrides any winner."""
+    """The unsubscribe rate: a rise against control in any arm at unadjusted p < 0.05 overrides any winner.
+
+    A guardrail guards against harm, so it is not made as hard to trip as a discovery: it reads the raw
+    p-value, not the Holm-adjusted one (a false alarm costs a second look; a missed one costs customers)."""
     rows = [c for c in found if c["metric"] == GUARDRAIL and c["control"] == CONTROL]
     if not rows:
         return {"metric": GUARDRAIL, "measured": False, "tripped": False, "arms": [], "text": "not measured"}
-    risen = [c["arm"] for c in rows if c["significant"] and (c["abs_lift"] or 0) > 0]
+    risen = [c["arm"] for c in rows if c["p_value"] < ALPHA and (c["rate"] or 0) > (c["rate_control"] or 0)]
     text = (
-        f"unsubscribe rate rose significantly in {', '.join(risen)}"
+        f"unsubscribe rate rose in {', '.join(risen)} (unadjusted p < {ALPHA})"
         if risen
-        else "no significant rise in the unsubscribe rate"
+        else f"no rise in the unsubscribe rate (unadjusted p < {ALPHA} in no arm)"
     )
     return {"metric": GUARDRAIL, "measured": True, "tripped": bool(risen), "arms": risen, "text": text}
+
+
+def improved(c: dict[str, Any]) -> bool:
+    """A significant change in the good direction (up, or down for unsubscribes and bounces)."""
+    lift_ = c.get("abs_lift") or 0.0
+    return bool(c["significant"]) and (lift_ < 0 if c["metric"] in LOWER_IS_BETTER else lift_ > 0)
+
+
+def harmed(c: dict[str, Any]) -> bool:
+    """A significant change in the bad direction."""
+    lift_ = c.get("abs_lift") or 0.0
+    return bool(c["significant"]) and (lift_ > 0 if c["metric"] in LOWER_IS_BETTER else lift_ < 0)
 
 
 def _points(value: float | None) -> str:
     return "n/a" if value is None else f"{round(100 * value, 1) + 0.0:+.1f}"  # + 0.0: never "-0.0"
 
 
-def verdict(found: list[dict[str, Any]], rail: dict[str, Any], primary: str, simulated: bool) -> dict[str, Any]:
-    """One sentence a manager can act on, and the facts behind it; "no detectable difference" when so."""
+def verdict(
+    found: list[dict[str, Any]], rail: dict[str, Any], primary: str, simulated: bool, srm: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One sentence a manager can act on, and the facts behind it; "no detectable difference" when so.
+
+    A sample-ratio mismatch comes first (the comparisons cannot be trusted), then the guardrail, then the
+    primary metric."""
     label = LABELS[primary]
     rows = [c for c in found if c["metric"] == primary and c["control"] == CONTROL]
-    better = sorted((c for c in rows if c["significant"] and c["abs_lift"] > 0), key=lambda c: -c["abs_lift"])
-    worse = [c["arm"] for c in rows if c["significant"] and c["abs_lift"] < 0]
+    better = sorted((c for c in rows if improved(c)), key=lambda c: -abs(c["abs_lift"]))
+    worse = [c["arm"] for c in rows if harmed(c)]
     winner, status = None, "no_detectable_difference"
     if not rows:
         status, text = "not_measured", f"No {label} to compare with control."
+    elif srm and srm.get("flagged"):
+        status = "sample_ratio_mismatch"
+        text = (
+            f"Do not trust these comparisons yet: the arms' sizes in the outcome data do not match the allocation "
+            f"(sample-ratio chi-square p = {srm['p_value']:.2g}), so outcomes were lost unevenly; find out why first."
+        )
     elif rail["tripped"]:
         status = "guardrail"
         text = (
@@ -235,14 +262,15 @@ def analyze(
     present = frame[frame["present"]]
     observed = {arm: int((present["arm"] == arm).sum()) for arm in _arms(frame) if arm != HOLDOUT}
     emailed_shares = {a: s for a, s in shares.items() if a != HOLDOUT}
+    srm = sample_ratio(observed, emailed_shares)
     return {
         "arms": rate_table(frame),
         "comparisons": found,
-        "srm": sample_ratio(observed, emailed_shares),
+        "srm": srm,
         "segments": {str(k): rate_table(p, True) for k, p in frame.groupby("segment", sort=True)},
         "features": feature_tables(frame),
         "mde": power(found),
         "guardrail": rail,
-        "verdict": verdict(found, rail, primary, simulated),
+        "verdict": verdict(found, rail, primary, simulated, srm),
         "delivered": delivered_variants(frame, variant_arm or {}),
     }

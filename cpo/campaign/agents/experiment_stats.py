@@ -53,7 +53,8 @@ def pooled_z_p_value(s1: int, n1: int, s0: int, n0: int) -> float:
 def lift(s1: int, n1: int, s0: int, n0: int) -> dict[str, float | None]:
     """Arm (1) against baseline (0): absolute lift with a 95% interval, relative lift with a log-scale interval.
 
-    The relative lift needs a baseline rate above 0, and its log interval events in both arms: otherwise None."""
+    The relative lift needs a baseline rate above 0, and its log interval events in both arms and not only
+    events in both (its variance is then 0): otherwise None."""
     from statsmodels.stats.proportion import confint_proportions_2indep
 
     out: dict[str, float | None] = dict.fromkeys(
@@ -66,7 +67,7 @@ def lift(s1: int, n1: int, s0: int, n0: int) -> dict[str, float | None]:
     out.update(abs_lift=p1 - p0, abs_ci_low=_finite(low), abs_ci_high=_finite(high))
     if s0 > 0:
         out["rel_lift"] = p1 / p0 - 1
-    if s1 > 0 and s0 > 0:
+    if s1 > 0 and s0 > 0 and (s1 < n1 or s0 < n0):  # all events in both arms: the log interval has no width
         low, high = confint_proportions_2indep(s1, n1, s0, n0, compare="ratio", method="log", alpha=ALPHA)
         out.update(rel_ci_low=_finite(float(low) - 1), rel_ci_high=_finite(float(high) - 1))
     return out

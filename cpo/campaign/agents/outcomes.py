@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cpo.campaign.agents.columns import EMAIL_NAMES, FIELD_LIMIT, ID_NAMES, ID_SPACE, column_key, other_delimiter
@@ -26,7 +27,8 @@ from cpo.core.csvsafe import cell_values
 from cpo.core.errors import InputError
 
 CUSTOMER, EMAIL, EVENT, URL = "customer_id", "email", "event", "url"
-FIELDS = (CUSTOMER, EMAIL, EVENT, URL, *METRICS)
+COMPLAINED = "complained"  # a spam complaint: not a metric of the test, but a reason never to email again
+FIELDS = (CUSTOMER, EMAIL, EVENT, URL, *METRICS, COMPLAINED)
 NO = frozenset({"", "0", "false", "no", "n", "f", "none", "null", "nan", "-", "never"})
 YES = frozenset({"true", "yes", "y", "t", "x"})
 # Event names as platforms spell them, compared without case or punctuation (`email_opened`, `emailOpen`).
@@ -44,6 +46,10 @@ EVENTS = {
     ),
 }  # fmt: skip
 EVENT_METRIC = {name: metric for metric, names in EVENTS.items() for name in names}
+COMPLAINTS = frozenset(
+    {"spamreport", "spammed", "spam", "complaint", "complained", "emailcomplaint", "emailmarkedasspam",
+     "markasspam", "usersmessagesemailmarkasspam"}
+)  # fmt: skip
 # Rare events a per-event export of sends, opens or clicks would hold had they happened: absent means none.
 RARE = ("unsubscribed", "bounced")
 
@@ -70,6 +76,7 @@ _GENERIC_METRICS = {
     **{f"{m}_at": m for m in METRICS},
     **{"opens": "opened", "clicks": "clicked", "conversions": "converted", "unsubscribes": "unsubscribed"},
     **{"bounces": "bounced", "delivery": "delivered", "conversion": "converted", "unsubscribe": "unsubscribed"},
+    **dict.fromkeys(("spammed", "spam_report", "complained", "complaint", "spam_complaint"), COMPLAINED),
 }
 FORMATS = {
     "generic": OutcomeFormat(
@@ -85,8 +92,8 @@ FORMATS = {
     # Customer.io's deliveries export: one row per delivery, a timestamp per metric (empty when it did not happen).
     "customerio": OutcomeFormat(
         "customerio",
-        {"customer_id": CUSTOMER, "id": CUSTOMER, "recipient": EMAIL, "email": EMAIL},
-        {m: m for m in METRICS},
+        {"customer_id": CUSTOMER, "recipient": EMAIL, "email": EMAIL},
+        {**{m: m for m in METRICS}, "spammed": COMPLAINED},
         doc="https://docs.customer.io/integrations/api/app/tag/exports/exportDeliveriesData/",
     ),
 }
@@ -104,6 +111,38 @@ class Outcomes:
     ignored_events: dict[str, int]
     utm_clicks: list[tuple[str, str]]
     columns: dict[str, str]
+    complained: set[str] = field(default_factory=set)
+    rows_without_id: int = 0
+
+
+class CustomerIndex:
+    """The run's customers by id and by email: an exact match first, then one ignoring case when that names a
+    single customer (`abc` and `ABC` may be two customers; then only an exact match finds either)."""
+
+    def __init__(self, ids: list[str], emails: list[tuple[str, str]]) -> None:
+        self.exact = {i: i for i in ids}
+        self.folded = self._unique((i.casefold(), i) for i in ids)
+        self.emails = self._unique((e.strip().casefold(), c) for c, e in emails if e.strip())
+
+    @staticmethod
+    def _unique(pairs: Any) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for key, value in pairs:
+            out[key] = value if out.get(key, value) == value else None  # None: two customers, ambiguous
+        return out
+
+    def by_id(self, cell: str) -> str | None:
+        text = cell.strip(ID_SPACE)
+        for value in cell_values(text) if text else ():
+            if value in self.exact:
+                return value
+        for value in cell_values(text) if text else ():
+            if found := self.folded.get(value.casefold()):
+                return found
+        return None
+
+    def by_email(self, cell: str) -> str | None:
+        return self.emails.get(cell.strip().casefold()) if cell.strip() else None
 
 
 def parse_map(pairs: list[str]) -> dict[str, str]:
@@ -132,6 +171,8 @@ def flag(cell: str, where: str) -> int:
     except ValueError:
         number = None
     if number is not None and number == number:
+        if number in (float("inf"), float("-inf")):
+            raise InputError(f"{where}: {cell!r} is not a count")
         if number < 0:
             raise InputError(f"{where}: {cell!r} is a negative count")
         return int(number > 0)
@@ -161,23 +202,26 @@ def _columns(header: list[str], form: OutcomeFormat, mapping: dict[str, str], wh
     keys = [column_key(h) for h in header]
     known = {**form.ids, **form.metrics, **dict.fromkeys(form.events, EVENT), **dict.fromkeys(form.urls, URL)}
     chosen: dict[int, str] = {i: mapping[key] for i, key in enumerate(keys) if key in mapping}
-    for i, key in enumerate(keys):  # a column the mapping names takes that field from the format's own names
+    for i, key in enumerate(keys):  # a field the mapping names is taken from its column, not the format's names
         target = known.get(key)
-        if i not in chosen and target and (target in (CUSTOMER, EMAIL) or target not in mapping.values()):
+        if i not in chosen and target and target not in mapping.values():
             chosen[i] = target
     unmatched = sorted(set(mapping) - set(keys))
     if unmatched:
         raise InputError(f"{what}: --map names columns the file does not have: {', '.join(unmatched)}")
-    for target in set(chosen.values()) - {CUSTOMER, EMAIL}:
+    for target in set(chosen.values()):
         claimed = [header[i] for i, t in chosen.items() if t == target]
         if len(claimed) > 1:
-            raise InputError(f"{what}: columns {', '.join(claimed)} all mean {target!r}; pick one with --map")
+            raise InputError(
+                f"{what}: columns {', '.join(repr(c) for c in claimed)} all mean {target!r}; "
+                f"say which with --map COLUMN={target}"
+            )
     if not {CUSTOMER, EMAIL} & set(chosen.values()):
         raise InputError(
             f"{what}: no id column (customer id, external id or email) among: {', '.join(header)}; "
             "name it with --map COLUMN=customer_id or COLUMN=email"
         )
-    if not ({EVENT, URL, *METRICS} & set(chosen.values())):
+    if not ({EVENT, URL, COMPLAINED, *METRICS} & set(chosen.values())):
         raise InputError(
             f"{what}: no outcome column ({', '.join(METRICS)}, or an event column) among: {', '.join(header)}; "
             "name them with --map COLUMN=FIELD"
@@ -204,21 +248,15 @@ def _rows(path: Path, what: str) -> list[list[str]]:
     return rows
 
 
-def _id(cell: str) -> str:
-    text = cell.strip(ID_SPACE)
-    return cell_values(text)[0].casefold()
-
-
 def read_outcomes(
     path: Path,
     *,
-    by_id: dict[str, str],
-    by_email: dict[str, str],
+    customers: CustomerIndex,
     variants: set[str],
     platform: str = "generic",
     mapping: dict[str, str] | None = None,
 ) -> Outcomes:
-    """The file's outcomes for the run's customers (`by_id`/`by_email`: case-folded id or address to id)."""
+    """The file's outcomes for the run's customers."""
     what = f"outcome file {path}"
     form = FORMATS[platform]
     rows = _rows(path, what)
@@ -230,6 +268,8 @@ def read_outcomes(
     ignored: Counter[str] = Counter()
     events_seen: set[str] = set()
     utm: list[tuple[str, str]] = []
+    complained: set[str] = set()
+    without_id = 0
     width = max(chosen) + 1
     for line, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
@@ -238,9 +278,10 @@ def read_outcomes(
             raise InputError(f"{what}: line {line} has {len(row)} columns, the header {len(rows[0])}")
         cells = {t: row[i] for i, t in chosen.items()}
         raw = cells.get(CUSTOMER, "").strip() or cells.get(EMAIL, "").strip()
-        customer = by_id.get(_id(cells.get(CUSTOMER, ""))) or by_email.get(cells.get(EMAIL, "").strip().casefold())
-        if not raw:
-            raise InputError(f"{what}: line {line} has no id")
+        customer = customers.by_id(cells.get(CUSTOMER, "")) or customers.by_email(cells.get(EMAIL, ""))
+        if not raw:  # an account-level event, or a row the platform left without a recipient: counted
+            without_id += 1
+            continue
         seen[tuple(row) if EVENT in fields else (customer or raw.casefold(),)] += 1
         if customer is None:
             unknown.add(raw.casefold())
@@ -249,12 +290,19 @@ def read_outcomes(
         for i, target in chosen.items():
             if target in METRICS:
                 got[target] = max(got.get(target, 0), flag(row[i], f"{what}: line {line}, column {rows[0][i]!r}"))
-        is_click = True
+            elif target == COMPLAINED and flag(row[i], f"{what}: line {line}, column {rows[0][i]!r}"):
+                complained.add(customer)
+        # A URL is a click in a click log (per-event click rows, or a per-recipient file without a click column);
+        # where a click column exists, the URL only says which variant the click was on.
+        is_click = "clicked" not in fields or got.get("clicked") == 1
         if EVENT in fields:
             name = cells[EVENT].strip()
-            metric = EVENT_METRIC.get(_event_key(name))
+            key = _event_key(name)
+            metric = EVENT_METRIC.get(key)
             is_click = metric == "clicked"
-            if metric is None:
+            if key in COMPLAINTS:
+                complained.add(customer)
+            elif metric is None:
                 ignored[name or "(empty)"] += 1
             else:
                 got[metric] = 1
@@ -278,10 +326,12 @@ def read_outcomes(
         ignored_events=dict(sorted(ignored.items())),
         utm_clicks=utm,
         columns={rows[0][i]: t for i, t in sorted(chosen.items())},
+        complained=complained,
+        rows_without_id=without_id,
     )
 
 
-def read_conversions(path: Path, by_id: dict[str, str]) -> tuple[set[str], int]:
+def read_conversions(path: Path, customers: CustomerIndex) -> tuple[set[str], int]:
     """A conversions file keyed by customer id: the customers who converted, and how many ids matched no one.
 
     Each listed id converted, unless a `converted` column (boolean, count or timestamp) says otherwise."""
@@ -294,15 +344,24 @@ def read_conversions(path: Path, by_id: dict[str, str]) -> tuple[set[str], int]:
     flag_col = next((i for i, k in enumerate(keys) if k in ("converted", "converted_at", "conversion")), None)
     converted: set[str] = set()
     unknown: set[str] = set()
+    matched = 0
     for line, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
             continue
         if len(row) <= max(id_col, flag_col or 0):
             raise InputError(f"{what}: line {line} is missing columns")
-        customer = by_id.get(_id(row[id_col]))
+        customer = customers.by_id(row[id_col])
         yes = flag(row[flag_col], f"{what}: line {line}") if flag_col is not None else 1
         if customer is None:
-            unknown.add(row[id_col].strip().casefold())
-        elif yes:
-            converted.add(customer)
+            unknown.add(row[id_col].strip())
+        else:
+            matched += 1
+            if yes:
+                converted.add(customer)
+    if unknown and not matched:
+        example = sorted(unknown)[0]
+        raise InputError(
+            f"{what}: none of its {len(unknown)} ids is a customer of this run (e.g. {example!r}): a file that "
+            "converts no one is refused, not read as zero conversions"
+        )
     return converted, len(unknown)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cpo.campaign.agents.charts import Point, data_uri, lift_chart, rate_chart
-from cpo.campaign.agents.experiment import LABELS
+from cpo.campaign.agents.experiment import LABELS, LOWER_IS_BETTER
 from cpo.campaign.agents.experiment_stats import SRM_ALPHA
 
 NA = "n/a"
@@ -109,7 +109,7 @@ def _comparison(c: Mapping[str, Any], primary: str) -> dict[str, Any]:
         "p": p_value(c["p_value"]),
         "p_holm": p_value(c["p_holm"]),
         "significant": bool(c["significant"]),
-        "direction": "better" if (c["abs_lift"] or 0) > 0 else "worse",
+        "direction": "better" if ((c["abs_lift"] or 0) > 0) != (c["metric"] in LOWER_IS_BETTER) else "worse",
     }
 
 
@@ -214,22 +214,38 @@ def _provenance(data: Mapping[str, Any], utm: Mapping[str, Any]) -> list[dict[st
     else:
         rows += [("outcome file", str(data.get("file") or NA)), ("its sha256", str(data.get("file_sha256") or NA))]
         rows.append(("platform", str(data.get("platform", NA))))
-        for key, what in (("rows", "rows read"), ("unknown_ids", "rows matching no customer of the run"),
-                          ("duplicates", "duplicate rows"), ("missing", "emailed customers absent from the file"),
-                          ("holdout_in_export", "holdout customers in the file (ignored)")):  # fmt: skip
+        for key, what in (("rows", "rows read"), ("unknown_ids", "ids matching no customer of the run"),
+                          ("duplicates", "repeated rows (each counted once)"),
+                          ("missing", "emailed customers absent from the file"),
+                          ("holdout_in_export", "holdout customers in the file (ignored: were they emailed?)"),
+                          ("rows_without_id", "rows without an id"),
+                          ("complained", "spam complaints (added to the suppression list)")):  # fmt: skip
             if key in data:
                 rows.append((what, f"{data[key]:,}"))
+        ignored = data.get("ignored_events") or {}
+        if ignored:
+            rows.append(("event types not counted", ", ".join(f"{k} ({n:,})" for k, n in ignored.items())))
         rows.append(("clicks carrying a variant's UTM tag", f"{utm.get('clicks', 0):,}"))
         rows.append(("of them on another variant than delivered", f"{utm.get('other_variant', 0):,}"))
+    if data.get("not_sent"):
+        rows.append(
+            ("assigned but sent nothing by the run (counted in their arm, no engagement)", f"{data['not_sent']:,}")
+        )
     conversions = data.get("conversions")
     if conversions:
         rows += [
             ("conversions file", str(conversions.get("file"))),
             ("its sha256", str(conversions.get("file_sha256"))),
+            ("its ids matching no customer", f"{conversions.get('unknown_ids', 0):,}"),
         ]
     rows.append(("metrics measured", ", ".join(label(m) for m in data.get("measured") or []) or NA))
     if data.get("suppression_file"):
-        rows.append(("unsubscribes and bounces for the next run", f"{data['suppression_file']} (cpo run --suppress)"))
+        rows.append(
+            (
+                "unsubscribes, bounces and complaints for the next run",
+                f"{data['suppression_file']} (cpo run --suppress)",
+            )
+        )
     return [{"what": what, "value": value} for what, value in rows]
 
 
@@ -253,7 +269,7 @@ def _charts(
             lift_chart(lifts, title, "difference in percentage points, 95% interval"), _alt(title, lifts)
         )
     by_segment = [
-        _lift_point(f"{segment} · {arm}", cell)
+        _lift_point(f"{segment} · {arm}", {**cell, "metric": primary})
         for segment, metrics in segments.items()
         for arm, cell in (metrics.get(primary) or {}).items()
         if "abs_lift" in cell
@@ -279,6 +295,7 @@ def _lift_point(name: str, c: Mapping[str, Any]) -> Point:
         scaled(c.get("abs_ci_low")),
         scaled(c.get("abs_ci_high")),
         bool(c.get("significant")),
+        c.get("metric") in LOWER_IS_BETTER,
     )
 
 
