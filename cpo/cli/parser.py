@@ -270,8 +270,9 @@ def _results_commands(commands: Any) -> None:
         description="Join outcomes to the run's assignments (by assigned arm: intention to treat) and write "
         "RUN_DIR/analysis.json, outcomes.csv and report.html: rates with Wilson intervals, lift against control "
         "with intervals, pooled z-tests with Holm-adjusted p-values, a sample-ratio check, the smallest "
-        "detectable lift, the unsubscribe guardrail and a one-sentence verdict. Observed unsubscribes and "
-        "bounces are written to suppress_next.csv for the next run's --suppress. Formats: docs/results.md.",
+        "detectable lift, the unsubscribe guardrail and a one-sentence verdict. Observed unsubscribes, bounces "
+        "and spam complaints are added to suppress_next.csv for the next run's --suppress. Formats: "
+        "docs/results.md.",
     )
     analyze.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     source = analyze.add_mutually_exclusive_group(required=True)

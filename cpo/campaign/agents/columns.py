@@ -159,3 +159,17 @@ def csv_error(message: str, path: Path, what: str) -> InputError:
     else:
         reason = "it is not comma-separated values as cpo reads them (RFC 4180, '\"' quotes)"
     return InputError(f"{what} {path}: {where}: {reason}")
+
+
+def read_rows(path: Path, what: str) -> list[list[str]]:
+    """Every row of a comma-separated file (UTF-8, a BOM allowed), or one line naming `what` and the reason."""
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            return list(csv.reader(handle))
+    except UnicodeDecodeError:
+        raise InputError(f"{what}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise InputError(f"{what}: cannot be read as comma-separated values ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{what}: {exc.strerror or exc}") from None

@@ -12,7 +12,6 @@ as a click, attributed to that variant. What is in the file is data: nothing in 
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cpo.campaign.agents.columns import EMAIL_NAMES, FIELD_LIMIT, ID_NAMES, ID_SPACE, column_key, other_delimiter
+from cpo.campaign.agents.columns import EMAIL_NAMES, ID_NAMES, ID_SPACE, column_key, other_delimiter, read_rows
 from cpo.campaign.agents.experiment import METRICS
 from cpo.core.csvsafe import cell_values
 from cpo.core.errors import InputError
@@ -230,16 +229,7 @@ def _columns(header: list[str], form: OutcomeFormat, mapping: dict[str, str], wh
 
 
 def _rows(path: Path, what: str) -> list[list[str]]:
-    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            rows = [row for row in csv.reader(handle)]
-    except UnicodeDecodeError:
-        raise InputError(f"{what}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise InputError(f"{what}: cannot be read as comma-separated values ({exc})") from None
-    except OSError as exc:
-        raise InputError(f"{what}: {exc.strerror or exc}") from None
+    rows = read_rows(path, what)
     if not rows or not any(c.strip() for c in rows[0]):
         raise InputError(f"{what}: empty (no header)")
     separated = other_delimiter(rows[0])

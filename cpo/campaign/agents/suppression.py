@@ -11,11 +11,10 @@ back. Ids that match no customer are counted; a list none of whose ids match is 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
-from cpo.campaign.agents.columns import FIELD_LIMIT, ID, ID_NAMES, ID_SPACE, clean_id_sql, column_key, other_delimiter
+from cpo.campaign.agents.columns import ID, ID_NAMES, ID_SPACE, clean_id_sql, column_key, other_delimiter, read_rows
 from cpo.core.csvsafe import FORMULA_STARTS
 from cpo.core.errors import InputError
 
@@ -32,16 +31,7 @@ def _unquoted(value: str) -> str:
 def suppression_ids(path: Path) -> list[str]:
     """The ids in a suppression file, stripped, each once (case is folded in SQL, as the customers' is)."""
     what = f"suppression file {path}"
-    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            rows = [(n, row) for n, row in enumerate(csv.reader(handle), start=1) if any(c.strip() for c in row)]
-    except UnicodeDecodeError:
-        raise InputError(f"{what}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise InputError(f"{what}: cannot be read as comma-separated values ({exc})") from None
-    except OSError as exc:
-        raise InputError(f"{what}: {exc.strerror or exc}") from None
+    rows = [(n, row) for n, row in enumerate(read_rows(path, what), start=1) if any(c.strip() for c in row)]
     if not rows:
         raise InputError(f"{what}: no ids (the file is empty): a list that suppresses no one is refused")
     first = rows[0][1]
