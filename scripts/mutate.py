@@ -335,6 +335,13 @@ MUTATIONS = (
         "",
         ("tests/test_results_analysis.py",),
     ),
+    Mutation(
+        "quota-not-paced",
+        "cpo/net/transport.py",
+        "            await pacer.aacquire(tokens, work_deadline())",
+        "            pass",
+        ("tests/test_pacing.py",),
+    ),
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -125,6 +126,42 @@ def _filter_results(violence_high: bool = False) -> dict[str, Any]:
 def _prompt_filter_results() -> list[dict[str, Any]]:
     """Azure attaches this to every successful completion and to the first stream chunk."""
     return [{"prompt_index": 0, "content_filter_results": _filter_results()}]
+
+
+class Quota:
+    """A deployment's quota as Azure enforces it, scaled down for tests: at most `requests` requests and
+    `tokens` tokens (prompt + max_tokens, counted on arrival) in any `window_s` seconds. A request over it gets
+    a 429 with `retry-after-ms` (when the oldest counted request leaves the window) and is not billed; every
+    answer carries `x-ratelimit-remaining-requests` / `-tokens`."""
+
+    def __init__(self, requests: int | None = None, tokens: int | None = None, window_s: float = 60.0) -> None:
+        self.requests, self.tokens, self.window_s = requests, tokens, window_s
+        self.counted: deque[tuple[float, int]] = deque()
+        self.throttled = 0
+        self.admitted = 0
+
+    def admit(self, cost: int, now: float) -> tuple[int | None, dict[str, str]]:
+        """(None or the ms to wait, the remaining-quota headers); the caller holds the server's lock."""
+        while self.counted and self.counted[0][0] <= now - self.window_s:
+            self.counted.popleft()
+        used_requests, used_tokens = len(self.counted), sum(c for _, c in self.counted)
+        over = (self.requests is not None and used_requests + 1 > self.requests) or (
+            self.tokens is not None and used_tokens + cost > self.tokens
+        )
+        if over:
+            self.throttled += 1
+            oldest = self.counted[0][0] if self.counted else now
+            wait_ms = max(1, math.ceil((oldest + self.window_s - now) * 1000))
+        else:
+            self.counted.append((now, cost))
+            self.admitted += 1
+            used_requests, used_tokens, wait_ms = used_requests + 1, used_tokens + cost, None
+        headers = {}
+        if self.requests is not None:
+            headers["x-ratelimit-remaining-requests"] = str(max(0, self.requests - used_requests))
+        if self.tokens is not None:
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tokens - used_tokens))
+        return wait_ms, headers
 
 
 @dataclass(frozen=True)
@@ -667,6 +704,7 @@ class AzureTestServer(LoopbackServer):
         # Answer one request at a time, as llama-cpp-python's server does (the others wait in line).
         self.serial = False
         self._serial = threading.Lock()
+        self.quota: Quota | None = None  # set to enforce a deployment's requests and tokens per window
 
     thread_name = "azure-test-server"
 
@@ -872,8 +910,17 @@ class AzureTestServer(LoopbackServer):
         if reply is None:
             assert isinstance(request, dict)
             prompt_tokens = prompt_tokens_of(request)
-            body_key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-            reply = self._next_reply(deployment, body_key, prompt_tokens, request)
+            quota_headers: dict[str, str] = {}
+            if self.quota is not None:
+                answer = request.get("max_completion_tokens") or request.get("max_tokens") or 0
+                with self._lock:
+                    wait_ms, quota_headers = self.quota.admit(prompt_tokens + int(answer), time.monotonic())
+                if wait_ms is not None:
+                    reply = rate_limited(wait_ms)
+            if reply is None:
+                body_key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+                reply = self._next_reply(deployment, body_key, prompt_tokens, request)
+            reply = dataclasses.replace(reply, headers={**reply.headers, **quota_headers})
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -31,12 +31,13 @@ from cpo.campaign.rundir import (
     record_run,
     resumable_record,
 )
-from cpo.campaign.stages import STAGE_LABELS
+from cpo.campaign.stages import GENERATE, STAGE_LABELS
 from cpo.campaign.state import Inputs
 from cpo.cli.context import CommandContext
 from cpo.cli.output import console, say
 from cpo.cli.run_report import report
 from cpo.core.errors import ExitCode, InputError, first_line
+from cpo.net.pacing import listen
 
 # Options a resumed run takes from its run.json: changing them would mix emails made two ways.
 RECORDED = (
@@ -317,6 +318,12 @@ async def _drive(
     def say_line(line: str) -> None:
         (progress.console if progress.live.is_started else err).print(line, markup=False, highlight=False)
 
+    def on_quota(waiting: bool) -> None:  # CPO_RPM / CPO_TPM: the generate line says when it waits for quota
+        label = STAGE_LABELS[GENERATE]
+        progress.update(tasks[GENERATE], description=f"{label} (waiting for quota)" if waiting else label)
+
+    stop_listening = listen(on_quota)
+
     run_dir = Path(inputs["run_dir"])
 
     def on_audit(head: str, rows: int) -> None:  # two copies of the head: run.json and the cost ledger
@@ -340,6 +347,7 @@ async def _drive(
     try:
         return await runner.run()
     finally:
+        stop_listening()
         loading.stop()
         if progress.live.is_started:
             progress.stop()

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     max_retries: int = Field(3, ge=0, le=20, validation_alias=AliasChoices("CPO_LLM_MAX_RETRIES", "max_retries"))
     retry_max_wait: float = Field(30.0, ge=0, validation_alias=AliasChoices("CPO_RETRY_MAX_WAIT", "retry_max_wait"))
     email_deadline: float = Field(120.0, gt=0, validation_alias=AliasChoices("CPO_EMAIL_DEADLINE", "email_deadline"))
+    # The deployment's quota: requests and tokens per window (a minute on Azure), paced before each request is
+    # sent (`cpo.net.pacing`). Unset: no pacing. The window is shorter only for tests with scaled-down quotas.
+    rpm: int | None = Field(None, gt=0, validation_alias=AliasChoices("CPO_RPM", "rpm"))
+    tpm: int | None = Field(None, gt=0, validation_alias=AliasChoices("CPO_TPM", "tpm"))
+    quota_window: float = Field(60.0, gt=0, validation_alias=AliasChoices("CPO_QUOTA_WINDOW", "quota_window"))
     max_output_tokens: int = Field(
         1000, ge=16, le=100_000, validation_alias=AliasChoices("CPO_MAX_OUTPUT_TOKENS", "max_output_tokens")
     )

@@ -14,6 +14,7 @@ from cpo.core.errors import ConfigError
 from cpo.core.models import Source
 from cpo.core.settings import Settings
 from cpo.llm.chat_models import CpoAzureChatOpenAI, CpoChatOpenAI
+from cpo.net.pacing import QuotaPacer
 from cpo.net.retries import RetryPolicy
 from cpo.net.transport import http_clients
 
@@ -45,6 +46,13 @@ def build_chat_model(settings: Settings | None = None, **overrides: Any) -> Base
     return OfflineChatModel(**{k: v for k, v in params.items() if k in OfflineChatModel.model_fields})
 
 
+def pacer_for(settings: Settings) -> QuotaPacer | None:
+    """The deployment's quota (CPO_RPM, CPO_TPM), shared by every request the model makes; None unset."""
+    if not settings.rpm and not settings.tpm:
+        return None
+    return QuotaPacer(settings.rpm, settings.tpm, window_s=settings.quota_window)
+
+
 def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
     auth: dict[str, Any]
     if settings.azure_api_key is not None:
@@ -52,7 +60,7 @@ def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
     else:
         auth = {"azure_ad_token_provider": _entra_token_provider()}
     endpoint = str(settings.azure_endpoint)
-    sync_client, async_client = http_clients(endpoint)
+    sync_client, async_client = http_clients(endpoint, pacer_for(settings))
     fields: dict[str, Any] = {
         "azure_endpoint": endpoint,
         "azure_deployment": settings.azure_deployment,
@@ -82,7 +90,7 @@ def _openai_compatible(settings: Settings, params: dict[str, Any]) -> BaseChatMo
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
     params.setdefault("stream_usage", True)
     base_url = str(settings.openai_base_url)
-    sync_client, async_client = http_clients(base_url)
+    sync_client, async_client = http_clients(base_url, pacer_for(settings))
     fields: dict[str, Any] = {
         "base_url": base_url,
         "api_key": key,

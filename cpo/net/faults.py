@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import email.utils
 import time
+from typing import Any
 
 import httpx2
 import openai
 
 from cpo.core.errors import first_line
+from cpo.net.pacing import QuotaWaitTooLong
 
 UNSUPPORTED_FORMAT_HINTS = ("response_format", "response format", "json_schema", "tool_choice", "tools", "function")
 
@@ -21,6 +23,8 @@ def is_transient(exc: BaseException) -> bool:
     """Worth another attempt: timeouts, connection errors, 408, 409, 429 and 5xx. Never 4xx or our own errors,
     and never a 500 that refuses the structured-output format (llama.cpp's answer to json_schema): asking
     again gets the same refusal, so the chain switches method at once instead."""
+    if any(isinstance(cause, QuotaWaitTooLong) for cause in causes(exc)):
+        return False  # the quota allows it only after the deadline: another attempt would be refused too
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
         return True
     if not isinstance(exc, openai.APIStatusError):
@@ -100,8 +104,11 @@ def retry_after_s(exc: BaseException) -> float | None:
     """The server's `retry-after-ms` / `retry-after` (seconds or an HTTP date), if it sent one."""
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
+    return None if headers is None else retry_after_from(headers)
+
+
+def retry_after_from(headers: Any) -> float | None:
+    """`retry-after-ms` / `retry-after` (seconds or an HTTP date) from a response's headers, in seconds."""
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:

@@ -22,6 +22,7 @@ import httpx2
 
 from cpo.core.deadlines import work_deadline
 from cpo.net.hooks import wrap_network_backend
+from cpo.net.pacing import QuotaPacer, request_tokens
 
 # When the HTTP request being sent must end; set by the transports for the duration of a request.
 _request_deadline: ContextVar[float | None] = ContextVar("cpo_request_deadline", default=None)
@@ -185,24 +186,48 @@ class _AsyncDeadlineBody(httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
+def _paced(request: httpx2.Request) -> bool:
+    return request.method == "POST" and request.url.path.endswith("/chat/completions")
+
+
+def _heard(pacer: QuotaPacer, response: httpx2.Response, tokens: int, sent_at: float) -> None:
+    """What the server said about the quota: its remaining counts, a 429's time to come back, or an answer."""
+    from cpo.net.faults import retry_after_from
+
+    pacer.observe(response.headers)
+    if response.status_code == 429:
+        pacer.hold(retry_after_from(response.headers) or 1.0, sent_at)
+    else:
+        pacer.answered(tokens, sent_at)
+
+
 class BoundedTransport(httpx2.HTTPTransport):
-    """httpx2's transport with every network operation bounded by the request's wall-clock deadline.
+    """httpx2's transport with every network operation bounded by the request's wall-clock deadline, and
+    each chat request paced by the deployment's quota when one is set (`cpo.net.pacing`).
 
     httpx2 has no public hook for httpcore's network backend: `cpo.net.hooks.wrap_network_backend`.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, pacer: QuotaPacer | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("limits", CONNECTION_LIMITS)
         super().__init__(**kwargs)
         wrap_network_backend(self, _Backend)
+        self.pacer = pacer
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        pacer = self.pacer if _paced(request) else None
+        tokens = request_tokens(request.content) if pacer is not None else 0
+        if pacer is not None:  # the wait for quota is not part of the request's own timeout
+            pacer.acquire(tokens, work_deadline())
+        sent_at = pacer.now() if pacer is not None else 0.0
         deadline = _deadline_for(request)
         token = _request_deadline.set(deadline)
         try:
             response = super().handle_request(request)
         finally:
             _request_deadline.reset(token)
+        if pacer is not None:
+            _heard(pacer, response, tokens, sent_at)
         response.stream = _DeadlineBody(response.stream, deadline)
         return response
 
@@ -214,11 +239,12 @@ class AsyncBoundedTransport(httpx2.AsyncHTTPTransport):
     `asyncio.run` in one script) gets a new pool instead of "Event loop is closed".
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, pacer: QuotaPacer | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("limits", CONNECTION_LIMITS)
         self._settings = kwargs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_pool()
+        self.pacer = pacer
 
     def _new_pool(self) -> None:
         super().__init__(**self._settings)
@@ -230,12 +256,19 @@ class AsyncBoundedTransport(httpx2.AsyncHTTPTransport):
             if self._loop is not None:
                 self._new_pool()  # the old pool's connections cannot be used (or closed) from this loop
             self._loop = loop
+        pacer = self.pacer if _paced(request) else None
+        tokens = request_tokens(request.content) if pacer is not None else 0
+        if pacer is not None:
+            await pacer.aacquire(tokens, work_deadline())
+        sent_at = pacer.now() if pacer is not None else 0.0
         deadline = _deadline_for(request)
         token = _request_deadline.set(deadline)
         try:
             response = await super().handle_async_request(request)
         finally:
             _request_deadline.reset(token)
+        if pacer is not None:
+            _heard(pacer, response, tokens, sent_at)
         response.stream = _AsyncDeadlineBody(response.stream, deadline)
         return response
 
@@ -252,12 +285,13 @@ def env_proxy_for(url: str) -> str | None:
     return proxies.get(parts.scheme) or proxies.get("all")
 
 
-def http_clients(base_url: str) -> tuple[httpx2.Client, httpx2.AsyncClient]:
-    """A sync and an async client for one endpoint, with the openai SDK's defaults and bounded requests."""
+def http_clients(base_url: str, pacer: QuotaPacer | None = None) -> tuple[httpx2.Client, httpx2.AsyncClient]:
+    """A sync and an async client for one endpoint, with the openai SDK's defaults and bounded requests,
+    both paced by one quota when `pacer` is given."""
     import openai
 
     proxy = env_proxy_for(base_url)
     return (
-        openai.DefaultHttpxClient(transport=BoundedTransport(proxy=proxy)),
-        openai.DefaultAsyncHttpxClient(transport=AsyncBoundedTransport(proxy=proxy)),
+        openai.DefaultHttpxClient(transport=BoundedTransport(pacer, proxy=proxy)),
+        openai.DefaultAsyncHttpxClient(transport=AsyncBoundedTransport(pacer, proxy=proxy)),
     )
