@@ -9,6 +9,7 @@ live, since waits cannot be recorded in a cassette.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -94,6 +95,54 @@ def test_a_wait_past_the_deadline_is_refused_and_reserves_nothing() -> None:
     with pytest.raises(QuotaWaitTooLong):
         pacer.plan(0, deadline=clock.now + 5)
     assert pacer.plan(0) == pytest.approx(step)  # the refused request took no place
+
+
+def test_recovery_does_not_compound_answer_by_answer() -> None:
+    clock = Clock()
+    pacer = QuotaPacer(rpm=600, window_s=60, clock=clock)
+    pacer.hold(1.0)  # nothing answered yet: a fifth less
+    clock.now += 5 * 60  # the cooldown
+    for _ in range(100):  # a hundred answers over one window: a tenth of a time constant, not all of it
+        clock.now += 0.6
+        pacer.answered()
+    assert pacer.pace == pytest.approx(0.8 ** math.exp(-0.1), rel=1e-3)
+
+
+def test_requests_queued_in_a_hold_are_spaced_after_it_and_a_cancelled_wait_gives_its_place_back() -> None:
+    clock = Clock()
+    pacer = QuotaPacer(rpm=600, window_s=60, clock=clock)
+    pacer.hold(30.0)
+    waits = [pacer.plan(0) for _ in range(3)]
+    step = 60 / (0.95 * 480 - 24)  # the quota believed after the hold: a fifth less
+    assert waits == pytest.approx([30 + step, 30 + 2 * step, 30 + 3 * step])
+    pacer.release(0)  # the last caller was cancelled: the next one takes its place
+    assert pacer.plan(0) == pytest.approx(30 + 3 * step)
+
+
+def test_a_request_larger_than_the_token_quota_is_refused_unsent_with_its_reason() -> None:
+    from cpo.net.faults import is_transient, one_line
+
+    pacer = QuotaPacer(tpm=1000, window_s=60, clock=Clock())
+    with pytest.raises(QuotaWaitTooLong, match=r"needs 1,200 tokens .*CPO_TPM=1,000") as caught:
+        pacer.plan(1200)
+    wrapped = openai.APITimeoutError(request=httpx_request())
+    wrapped.__cause__ = caught.value
+    assert not is_transient(wrapped) and one_line(wrapped).startswith("this request needs 1,200 tokens")
+
+
+def httpx_request() -> Any:
+    import httpx2
+
+    return httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+
+
+def test_odd_remaining_headers_cannot_stall_the_pacer() -> None:
+    clock = Clock()
+    pacer = QuotaPacer(rpm=60, window_s=60, clock=clock)
+    pacer.observe({"x-ratelimit-remaining-requests": "-1e300"})
+    assert pacer.plan(0) < 2.0
+    pacer.observe({"x-ratelimit-remaining-requests": "-inf"})
+    assert pacer.plan(0) < 4.0
 
 
 def test_a_quota_needs_requests_or_tokens() -> None:

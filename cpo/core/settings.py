@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # sent (`cpo.net.pacing`). Unset: no pacing. The window is shorter only for tests with scaled-down quotas.
     rpm: int | None = Field(None, gt=0, validation_alias=AliasChoices("CPO_RPM", "rpm"))
     tpm: int | None = Field(None, gt=0, validation_alias=AliasChoices("CPO_TPM", "tpm"))
-    quota_window: float = Field(60.0, gt=0, validation_alias=AliasChoices("CPO_QUOTA_WINDOW", "quota_window"))
+    quota_window: float = Field(60.0, gt=0, le=3600, validation_alias=AliasChoices("CPO_QUOTA_WINDOW", "quota_window"))
     max_output_tokens: int = Field(
         1000, ge=16, le=100_000, validation_alias=AliasChoices("CPO_MAX_OUTPUT_TOKENS", "max_output_tokens")
     )

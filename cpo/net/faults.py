@@ -123,7 +123,10 @@ def retry_after_from(headers: Any) -> float | None:
 
 
 def one_line(exc: BaseException) -> str:
-    """An error as one line; connection errors name the host they tried."""
+    """An error as one line; connection errors name the host they tried, a wait for quota says so."""
+    quota = next((c for c in causes(exc) if isinstance(c, QuotaWaitTooLong)), None)
+    if quota is not None:  # the SDK calls it "Request timed out.", but no request was sent
+        return first_line(quota)
     text = first_line(exc)
     if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
         url = getattr(getattr(exc, "request", None), "url", None)

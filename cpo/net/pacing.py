@@ -9,13 +9,16 @@ reserves its place in both before it is sent, so concurrent callers are spaced e
 stampeding; what the server says corrects the estimate: `x-ratelimit-remaining-requests` / `-tokens` lower
 the buckets when the server has counted more than cpo did, and a 429's `retry-after-ms` holds every caller
 until then and lowers the quota believed to what the server answered in the last window (a quota set higher
-than the deployment's is learnt down at the first 429; five windows later it recovers over ten). The waits themselves
+than the deployment's is learnt down at the first 429; five windows later it recovers, with a time constant
+of ten). The waits themselves
 are the caller's (a blocking sleep or an awaited one): the plan here never waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import threading
 import time
 from collections import deque
@@ -28,15 +31,16 @@ BURST_SHARE = 1 / 20  # a window's share sent at once; the rest evenly, so no wi
 SAFETY = 0.95  # of the quota: arrival times jitter, and a request that lands early is refused
 SLOWER, FLOOR = 0.8, 0.1  # a 429 with no answer in the window: a fifth less; never under a tenth of the quota
 COOLDOWN_WINDOWS = 5.0  # after a 429 the quota believed stays put for 5 windows, then returns to the
-RECOVERY_WINDOWS = 10.0  # configured one over 10 more (on a log scale),
+RECOVERY_WINDOWS = 10.0  # configured one with a time constant of 10 more (on a log scale),
 HEADROOM = 0.5  # while the server's remaining count says at least half the quota believed is unused
 Listener = Callable[[bool], None]
 _listeners: list[Listener] = []
+log = logging.getLogger(__name__)
 
 
 class QuotaWaitTooLong(httpx2.PoolTimeout):
-    """Waiting for quota would pass the work's deadline: the request is not sent (so never billed), and
-    asking again cannot help before the deadline (`cpo.net.faults.is_transient` says so)."""
+    """Waiting for quota would pass the work's deadline, or the request is larger than the whole token quota:
+    it is not sent (so never billed), and asking again cannot help (`cpo.net.faults.is_transient` says so)."""
 
 
 def listen(listener: Listener) -> Callable[[], None]:
@@ -62,6 +66,7 @@ class _Bucket:
     at: float = 0.0
     answered: deque[tuple[float, float]] = field(default_factory=deque)
     remaining: float | None = None  # the server's last x-ratelimit-remaining-* for this quota
+    recovered_at: float = 0.0  # when the quota believed last moved toward the configured one (or a 429)
 
     def believe(self, quota: float, now: float) -> None:
         """Pace to `quota` per window: a burst of BURST_SHARE of it, then evenly, so that no window of the
@@ -73,22 +78,26 @@ class _Bucket:
         self.level = min(self.level, self.capacity)
 
     def refill(self, now: float) -> None:
+        if now <= self.at:  # held by a 429 until `at`: nothing refills before then
+            return
         self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
         self.at = now
 
-    def take(self, amount: float) -> float:
+    def take(self, amount: float, now: float) -> float:
         """Reserve `amount`; seconds until the reservation is covered (a request larger than the bucket
-        waits for all of it)."""
+        waits for all of it; during a hold, the spacing starts when the hold ends)."""
         self.level -= amount
-        return max(0.0, -self.level / self.rate)
+        return max(0.0, self.at - now) + max(0.0, -self.level / self.rate)
 
     def admitted(self, sent_at: float) -> float:
         """Units of the answered requests sent in the window before `sent_at`: what the server let through
         when it refused the request sent then (sending times are close to its arrival times; answer times
         are not)."""
-        while self.answered and self.answered[0][0] <= sent_at - 2 * self.window_s:
-            self.answered.popleft()
         return sum(units for at, units in self.answered if sent_at - self.window_s < at <= sent_at)
+
+    def prune(self, now: float) -> None:
+        while self.answered and self.answered[0][0] <= now - 2 * self.window_s:
+            self.answered.popleft()
 
 
 class QuotaPacer:
@@ -109,7 +118,6 @@ class QuotaPacer:
         self._requests = self._bucket(rpm, now)
         self._tokens = self._bucket(tpm, now)
         self._not_before = now
-        self._recovered_at = now
         self._last_429 = now - COOLDOWN_WINDOWS * window_s
         self._lock = threading.Lock()
         self.waiting = 0
@@ -134,19 +142,32 @@ class QuotaPacer:
     def plan(self, tokens: int, deadline: float | None = None) -> float:
         """Reserve a request of `tokens` (prompt + max_tokens) and return the seconds to wait before sending
         it; raise `QuotaWaitTooLong` (reserving nothing) if that wait would pass `deadline` (monotonic)."""
+        if self._tokens is not None and tokens > SAFETY * self._tokens.configured:
+            raise QuotaWaitTooLong(
+                f"this request needs {tokens:,} tokens (prompt + max_tokens), more than the token quota allows in a "
+                f"window (CPO_TPM={self._tokens.configured:,.0f}): it is not sent"
+            )
         with self._lock:
             now = self._clock()
             taken = []
             wait = max(0.0, self._not_before - now)
             for bucket, amount in self._pairs(float(tokens)):
                 bucket.refill(now)
-                wait = max(wait, bucket.take(amount))
+                wait = max(wait, bucket.take(amount, now))
                 taken.append((bucket, amount))
             if deadline is not None and now + wait > deadline:
                 for bucket, amount in taken:
                     bucket.level += amount
-                raise QuotaWaitTooLong(f"the quota allows this request in {wait:.1f} s, after its deadline")
+                raise QuotaWaitTooLong(
+                    f"waiting for the quota (CPO_RPM/CPO_TPM) would take {wait:.1f} s, past the deadline: not sent"
+                )
             return wait
+
+    def release(self, tokens: int) -> None:
+        """Give back a reservation that will not be used (its caller was cancelled while it waited)."""
+        with self._lock:
+            for bucket, amount in self._pairs(float(tokens)):
+                bucket.level = min(bucket.capacity, bucket.level + amount)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Take the server's count: remaining requests and tokens lower what cpo thinks is left."""
@@ -160,6 +181,9 @@ class QuotaPacer:
                     remaining = float(value)
                 except ValueError:
                     continue
+                if not math.isfinite(remaining):
+                    continue
+                remaining = max(0.0, remaining)
                 bucket.refill(now)
                 bucket.level = min(bucket.level, remaining)
                 bucket.remaining = remaining
@@ -171,28 +195,33 @@ class QuotaPacer:
         with self._lock:
             now = self._clock()
             self._not_before = max(self._not_before, now + seconds)
-            self._recovered_at = self._last_429 = now
+            self._last_429 = now
             self.held += 1
             for bucket in self._buckets():
                 admitted = bucket.admitted(now if sent_at is None else sent_at)
                 bucket.believe(min(bucket.quota, admitted) if admitted else bucket.quota * SLOWER, now)
+                bucket.level = min(bucket.level, 0.0)  # requests queued in the hold are spaced after it
+                bucket.at = max(bucket.at, self._not_before)
+                bucket.recovered_at = now
 
     def answered(self, tokens: int = 0, sent_at: float | None = None) -> None:
         """An answer that was not a 429 (for a request of `tokens`): counted as evidence of the quota, and the
-        quota believed recovers toward the configured one (after a cooldown since the last 429, by the share of
-        RECOVERY_WINDOWS windows since it last changed, on a log scale), unless the server's remaining count
-        says the window is mostly used."""
+        quota believed recovers toward the configured one (after a cooldown since the last 429, on a log scale
+        with a time constant of RECOVERY_WINDOWS windows), unless the server's remaining count says the window
+        is mostly used."""
         with self._lock:
             now = self._clock()
-            start = max(self._recovered_at, self._last_429 + COOLDOWN_WINDOWS * self.window_s)
-            share = min(1.0, max(0.0, now - start) / (RECOVERY_WINDOWS * self.window_s))
-            self._recovered_at = max(self._recovered_at, min(now, start))
+            cooled = self._last_429 + COOLDOWN_WINDOWS * self.window_s
             for bucket, amount in self._pairs(float(tokens)):
+                bucket.prune(now)
                 bucket.answered.append((now if sent_at is None else sent_at, amount))
-                # Recover only when the server does not say the window is mostly used already.
+                # Recover only when the server does not say the window is mostly used already; each step
+                # covers only the time since this bucket's last one.
                 busy = bucket.remaining is not None and bucket.remaining < HEADROOM * bucket.quota
-                if bucket.quota < bucket.configured and not busy:
+                share = min(1.0, max(0.0, now - max(bucket.recovered_at, cooled)) / (RECOVERY_WINDOWS * self.window_s))
+                if share > 0 and bucket.quota < bucket.configured and not busy:
                     bucket.believe(bucket.quota * (bucket.configured / bucket.quota) ** share, now)
+                    bucket.recovered_at = now
 
     def _buckets(self) -> list[_Bucket]:
         return [b for b in (self._requests, self._tokens) if b is not None]
@@ -210,7 +239,10 @@ class QuotaPacer:
             now = self.waiting
         if (before == 0) != (now == 0):
             for listener in list(_listeners):
-                listener(now > 0)
+                try:
+                    listener(now > 0)
+                except Exception:  # a progress line must never fail a request
+                    log.exception("a quota listener failed")
 
     def acquire(self, tokens: int, deadline: float | None = None) -> float:
         """Wait (blocking) until the quota allows the request; the seconds waited."""
@@ -219,6 +251,9 @@ class QuotaPacer:
             self._waiting(+1)
             try:
                 time.sleep(wait)
+            except BaseException:  # Ctrl-C while waiting: its place goes to the next request
+                self.release(tokens)
+                raise
             finally:
                 self._waiting(-1, wait)
         return wait
@@ -230,6 +265,9 @@ class QuotaPacer:
             self._waiting(+1)
             try:
                 await asyncio.sleep(wait)
+            except BaseException:  # cancelled while waiting: its place goes to the next request
+                self.release(tokens)
+                raise
             finally:
                 self._waiting(-1, wait)
         return wait
