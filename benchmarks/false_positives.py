@@ -24,19 +24,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from campaign_scale import clean_env  # noqa: E402
 
-from cpo.campaign.agents.assignment import HOLDOUT  # noqa: E402
 from cpo.campaign.agents.experiment import comparisons, guardrail  # noqa: E402
-from cpo.campaign.agents.simulation import SimulationRates, simulate  # noqa: E402
-from cpo.campaign.analysis import false_positive_share, run_customers  # noqa: E402
+from cpo.campaign.agents.simulation import SimulationRates  # noqa: E402
+from cpo.campaign.analysis import false_positive_share, run_customers, simulated_frame  # noqa: E402
 
 
 def unadjusted_and_guardrail_shares(run_dir: Path, runs: int) -> tuple[float, float]:
     """Shares of no-effect runs with any unadjusted p < 0.05, and with the unsubscribe guardrail tripped."""
     frame, raw, tripped = run_customers(run_dir), 0, 0
     for seed in range(1, runs + 1):
-        simulated = frame.join(simulate(frame, SimulationRates(), seed), on="customer_id")
-        simulated["present"] = simulated["arm"] != HOLDOUT
-        found = comparisons(simulated, intervals=False)
+        found = comparisons(simulated_frame(frame, SimulationRates(), seed), intervals=False)
         raw += any(c["p_value"] < 0.05 for c in found)
         tripped += guardrail(found)["tripped"]
     return raw / runs, tripped / runs
@@ -66,8 +63,7 @@ def main() -> int:
         holm_share = false_positive_share(run_dir, args.runs)
         seconds = time.perf_counter() - started
         raw_share, guardrail_share = unadjusted_and_guardrail_shares(run_dir, args.runs)
-        family = len(comparisons(run_customers(run_dir).join(simulate(run_customers(run_dir), SimulationRates(), 1),
-                                                              on="customer_id").assign(present=True)))  # fmt: skip
+        family = len(comparisons(simulated_frame(run_customers(run_dir), SimulationRates(), 1), intervals=False))
     print(f"customers: {'sample (250)' if not args.customers else args.customers}, simulations: {args.runs}, "
           f"comparisons per run: {family}")  # fmt: skip
     print(f"runs declaring any significant difference, Holm-adjusted: {100 * holm_share:.1f}% (bar: 7%)")

@@ -9,7 +9,6 @@ simulated ones never do (they are not real people's choices).
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +19,9 @@ from cpo.campaign.agents.experiment import METRICS, analyze, comparisons
 from cpo.campaign.agents.export import ASSIGNMENTS_FILE, SEND_LIST_FILE
 from cpo.campaign.agents.outcomes import CustomerIndex, Outcomes, read_conversions, read_outcomes
 from cpo.campaign.agents.simulation import SimulationRates, simulate
-from cpo.campaign.file_binding import unbound_files
+from cpo.campaign.file_binding import file_hash, unbound_files
 from cpo.campaign.rundir import AUDIT_FILE, DATABASE, read_json, read_record, recorded_campaign, write_json
-from cpo.core.csvsafe import FORMULA_STARTS, safe_cell
+from cpo.core.csvsafe import safe_cell, safe_column, unquoted_column
 from cpo.core.errors import InputError
 from cpo.core.files import replacing
 from cpo.core.version import __version__
@@ -37,10 +36,6 @@ FEATURE_COLUMNS = (
 )
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _read_csv(path: Path, what: str) -> Any:
     """One of the run's own CSV files as text columns, without the `'` cpo put before formula-like cells."""
     import pandas as pd
@@ -49,11 +44,7 @@ def _read_csv(path: Path, what: str) -> Any:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"cannot read the run's {what} {path}: {exc}") from None
-    for column in frame.columns:
-        quoted = frame[column].str[:1].eq("'") & frame[column].str[1:2].isin(FORMULA_STARTS)
-        if quoted.any():
-            frame.loc[quoted, column] = frame.loc[quoted, column].str[1:]
-    return frame
+    return frame.apply(unquoted_column) if len(frame) else frame
 
 
 def run_customers(run_dir: Path) -> Any:
@@ -105,9 +96,9 @@ def run_customers(run_dir: Path) -> Any:
     return frame
 
 
-def planned_shares(run_dir: Path) -> dict[str, float]:
+def planned_shares(run_dir: Path, record: dict[str, Any] | None = None) -> dict[str, float]:
     """The allocation the run assigned by (run.json; a run made before it was recorded: its campaign file)."""
-    record = read_record(run_dir, "cannot analyze")
+    record = record if record is not None else read_record(run_dir, "cannot analyze")
     shares = record.get("allocation")
     if isinstance(shares, dict) and shares:
         return {str(k): float(v) for k, v in shares.items()}
@@ -139,6 +130,14 @@ def _unsent(frame: Any) -> Any:
     frame.loc[frame["not_sent"], email_metrics] = 0.0
     frame.loc[frame["not_sent"], "present"] = True
     return frame
+
+
+def simulated_frame(frame: Any, rates: SimulationRates, seed: int) -> Any:
+    """The run's customers with simulated outcomes: the emailed arms present, the holdout on conversions only,
+    and no engagement for customers the run sent nothing."""
+    out = frame.join(simulate(frame, rates, seed), on="customer_id")
+    out["present"] = out["arm"] != HOLDOUT
+    return _unsent(out)
 
 
 def analyze_run(
@@ -176,7 +175,7 @@ def analyze_run(
             )
         frame = _unsent(_observed(frame, found))
         held = frame["arm"] == HOLDOUT
-        data.update(file=str(outcomes), file_sha256=_sha256(outcomes), platform=platform, rows=found.rows)
+        data.update(file=str(outcomes), file_sha256=file_hash(outcomes), platform=platform, rows=found.rows)
         data.update(unknown_ids=found.unknown_ids, duplicates=found.duplicates, columns=found.columns)
         data.update(
             missing=int((~frame["present"] & ~held).sum()), holdout_in_export=int((frame["present"] & held).sum())
@@ -194,20 +193,16 @@ def analyze_run(
         if "historical_open_rate" not in frame:
             raise InputError(f"cannot simulate {run_dir}: its customer database has no historical rates")
         rates = rates or SimulationRates()
-        simulated = simulate(frame, rates, int(simulate_seed or 0))
-        frame = frame.join(simulated, on="customer_id")
-        frame["present"] = frame["arm"] != HOLDOUT
-        frame = _unsent(frame)  # no email was sent to them: nothing of it is simulated
+        frame = simulated_frame(frame, rates, int(simulate_seed or 0))
         data.update(seed=simulate_seed, rates=asdict(rates), measured=list(METRICS))
     if conversions is not None:
         converted, unknown = read_conversions(conversions, index)
         frame["converted"] = frame["customer_id"].isin(converted).astype(float)
-        data["conversions"] = {"file": str(conversions), "file_sha256": _sha256(conversions), "unknown_ids": unknown}
+        data["conversions"] = {"file": str(conversions), "file_sha256": file_hash(conversions), "unknown_ids": unknown}
         data["measured"] = [m for m in METRICS if m in data.get("measured", []) or m == "converted"]
-    result = analyze(
-        frame, shares=planned_shares(run_dir), primary=primary, simulated=outcomes is None, variant_arm=variant_arm
-    )
     record = read_record(run_dir, "cannot analyze")
+    shares = planned_shares(run_dir, record)
+    result = analyze(frame, shares=shares, primary=primary, simulated=outcomes is None, variant_arm=variant_arm)
     analysis = {
         "run_id": record.get("run_id", run_dir.name),
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -247,10 +242,7 @@ def _suppress_next(run_dir: Path, frame: Any, complained: set[str]) -> str | Non
 def _write_outcomes(run_dir: Path, frame: Any) -> None:
     """outcomes.csv: the per-customer table the statistics were computed from (for notebooks and audits)."""
     metrics = [m for m in METRICS if m in frame]
-    out = frame[["customer_id", "segment", "arm", "delivered_variant"]].astype(str)
-    for column in out.columns:  # text a spreadsheet would run gets a leading ' (cpo.core.csvsafe)
-        risky = out[column].str[:1].isin(FORMULA_STARTS)
-        out.loc[risky, column] = "'" + out.loc[risky, column]
+    out = frame[["customer_id", "segment", "arm", "delivered_variant"]].astype(str).apply(safe_column)
     out["present"] = frame["present"].map({True: "true", False: "false"})
     for metric in metrics:
         out[metric] = frame[metric].astype("Int64")
@@ -271,7 +263,6 @@ def false_positive_share(run_dir: Path, runs: int = 200, rates: SimulationRates 
     frame = run_customers(run_dir)
     hits = 0
     for seed in range(1, runs + 1):
-        simulated = frame.join(simulate(frame, rates or SimulationRates(), seed), on="customer_id")
-        simulated["present"] = simulated["arm"] != HOLDOUT
+        simulated = simulated_frame(frame, rates or SimulationRates(), seed)
         hits += any(c["significant"] for c in comparisons(simulated, intervals=False))
     return hits / runs

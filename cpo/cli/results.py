@@ -9,14 +9,6 @@ from cpo.cli.output import console, say
 from cpo.core.errors import CpoError, ExitCode, InputError
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _points(value: float | None) -> str:
-    return "n/a" if value is None else f"{round(100 * value, 1) + 0.0:+.1f}"
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     from cpo.campaign.agents.outcomes import parse_map
     from cpo.campaign.agents.simulation import SimulationRates, parse_effects
@@ -62,7 +54,8 @@ def print_analysis(analysis: dict[str, Any]) -> None:
     """The verdict, the primary metric by arm, and every warning a reader must not miss."""
     from rich.table import Table
 
-    from cpo.campaign.agents.experiment import LABELS
+    from cpo.campaign.agents.experiment import LABELS, signed_points
+    from cpo.campaign.agents.report_tables import pct, span
 
     verdict = analysis["verdict"]
     metric = verdict["primary_metric"]
@@ -77,10 +70,10 @@ def print_analysis(analysis: dict[str, Any]) -> None:
         table.add_row(
             arm,
             str(cell["n"]),
-            _pct(cell["rate"]),
-            f"{_pct(cell['ci_low'])} to {_pct(cell['ci_high'])}",
-            _points(c["abs_lift"]) if c else "",
-            f"{_points(c['abs_ci_low'])} to {_points(c['abs_ci_high'])}" if c else "",
+            pct(cell["rate"]),
+            span(cell["ci_low"], cell["ci_high"], pct),
+            signed_points(c["abs_lift"]) if c else "",
+            span(c["abs_ci_low"], c["abs_ci_high"]) if c else "",
             f"{c['p_holm']:.3g}" if c else "",
         )
     if cells:

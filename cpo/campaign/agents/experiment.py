@@ -168,8 +168,9 @@ def harmed(c: dict[str, Any]) -> bool:
     return bool(c["significant"]) and (lift_ > 0 if c["metric"] in LOWER_IS_BETTER else lift_ < 0)
 
 
-def _points(value: float | None) -> str:
-    return "n/a" if value is None else f"{round(100 * value, 1) + 0.0:+.1f}"  # + 0.0: never "-0.0"
+def signed_points(value: float | None) -> str:
+    """A difference of rates in percentage points with its sign (+7.5), never "-0.0"; "n/a" for none."""
+    return "n/a" if value is None else f"{round(100 * value, 1) + 0.0:+.1f}"
 
 
 def verdict(
@@ -203,8 +204,8 @@ def verdict(
         winner = best["arm"]
         text = (
             f"{winner} beat control on {label}: {100 * best['rate']:.1f}% against {100 * best['rate_control']:.1f}%, "
-            f"{_points(best['abs_lift'])} points (95% CI {_points(best['abs_ci_low'])} to "
-            f"{_points(best['abs_ci_high'])}), Holm-adjusted p = {best['p_holm']:.3g}."
+            f"{signed_points(best['abs_lift'])} points (95% CI {signed_points(best['abs_ci_low'])} to "
+            f"{signed_points(best['abs_ci_high'])}), Holm-adjusted p = {best['p_holm']:.3g}."
         )
     else:
         text = f"No detectable difference between the arms and control on {label} (Holm-adjusted, alpha {ALPHA})."

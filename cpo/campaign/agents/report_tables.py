@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cpo.campaign.agents.charts import Point, data_uri, lift_chart, rate_chart
-from cpo.campaign.agents.experiment import LABELS, LOWER_IS_BETTER
+from cpo.campaign.agents.experiment import LABELS, LOWER_IS_BETTER, signed_points
 from cpo.campaign.agents.experiment_stats import SRM_ALPHA
 
 NA = "n/a"
@@ -29,7 +29,7 @@ def pct(value: float | None) -> str:
 
 def points(value: float | None) -> str:
     """A difference of rates in percentage points, with its sign: +1.7 pts."""
-    return NA if value is None else f"{_hundred(value):+.1f} pts"
+    return NA if value is None else f"{signed_points(value)} pts"
 
 
 def signed_pct(value: float | None) -> str:
@@ -45,9 +45,7 @@ def span(low: float | None, high: float | None, form: Any = None) -> str:
     """An interval: its two ends in percentage points with their signs (`form` formats them otherwise)."""
     if low is None or high is None:
         return NA
-    if form is None:
-        return f"{_hundred(low):+.1f} to {_hundred(high):+.1f}"
-    return f"{form(low)} to {form(high)}"
+    return f"{(form or signed_points)(low)} to {(form or signed_points)(high)}"
 
 
 def label(metric: str) -> str:
