@@ -342,6 +342,27 @@ MUTATIONS = (
         "            pass",
         ("tests/test_pacing.py",),
     ),
+    Mutation(
+        "pool-ignores-quotas",
+        "cpo/llm/pool.py",
+        "            rates = {id(m): m.rate() for m in free}",
+        "            rates = {id(m): None for m in free}",
+        ("tests/test_deployments.py",),
+    ),
+    Mutation(
+        "pool-never-fails-over",
+        "cpo/llm/pool.py",
+        "                member.out_until, member.reason = now + self.failover_after, brief(failure)",
+        "                pass",
+        ("tests/test_deployments.py",),
+    ),
+    Mutation(
+        "pool-prices-every-deployment-alike",
+        "cpo/accounting/pricing.py",
+        "    named = params.get(DEPLOYMENT_PARAM) or params.get(\"azure_deployment\")",
+        "    named = params.get(\"azure_deployment\")",
+        ("tests/test_deployments.py",),
+    ),
 )
 
 

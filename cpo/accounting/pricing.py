@@ -12,40 +12,26 @@ import logging
 import threading
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cpo.core.errors import ConfigError
+from cpo.core.prices import DeploymentPrice, ModelPrice
 from cpo.core.settings import Settings
 from cpo.core.usage import TokenCounts
+from cpo.net.hooks import DEPLOYMENT_PARAM
 
 log = logging.getLogger(__name__)
 
 OFFLINE_MODEL = "cpo-offline"
-PER_MTOK = Decimal(1_000_000)
 
 
-class ModelPrice(BaseModel):
-    """USD per million tokens."""
-
-    model_config = ConfigDict(extra="forbid")
-    input: Decimal = Field(ge=0)
-    output: Decimal = Field(ge=0)
-    cached_input: Decimal | None = Field(default=None, ge=0)
-
-    def cost(self, counts: TokenCounts) -> Decimal:
-        cached_rate = self.input if self.cached_input is None else self.cached_input
-        uncached = counts.input_tokens - counts.cached_input_tokens
-        return (
-            uncached * self.input + counts.cached_input_tokens * cached_rate + counts.output_tokens * self.output
-        ) / PER_MTOK
-
-
-class DeploymentPrice(ModelPrice):
-    """Prices of one Azure deployment, optionally naming the model it serves."""
-
-    model: str | None = None
+def deployment_of(params: dict[str, Any]) -> str | None:
+    """The deployment a call goes to, as prices and the ledger know it (None for a non-Azure call)."""
+    named = params.get(DEPLOYMENT_PARAM) or params.get("azure_deployment")
+    return str(named) if named else None
 
 
 class PriceFile(BaseModel):
@@ -159,10 +145,18 @@ class PriceBook:
 
 def price_book_for(settings: Settings) -> PriceBook:
     """Prices for the configured provider: Azure's table (also for offline what-ifs); a self-hosted
-    OpenAI-compatible server is priced only if genai-prices knows its URL or the price file names the model."""
+    OpenAI-compatible server is priced only if genai-prices knows its URL or the price file names the model.
+    With a deployments file, each deployment's own price entry (or the price file's entry for its name, then
+    for its Azure deployment name) prices the calls sent to it."""
     provider = settings.provider
-    return PriceBook(
+    book = PriceBook(
         settings.price_file,
         provider_id=None if provider == "openai-compatible" else "azure",
         provider_api_url=settings.openai_base_url if provider == "openai-compatible" else None,
     )
+    pool = settings.deployments
+    for entry in pool.deployments if pool is not None else []:
+        price = entry.price or book.user.deployments.get(entry.name) or book.user.deployments.get(entry.deployment)
+        if price is not None:
+            book.user.deployments[entry.name] = price
+    return book

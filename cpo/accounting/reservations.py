@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from cpo.accounting.pricing import PriceBook
+from cpo.accounting.pricing import PriceBook, deployment_of
 from cpo.core.errors import UnpricedBudget
 from cpo.core.usage import TokenCounts
 from cpo.net.tokens import count_text_tokens, count_tokens
@@ -40,7 +40,7 @@ class ModelHints:
 
     def model_for(self, params: dict[str, Any]) -> str | None:
         """The model a call with these parameters will be priced as; never an Azure deployment name."""
-        deployment = params.get("azure_deployment")
+        deployment = deployment_of(params)
         if "azure" in str(params.get("_type", "")) or deployment:
             # `model` is what the user named (CPO_MODEL_NAME), never the deployment.
             with self._lock:
@@ -67,7 +67,7 @@ class ModelHints:
         hint = self.model_for(params)
         input_tokens = count_tokens(messages, hint) + schema_tokens(params, hint)
         worst = TokenCounts(input_tokens=input_tokens, output_tokens=int(output))
-        deployment = params.get("azure_deployment")
+        deployment = deployment_of(params)
 
         def priced() -> Decimal | None:
             model = self.model_for(params)

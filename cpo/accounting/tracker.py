@@ -31,7 +31,7 @@ from cpo.accounting.attribution import EMAIL_TAG, RunTree
 from cpo.accounting.budget import Budget
 from cpo.accounting.calls import Call
 from cpo.accounting.ledger import REFUSED, UNKNOWN_COST, Ledger
-from cpo.accounting.pricing import PriceBook, price_book_for
+from cpo.accounting.pricing import PriceBook, deployment_of, price_book_for
 from cpo.accounting.readings import counted_locally, read_error, read_result
 from cpo.accounting.reservations import ModelHints
 from cpo.core.errors import UnpricedBudget
@@ -284,7 +284,7 @@ class CostTracker(BaseCallbackHandler):
             hint = self.model_hint(params)
             with self._lock:
                 root = self.tree.root(run_id, parent_run_id)
-                call = Call(root, hint, params.get("azure_deployment"), prompt, self.tree.email(parent_run_id))
+                call = Call(root, hint, deployment_of(params), prompt, self.tree.email(parent_run_id))
                 self._calls[run_id] = call
             if self.ledger is not None:  # committed before the call is sent: a kill -9 leaves it possibly billed
                 name = self.run_names.get(root)
@@ -338,6 +338,7 @@ class CostTracker(BaseCallbackHandler):
                     latency=latency,
                     unknown=unknown,
                     refused=refused,
+                    deployment=call.deployment,
                 )
         if self.budget is not None:
             self.budget.settle(run_id, cost, unknown=unknown)

@@ -24,10 +24,9 @@ from cpo.llm.parallelism import measure_parallelism
 def check_endpoint(
     say: Callable[[str], Any], *, notes: EndpointNotes, settings: Any, callbacks: list[Any] | None = None
 ) -> int:
-    """Connection, structured-output method and parallelism, one line each; 0 if all answered."""
-    from cpo.email.chain import build_email_chain
+    """Connection, structured-output method and parallelism, one line each; 0 if all answered. With a
+    deployments file, each deployment is checked the same way, and the check fails if any one does."""
     from cpo.llm.factory import build_chat_model, model_source
-    from cpo.net.faults import one_line
 
     model = build_chat_model(settings)
     if model_source(model) == "offline":
@@ -37,15 +36,45 @@ def check_endpoint(
             "offline drafting model"
         )
         return ExitCode.FAILED
+    members = getattr(model, "members", None)
+    if not members:
+        return (
+            ExitCode.OK
+            if _check_model(say, model, settings.describe(), notes, settings, callbacks)
+            else ExitCode.FAILED
+        )
+    methods = {}
+    for member in members:
+        say(f"deployment {member.name}:")
+        methods[member.name] = _check_model(
+            lambda line: say("  " + line), member.model, member.entry.describe(), notes, settings, callbacks
+        )
+    failed = [name for name, method in methods.items() if method is None]
+    if failed:
+        say(f"❌ {len(failed)} of {len(members)} deployments failed the check: {', '.join(failed)}")
+        return ExitCode.FAILED
+    if len(set(methods.values())) == 1:
+        notes.note(endpoint_key(model), method=next(iter(methods.values())))
+    say(f"✅ all {len(members)} deployments answered")
+    return ExitCode.OK
+
+
+def _check_model(
+    say: Callable[[str], Any], model: Any, described: str, notes: EndpointNotes, settings: Any, callbacks: Any
+) -> str | None:
+    """One endpoint's three checks; the structured-output method that worked, or None if a check failed."""
+    from cpo.email.chain import build_email_chain
+    from cpo.net.faults import one_line
+
     config: RunnableConfig = {"callbacks": callbacks or [], "run_name": "cpo check"}
     key = endpoint_key(model)
     try:
         reply = model.bind(max_tokens=20).invoke("Say 'Connection successful'", config)
     except Exception as exc:  # every failure becomes one line: that is the point of a check
-        say(f"❌ {settings.describe()}: {one_line(exc)}")
-        return ExitCode.FAILED
+        say(f"❌ {described}: {one_line(exc)}")
+        return None
     served_by = reply.response_metadata.get("model_name") or "model not reported"
-    say(f"✅ {settings.describe()} answered ({served_by}): {' '.join(str(reply.content).split())[:80]}")
+    say(f"✅ {described} answered ({served_by}): {' '.join(str(reply.content).split())[:80]}")
 
     chain = build_email_chain(model, settings=settings, notes=notes, offline_fallback=False)
     before = chain.method
@@ -53,7 +82,7 @@ def check_endpoint(
         method = chain.probe_method(config)
     except Exception as exc:
         say(f"❌ structured output: no method worked ({one_line(exc)})")
-        return ExitCode.FAILED
+        return None
     tried = "" if method == before else f" ({before} refused)"
     say(f"✅ structured output: {method}{tried}; remembered for this endpoint")
 
@@ -61,12 +90,12 @@ def check_endpoint(
         measured = asyncio.run(measure_parallelism(model, config))
     except Exception as exc:
         say(f"❌ parallelism not measured: {one_line(exc)}")
-        return ExitCode.FAILED
+        return None
     notes.note(key, parallel=measured.parallel, pair_ratio=round(measured.ratio, 2))
     say(f"{'✅' if measured.parallel else 'ℹ️'} {measured.describe()}")
     if not measured.parallel:
         say("   use `cpo run --concurrency 1` with this endpoint: queued requests wait and can time out")
-    return ExitCode.OK
+    return str(method)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -49,7 +49,9 @@ class CommandContext:
         )
         self.tracker: CostTracker = CostTracker(prices=prices, default_model=self.settings.model_name, max_usd=max_usd)
         hint = OFFLINE_MODEL if self.source == "offline" else self.settings.model_name
-        self.tracker.check_budget_pricing(hint, self.settings.azure_deployment)
+        pool = self.settings.deployments
+        for deployment in [d.name for d in pool.deployments] if pool else [self.settings.azure_deployment]:
+            self.tracker.check_budget_pricing(hint, deployment)
 
     def open_ledger(self, session_name: str, runs_dir: Path | None = None) -> Path | None:
         """Record this command's calls in the cost ledger (unless CPO_LEDGER=off); after input is checked.

@@ -6,13 +6,16 @@ totals, and how a stopped run goes on.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpo.campaign.agents.load import customers_line
 from cpo.campaign.stages import STAGE_LABELS
 from cpo.campaign.state import INVALID
 from cpo.cli.output import console, printable, quality_line, say, totals_line
 from cpo.core.errors import ExitCode
+
+if TYPE_CHECKING:
+    from cpo.core.usage import UsageCounts
 
 TEMPLATE = "template"  # the source of a control cpo wrote itself
 
@@ -98,6 +101,8 @@ def report(result: Any, ctx: Any, strict: bool, prior: Decimal | None) -> int:
     if fallback:
         say(f"offline fallback: {fallback} of {len(variants)} emails were drafted offline (marked fallback_used)")
     say(totals_line("this run" if prior is not None else "session", tracker.session))
+    if len(tracker.session.by_deployment) > 1:
+        say("by deployment: " + "; ".join(_deployment_usage(n, u) for n, u in tracker.session.by_deployment.items()))
     if prior is not None:
         say(f"session before this resume: {format_usd(prior)}")
     if tracker.accounting_errors or tracker.ledger_errors:
@@ -193,3 +198,12 @@ def summary_table(result: Any) -> Any:
         row += [Text(f"{sum(v.valid for v in mine)}/{expected}"), Text(format_usd(total))]
         table.add_row(*row)
     return table
+
+
+def _deployment_usage(name: str, usage: UsageCounts) -> str:
+    """'sweden 29 calls, $0.0012': one deployment of several, each priced at its own price."""
+    from cpo.core.usage import format_usd
+
+    failed = f" ({usage.failed_calls} failed)" if usage.failed_calls else ""
+    unknown = f" + {usage.unknown_cost_calls} of unknown cost" if usage.unknown_cost_calls else ""
+    return f"{name} {usage.calls} calls{failed}, {format_usd(usage.cost_usd)}{unknown}"

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cpo.core.deployments import DeploymentsFile, load_deployments
 from cpo.core.errors import ConfigError
 
 Provider = Literal["azure", "openai-compatible", "offline"]
@@ -51,6 +52,8 @@ class Settings(BaseSettings):
     # sent (`cpo.net.pacing`). Unset: no pacing. The window is shorter only for tests with scaled-down quotas.
     rpm: int | None = Field(None, gt=0, validation_alias=AliasChoices("CPO_RPM", "rpm"))
     tpm: int | None = Field(None, gt=0, validation_alias=AliasChoices("CPO_TPM", "tpm"))
+    # Several Azure deployments, each with its quota and price (`cpo.core.deployments`), instead of one.
+    deployments_file: Path | None = _env("CPO_DEPLOYMENTS_FILE", "deployments_file")
     quota_window: float = Field(60.0, gt=0, le=3600, validation_alias=AliasChoices("CPO_QUOTA_WINDOW", "quota_window"))
     max_output_tokens: int = Field(
         1000, ge=16, le=100_000, validation_alias=AliasChoices("CPO_MAX_OUTPUT_TOKENS", "max_output_tokens")
@@ -73,6 +76,7 @@ class Settings(BaseSettings):
     azure_search_key: SecretStr | None = _env("AZURE_SEARCH_KEY", "azure_search_key")
     azure_content_safety_endpoint: str | None = _env("AZURE_CONTENT_SAFETY_ENDPOINT", "azure_content_safety_endpoint")
     azure_content_safety_key: SecretStr | None = _env("AZURE_CONTENT_SAFETY_KEY", "azure_content_safety_key")
+    _deployments: DeploymentsFile | None = PrivateAttr(None)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -101,6 +105,7 @@ class Settings(BaseSettings):
         "azure_api_key",
         "openai_api_key",
         "price_file",
+        "deployments_file",
         "prompts_dir",
         "ledger_path",
         "azure_search_index",
@@ -116,26 +121,51 @@ class Settings(BaseSettings):
     def _complete(self) -> Settings:
         if self.azure_endpoint and not self.azure_deployment:
             raise ConfigError("AZURE_OPENAI_DEPLOYMENT_NAME is not set; it is required with AZURE_OPENAI_ENDPOINT")
-        if not self.azure_endpoint and (self.azure_deployment or self.azure_api_key):
+        if not self.azure_endpoint and not self.deployments_file and (self.azure_deployment or self.azure_api_key):
             set_var = "AZURE_OPENAI_DEPLOYMENT_NAME" if self.azure_deployment else "AZURE_OPENAI_API_KEY"
             raise ConfigError(f"AZURE_OPENAI_ENDPOINT is not set but {set_var} is")
         if self.openai_base_url and not self.model_name:
             raise ConfigError("CPO_MODEL_NAME is not set; it is required with OPENAI_BASE_URL")
         if self.azure_search_endpoint and not self.azure_search_index:
             raise ConfigError("AZURE_SEARCH_INDEX is not set; it is required with AZURE_SEARCH_ENDPOINT")
+        if self.deployments_file is not None:
+            self._deployments = self._check_deployments(self.deployments_file)
         wanted = self.provider_choice
-        if wanted == "azure" and not self.azure_endpoint:
+        if wanted == "azure" and not (self.azure_endpoint or self.deployments_file):
             raise ConfigError("CPO_PROVIDER=azure but AZURE_OPENAI_ENDPOINT is not set")
         if wanted == "openai-compatible" and not self.openai_base_url:
             raise ConfigError("CPO_PROVIDER=openai-compatible but OPENAI_BASE_URL is not set")
         return self
+
+    def _check_deployments(self, path: Path) -> DeploymentsFile:
+        """The file replaces the one-deployment settings; set both and one would be ignored, so neither is."""
+        if self.azure_endpoint:
+            raise ConfigError(
+                "CPO_DEPLOYMENTS_FILE and AZURE_OPENAI_ENDPOINT are both set: list every deployment in the file "
+                "and unset AZURE_OPENAI_ENDPOINT"
+            )
+        if self.azure_deployment:
+            raise ConfigError(
+                "CPO_DEPLOYMENTS_FILE and AZURE_OPENAI_DEPLOYMENT_NAME are both set: list every deployment in the file "
+                "and unset AZURE_OPENAI_DEPLOYMENT_NAME"
+            )
+        if self.rpm or self.tpm:
+            raise ConfigError(
+                "CPO_DEPLOYMENTS_FILE is set: give each deployment its rpm and tpm in the file, not CPO_RPM/CPO_TPM"
+            )
+        return load_deployments(path.expanduser())
+
+    @property
+    def deployments(self) -> DeploymentsFile | None:
+        """The deployments file's content (read once, when the settings were), or None without one."""
+        return self._deployments
 
     @property
     def provider(self) -> Provider:
         """Azure wins over an OpenAI-compatible URL unless CPO_PROVIDER says otherwise."""
         if self.provider_choice != "auto":
             return self.provider_choice
-        if self.azure_endpoint:
+        if self.azure_endpoint or self.deployments_file:
             return "azure"
         if self.openai_base_url:
             return "openai-compatible"
@@ -166,6 +196,10 @@ class Settings(BaseSettings):
 
     def describe(self) -> str:
         """One line for humans: where calls go, never a secret."""
+        if self.provider == "azure" and self.deployments is not None:
+            entries = self.deployments.deployments
+            names = ", ".join(d.describe() for d in entries)
+            return f"Azure OpenAI, {len(entries)} deployments from {self.deployments_file}: {names}"
         if self.provider == "azure":
             return f"Azure OpenAI {self.azure_endpoint} deployment {self.azure_deployment}"
         if self.provider == "openai-compatible":

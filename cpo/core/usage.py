@@ -94,9 +94,11 @@ class UsageCounts(BaseModel):
 
 
 class Usage(UsageCounts):
-    """Usage of a run or a session, with a per-model breakdown (keys are real model names)."""
+    """Usage of a run or a session, with a per-model breakdown (keys are real model names) and a per-deployment
+    one (the Azure deployment, or the name a deployments file gives it: each may bill differently)."""
 
     by_model: dict[str, UsageCounts] = Field(default_factory=dict)
+    by_deployment: dict[str, UsageCounts] = Field(default_factory=dict)
 
     def add_call(
         self,
@@ -109,15 +111,20 @@ class Usage(UsageCounts):
         latency: float = 0.0,
         unknown: bool = False,
         refused: bool = False,
+        deployment: str | None = None,
     ) -> None:
         flags = {"failed": failed, "estimated": estimated, "latency": latency, "unknown": unknown, "refused": refused}
         self._add(counts, cost, **flags)  # type: ignore[arg-type]
         self.by_model.setdefault(model, UsageCounts())._add(counts, cost, **flags)  # type: ignore[arg-type]
+        if deployment:
+            self.by_deployment.setdefault(deployment, UsageCounts())._add(counts, cost, **flags)  # type: ignore[arg-type]
 
     def merge(self, other: UsageCounts) -> None:
         super().merge(other)
         for model, counts in getattr(other, "by_model", {}).items():
             self.by_model.setdefault(model, UsageCounts()).merge(counts)
+        for deployment, counts in getattr(other, "by_deployment", {}).items():
+            self.by_deployment.setdefault(deployment, UsageCounts()).merge(counts)
 
     @property
     def cost_display(self) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cpo.core.deadlines import deadline_error, time_left
@@ -37,12 +37,13 @@ class Attempts:
         policy: RetryPolicy,
         trackers: list[CostTracker],
         prompt: Sequence[Any],
-        params: dict[str, Any],
+        params: Callable[[Any], dict[str, Any]],
         run_id: uuid.UUID | None,
     ) -> None:
         self.policy, self.trackers, self.prompt, self.params = policy, trackers, prompt, params
         self.run_id = run_id
         self.retries = 0
+        self.failed_on: Any = None  # the model (a pool's deployment) whose attempt last failed, transiently
 
     def next(self) -> uuid.UUID:
         """The run id of the next attempt (the caller's for the first); none starts past the deadline."""

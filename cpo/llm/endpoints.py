@@ -27,6 +27,9 @@ def endpoint_key(model: Any) -> str | None:
     """'<base url> <model or deployment>' for a LangChain OpenAI model; None for the offline drafter."""
     from cpo.llm.factory import model_source
 
+    members = getattr(model, "members", None)
+    if members:  # a pool of deployments (`cpo.llm.pool`): what it learns holds for all of them together
+        return " + ".join(str(endpoint_key(m.model)) for m in members)
     source = model_source(model)
     if source == "offline":
         return None

@@ -5,6 +5,7 @@ The provider is chosen once, by `Settings.provider`; this module builds what it 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -54,6 +55,8 @@ def pacer_for(settings: Settings) -> QuotaPacer | None:
 
 
 def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
+    if settings.deployments is not None:
+        return _deployment_pool(settings, params)
     auth: dict[str, Any]
     if settings.azure_api_key is not None:
         auth = {"api_key": settings.azure_api_key}
@@ -72,6 +75,68 @@ def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
         **params,
     }
     return CpoAzureChatOpenAI(**fields)
+
+
+def _deployment_pool(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
+    """The deployments file's deployments as one model, each with its own key, quota and price name."""
+    from cpo.llm.pool import CpoAzureDeployment, DeploymentPool, Member, Router
+
+    assert settings.deployments is not None
+    members = []
+    for entry in settings.deployments.deployments:
+        pacer = QuotaPacer(entry.rpm, entry.tpm, window_s=settings.quota_window) if entry.rpm or entry.tpm else None
+        sync_client, async_client = http_clients(entry.endpoint, pacer)
+        fields: dict[str, Any] = {
+            "azure_endpoint": entry.endpoint,
+            "azure_deployment": entry.deployment,
+            "api_version": entry.api_version or settings.azure_api_version,
+            "model": settings.model_name,
+            "http_client": sync_client,
+            "http_async_client": async_client,
+            **_deployment_auth(settings, entry.api_key_env, entry.name),
+            **params,
+        }
+        members.append(Member(entry, CpoAzureDeployment(deployment_label=entry.name, **fields), pacer))
+    first = members[0].model
+    fields = {name: getattr(first, name) for name in _SHARED_FIELDS if getattr(first, name, None) is not None}
+    router = Router(members, settings.deployments.failover_after)
+    return DeploymentPool(router=router, **fields, **params)
+
+
+# What the pool takes from its first deployment, so that binding tools or a schema works as on any Azure model.
+_SHARED_FIELDS = (
+    "azure_endpoint",
+    "deployment_name",
+    "openai_api_version",
+    "model_name",
+    "openai_api_key",
+    "azure_ad_token_provider",
+    "http_client",
+    "http_async_client",
+)
+
+
+def _deployment_auth(settings: Settings, variable: str, name: str) -> dict[str, Any]:
+    """A deployment's key from the variable the file names (the environment, then .env); Entra ID when the
+    default variable is unset; a variable the file names explicitly must be set."""
+    from cpo.core.deployments import DEFAULT_KEY_VARIABLE
+
+    if variable == DEFAULT_KEY_VARIABLE:
+        key = settings.azure_api_key.get_secret_value() if settings.azure_api_key is not None else None
+    else:
+        key = os.environ.get(variable) or _dotenv_value(variable)
+    if key:
+        return {"api_key": key}
+    if variable != DEFAULT_KEY_VARIABLE:
+        raise ConfigError(f"CPO_DEPLOYMENTS_FILE: deployment {name}: api_key_env names {variable}, which is not set")
+    return {"azure_ad_token_provider": _entra_token_provider()}
+
+
+def _dotenv_value(variable: str) -> str | None:
+    from dotenv import dotenv_values
+
+    value = dotenv_values(".env").get(variable) if os.path.isfile(".env") else None
+    return value.strip() or None if value else None
 
 
 def _entra_token_provider() -> Any:

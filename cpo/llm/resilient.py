@@ -12,7 +12,8 @@ Every model cpo builds keeps three promises for each call, sync or async:
   attempt's worst case and may refuse it (`BudgetExceeded`), so a budget holds under concurrency.
 
 `generate` and `agenerate` are the one pair of twins here: the attempt loop is `Attempts`; they differ
-only in how they reserve and wait (a blocking wait, or an awaited one).
+only in how they reserve and wait (a blocking wait, or an awaited one). Each attempt is sent by the
+model `_deployment` names: this one, or for a pool of deployments the one it picks (`cpo.llm.pool`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from langchain_core.callbacks import Callbacks
@@ -50,9 +52,21 @@ class ResilientChatModel(BaseChatModel):
         trackers = trackers_in(callbacks, self.callbacks)
         # The call's parameters, which a budget prices; not worked out per call when no tracker has one.
         budgeted = any(tracker.budget is not None for tracker in trackers)
-        params = invocation_params(self, stop, kwargs) if budgeted else {}
+
+        def params(model: BaseChatModel) -> dict[str, Any]:
+            return invocation_params(model, stop, kwargs) if budgeted else {}
+
         prompt = [m for batch in messages for m in batch]
         return Attempts(self.retry_policy, trackers, prompt, params, run_id)
+
+    def _deployment(self, attempts: Attempts) -> AbstractContextManager[ResilientChatModel]:
+        """The model that sends the next attempt: this one. A pool of deployments picks one of its own, and
+        learns from how the attempt ended (`cpo.llm.pool`)."""
+        return nullcontext(self)
+
+    def _retry_wait(self, attempts: Attempts, wait: float) -> float:
+        """Seconds before the retry: the retry policy's (a pool retries at once on another deployment)."""
+        return wait
 
     def generate(
         self,
@@ -67,11 +81,13 @@ class ResilientChatModel(BaseChatModel):
         while True:
             attempt_id = attempts.next()
             try:
-                for tracker in attempts.trackers:
-                    tracker.reserve(attempt_id, attempts.prompt, attempts.params)
-                return super().generate(messages, stop, callbacks, run_id=attempt_id, **kwargs)
+                with self._deployment(attempts) as target:
+                    for tracker in attempts.trackers:
+                        tracker.reserve(attempt_id, attempts.prompt, attempts.params(target))
+                    send = super(ResilientChatModel, target).generate
+                    return send(messages, stop, callbacks, run_id=attempt_id, **kwargs)
             except Exception as exc:
-                wait = attempts.failed(exc)
+                wait = self._retry_wait(attempts, attempts.failed(exc))
             finally:
                 attempts.close(attempt_id)
             time.sleep(wait)
@@ -89,11 +105,13 @@ class ResilientChatModel(BaseChatModel):
         while True:
             attempt_id = attempts.next()
             try:
-                for tracker in attempts.trackers:
-                    await tracker.areserve(attempt_id, attempts.prompt, attempts.params)
-                return await super().agenerate(messages, stop, callbacks, run_id=attempt_id, **kwargs)
+                with self._deployment(attempts) as target:
+                    for tracker in attempts.trackers:
+                        await tracker.areserve(attempt_id, attempts.prompt, attempts.params(target))
+                    send = super(ResilientChatModel, target).agenerate
+                    return await send(messages, stop, callbacks, run_id=attempt_id, **kwargs)
             except Exception as exc:
-                wait = attempts.failed(exc)
+                wait = self._retry_wait(attempts, attempts.failed(exc))
             finally:
                 attempts.close(attempt_id)  # after a cancellation: a call of unknown cost
             await asyncio.sleep(wait)

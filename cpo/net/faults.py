@@ -19,10 +19,17 @@ from cpo.net.pacing import QuotaWaitTooLong
 UNSUPPORTED_FORMAT_HINTS = ("response_format", "response format", "json_schema", "tool_choice", "tools", "function")
 
 
+class TryElsewhere(Exception):
+    """One deployment of several refused the request for its own reasons (its key, a network rule, a missing
+    deployment): another deployment can answer it. Raised from the refusal, which stays its cause."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another attempt: timeouts, connection errors, 408, 409, 429 and 5xx. Never 4xx or our own errors,
     and never a 500 that refuses the structured-output format (llama.cpp's answer to json_schema): asking
     again gets the same refusal, so the chain switches method at once instead."""
+    if isinstance(exc, TryElsewhere):
+        return True
     if any(isinstance(cause, QuotaWaitTooLong) for cause in causes(exc)):
         return False  # the quota allows it only after the deadline: another attempt would be refused too
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):

@@ -9,6 +9,8 @@ deep inside a campaign. Nothing else in cpo touches a private name of these libr
 - `KeepsFilteredUsage`: langchain-openai's `_create_chat_result`, which raises a bare ValueError saying
   "content filter" and so loses the billed usage.
 - `SendsMaxTokens`: langchain-openai's `_get_request_payload`, which sends only `max_completion_tokens`.
+- `NamesItsDeployment`: langchain-core's `_get_invocation_params` again, to tell the callbacks which deployment
+  of several (`cpo.llm.pool`) a call went to.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ else:
     _OpenAIModel = object
 
 REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+# A call's parameters name its deployment as the deployments file does (several endpoints may each have a
+# deployment called "gpt-4o-mini", billed differently); a single deployment is its Azure name.
+DEPLOYMENT_PARAM = "cpo_deployment"
 
 
 def wrap_network_backend(transport: Any, wrap: Callable[[Any], Any]) -> None:
@@ -37,6 +42,16 @@ def wrap_network_backend(transport: Any, wrap: Callable[[Any], Any]) -> None:
 def invocation_params(model: BaseChatModel, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The parameters a chat model will send for a call (model, max_tokens, response_format, tools ...)."""
     return dict(model._get_invocation_params(stop=stop, **kwargs))
+
+
+class NamesItsDeployment(_OpenAIModel):
+    """For one deployment of several: its calls' parameters carry the name the deployments file gives it, which
+    the cost tracker records and prices by (the payload sent is unchanged)."""
+
+    deployment_label: str
+
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        return {**super()._get_invocation_params(stop=stop, **kwargs), DEPLOYMENT_PARAM: self.deployment_label}
 
 
 class ContentFilteredError(openai.ContentFilterFinishReasonError, ValueError):

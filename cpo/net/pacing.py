@@ -32,6 +32,7 @@ SAFETY = 0.95  # of the quota: arrival times jitter, and a request that lands ea
 SLOWER, FLOOR = 0.8, 0.1  # a 429 with no answer in the window: a fifth less; never under a tenth of the quota
 COOLDOWN_WINDOWS = 5.0  # after a 429 the quota believed stays put for 5 windows, then returns to the
 RECOVERY_WINDOWS = 10.0  # configured one with a time constant of 10 more (on a log scale),
+TYPICAL_REQUEST_TOKENS = 1000.0  # a request's size before any was seen (only the ratio between deployments matters)
 HEADROOM = 0.5  # while the server's remaining count says at least half the quota believed is unused
 Listener = Callable[[bool], None]
 _listeners: list[Listener] = []
@@ -123,6 +124,7 @@ class QuotaPacer:
         self.waiting = 0
         self.waited_s = 0.0
         self.held = 0  # 429s that held every caller
+        self.typical_tokens = 0.0  # a running mean of the requests' tokens, for `requests_per_s`
 
     def _bucket(self, per_window: int | None, now: float) -> _Bucket | None:
         if not per_window:
@@ -149,6 +151,7 @@ class QuotaPacer:
             )
         with self._lock:
             now = self._clock()
+            self.typical_tokens = tokens if not self.typical_tokens else 0.9 * self.typical_tokens + 0.1 * tokens
             taken = []
             wait = max(0.0, self._not_before - now)
             for bucket, amount in self._pairs(float(tokens)):
@@ -222,6 +225,23 @@ class QuotaPacer:
                 if share > 0 and bucket.quota < bucket.configured and not busy:
                     bucket.believe(bucket.quota * (bucket.configured / bucket.quota) ** share, now)
                     bucket.recovered_at = now
+
+    def held_for(self) -> float:
+        """Seconds a 429's hold still keeps every request to this deployment waiting (0 when none does)."""
+        with self._lock:
+            return max(0.0, self._not_before - self._clock())
+
+    def requests_per_s(self) -> float:
+        """The requests a second this quota sustains as now believed, for requests of the usual size: how a
+        deployment pool shares work between deployments with different quotas."""
+        with self._lock:
+            size = self.typical_tokens or TYPICAL_REQUEST_TOKENS
+            rates = [
+                bucket.quota / self.window_s / amount
+                for bucket, amount in ((self._requests, 1.0), (self._tokens, size))
+                if bucket is not None
+            ]
+            return min(rates)
 
     def _buckets(self) -> list[_Bucket]:
         return [b for b in (self._requests, self._tokens) if b is not None]
