@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,23 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "cpo"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "try-prompts" in done.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`cpo run | head -1`: before, a BrokenPipeError traceback; now exit 141 (as a shell reports SIGPIPE), no
+    traceback, and the run directory the command wrote is complete."""
+    script = Path(sys.executable).parent / "cpo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_", "CPO_"))}
+    command = [str(script), "run", "--out", str(tmp_path / "runs")]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away after one line, like `head -1`
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert first.startswith(b"cpo run ") and code == 141 and "Traceback" not in err
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert (run_dir / "send_list.csv").is_file() and (run_dir / "costs.json").is_file()
 
 
 def test_run_offline_writes_the_whole_campaign_and_its_costs(capsys: pytest.CaptureFixture[str]) -> None:

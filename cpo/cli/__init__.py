@@ -8,6 +8,7 @@ the user or a model is printed as data, never as Rich markup (`cpo.cli.output`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -21,6 +22,8 @@ from cpo.core.privacy import PRIVATE_UMASK
 __all__ = ["build_parser", "main"]
 
 # Command -> (module, function): imported when the command runs.
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
+
 COMMANDS = {
     "run": ("cpo.cli.run", "cmd_run"),
     "review": ("cpo.cli.commands", "cmd_review"),
@@ -55,10 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted", stderr=True)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        return _reader_gone()
     except Exception as exc:
         return _fail(exc)
     finally:
         os.umask(previous)  # for callers in the same process (notebooks, tests)
+
+
+def _reader_gone() -> int:
+    """`cpo ... | head`: the reader of the output went away. Stop quietly, as Unix tools do (what was written
+    to the run directory stays; a run can be resumed), and keep Python's exit flush from failing again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    return BROKEN_PIPE
 
 
 def _fail(exc: Exception) -> int:
