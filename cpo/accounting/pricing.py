@@ -14,10 +14,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from cpo.core.errors import ConfigError
+from cpo.core.files import load_yaml_model
 from cpo.core.prices import DeploymentPrice, ModelPrice
 from cpo.core.settings import Settings
 from cpo.core.usage import TokenCounts
@@ -43,26 +43,7 @@ class PriceFile(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> PriceFile:
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"CPO_PRICE_FILE: {path} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"CPO_PRICE_FILE: {path} is a directory, not a YAML file") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"CPO_PRICE_FILE: {path} is not UTF-8 text") from None
-        except OSError as exc:
-            raise ConfigError(f"CPO_PRICE_FILE: cannot read {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"CPO_PRICE_FILE: {path} is not valid YAML: {exc}".splitlines()[0]) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"CPO_PRICE_FILE: {path}: expected a mapping with 'deployments' and/or 'models'")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"CPO_PRICE_FILE: {path}: {key}: {err['msg']}") from None
+        return load_yaml_model(path, cls, "CPO_PRICE_FILE:", ConfigError, empty_ok=True)
 
 
 class PriceBook:

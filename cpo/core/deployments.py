@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cpo.core.errors import ConfigError
+from cpo.core.files import load_yaml_model
 from cpo.core.prices import DeploymentPrice
 
 VARIABLE = "CPO_DEPLOYMENTS_FILE"
@@ -77,6 +77,20 @@ class DeploymentsFile(BaseModel):
     # Seconds of unbroken 429/5xx/timeouts from a deployment after which new work goes to the others.
     failover_after: float = Field(30.0, gt=0, le=3600)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, raw: Any) -> Any:
+        """A key written in the file would be committed with it: refuse it, naming where it is."""
+        entries = raw.get("deployments") if isinstance(raw, dict) else None
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            for name in entry if isinstance(entry, dict) else {}:
+                if str(name).lower() in _SECRET_KEYS:
+                    raise ValueError(
+                        f"deployments.{i}.{name}: keys do not belong in this file; put the key in an environment "
+                        f"variable and name it with api_key_env (default {DEFAULT_KEY_VARIABLE})"
+                    )
+        return raw
+
     @model_validator(mode="after")
     def _unique(self) -> DeploymentsFile:
         seen: set[str] = set()
@@ -93,39 +107,4 @@ class DeploymentsFile(BaseModel):
 
 def load_deployments(path: Path) -> DeploymentsFile:
     """Read and check the file; every problem is one line naming the variable, the file and the key."""
-    where = f"{VARIABLE}: {path}"
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{where} is a directory, not a YAML file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML: {exc}".splitlines()[0]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with a 'deployments' list")
-    _refuse_secrets(raw, where)
-    try:
-        return DeploymentsFile.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-        message = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{where}: {key + ': ' if key else ''}{message}") from None
-
-
-def _refuse_secrets(raw: dict[str, Any], where: str) -> None:
-    """A key written in the file would be committed with it: refuse it, naming where it is."""
-    entries = raw.get("deployments")
-    for i, entry in enumerate(entries if isinstance(entries, list) else []):
-        if isinstance(entry, dict):
-            for name in entry:
-                if str(name).lower() in _SECRET_KEYS:
-                    raise ConfigError(
-                        f"{where}: deployments[{i}].{name}: keys do not belong in this file; put the key in an "
-                        f"environment variable and name it with api_key_env (default {DEFAULT_KEY_VARIABLE})"
-                    )
+    return load_yaml_model(path, DeploymentsFile, f"{VARIABLE}:", ConfigError)

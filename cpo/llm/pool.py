@@ -7,8 +7,9 @@ when it starts:
   believed now: a 429 lowers it), counted by the attempts it has in flight; a deployment held by a
   429's `retry-after` gets none while another is free.
 - **Failover.** A deployment that answers only 429, 5xx or timeouts for longer than `failover_after`
-  seconds gets no new work for that long again; then one attempt tries it, and a success brings it
-  back. A deployment that refuses the key or does not exist (401, 403, 404) gets no more work.
+  seconds gets no new work for that long; then one attempt at a time tries it: a success brings it
+  back, a failure takes it out for twice as long (up to 16 times `failover_after`). A deployment that
+  refuses the key or does not exist (401, 403, 404) gets no more work.
 - **Retries elsewhere.** A transient failure is retried at once on another deployment when one is
   healthy (the retry policy's wait and the failing deployment's `retry-after` are its own).
 Each deployment is a model of its own, so every attempt is recorded, priced and paced as that
@@ -38,6 +39,7 @@ from cpo.net.pacing import QuotaPacer
 
 log = logging.getLogger(__name__)
 
+MAX_OUTAGE_FACTOR = 16.0  # a deployment that stays down is tried every 16 x failover_after at the most
 BROKEN_STATUSES = (401, 403, 404)  # the key, the network rule or the deployment is wrong: asking again cannot help
 
 
@@ -57,6 +59,7 @@ class Member:
     failures: int = 0
     failing_since: float | None = None  # the first failure of an unbroken run of transient ones
     out_until: float = 0.0  # no new work before then (math.inf: never again)
+    outages: int = 0  # times in a row it was taken out; while > 0 it gets one attempt at a time (a probe)
     reason: str = ""
 
     @property
@@ -83,7 +86,7 @@ class Router:
         """The deployment for the next attempt (counted in flight until `ended`)."""
         with self._lock:
             now = self._clock()
-            live = [m for m in self.members if m.out_until <= now]
+            live = [m for m in self.members if m.out_until <= now and not (m.outages and m.in_flight)]
             if not live:  # every deployment is out: the one back soonest (the retry policy bounds the rest)
                 live = [min(self.members, key=lambda m: m.out_until)]
             elsewhere = [m for m in live if m is not avoid] or live
@@ -102,9 +105,9 @@ class Router:
             member.in_flight -= 1
             now = self._clock()
             if failure is None:
-                if member.failing_since is not None and member.out_until > 0:
+                if member.outages:
                     log.info("deployment %s answers again", member.name)
-                member.failing_since, member.out_until = None, 0.0
+                member.failing_since, member.out_until, member.outages = None, 0.0, 0
                 return
             status = getattr(failure, "status_code", None)
             if isinstance(failure, openai.APIStatusError) and status in BROKEN_STATUSES:
@@ -116,14 +119,19 @@ class Router:
                 return  # it answered (a content filter, a bad request): the deployment is fine
             member.failures += 1
             member.failing_since = member.failing_since if member.failing_since is not None else now
-            if now - member.failing_since >= self.failover_after and member.out_until <= now:
-                member.out_until, member.reason = now + self.failover_after, brief(failure)
+            if member.out_until > now:
+                return  # sent before it was taken out
+            if member.outages or now - member.failing_since >= self.failover_after:
+                # taken out (again: its probe failed), for twice as long each time, up to MAX_OUTAGE_FACTOR times
+                out_for = self.failover_after * min(2.0**member.outages, MAX_OUTAGE_FACTOR)
+                member.outages += 1
+                member.out_until, member.reason = now + out_for, brief(failure)
                 log.warning(
                     "deployment %s has failed for %.1f s (%s): new work goes to the others for %g s",
                     member.name,
                     now - member.failing_since,
                     brief(failure),
-                    self.failover_after,
+                    out_for,
                 )
 
     def healthy_besides(self, member: Member) -> bool:
