@@ -352,8 +352,15 @@ MUTATIONS = (
     Mutation(
         "pool-never-fails-over",
         "cpo/llm/pool.py",
-        "                member.out_until, member.reason = now + self.failover_after, brief(failure)",
+        "                member.out_until, member.reason = now + out_for, brief(failure)",
         "                pass",
+        ("tests/test_deployments.py",),
+    ),
+    Mutation(
+        "pool-retries-wait-for-the-failing-deployment",
+        "cpo/llm/pool.py",
+        "        return bool(attempts.failed_on) and self.router.healthy_besides(attempts.failed_on)",
+        "        return False",
         ("tests/test_deployments.py",),
     ),
     Mutation(

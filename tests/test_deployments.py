@@ -8,6 +8,7 @@ be recorded in a cassette. No network, no key: the servers accept the test key.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from decimal import Decimal
@@ -69,6 +70,16 @@ def per_million(price: dict[str, str], billed: list[dict[str, Any]]) -> Decimal:
         ),
         ("deployments:\n - {name: 'a b', endpoint: 'https://x', deployment: m}", "deployments.0.name"),
         ("deployments: [", "is not valid YAML"),
+        (
+            "deployments:\n - {name: a, endpoint: 'https://x', deployment: m, price: {input: -1, output: 1}}",
+            "deployments.0.price: input: Input should be greater than or equal to 0",
+        ),
+        ("deployments:\n - {name: a, endpoint: 'https://x', deployment: m, rpm: true}", "rpm: Input should be a valid"),
+        (
+            "deployments:\n - {name: a, endpoint: 'https://x', deployment: m}\n - {name: A, endpoint: 'https://y', "
+            "deployment: m}",
+            "two deployments are named 'A' (case aside)",
+        ),
         ("- a\n- b", "Input should be a valid dictionary"),
     ],
 )
@@ -125,7 +136,7 @@ def test_failover_takes_a_failing_deployment_out_probes_it_one_attempt_at_a_time
     router = Router([east, west], failover_after=10.0, clock=clock)
 
     def attempt_on(member: Member, failure: Exception | None = None) -> None:
-        chosen = router.choose(avoid=west if member is east else east)
+        chosen = router.choose(avoid=[west if member is east else east])
         assert chosen is member
         router.ended(chosen, failure)
 
@@ -138,18 +149,18 @@ def test_failover_takes_a_failing_deployment_out_probes_it_one_attempt_at_a_time
     for _ in range(3):
         router.ended(west, None)
     clock.now += 10
-    probe = router.choose(avoid=west)
-    assert probe is east and router.choose(avoid=west) is west  # one probe at a time
+    probe = router.choose(avoid=[west])
+    assert probe is east and router.choose(avoid=[west]) is west  # one probe at a time
     router.ended(west, None)
     router.ended(east, outage())  # the probe failed: out for 20 s
     clock.now += 19
-    assert router.choose(avoid=west) is west
+    assert router.choose(avoid=[west]) is west
     router.ended(west, None)
     clock.now += 1
     attempt_on(east, None)  # back: in rotation again, with no probe limit
-    assert east.outages == 0 and router.choose(avoid=west) is east and router.choose(avoid=west) is east
+    assert east.outages == 0 and router.choose(avoid=[west]) is east and router.choose(avoid=[west]) is east
     router.ended(east, outage(401))  # a refused key: out for good
-    assert router.choose(avoid=west) is west and east.out_until == float("inf")
+    assert router.choose(avoid=[west]) is west and east.out_until == float("inf")
 
 
 async def test_work_is_shared_in_proportion_to_each_deployments_quota_without_429s(
@@ -291,7 +302,6 @@ def test_cpo_run_spreads_the_campaign_and_fails_over_with_every_email_and_costs_
 ) -> None:
     """The sample campaign over two deployments, one of which is down (503) from the start: every email is
     written, the run says what each deployment did and cost, and costs.json keeps it per deployment."""
-    import json
 
     from azure_server import email_drafter
 
@@ -348,8 +358,12 @@ def test_cpo_check_checks_each_deployment_and_fails_if_one_does(
     assert "deployment east:" in east and "✅ east (" in east and "structured output" in east
     assert "❌ west (" in west and "404" in west and "1 of 2 deployments failed the check: west" in west
     second_server.responder = None
+    live_server.latency = second_server.latency = 0.2  # so that two at once vs one alone is timed clearly
     assert main(["check", "--out", str(tmp_path / "runs")]) == 0
     assert "all 2 deployments answered" in capsys.readouterr().out
+    notes = json.loads((tmp_path / "runs" / "endpoints.json").read_text(encoding="utf-8"))["endpoints"]
+    pooled = [v for k, v in notes.items() if " + " in k]
+    assert len(pooled) == 1 and pooled[0]["parallel"] is True and pooled[0]["method"] == "json_schema"
 
 
 def test_the_documented_example_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,3 +378,87 @@ def test_the_documented_example_file_is_valid(monkeypatch: pytest.MonkeyPatch) -
     assert [m.model.deployment_name for m in members] == ["gpt-4o-mini", "mini-global"]
     prices = price_book_for(settings)
     assert prices.deployment_model("sweden") == prices.deployment_model("eastus") == "gpt-4o-mini-2024-07-18"
+
+
+def two_deployments(tmp_path: Path, first: Any, second: Any, **entry: Any) -> Settings:
+    return pool_settings(
+        write_file(
+            tmp_path,
+            [
+                {"name": "a", "endpoint": first.endpoint, "deployment": "gpt-4o-mini", **entry},
+                {"name": "b", "endpoint": second.endpoint, "deployment": "gpt-4o-mini", **entry},
+            ],
+        )
+    )
+
+
+def test_a_refused_key_is_retried_elsewhere_even_while_the_other_deployment_is_failing(
+    live_server: Any, second_server: Any, tmp_path: Path
+) -> None:
+    """Found by an attack: one 429 on the good deployment made the bad key's 401 end the email (and `cpo run`)."""
+    live_server.script("gpt-4o-mini", server_error(429, retry_after_ms=100))
+    second_server.responder = lambda request: error(401)
+    model = build_chat_model(two_deployments(tmp_path, live_server, second_server))
+    answers = [model.invoke(f"hello {i}") for i in range(4)]
+    assert len(answers) == 4 and len(second_server.requests) <= 1
+
+
+def test_a_retry_goes_to_a_healthy_deployment_not_to_another_failing_one(
+    live_server: Any, second_server: Any, tmp_path: Path
+) -> None:
+    """Found by an attack: with two of three deployments down, retries bounced between the two that were down."""
+    with AzureTestServer(port=0, api_key=TEST_KEY) as third:
+        live_server.responder = lambda request: server_error(503, retry_after_ms=10)
+        second_server.responder = lambda request: server_error(503, retry_after_ms=10)
+        path = write_file(
+            tmp_path,
+            [
+                {"name": n, "endpoint": s.endpoint, "deployment": "gpt-4o-mini"}
+                for n, s in (("a", live_server), ("b", second_server), ("c", third))
+            ],
+            failover_after=60,
+        )
+        model = build_chat_model(pool_settings(path))
+
+        async def calls() -> list[Any]:
+            return await asyncio.gather(*(model.ainvoke(f"hello {i}") for i in range(16)), return_exceptions=True)
+
+        results = asyncio.run(calls())
+    assert not [r for r in results if isinstance(r, BaseException)]
+
+
+def test_another_deployment_takes_the_retry_at_once_whatever_the_failing_one_asks_to_wait(
+    live_server: Any, second_server: Any, tmp_path: Path
+) -> None:
+    """Found by an attack: a 429 asking for 60 s (more than CPO_RETRY_MAX_WAIT) ended the call although the other
+    deployment was free; and without a quota, the held deployment kept getting new work."""
+    live_server.responder = lambda request: server_error(429, retry_after_ms=60_000)
+    model = build_chat_model(two_deployments(tmp_path, live_server, second_server))
+    started = time.perf_counter()
+    answers = [model.invoke(f"hello {i}") for i in range(5)]
+    assert len(answers) == 5 and time.perf_counter() - started < 3
+    assert len(live_server.requests) == 1 and len(second_server.requests) == 5  # held: no new work
+
+
+def test_streaming_goes_through_the_pool(live_server: Any, second_server: Any, tmp_path: Path) -> None:
+    """Found by an attack: `stream()` went to the first deployment's client, past the pool and its prices."""
+    live_server.responder = lambda request: error(401)
+    settings = two_deployments(tmp_path, live_server, second_server, price=DEAR)
+    tracker = CostTracker(prices=price_book_for(settings))
+    model = build_chat_model(settings)
+    model.invoke("first", {"callbacks": [tracker]})  # "a" refuses the key: out of the pool
+    chunks = list(model.stream("hello", {"callbacks": [tracker]}))
+    assert chunks and set(tracker.session.by_deployment) == {"a", "b"} and tracker.session.by_deployment["b"].calls == 2
+
+
+def test_one_entrys_name_never_prices_another_entry(tmp_path: Path) -> None:
+    """Found by an attack: an entry named like another's Azure deployment lent it its price, by file order."""
+    path = write_file(
+        tmp_path,
+        [
+            {"name": "gpt-4o-mini", "endpoint": "https://x", "deployment": "dear", "price": {"input": 9, "output": 9}},
+            {"name": "plain", "endpoint": "https://y", "deployment": "gpt-4o-mini"},
+        ],
+    )
+    prices = price_book_for(Settings(deployments_file=path))
+    assert prices.deployment_model("plain") is None and "plain" not in prices.user.deployments

@@ -136,8 +136,11 @@ def price_book_for(settings: Settings) -> PriceBook:
         provider_api_url=settings.openai_base_url if provider == "openai-compatible" else None,
     )
     pool = settings.deployments
+    listed = dict(book.user.deployments)  # the price file's own entries: one entry never prices another
     for entry in pool.deployments if pool is not None else []:
-        price = entry.price or book.user.deployments.get(entry.name) or book.user.deployments.get(entry.deployment)
+        price = entry.price or listed.get(entry.name) or listed.get(entry.deployment)
         if price is not None:
             book.user.deployments[entry.name] = price
+        else:
+            book.user.deployments.pop(entry.name, None)
     return book

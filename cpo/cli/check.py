@@ -43,7 +43,7 @@ def check_endpoint(
             if _check_model(say, model, settings.describe(), notes, settings, callbacks)
             else ExitCode.FAILED
         )
-    methods = {}
+    methods: dict[str, str | None] = {}
     for member in members:
         say(f"deployment {member.name}:")
         methods[member.name] = _check_model(
@@ -53,8 +53,11 @@ def check_endpoint(
     if failed:
         say(f"❌ {len(failed)} of {len(members)} deployments failed the check: {', '.join(failed)}")
         return ExitCode.FAILED
+    # What `cpo run` reads for the pool: the method every deployment took, and whether all run calls in parallel.
+    pooled: dict[str, Any] = {"parallel": all(notes.get(endpoint_key(m.model), "parallel") for m in members)}
     if len(set(methods.values())) == 1:
-        notes.note(endpoint_key(model), method=next(iter(methods.values())))
+        pooled["method"] = next(iter(methods.values()))
+    notes.note(endpoint_key(model), **pooled)
     say(f"✅ all {len(members)} deployments answered")
     return ExitCode.OK
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cpo.core.errors import ConfigError
 from cpo.core.files import load_yaml_model
@@ -35,8 +35,8 @@ class Deployment(BaseModel):
     name: str
     endpoint: str
     deployment: str = Field(min_length=1)
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
+    rpm: int | None = Field(None, gt=0, strict=True)
+    tpm: int | None = Field(None, gt=0, strict=True)
     price: str | DeploymentPrice | None = None
     api_key_env: str = DEFAULT_KEY_VARIABLE
     api_version: str | None = None
@@ -47,6 +47,24 @@ class Deployment(BaseModel):
         if not _NAME.match(value):
             raise ValueError("a name is 1-64 letters, digits, '.', '_' or '-' (it is shown in costs and logs)")
         return value
+
+    @field_validator("deployment", mode="before")
+    @classmethod
+    def _stripped(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _price(cls, value: Any) -> Any:
+        """A mapping is prices (its own error, not the model-name branch's 'should be a valid string')."""
+        if not isinstance(value, dict):
+            return value
+        try:
+            return DeploymentPrice.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(part) for part in err["loc"])
+            raise ValueError(f"{key + ': ' if key else ''}{err['msg']}") from None
 
     @field_validator("endpoint")
     @classmethod
@@ -95,9 +113,9 @@ class DeploymentsFile(BaseModel):
     def _unique(self) -> DeploymentsFile:
         seen: set[str] = set()
         for entry in self.deployments:
-            if entry.name in seen:
-                raise ValueError(f"two deployments are named {entry.name!r}; names must be unique")
-            seen.add(entry.name)
+            if entry.name.casefold() in seen:
+                raise ValueError(f"two deployments are named {entry.name!r} (case aside); names must be unique")
+            seen.add(entry.name.casefold())
         return self
 
     @property

@@ -43,7 +43,7 @@ class Attempts:
         self.policy, self.trackers, self.prompt, self.params = policy, trackers, prompt, params
         self.run_id = run_id
         self.retries = 0
-        self.failed_on: Any = None  # the model (a pool's deployment) whose attempt last failed, transiently
+        self.failed_on: list[Any] = []  # a pool's deployments this call failed on (transiently, or refused there)
 
     def next(self) -> uuid.UUID:
         """The run id of the next attempt (the caller's for the first); none starts past the deadline."""
@@ -52,10 +52,11 @@ class Attempts:
             raise deadline_error(f"before attempt {self.retries + 1}")
         return self.run_id if self.retries == 0 and self.run_id is not None else uuid.uuid4()
 
-    def failed(self, exc: Exception) -> float:
-        """Seconds to wait before the next attempt; or re-raise (DeadlineExceeded if the deadline ended it)."""
+    def failed(self, exc: Exception, elsewhere: bool = False) -> float:
+        """Seconds to wait before the next attempt; or re-raise (DeadlineExceeded if the deadline ended it).
+        `elsewhere`: another deployment can take the retry at once (a pool's)."""
         left = time_left()
-        decision = self.policy.decide(exc, self.retries, left)
+        decision = self.policy.decide(exc, self.retries, left, elsewhere=elsewhere)
         if decision.retry:
             log.info("attempt %d failed (%s); retrying in %.2f s", self.retries + 1, brief(exc), decision.wait_s)
             self.retries += 1

@@ -64,9 +64,9 @@ class ResilientChatModel(BaseChatModel):
         learns from how the attempt ended (`cpo.llm.pool`)."""
         return nullcontext(self)
 
-    def _retry_wait(self, attempts: Attempts, wait: float) -> float:
-        """Seconds before the retry: the retry policy's (a pool retries at once on another deployment)."""
-        return wait
+    def _elsewhere(self, attempts: Attempts) -> bool:
+        """Can another deployment take the retry at once? Never for one model; a pool's may (`cpo.llm.pool`)."""
+        return False
 
     def generate(
         self,
@@ -87,7 +87,7 @@ class ResilientChatModel(BaseChatModel):
                     send = super(ResilientChatModel, target).generate
                     return send(messages, stop, callbacks, run_id=attempt_id, **kwargs)
             except Exception as exc:
-                wait = self._retry_wait(attempts, attempts.failed(exc))
+                wait = attempts.failed(exc, self._elsewhere(attempts))
             finally:
                 attempts.close(attempt_id)
             time.sleep(wait)
@@ -111,7 +111,7 @@ class ResilientChatModel(BaseChatModel):
                     send = super(ResilientChatModel, target).agenerate
                     return await send(messages, stop, callbacks, run_id=attempt_id, **kwargs)
             except Exception as exc:
-                wait = self._retry_wait(attempts, attempts.failed(exc))
+                wait = attempts.failed(exc, self._elsewhere(attempts))
             finally:
                 attempts.close(attempt_id)  # after a cancellation: a call of unknown cost
             await asyncio.sleep(wait)

@@ -34,11 +34,17 @@ class RetryPolicy:
     max_retries: int = 3
     max_wait_s: float = 30.0
 
-    def decide(self, exc: BaseException, retries_taken: int, time_left_s: float | None = None) -> RetryDecision:
+    def decide(
+        self, exc: BaseException, retries_taken: int, time_left_s: float | None = None, *, elsewhere: bool = False
+    ) -> RetryDecision:
+        """`elsewhere`: another deployment of a pool can take the retry now, so the failing one's `retry-after`
+        and the backoff are not this call's to wait (`cpo.llm.pool`)."""
         if not is_transient(exc):
             return RetryDecision(False)
         if retries_taken >= self.max_retries:
             return RetryDecision(False, reason=f"gave up after {retries_taken + 1} attempts")
+        if elsewhere:
+            return RetryDecision(True, 0.0)
         hinted = retry_after_s(exc)
         if hinted is not None and hinted > self.max_wait_s:
             cap = f"CPO_RETRY_MAX_WAIT={self.max_wait_s:g} s"
