@@ -366,8 +366,8 @@ MUTATIONS = (
     Mutation(
         "pool-prices-every-deployment-alike",
         "cpo/accounting/pricing.py",
-        "    named = params.get(DEPLOYMENT_PARAM) or params.get(\"azure_deployment\")",
-        "    named = params.get(\"azure_deployment\")",
+        '    named = params.get(DEPLOYMENT_PARAM) or params.get("azure_deployment")',
+        '    named = params.get("azure_deployment")',
         ("tests/test_deployments.py",),
     ),
 )
