@@ -19,6 +19,7 @@ import math
 import select
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -184,6 +185,7 @@ class Reply:
     trickle_headers: bool = False
     omit_usage: bool = False
     omit_model: bool = False
+    reset: bool = False
 
 
 def ok(
@@ -276,6 +278,12 @@ def server_error(status: int = 503, retry_after_ms: int | None = 10) -> Reply:
 def hang(seconds: float) -> Reply:
     """Answer only after `seconds`, so the client's timeout fires first."""
     return ok(delay=seconds)
+
+
+def connection_reset(answer: Reply | None = None) -> Reply:
+    """Read the request, then drop the connection with a TCP reset instead of answering: the client cannot know
+    whether the model ran (with `bill_abandoned`, the server bills `answer` as generated)."""
+    return dataclasses.replace(answer or ok(), reset=True)
 
 
 def _text_of(content: Any) -> str:
@@ -705,6 +713,7 @@ class AzureTestServer(LoopbackServer):
         self.serial = False
         self._serial = threading.Lock()
         self.quota: Quota | None = None  # set to enforce a deployment's requests and tokens per window
+        self.bill_abandoned = False  # bill answers the client hung up on or that a reset cut off (`abandoned`)
 
     thread_name = "azure-test-server"
 
@@ -798,8 +807,16 @@ class AzureTestServer(LoopbackServer):
             if readable:
                 watch = False
 
-    def _bill(self, deployment: str | None, status: int, model: str | None, usage: dict[str, Any] | None) -> None:
-        """Record what Azure would charge for this answer (nothing for errors)."""
+    def _bill(
+        self,
+        deployment: str | None,
+        status: int,
+        model: str | None,
+        usage: dict[str, Any] | None,
+        *,
+        abandoned: bool = False,
+    ) -> dict[str, Any]:
+        """Record what Azure would charge for this answer (nothing for errors); returns the entry."""
         usage = usage or {}
         entry = {
             "deployment": deployment,
@@ -810,8 +827,11 @@ class AzureTestServer(LoopbackServer):
             "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),
             "model": model,
         }
+        if abandoned:
+            entry["abandoned"] = True
         with self._lock:
             self.billed.append(entry)
+        return entry
 
     def _common_headers(self, deployment: str | None) -> dict[str, str]:
         return {
@@ -941,7 +961,14 @@ class AzureTestServer(LoopbackServer):
         counter: int,
         prompt_tokens: int,
     ) -> None:
-        if not self._wait(handler, self.latency + reply.delay):
+        answered = self._wait(handler, self.latency + reply.delay)
+        if not answered or reply.reset:
+            if reply.status == 200 and self.bill_abandoned and not self._stopping.is_set():
+                assert isinstance(request, dict)
+                done = _build_completion(request, reply, prompt_tokens, "chatcmpl-abandoned")
+                self._bill(deployment, 200, done.model, done.usage, abandoned=True)
+            if answered:
+                _reset(handler)
             handler.close_connection = True
             return
         if reply.status != 200:
@@ -950,7 +977,7 @@ class AzureTestServer(LoopbackServer):
         assert isinstance(request, dict)
         digest = hashlib.sha256(raw + str(counter).encode()).hexdigest()
         done = _build_completion(request, reply, prompt_tokens, "chatcmpl-" + digest[:29])
-        self._bill(deployment, 200, done.model, done.usage)
+        entry = self._bill(deployment, 200, done.model, done.usage)
         if request.get("stream"):
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
             self._send_stream(handler, deployment, _stream_chunks(done, include_usage))
@@ -967,11 +994,13 @@ class AzureTestServer(LoopbackServer):
             **reply.headers,
         }
         if reply.trickle:
-            self._send_trickle(handler, body, headers_out, reply)
+            self._send_trickle(handler, body, headers_out, reply, entry)
             return
         self._send(handler, 200, body, headers_out)
 
-    def _send_trickle(self, handler: _Handler, body: bytes, headers: dict[str, str], reply: Reply) -> None:
+    def _send_trickle(
+        self, handler: _Handler, body: bytes, headers: dict[str, str], reply: Reply, entry: dict[str, Any]
+    ) -> None:
         """Write the response a byte at a time: per-read timeouts never fire, only a wall-clock bound can."""
         head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head += f"content-length: {len(body)}\r\n\r\n"
@@ -987,8 +1016,17 @@ class AzureTestServer(LoopbackServer):
                 handler.wfile.flush()
                 time.sleep(reply.trickle)
         except (ConnectionError, OSError):
-            pass
+            if self.bill_abandoned:  # the client gave up on an answer already billed
+                with self._lock:
+                    entry["abandoned"] = True
         handler.close_connection = True
+
+
+def _reset(handler: _Handler) -> None:
+    """Drop the connection with a TCP RST (SO_LINGER 0), as a load balancer or a crashed backend does."""
+    with contextlib.suppress(OSError):
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.connection.close()
 
 
 def email_drafter(request: dict[str, Any]) -> Reply | None:

@@ -59,8 +59,9 @@ def test_each_tone_yields_a_valid_cited_email(tone: str, azure_server: Any, cass
     billed = cassette_billed()
     assert variant.usage.input_tokens == billed[0]["prompt_tokens"]
     assert variant.usage.cost_usd is not None and variant.usage.cost_usd > 0
-    same = {"latency_s", "by_model"}
+    same = {"latency_s", "by_model", "by_deployment"}  # the breakdowns carry latencies of their own
     assert variant.usage.model_dump(exclude=same) == tracker.session.model_dump(exclude=same)
+    assert variant.usage.by_deployment.keys() == tracker.session.by_deployment.keys() and variant.usage.by_deployment
 
 
 def test_the_request_sent_uses_json_schema_and_the_tone_prompt(live_server: Any) -> None:

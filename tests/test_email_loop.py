@@ -463,3 +463,27 @@ def test_an_unparseable_reply_gets_the_whole_email_rewritten() -> None:
     variant = loop.variant()
     assert variant.valid and variant.attempts == 2 and [s.step for s in variant.steps] == ["draft", "rewrite"]
     assert variant.steps[0].issues == ["unparseable"]
+
+
+def test_the_same_unreadable_answer_twice_is_not_asked_for_again_the_same_way() -> None:
+    """A rewrite answered like the draft (a deterministic model cut off at the same point again) would be followed
+    by the very request just answered; found by the fault-mix suite (tests/test_fault_mix.py)."""
+    loop = make_loop()
+    send(loop)
+    loop.answered(text('{"subject": "Your upgrade", "body": "cut off'))
+    rewrite = send(loop)
+    assert rewrite.step == "rewrite" and rewrite.vary == {}
+
+    loop.answered(text('{"subject": "Your upgrade", "body": "cut off'))  # the same answer again
+
+    again = send(loop)
+    assert again.step == "fresh" and again.vary == {"temperature": VARIED_TEMPERATURE, "seed": 1002}
+    assert again.messages != rewrite.messages
+    loop.answered(email(good(again)))
+    variant = loop.variant()
+    assert variant.valid and variant.attempts == 3
+    assert [(s.step, s.repeated, s.varied) for s in variant.steps] == [
+        ("draft", False, False),
+        ("rewrite", True, False),
+        ("fresh", False, True),
+    ]

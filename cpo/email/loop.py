@@ -309,11 +309,13 @@ class EmailLoop:
         else:
             raw, error = read_draft(reply)
             discarded = None
+        before = self.last_text
         self.last_text = str(reply.content or "") or json.dumps([c["args"] for c in reply.tool_calls])
         if raw is None:
             issue = ValidationIssue(code="unparseable", message=error or "", field="reply")
             self.report = ValidationReport(valid=False, issues=[issue])
-            self.repeated = False
+            # The same unreadable answer again: a rewrite would be the very request just answered, paid for twice.
+            self.repeated = self.last_text == before
         else:
             self.draft, self.sent, self.report, self.changes = self._assess(raw)
             if call.shape == "plan":
