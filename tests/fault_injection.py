@@ -507,6 +507,10 @@ def figures(outcome: Outcome) -> list[str]:
         f"emails: {costs['emails']['requested']} requested, {len(variants)} produced ({valid} valid, "
         f"{len(variants) - valid} invalid with their reasons), {len(costs['errors'])} failed with their reasons",
     ]
+    said = [e.partition(": ")[2].partition(": ")[0] for e in costs["errors"]]
+    reasons = Counter("cannot reach the endpoint" if r.startswith("cannot reach") else r for r in said)
+    if reasons:
+        lines.append("failed by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
     for n, process in enumerate(outcome.processes, 1):
         a = Accounts.of(process)
         billed = _tokens(a.billed, ("prompt_tokens", "completion_tokens"))
