@@ -86,8 +86,8 @@ MUTATIONS = (
     Mutation(
         "sync-reservation-removed",
         "cpo/llm/resilient.py",
-        "                    tracker.reserve(attempt_id, attempts.prompt, attempts.params)\n",
-        "                    pass\n",
+        "                        tracker.reserve(attempt_id, attempts.prompt, attempts.params(target))\n",
+        "                        pass\n",
         ("tests/test_budget_models.py", "tests/test_budget.py"),
     ),
     Mutation(
