@@ -364,6 +364,13 @@ MUTATIONS = (
         ("tests/test_deployments.py",),
     ),
     Mutation(
+        "parallelism-timed-through-the-quota",
+        "cpo/llm/parallelism.py",
+        "    await _room_for(model, 2)\n",
+        "",
+        ("tests/test_checks.py",),
+    ),
+    Mutation(
         "pool-prices-every-deployment-alike",
         "cpo/accounting/pricing.py",
         '    named = params.get(DEPLOYMENT_PARAM) or params.get("azure_deployment")',

@@ -76,3 +76,24 @@ def test_run_warns_when_concurrency_exceeds_what_the_endpoint_serves(
 def test_an_empty_price_file_setting_means_no_price_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPO_PRICE_FILE", "")
     assert Settings().price_file is None
+
+
+@pytest.mark.live_server
+@pytest.mark.waits
+def test_a_low_quota_is_not_timed_as_a_server_answering_one_at_a_time(
+    live_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At CPO_RPM=40 the pacer spaces requests 1.7 s apart after a burst of two: timed through it, a parallel
+    server read as "one at a time" and `cpo check` advised --concurrency 1. Now each probe is timed once the
+    quota has room for it; a quota that never lets two go at once says so instead of guessing."""
+    live_server.latency = 0.3
+    point_at(monkeypatch, live_server)
+    monkeypatch.setenv("CPO_RPM", "40")
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "serves requests in parallel" in out and "--concurrency 1" not in out
+    monkeypatch.setenv("CPO_RPM", "20")  # a burst of one: two never go at once
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "parallelism not measured: the quota (CPO_RPM/CPO_TPM) never lets 2 requests go at once" in out
+    assert "one at a time" not in out

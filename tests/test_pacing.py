@@ -236,3 +236,18 @@ def test_cpo_run_under_a_quota_ends_with_every_email_and_a_handful_of_429s_at_mo
     print(f"\ncpo run, 20 emails at 10 requests/s: {elapsed:.1f} s, 429s: {live_server.quota.throttled}")
     answered = [b for b in live_server.billed if b["status"] == 200]
     assert live_server.quota.throttled <= 3 and live_server.quota.admitted == len(answered) == 20
+
+
+def test_room_for_several_requests_at_once_is_reported_without_reserving() -> None:
+    """For timing a server (`cpo check`): when could n requests all go at once? Never, past the burst."""
+    clock = Clock()
+    pacer = QuotaPacer(rpm=40, window_s=60, clock=clock)  # a burst of two, then 36 a minute
+    assert pacer.room_in(2, 100) == 0.0 and pacer.room_in(3, 100) is None
+    pacer.plan(0)
+    pacer.plan(0)
+    assert pacer.room_in(2, 100) == pytest.approx(2 / (36 / 60))
+    assert pacer.room_in(2, 100) == pytest.approx(2 / (36 / 60))  # asking reserved nothing
+    clock.now += 2 / (36 / 60)
+    assert pacer.room_in(2, 100) == pytest.approx(0.0)
+    assert QuotaPacer(rpm=20, window_s=60, clock=clock).room_in(2, 100) is None
+    assert QuotaPacer(tpm=10_000, window_s=60, clock=clock).room_in(2, 1_000) is None  # 500 tokens at once

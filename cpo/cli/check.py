@@ -18,7 +18,7 @@ from langchain_core.runnables import RunnableConfig
 from cpo.cli.output import say
 from cpo.core.errors import ExitCode
 from cpo.llm.endpoints import EndpointNotes, endpoint_key
-from cpo.llm.parallelism import measure_parallelism
+from cpo.llm.parallelism import NotMeasurable, measure_parallelism
 
 
 def check_endpoint(
@@ -91,6 +91,9 @@ def _check_model(
 
     try:
         measured = asyncio.run(measure_parallelism(model, config))
+    except NotMeasurable as exc:
+        say(f"ℹ️ parallelism not measured: {exc}")
+        return str(method)
     except Exception as exc:
         say(f"❌ parallelism not measured: {one_line(exc)}")
         return None

@@ -63,7 +63,8 @@ def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
     else:
         auth = {"azure_ad_token_provider": _entra_token_provider()}
     endpoint = str(settings.azure_endpoint)
-    sync_client, async_client = http_clients(endpoint, pacer_for(settings))
+    pacer = pacer_for(settings)
+    sync_client, async_client = http_clients(endpoint, pacer)
     fields: dict[str, Any] = {
         "azure_endpoint": endpoint,
         "azure_deployment": settings.azure_deployment,
@@ -71,6 +72,7 @@ def _azure(settings: Settings, params: dict[str, Any]) -> BaseChatModel:
         "model": settings.model_name,
         "http_client": sync_client,
         "http_async_client": async_client,
+        "quota_pacer": pacer,
         **auth,
         **params,
     }
@@ -87,6 +89,7 @@ def _deployment_pool(settings: Settings, params: dict[str, Any]) -> BaseChatMode
         pacer = QuotaPacer(entry.rpm, entry.tpm, window_s=settings.quota_window) if entry.rpm or entry.tpm else None
         sync_client, async_client = http_clients(entry.endpoint, pacer)
         fields: dict[str, Any] = {
+            "quota_pacer": pacer,
             "azure_endpoint": entry.endpoint,
             "azure_deployment": entry.deployment,
             "api_version": entry.api_version or settings.azure_api_version,
@@ -155,13 +158,15 @@ def _openai_compatible(settings: Settings, params: dict[str, Any]) -> BaseChatMo
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
     params.setdefault("stream_usage", True)
     base_url = str(settings.openai_base_url)
-    sync_client, async_client = http_clients(base_url, pacer_for(settings))
+    pacer = pacer_for(settings)
+    sync_client, async_client = http_clients(base_url, pacer)
     fields: dict[str, Any] = {
         "base_url": base_url,
         "api_key": key,
         "model": settings.model_name,
         "http_client": sync_client,
         "http_async_client": async_client,
+        "quota_pacer": pacer,
         **params,
     }
     return CpoChatOpenAI(**fields)

@@ -21,6 +21,7 @@ from cpo.llm.endpoints import EndpointNotes, endpoint_key
 SERIAL_RATIO = 1.6
 PARALLEL_PROMPT = "Count from 1 to 40 in words, separated by commas."
 PARALLEL_MAX_TOKENS = 48
+PARALLEL_REQUEST_TOKENS = 100  # what a quota counts for one probe: its prompt (about 25) plus PARALLEL_MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,37 @@ class Parallelism:
         )
 
 
+class NotMeasurable(Exception):
+    """The deployment's quota never lets two requests go at once: two at once would be timed as the quota's
+    spacing, not as the server's (a low CPO_RPM would read as a server answering one at a time)."""
+
+
 async def measure_parallelism(model: BaseChatModel, config: RunnableConfig | None = None) -> Parallelism:
-    """One warm-up call, one timed call alone, then two timed together."""
+    """One warm-up call, one timed call alone, then two timed together; each timed once the deployment's quota
+    (if paced) has room for it, so that only the server is timed."""
     bound = model.bind(max_tokens=PARALLEL_MAX_TOKENS, temperature=0)
     messages = [HumanMessage(PARALLEL_PROMPT)]
     await bound.ainvoke(messages, config)
+    await _room_for(model, 1)
     started = time.perf_counter()
     await bound.ainvoke(messages, config)
     single = time.perf_counter() - started
+    await _room_for(model, 2)
     started = time.perf_counter()
     await asyncio.gather(*(bound.ainvoke(messages, config) for _ in range(2)))
     return Parallelism(single_s=single, pair_s=time.perf_counter() - started)
+
+
+async def _room_for(model: BaseChatModel, requests: int) -> None:
+    pacer = getattr(model, "quota_pacer", None)
+    if pacer is None:
+        return
+    wait = pacer.room_in(requests, PARALLEL_REQUEST_TOKENS)
+    if wait is None:
+        raise NotMeasurable(
+            f"the quota (CPO_RPM/CPO_TPM) never lets {requests} requests go at once, so the server cannot be timed"
+        )
+    await asyncio.sleep(wait)
 
 
 def concurrency_warning(notes: EndpointNotes, model: Any, concurrency: int) -> str | None:

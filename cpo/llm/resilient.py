@@ -33,6 +33,7 @@ from pydantic import Field
 from cpo.accounting.tracker import trackers_in
 from cpo.llm.attempts import Attempts
 from cpo.net.hooks import invocation_params
+from cpo.net.pacing import QuotaPacer
 from cpo.net.retries import RetryPolicy
 
 
@@ -40,6 +41,9 @@ class ResilientChatModel(BaseChatModel):
     """A chat model whose every call is bounded, retried by cpo and budgeted."""
 
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy, exclude=True)
+    # The deployment's quota, which its transports pace every request by (None: unpaced); `cpo check` times
+    # requests only once the quota has room for them.
+    quota_pacer: QuotaPacer | None = Field(None, exclude=True)
 
     def _attempts(
         self,

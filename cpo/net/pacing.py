@@ -226,6 +226,21 @@ class QuotaPacer:
                     bucket.believe(bucket.quota * (bucket.configured / bucket.quota) ** share, now)
                     bucket.recovered_at = now
 
+    def room_in(self, requests: int, tokens: int) -> float | None:
+        """Seconds until `requests` requests of `tokens` each could all be sent at once without waiting (nothing
+        is reserved); None when the quota never lets that many go at once. For timing a server, not pacing."""
+        with self._lock:
+            now = self._clock()
+            wait = max(0.0, self._not_before - now)
+            for bucket, needed in ((self._requests, float(requests)), (self._tokens, float(requests * tokens))):
+                if bucket is None:
+                    continue
+                if needed > bucket.capacity:
+                    return None
+                level = min(bucket.capacity, bucket.level + max(0.0, now - bucket.at) * bucket.rate)
+                wait = max(wait, max(0.0, bucket.at - now) + max(0.0, (needed - level) / bucket.rate))
+            return wait
+
     def held_for(self) -> float:
         """Seconds a 429's hold still keeps every request to this deployment waiting (0 when none does)."""
         with self._lock:
