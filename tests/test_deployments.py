@@ -132,7 +132,7 @@ def test_failover_takes_a_failing_deployment_out_probes_it_one_attempt_at_a_time
     from cpo.llm.pool import Member, Router
 
     clock = Clock()
-    east, west = (Member(Deployment(name=n, endpoint="https://x", deployment="m"), None, None) for n in "ew")  # type: ignore[arg-type]
+    east, west = (Member(Deployment(name=n, endpoint="https://x", deployment="m"), None) for n in "ew")  # type: ignore[arg-type]
     router = Router([east, west], failover_after=10.0, clock=clock)
 
     def attempt_on(member: Member, failure: Exception | None = None) -> None:

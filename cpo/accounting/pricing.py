@@ -141,6 +141,4 @@ def price_book_for(settings: Settings) -> PriceBook:
         price = entry.price or listed.get(entry.name) or listed.get(entry.deployment)
         if price is not None:
             book.user.deployments[entry.name] = price
-        else:
-            book.user.deployments.pop(entry.name, None)
     return book

@@ -99,7 +99,7 @@ def _deployment_pool(settings: Settings, params: dict[str, Any]) -> BaseChatMode
             **_deployment_auth(settings, entry.api_key_env, entry.name),
             **params,
         }
-        members.append(Member(entry, CpoAzureDeployment(deployment_label=entry.name, **fields), pacer))
+        members.append(Member(entry, CpoAzureDeployment(deployment_label=entry.name, **fields)))
     first = members[0].model
     fields = {name: getattr(first, name) for name in _SHARED_FIELDS if getattr(first, name, None) is not None}
     router = Router(members, settings.deployments.failover_after)

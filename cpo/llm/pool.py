@@ -55,19 +55,21 @@ class Member:
 
     entry: Deployment
     model: CpoAzureDeployment
-    pacer: QuotaPacer | None
     in_flight: int = 0
     attempts: int = 0
-    failures: int = 0
     failing_since: float | None = None  # the first failure of an unbroken run of transient ones
     out_until: float = 0.0  # no new work before then (math.inf: never again)
     outages: int = 0  # times in a row it was taken out; while > 0 it gets one attempt at a time (a probe)
     held_until: float = 0.0  # a 429's or 503's retry-after (also without a quota, so without a pacer)
-    reason: str = ""
 
     @property
     def name(self) -> str:
         return self.entry.name
+
+    @property
+    def pacer(self) -> QuotaPacer | None:
+        """The deployment's quota, which its own transports pace by (None: no rpm or tpm in the file)."""
+        return getattr(self.model, "quota_pacer", None)
 
     def rate(self) -> float | None:
         """Requests a second its quota sustains now; None without a quota."""
@@ -127,13 +129,11 @@ class Router:
                 return
             status = getattr(failure, "status_code", None)
             if isinstance(failure, openai.APIStatusError) and status in BROKEN_STATUSES:
-                member.failures += 1
-                member.out_until, member.reason = math.inf, brief(failure)
+                member.out_until = math.inf
                 log.warning("deployment %s refused the request (%s): it gets no more work", member.name, brief(failure))
                 return
             if not is_transient(failure):
                 return  # it answered (a content filter, a bad request): the deployment is fine
-            member.failures += 1
             hinted = retry_after_s(failure)
             if hinted is not None:
                 member.held_until = max(member.held_until, now + hinted)
@@ -144,7 +144,7 @@ class Router:
                 # taken out (again: its probe failed), for twice as long each time, up to MAX_OUTAGE_FACTOR times
                 out_for = self.failover_after * min(2.0**member.outages, MAX_OUTAGE_FACTOR)
                 member.outages += 1
-                member.out_until, member.reason = now + out_for, brief(failure)
+                member.out_until = now + out_for
                 log.warning(
                     "deployment %s has failed for %.1f s (%s): new work goes to the others for %g s",
                     member.name,

@@ -237,8 +237,8 @@ class QuotaPacer:
                     continue
                 if needed > bucket.capacity:
                     return None
-                level = min(bucket.capacity, bucket.level + max(0.0, now - bucket.at) * bucket.rate)
-                wait = max(wait, max(0.0, bucket.at - now) + max(0.0, (needed - level) / bucket.rate))
+                bucket.refill(now)
+                wait = max(wait, max(0.0, bucket.at - now) + max(0.0, (needed - bucket.level) / bucket.rate))
             return wait
 
     def held_for(self) -> float:
